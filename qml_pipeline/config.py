@@ -1,0 +1,69 @@
+"""Settings from environment variables, with defaults that run offline on the bundled sample."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qml_pipeline.schemas import DEFAULT_FUNDING_RATE_CAP
+from qml_pipeline.timeutil import interval_ms
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ("sample", "binance")
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob the pipeline has; each field's env var is QML_<FIELD NAME IN CAPITALS>."""
+
+    warehouse_dir: str = str(PROJECT_ROOT / "warehouse")
+    symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
+    kline_intervals: tuple[str, ...] = ("1h", "4h")
+    oi_period: str = "5m"
+    # "sample": the bundled Freqtrade data directory and open-interest file (offline);
+    # "binance": Binance's REST API and public archive.
+    source: str = "sample"
+    sample_dir: str = str(PROJECT_ROOT / "sample_data")
+    binance_fapi_url: str = "https://fapi.binance.com"
+    binance_archive_url: str = "https://data.binance.vision"
+    start_date: str = "2021-12-01"
+    # seconds added to every open-interest row's knowable time beyond its stamp + period
+    oi_publication_lag_seconds: int = 0
+    funding_rate_cap: float = DEFAULT_FUNDING_RATE_CAP
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"QML_SOURCE={self.source!r}: expected one of {SOURCES}")
+        for interval in (*self.kline_intervals, self.oi_period):
+            interval_ms(interval)
+        if not self.symbols:
+            raise ValueError("QML_SYMBOLS is empty: name at least one symbol, e.g. BTCUSDT")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        kwargs: dict[str, object] = {}
+        for name, f in cls.__dataclass_fields__.items():
+            if name == "extra":
+                continue
+            raw = env.get(f"QML_{name.upper()}")
+            if raw is None or raw == "":
+                continue
+            default = f.default
+            if isinstance(default, tuple):
+                kwargs[name] = _csv(raw)
+            elif isinstance(default, bool):
+                kwargs[name] = raw.lower() in ("1", "true", "yes")
+            elif isinstance(default, int):
+                kwargs[name] = int(raw)
+            elif isinstance(default, float):
+                kwargs[name] = float(raw)
+            else:
+                kwargs[name] = raw
+        return cls(**kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,247 @@
+"""The one place that knows each warehouse table: columns, types, units, keys and validation rules.
+
+Everything else (writers, readers, the DuckDB catalogue, the docs page, pandera checks) derives
+from `TABLES`. Timestamps are UTC, timezone-aware, millisecond precision everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandera.polars as pa
+import polars as pl
+
+TS = pl.Datetime("ms", "UTC")
+
+# Binance's funding caps are per symbol (0.3%..3% per interval at the time of writing); a rate
+# beyond this bound is a unit error, not a market extreme. Configurable via QML_FUNDING_RATE_CAP.
+DEFAULT_FUNDING_RATE_CAP = 0.03
+FUNDING_INTERVALS_HOURS = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: pl.DataType
+    duckdb_type: str
+    unit: str
+    doc: str
+    nullable: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    doc: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    # The column a partition's time window applies to (a day partition owns rows whose
+    # time_column lies in [day, day + 1)).
+    time_column: str | None = None
+    # Columns besides the month that name a file in the Parquet layout.
+    file_by: tuple[str, ...] = field(default=())
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def polars_schema(self) -> pl.Schema:
+        return pl.Schema({c.name: c.dtype for c in self.columns})
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(f"table {self.name!r} has no column {name!r}")
+
+
+def _lineage() -> tuple[Column, ...]:
+    return (
+        Column("available_at", TS, "TIMESTAMPTZ", "UTC",
+               "earliest moment a trader could have known this value; features use only rows with "
+               "available_at <= decision_time"),
+        Column("source", pl.Utf8, "VARCHAR", "",
+               "where the row came from: binance_rest, binance_archive, freqtrade, sample_archive_1h, "
+               "or a name containing 'synthetic' for generated data"),
+        Column("ingested_at", TS, "TIMESTAMPTZ", "UTC", "when the pipeline wrote the row"),
+    )
+
+
+FUNDING_RATES = Table(
+    name="funding_rates",
+    doc="Funding settlements of USD-M perpetuals, one row per symbol and settlement.",
+    columns=(
+        Column("symbol", pl.Utf8, "VARCHAR", "", "exchange symbol, e.g. BTCUSDT"),
+        Column("event_time", TS, "TIMESTAMPTZ", "UTC",
+               "settlement time snapped to the hourly settlement grid"),
+        Column("funding_rate", pl.Float64, "DOUBLE", "fraction per interval",
+               "rate paid by longs to shorts per interval: 0.0001 = 0.01%"),
+        Column("funding_interval_hours", pl.Int16, "SMALLINT", "hours",
+               "the settlement interval in force for this settlement (8, 4, 2 or 1)"),
+        Column("mark_price", pl.Float64, "DOUBLE", "USDT", "mark price at settlement, when served",
+               nullable=True),
+        Column("exchange_time", TS, "TIMESTAMPTZ", "UTC",
+               "the settlement time as the source served it, with its millisecond jitter"),
+        *_lineage(),
+    ),
+    key=("symbol", "event_time"),
+    time_column="event_time",
+)
+
+OPEN_INTEREST = Table(
+    name="open_interest",
+    doc="Open interest snapshots, one row per symbol and stamp.",
+    columns=(
+        Column("symbol", pl.Utf8, "VARCHAR", "", "exchange symbol"),
+        Column("event_time", TS, "TIMESTAMPTZ", "UTC",
+               "the row's stamp as the source serves it (archive create_time, REST timestamp)"),
+        Column("period_minutes", pl.Int32, "INTEGER", "minutes",
+               "the bucket length of the source row (5 for the archive's metrics)"),
+        Column("open_interest", pl.Float64, "DOUBLE", "base asset (e.g. BTC)", "sum of open interest"),
+        Column("open_interest_value", pl.Float64, "DOUBLE", "USDT",
+               "sum of open interest value; 0 in some archive rows where data is missing", nullable=True),
+        *_lineage(),
+    ),
+    key=("symbol", "event_time"),
+    time_column="event_time",
+)
+
+KLINES = Table(
+    name="klines",
+    doc="Closed candles of USD-M perpetuals, one row per symbol, interval and open time.",
+    columns=(
+        Column("symbol", pl.Utf8, "VARCHAR", "", "exchange symbol"),
+        Column("interval", pl.Utf8, "VARCHAR", "", "candle length: 1m .. 1d (Binance notation)"),
+        Column("event_time", TS, "TIMESTAMPTZ", "UTC", "the candle's open time"),
+        Column("close_time", TS, "TIMESTAMPTZ", "UTC", "open time + interval (exclusive end)"),
+        Column("open", pl.Float64, "DOUBLE", "USDT", "first trade price"),
+        Column("high", pl.Float64, "DOUBLE", "USDT", "highest trade price"),
+        Column("low", pl.Float64, "DOUBLE", "USDT", "lowest trade price"),
+        Column("close", pl.Float64, "DOUBLE", "USDT", "last trade price"),
+        Column("volume", pl.Float64, "DOUBLE", "base asset", "traded volume"),
+        Column("quote_volume", pl.Float64, "DOUBLE", "USDT", "traded quote volume", nullable=True),
+        Column("trade_count", pl.Int64, "BIGINT", "trades", "number of trades", nullable=True),
+        Column("taker_buy_volume", pl.Float64, "DOUBLE", "base asset", "taker buy volume", nullable=True),
+        *_lineage(),
+    ),
+    key=("symbol", "interval", "event_time"),
+    time_column="event_time",
+    file_by=("interval",),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (FUNDING_RATES, OPEN_INTEREST, KLINES)}
+
+
+def register(table: Table) -> Table:
+    """Add a derived table's contract (features, trades, ...) so the catalogue and docs know it."""
+    TABLES[table.name] = table
+    return table
+
+
+def conform(table: Table, df: pl.DataFrame) -> pl.DataFrame:
+    """Select and cast `df` to the table's columns and order; missing nullable columns become NULL.
+
+    Raises ValueError naming missing non-nullable columns.
+    """
+    missing = [c.name for c in table.columns if c.name not in df.columns and not c.nullable]
+    if missing:
+        raise ValueError(f"{table.name}: missing required columns {missing}; got {df.columns}")
+    exprs = []
+    for c in table.columns:
+        if c.name in df.columns:
+            exprs.append(pl.col(c.name).cast(c.dtype, strict=True))
+        else:
+            exprs.append(pl.lit(None, dtype=c.dtype).alias(c.name))
+    return df.select(exprs)
+
+
+def empty(table: Table) -> pl.DataFrame:
+    return pl.DataFrame(schema=table.polars_schema)
+
+
+# ---------------------------------------------------------------- validation (pandera, polars)
+
+def _frame_check(expr: pl.Expr, name: str) -> pa.Check:
+    return pa.Check(lambda data: data.lazyframe.select(expr), name=name)
+
+
+def _pandera_schema(table: Table, funding_rate_cap: float) -> pa.DataFrameSchema:
+    col_checks: dict[str, list[pa.Check]] = {}
+    frame_checks: list[pa.Check] = [
+        _frame_check(pl.col("available_at") >= pl.col("event_time"), "available_at >= event_time"),
+    ]
+    if table.name == "funding_rates":
+        col_checks["funding_rate"] = [pa.Check.in_range(-funding_rate_cap, funding_rate_cap)]
+        col_checks["funding_interval_hours"] = [pa.Check.isin(list(FUNDING_INTERVALS_HOURS))]
+        col_checks["mark_price"] = [pa.Check.gt(0)]
+        frame_checks.append(_frame_check(
+            pl.col("event_time") == pl.col("event_time").dt.truncate("1h"), "event_time on the hourly grid"))
+    elif table.name == "open_interest":
+        col_checks["open_interest"] = [pa.Check.ge(0)]
+        col_checks["open_interest_value"] = [pa.Check.ge(0)]
+        col_checks["period_minutes"] = [pa.Check.gt(0)]
+        frame_checks.append(_frame_check(pl.col("available_at") > pl.col("event_time"),
+                                         "available_at > event_time"))
+    elif table.name == "klines":
+        for price in ("open", "high", "low", "close"):
+            col_checks[price] = [pa.Check.gt(0)]
+        for vol in ("volume", "quote_volume", "taker_buy_volume"):
+            col_checks[vol] = [pa.Check.ge(0)]
+        frame_checks += [
+            _frame_check(pl.col("high") >= pl.max_horizontal("open", "close"), "high >= max(open, close)"),
+            _frame_check(pl.col("low") <= pl.min_horizontal("open", "close"), "low <= min(open, close)"),
+            _frame_check(pl.col("close_time") > pl.col("event_time"), "close_time > event_time"),
+            _frame_check(pl.col("available_at") >= pl.col("close_time"), "available_at >= close_time"),
+        ]
+    columns = {
+        c.name: pa.Column(c.dtype, checks=col_checks.get(c.name, []), nullable=c.nullable)
+        for c in table.columns
+    }
+    return pa.DataFrameSchema(columns, checks=frame_checks, unique=list(table.key), strict=True,
+                              name=table.name)
+
+
+class ValidationError(ValueError):
+    """Rows broke a table's contract. `failures` lists (check, column, row index, value)."""
+
+    def __init__(self, table: str, failures: pl.DataFrame):
+        self.table = table
+        self.failures = failures
+        super().__init__(describe_failures(table, failures))
+
+
+def describe_failures(table: str, failures: pl.DataFrame, limit: int = 20) -> str:
+    lines = [f"{table}: {failures.height} value(s) break the table's contract"]
+    for row in failures.head(limit).iter_rows(named=True):
+        where = f"row {row['index']}" if row["index"] is not None else "table"
+        col = f" column {row['column']}" if row["column"] else ""
+        lines.append(f"  - {where}{col}: fails '{row['check']}' (value: {row['failure_case']})")
+    if failures.height > limit:
+        lines.append(f"  ... and {failures.height - limit} more")
+    return "\n".join(lines)
+
+
+def validation_failures(table: Table, df: pl.DataFrame,
+                        funding_rate_cap: float = DEFAULT_FUNDING_RATE_CAP) -> pl.DataFrame:
+    """Every contract violation in `df` as a frame (check, column, index, failure_case); empty if valid."""
+    schema = _pandera_schema(table, funding_rate_cap)
+    try:
+        schema.validate(df, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        fc = exc.failure_cases
+        return fc.select(
+            pl.col("check").cast(pl.Utf8),
+            pl.col("column").cast(pl.Utf8),
+            pl.col("index").cast(pl.Int64),
+            pl.col("failure_case").cast(pl.Utf8),
+        )
+    return pl.DataFrame(schema={"check": pl.Utf8, "column": pl.Utf8, "index": pl.Int64,
+                                "failure_case": pl.Utf8})
+
+
+def validate(table: Table, df: pl.DataFrame, funding_rate_cap: float = DEFAULT_FUNDING_RATE_CAP) -> None:
+    """Raise ValidationError (offending rows named) unless `df` meets the table's contract."""
+    failures = validation_failures(table, df, funding_rate_cap)
+    if failures.height:
+        raise ValidationError(table.name, failures)

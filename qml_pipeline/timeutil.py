@@ -1,0 +1,68 @@
+"""UTC time helpers: every timestamp in the project is timezone-aware UTC at millisecond precision."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+UTC = timezone.utc
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+INTERVAL_MS = {
+    "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
+    "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "6h": 21_600_000, "8h": 28_800_000,
+    "12h": 43_200_000, "1d": 86_400_000,
+}
+
+
+def interval_ms(interval: str) -> int:
+    try:
+        return INTERVAL_MS[interval]
+    except KeyError:
+        raise ValueError(f"unknown interval {interval!r}; expected one of {sorted(INTERVAL_MS, key=INTERVAL_MS.get)}") from None
+
+
+def utc_now() -> datetime:
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def to_ms(dt: datetime) -> int:
+    if dt.tzinfo is None:
+        raise ValueError(f"naive datetime {dt!r}: pass a timezone-aware UTC time")
+    return (dt - EPOCH) // timedelta(milliseconds=1)
+
+
+def from_ms(ms: int) -> datetime:
+    return EPOCH + timedelta(milliseconds=int(ms))
+
+
+def day_start(d: date | str) -> datetime:
+    if isinstance(d, str):
+        d = date.fromisoformat(d)
+    return datetime(d.year, d.month, d.day, tzinfo=UTC)
+
+
+def next_month(dt: datetime) -> datetime:
+    return datetime(dt.year + (dt.month == 12), dt.month % 12 + 1, 1, tzinfo=UTC)
+
+
+def month_starts(start: datetime, end: datetime) -> list[datetime]:
+    """First instants of the calendar months that [start, end) touches."""
+    months, m = [], datetime(start.year, start.month, 1, tzinfo=UTC)
+    while m < end:
+        months.append(m)
+        m = next_month(m)
+    return months
+
+
+def day_ranges(days: list[str]) -> list[tuple[datetime, datetime]]:
+    """Contiguous [start, end) UTC ranges covering ISO day strings (unsorted, duplicates allowed)."""
+    ordered = sorted({date.fromisoformat(d) for d in days})
+    ranges: list[tuple[datetime, datetime]] = []
+    for d in ordered:
+        s = day_start(d)
+        if ranges and ranges[-1][1] == s:
+            ranges[-1] = (ranges[-1][0], s + timedelta(days=1))
+        else:
+            ranges.append((s, s + timedelta(days=1)))
+    return ranges
