@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import pandera.polars as pa
 import polars as pl
 
+from qml_pipeline.timeutil import utc_now
+
 TS = pl.Datetime("ms", "UTC")
 
 # Binance's funding caps are per symbol (0.3%..3% per interval at the time of writing); a rate
@@ -142,8 +144,11 @@ def register(table: Table) -> Table:
 def conform(table: Table, df: pl.DataFrame) -> pl.DataFrame:
     """Select and cast `df` to the table's columns and order; missing nullable columns become NULL.
 
-    Raises ValueError naming missing non-nullable columns.
+    `ingested_at`, when absent, is stamped with the current time. Raises ValueError naming missing
+    non-nullable columns.
     """
+    if "ingested_at" in table.names and "ingested_at" not in df.columns:
+        df = df.with_columns(pl.lit(utc_now()).cast(TS).alias("ingested_at"))
     missing = [c.name for c in table.columns if c.name not in df.columns and not c.nullable]
     if missing:
         raise ValueError(f"{table.name}: missing required columns {missing}; got {df.columns}")

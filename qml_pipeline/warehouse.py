@@ -32,7 +32,7 @@ import polars as pl
 
 from qml_pipeline import schemas
 from qml_pipeline.schemas import Table
-from qml_pipeline.timeutil import month_starts, next_month, utc_now
+from qml_pipeline.timeutil import month_starts, next_month
 
 CATALOG_NAME = "qml.duckdb"
 VIEWS_DIR = Path(__file__).resolve().parent.parent / "warehouse" / "views"
@@ -133,8 +133,6 @@ class Warehouse:
         return WriteStats(table.name, df.height, old_rows, 1)
 
     def _stamp(self, table: Table, df: pl.DataFrame) -> pl.DataFrame:
-        if "ingested_at" in table.names and "ingested_at" not in df.columns:
-            df = df.with_columns(pl.lit(utc_now()).cast(schemas.TS).alias("ingested_at"))
         return schemas.conform(table, df)
 
     # ------------------------------------------------------------------ reads

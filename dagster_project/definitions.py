@@ -1,0 +1,16 @@
+"""The one Definitions object: every asset, check, job, schedule and resource of the pipeline."""
+
+import dagster as dg
+
+from dagster_project.defs.raw_market_data import RAW_ASSETS, RAW_CHECKS
+from dagster_project.defs.schedules import JOBS, SCHEDULES, SENSORS
+from dagster_project.resources import default_resources
+
+defs = dg.Definitions(
+    assets=[*RAW_ASSETS],
+    asset_checks=[*RAW_CHECKS],
+    jobs=JOBS,
+    schedules=SCHEDULES,
+    sensors=SENSORS,
+    resources=default_resources(),
+)

@@ -1,0 +1,375 @@
+"""The project's one HTTP client: retries, Binance rate-limit discipline, clear errors.
+
+Every request to Binance (REST API and public archive) goes through `HttpClient`, so the rules live
+in one place:
+
+- Weight: each response's `X-MBX-USED-WEIGHT-1M` (the IP's weight used in the current wall-clock
+  minute) is remembered. When the next request would push it past `weight_headroom *
+  weight_limit_per_minute`, the client sleeps until the next minute boundary, when Binance resets
+  the counter. Binance counts weight per UTC minute, so `clock` must tell wall time in seconds
+  (default `time.time`), not an arbitrary monotonic origin.
+- Per-endpoint request limits (e.g. `/futures/data/*`: 1000 requests per 5 minutes) are a sliding
+  window per group of paths: `set_path_limit`.
+- 429 (rate limited) and 418 (IP banned after ignoring 429s): wait `Retry-After` seconds (or
+  `default_retry_after_s`), at most `max_retries` times, never longer than `max_retry_after_s` at
+  once: a longer ban raises `RateLimitedError` at once rather than blocking a run for hours.
+- 5xx, timeouts, connection errors: exponential backoff with full jitter
+  (`uniform(0, min(cap, base * 2**attempt))`), at most `max_retries` retries, then `HttpError`.
+- 451: `GeoBlockedError` (no retry). Binance error bodies `{"code": -1121, "msg": ...}` on a 4xx,
+  or on a 200: `BinanceApiError` (no retry).
+- A 200 whose body is not JSON is retried `malformed_json_retries` times (2 by default: a truncated
+  body from a proxy is usually transient), then raises `BadResponseError` with the URL and the first
+  200 characters of the body.
+
+Tests inject `sleep`, `clock` and `rng` so that no test actually waits.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+
+import requests
+
+log = logging.getLogger(__name__)
+
+WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
+# Seconds added after a minute boundary before resuming, for clock skew against Binance's servers.
+MINUTE_BOUNDARY_MARGIN_S = 0.5
+_SECRET_PARAMS = re.compile(r"^(signature|api_?key|apikey|key|token|secret|password)$", re.I)
+
+
+class HttpError(Exception):
+    """A request failed for good (after any retries). `url` has secrets redacted."""
+
+    def __init__(self, message: str, *, url: str = "", status: int | None = None):
+        self.url = url
+        self.status = status
+        super().__init__(message)
+
+
+class RateLimitedError(HttpError):
+    """429/418 persisted through every retry, or the ban is longer than the client will wait."""
+
+    def __init__(self, message: str, *, url: str, status: int, retry_after_s: float):
+        self.retry_after_s = retry_after_s
+        super().__init__(message, url=url, status=status)
+
+
+class BinanceApiError(HttpError):
+    """Binance answered with an error body `{"code": <negative int>, "msg": ...}`."""
+
+    def __init__(self, code: int, msg: str, url: str, status: int | None = None):
+        self.code = code
+        self.msg = msg
+        super().__init__(f"Binance API error {code}: {msg} (HTTP {status}, {url})", url=url, status=status)
+
+
+class GeoBlockedError(HttpError):
+    """HTTP 451: Binance refuses requests from the caller's location."""
+
+
+class BadResponseError(HttpError):
+    """A 200 whose body is not what the endpoint promises (e.g. not JSON)."""
+
+
+@dataclass
+class RequestStats:
+    """Counters since the client was made or since `HttpClient.reset_stats()`.
+
+    requests: HTTP attempts sent, retries included.
+    retries: attempts that were repeats of a failed one.
+    weight_used: the highest `X-MBX-USED-WEIGHT-1M` the server reported (the IP's real usage,
+        which other processes on the same IP also add to).
+    weight_declared: the sum of the weights this client declared for its own requests.
+    bytes_received: response body bytes, error responses included.
+    waited_s: seconds slept for rate limits, Retry-After and backoff.
+    """
+
+    requests: int = 0
+    retries: int = 0
+    weight_used: int = 0
+    weight_declared: int = 0
+    bytes_received: int = 0
+    waited_s: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def redact_url(url: str) -> str:
+    """`url` with the values of secret-looking query parameters replaced by '***'."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    query = [(k, "***" if _SECRET_PARAMS.match(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+    return urlunsplit(parts._replace(query=urlencode(query, safe=",:")))
+
+
+def binance_error(payload: Any) -> tuple[int, str] | None:
+    """(code, msg) when `payload` is a Binance error body, else None."""
+    if isinstance(payload, dict) and "code" in payload and "msg" in payload:
+        code = payload["code"]
+        if isinstance(code, int) and not isinstance(code, bool) and code < 0:
+            return code, str(payload["msg"])
+    return None
+
+
+class _PathLimit:
+    """A sliding window of request times shared by every path starting with one of `prefixes`."""
+
+    def __init__(self, prefixes: tuple[str, ...], max_requests: int, window_s: float):
+        self.prefixes = prefixes
+        self.max_requests = max_requests
+        self.window_s = window_s
+        self.sent: deque[float] = deque()
+
+    def matches(self, path: str) -> bool:
+        return any(path.startswith(p) for p in self.prefixes)
+
+    def wait_needed(self, now: float) -> float:
+        while self.sent and self.sent[0] <= now - self.window_s:
+            self.sent.popleft()
+        if len(self.sent) < self.max_requests:
+            return 0.0
+        return self.sent[0] + self.window_s - now
+
+
+class HttpClient:
+    """GET JSON or bytes from one base URL (absolute URLs allowed for downloads), politely."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float | tuple[float, float] = (5, 30),
+        max_retries: int = 6,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30,
+        weight_limit_per_minute: int = 2400,
+        weight_headroom: float = 0.8,
+        default_retry_after_s: float = 60,
+        max_retry_after_s: float = 900,
+        malformed_json_retries: int = 2,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        on_progress: Callable[[str], None] | None = None,
+    ):
+        if not 0 < weight_headroom <= 1:
+            raise ValueError(f"weight_headroom={weight_headroom}: expected a fraction in (0, 1]")
+        self.base_url = base_url.rstrip("/") + "/"
+        self.timeout_s = timeout_s
+        self.max_retries = max_retries
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.weight_limit_per_minute = weight_limit_per_minute
+        self.weight_headroom = weight_headroom
+        self.default_retry_after_s = default_retry_after_s
+        self.max_retry_after_s = max_retry_after_s
+        self.malformed_json_retries = malformed_json_retries
+        self.session = session or requests.Session()
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self.on_progress = on_progress
+        self.stats = RequestStats()
+        self._last_weight = 0
+        self._last_weight_at: float | None = None
+        self._path_limits: list[_PathLimit] = []
+
+    # ------------------------------------------------------------------ public API
+
+    def get_json(self, path: str, params: Mapping[str, Any] | None = None, weight: int = 1) -> Any:
+        """GET `path` and return its parsed JSON; `weight` is the request's Binance IP weight."""
+        malformed_left = self.malformed_json_retries
+        while True:
+            resp, url = self._request(path, params, weight, allow_404=False)
+            assert resp is not None
+            try:
+                payload = resp.json()
+            except (ValueError, json.JSONDecodeError):
+                if malformed_left > 0:
+                    tried = self.malformed_json_retries - malformed_left
+                    malformed_left -= 1
+                    self.stats.retries += 1
+                    self._wait(self._backoff(tried), f"malformed JSON from {url}; retrying")
+                    continue
+                snippet = resp.text[:200]
+                raise BadResponseError(
+                    f"{url} answered HTTP {resp.status_code} with a body that is not JSON "
+                    f"(after {self.malformed_json_retries + 1} attempts); first 200 characters: {snippet!r}",
+                    url=url, status=resp.status_code) from None
+            err = binance_error(payload)
+            if err is not None:
+                raise BinanceApiError(err[0], err[1], url, resp.status_code)
+            return payload
+
+    def get_bytes(self, url_or_path: str, params: Mapping[str, Any] | None = None) -> bytes:
+        """GET a path under the base URL, or an absolute URL, and return the body."""
+        resp, _ = self._request(url_or_path, params, 0, allow_404=False)
+        assert resp is not None
+        return resp.content
+
+    def get_bytes_or_none_on_404(self, url_or_path: str, params: Mapping[str, Any] | None = None) -> bytes | None:
+        """As `get_bytes`, but None when the server answers 404 (e.g. an archive file not published)."""
+        resp, _ = self._request(url_or_path, params, 0, allow_404=True)
+        return None if resp is None else resp.content
+
+    def set_path_limit(self, prefixes: str | Iterable[str], max_requests: int, window_s: float) -> None:
+        """Allow at most `max_requests` per `window_s` seconds across paths starting with `prefixes`."""
+        group = (prefixes,) if isinstance(prefixes, str) else tuple(prefixes)
+        self._path_limits = [pl for pl in self._path_limits if pl.prefixes != group]
+        self._path_limits.append(_PathLimit(group, max_requests, window_s))
+
+    def reset_stats(self) -> RequestStats:
+        """Start fresh counters; return the previous ones."""
+        old, self.stats = self.stats, RequestStats()
+        return old
+
+    def progress(self, message: str) -> None:
+        """Report progress of a long operation to `on_progress` (and the log)."""
+        log.info(message)
+        if self.on_progress is not None:
+            self.on_progress(message)
+
+    def close(self) -> None:
+        self.session.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def url_for(self, url_or_path: str) -> str:
+        if re.match(r"^https?://", url_or_path):
+            return url_or_path
+        return urljoin(self.base_url, url_or_path.lstrip("/"))
+
+    def _wait(self, seconds: float, why: str) -> None:
+        if seconds <= 0:
+            return
+        if seconds >= 5:
+            self.progress(f"waiting {seconds:.1f} s: {why}")
+        else:
+            log.debug("waiting %.2f s: %s", seconds, why)
+        self.stats.waited_s += seconds
+        self._sleep(seconds)
+
+    def _throttle(self, path: str, weight: int) -> None:
+        now = self._clock()
+        if self._last_weight_at is not None and math.floor(now / 60) != math.floor(self._last_weight_at / 60):
+            self._last_weight = 0  # Binance resets the counter each minute
+        if weight > 0 and self._last_weight + weight > self.weight_headroom * self.weight_limit_per_minute:
+            boundary = (math.floor(now / 60) + 1) * 60
+            self._wait(boundary - now + MINUTE_BOUNDARY_MARGIN_S,
+                       f"used weight {self._last_weight} + {weight} would pass "
+                       f"{self.weight_headroom:.0%} of {self.weight_limit_per_minute}/min")
+            self._last_weight = 0
+            self._last_weight_at = None
+        for limit in self._path_limits:
+            if limit.matches(path):
+                self._wait(limit.wait_needed(self._clock()),
+                           f"{limit.max_requests} requests per {limit.window_s:.0f} s limit of {limit.prefixes}")
+                limit.sent.append(self._clock())
+
+    def _note_weight(self, resp: requests.Response) -> None:
+        raw = resp.headers.get(WEIGHT_HEADER)
+        if raw is None:
+            return
+        try:
+            used = int(raw)
+        except ValueError:
+            return
+        self._last_weight = used
+        self._last_weight_at = self._clock()
+        self.stats.weight_used = max(self.stats.weight_used, used)
+
+    def _retry_after(self, resp: requests.Response) -> float:
+        raw = resp.headers.get("Retry-After")
+        try:
+            return max(0.0, float(raw)) if raw is not None else float(self.default_retry_after_s)
+        except ValueError:
+            return float(self.default_retry_after_s)
+
+    def _backoff(self, attempt: int) -> float:
+        return self._rng.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** attempt))
+
+    def _request(self, url_or_path: str, params: Mapping[str, Any] | None, weight: int,
+                 allow_404: bool) -> tuple[requests.Response | None, str]:
+        url = self.url_for(url_or_path)
+        path = urlsplit(url).path
+        shown = redact_url(requests.Request("GET", url, params=dict(params or {})).prepare().url or url)
+        attempt = 0
+        while True:
+            self._throttle(path, weight)
+            self.stats.requests += 1
+            self.stats.weight_declared += weight
+            try:
+                resp = self.session.get(url, params=params, timeout=self.timeout_s)
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                kind = "timed out" if isinstance(exc, requests.Timeout) else "could not connect"
+                if attempt >= self.max_retries:
+                    raise HttpError(f"GET {shown} {kind} on all {attempt + 1} attempts: {exc}",
+                                    url=shown) from exc
+                self._wait(self._backoff(attempt), f"GET {shown} {kind}; retry {attempt + 1}/{self.max_retries}")
+                attempt += 1
+                self.stats.retries += 1
+                continue
+
+            self.stats.bytes_received += len(resp.content)
+            self._note_weight(resp)
+            status = resp.status_code
+
+            if status in (429, 418):
+                wait = self._retry_after(resp)
+                what = "rate limited (429)" if status == 429 else "IP banned for ignoring rate limits (418)"
+                if attempt >= self.max_retries or wait > self.max_retry_after_s:
+                    raise RateLimitedError(
+                        f"Binance {what} for GET {shown}: Retry-After {wait:.0f} s after {attempt + 1} "
+                        f"attempt(s); wait that long before trying again, and lower the request rate",
+                        url=shown, status=status, retry_after_s=wait)
+                self._wait(wait, f"{what}; Retry-After {wait:.0f} s")
+                self._last_weight, self._last_weight_at = 0, None
+                attempt += 1
+                self.stats.retries += 1
+                continue
+
+            if status >= 500:
+                if attempt >= self.max_retries:
+                    raise HttpError(f"GET {shown} failed with HTTP {status} on all {attempt + 1} attempts; "
+                                    f"last body: {resp.text[:200]!r}", url=shown, status=status)
+                self._wait(self._backoff(attempt), f"HTTP {status}; retry {attempt + 1}/{self.max_retries}")
+                attempt += 1
+                self.stats.retries += 1
+                continue
+
+            if status == 451:
+                raise GeoBlockedError(
+                    f"Binance refuses requests from this location (HTTP 451, unavailable for legal "
+                    f"reasons) for GET {shown}. Run from a location Binance serves (another host or "
+                    f"a VPN), or use the public archive (data.binance.vision) or QML_SOURCE=sample.",
+                    url=shown, status=status)
+
+            if status == 404 and allow_404:
+                return None, shown
+
+            if status >= 400:
+                try:
+                    err = binance_error(resp.json())
+                except ValueError:
+                    err = None
+                if err is not None:
+                    raise BinanceApiError(err[0], err[1], shown, status)
+                hint = " (Binance's WAF rejected the request)" if status == 403 else ""
+                raise HttpError(f"GET {shown} failed with HTTP {status}{hint}: {resp.text[:200]!r}",
+                                url=shown, status=status)
+
+            return resp, shown

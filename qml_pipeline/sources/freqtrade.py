@@ -1,0 +1,167 @@
+"""Import a Freqtrade data directory (`user_data/data`) as written by
+`freqtrade download-data --trading-mode futures`.
+
+Layout read: `<dir>/<exchange>/futures/<BASE>_<QUOTE>_<SETTLE>-<timeframe>-<kind>.<feather|parquet>`
+with kind `futures` (candles), `funding_rate` (one row per settlement, the rate in `open`) and `mark`
+(mark-price candles). Older Freqtrade names the funding and mark files `-8h-`, newer ones `-1h-`:
+both are read. `date` is the candle's open time (UTC).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import polars as pl
+
+from qml_pipeline import schemas
+from qml_pipeline.timeutil import interval_ms
+
+SOURCE = "freqtrade"
+_FILE = re.compile(r"^(?P<pair>[A-Z0-9]+_[A-Z0-9]+_[A-Z0-9]+)-(?P<tf>\d+[mhdw])-(?P<kind>futures|funding_rate|mark)"
+                   r"\.(?P<ext>feather|parquet)$")
+QUOTES = ("USDT", "USDC", "BUSD")
+FUNDING_SNAP_TOLERANCE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class FreqtradeFile:
+    path: Path
+    symbol: str
+    timeframe: str
+    kind: str
+
+
+def pair_to_symbol(pair: str) -> str:
+    """`BTC_USDT_USDT` (Freqtrade's `BTC/USDT:USDT` on disk) -> `BTCUSDT`."""
+    base, quote, _settle = pair.split("_")
+    return f"{base}{quote}"
+
+
+class FreqtradeDataDir:
+    """Read candles and funding of a Freqtrade data directory in the warehouse's raw shapes."""
+
+    def __init__(self, root: str | Path, exchange: str = "binance"):
+        self.root = Path(root)
+        self.futures_dir = self.root / exchange / "futures"
+        if not self.futures_dir.is_dir():
+            raise FileNotFoundError(
+                f"no Freqtrade futures data at {self.futures_dir}: point QML_SAMPLE_DIR at a "
+                f"Freqtrade data directory (user_data/data) containing {exchange}/futures/")
+        self.files = [
+            FreqtradeFile(p, pair_to_symbol(m["pair"]), m["tf"], m["kind"])
+            for p in sorted(self.futures_dir.iterdir())
+            if (m := _FILE.match(p.name))
+        ]
+
+    @property
+    def name(self) -> str:
+        return SOURCE
+
+    def symbols(self) -> list[str]:
+        return sorted({f.symbol for f in self.files})
+
+    def _find(self, symbol: str, kind: str, timeframe: str | None = None) -> FreqtradeFile | None:
+        matches = [f for f in self.files if f.symbol == symbol and f.kind == kind
+                   and (timeframe is None or f.timeframe == timeframe)]
+        return min(matches, key=lambda f: interval_ms(f.timeframe)) if matches else None
+
+    @staticmethod
+    def _read(path: Path) -> pl.DataFrame:
+        df = pl.read_ipc(path) if path.suffix == ".feather" else pl.read_parquet(path)
+        return df.with_columns(pl.col("date").dt.convert_time_zone("UTC").dt.cast_time_unit("ms"))
+
+    # -------------------------------------------------------------- klines
+
+    def klines(self, symbol: str, interval: str, start: datetime, end: datetime) -> pl.DataFrame:
+        """Closed candles with open time in [start, end); a missing timeframe is aggregated from the
+        finest stored one that divides it (only complete groups)."""
+        target_ms = interval_ms(interval)
+        exact = self._find(symbol, "futures", interval)
+        if exact is not None:
+            df, source = self._read(exact.path), SOURCE
+        else:
+            finer = [f for f in self.files if f.symbol == symbol and f.kind == "futures"
+                     and target_ms % interval_ms(f.timeframe) == 0]
+            if not finer:
+                return schemas.empty(schemas.KLINES)
+            base = min(finer, key=lambda f: interval_ms(f.timeframe))
+            df = _aggregate_candles(self._read(base.path), interval_ms(base.timeframe), target_ms)
+            source = f"{SOURCE}:resampled_from_{base.timeframe}"
+        step = pl.duration(milliseconds=target_ms)
+        out = (df.filter((pl.col("date") >= start) & (pl.col("date") < end))
+               .select(
+                   pl.lit(symbol).alias("symbol"),
+                   pl.lit(interval).alias("interval"),
+                   pl.col("date").alias("event_time"),
+                   (pl.col("date") + step).alias("close_time"),
+                   "open", "high", "low", "close", "volume",
+                   (pl.col("date") + step).alias("available_at"),
+                   pl.lit(source).alias("source"),
+               ))
+        return schemas.conform(schemas.KLINES, out.unique(["event_time"], keep="last").sort("event_time"))
+
+    # -------------------------------------------------------------- funding
+
+    def funding_rates(self, symbol: str, start: datetime, end: datetime) -> pl.DataFrame:
+        f = self._find(symbol, "funding_rate")
+        if f is None:
+            return schemas.empty(schemas.FUNDING_RATES)
+        df = self._read(f.path).select(pl.col("date").alias("exchange_time"), pl.col("open").alias("funding_rate"))
+        df = snap_funding_times(df)
+        mark = self._find(symbol, "mark")
+        if mark is not None:
+            marks = self._read(mark.path).select(pl.col("date").alias("event_time"), pl.col("open").alias("mark_price"))
+            df = df.join(marks, on="event_time", how="left")
+        out = (with_funding_intervals(df)
+               .filter((pl.col("event_time") >= start) & (pl.col("event_time") < end))
+               .with_columns(pl.lit(symbol).alias("symbol"), pl.col("event_time").alias("available_at"),
+                             pl.lit(SOURCE).alias("source")))
+        return schemas.conform(schemas.FUNDING_RATES, out)
+
+    def open_interest(self, symbol: str, period: str, start: datetime, end: datetime) -> pl.DataFrame:
+        """Freqtrade keeps no open interest: always empty."""
+        return schemas.empty(schemas.OPEN_INTEREST)
+
+
+def snap_funding_times(df: pl.DataFrame) -> pl.DataFrame:
+    """Add `event_time`: `exchange_time` rounded to the whole hour (Binance's settlement grid).
+
+    Raises if a time lies further than a few minutes from the grid: that is not jitter.
+    """
+    snapped = df.with_columns(pl.col("exchange_time").dt.round("1h").alias("event_time"))
+    off = snapped.filter((pl.col("exchange_time") - pl.col("event_time")).abs() > FUNDING_SNAP_TOLERANCE)
+    if off.height:
+        raise ValueError(f"{off.height} funding time(s) lie more than {FUNDING_SNAP_TOLERANCE} from the "
+                         f"hourly settlement grid, first {off['exchange_time'][0]}: not millisecond jitter")
+    return snapped.unique("event_time", keep="last").sort("event_time")
+
+
+def with_funding_intervals(df: pl.DataFrame, first_interval_hours: int | None = None) -> pl.DataFrame:
+    """Add `funding_interval_hours`: the gap to the previous settlement, or to the next one for the
+    first row (`first_interval_hours` when given). Gaps that are not 1, 2, 4 or 8 hours (missing
+    settlements) take the previous valid interval."""
+    gap_prev = (pl.col("event_time") - pl.col("event_time").shift(1)).dt.total_hours()
+    gap_next = (pl.col("event_time").shift(-1) - pl.col("event_time")).dt.total_hours()
+    valid = list(schemas.FUNDING_INTERVALS_HOURS)
+    first = pl.lit(first_interval_hours) if first_interval_hours else gap_next
+    return df.with_columns(
+        pl.when(gap_prev.is_in(valid)).then(gap_prev)
+        .when(pl.int_range(pl.len()) == 0).then(pl.when(first.is_in(valid)).then(first).otherwise(8))
+        .otherwise(None)
+        .forward_fill()
+        .fill_null(8)
+        .cast(pl.Int16)
+        .alias("funding_interval_hours"))
+
+
+def _aggregate_candles(df: pl.DataFrame, base_ms: int, target_ms: int) -> pl.DataFrame:
+    per_group = target_ms // base_ms
+    return (df.sort("date")
+            .group_by_dynamic("date", every=f"{target_ms}ms", closed="left", label="left")
+            .agg(pl.col("open").first(), pl.col("high").max(), pl.col("low").min(),
+                 pl.col("close").last(), pl.col("volume").sum(), pl.len().alias("_n"))
+            .filter(pl.col("_n") == per_group)
+            .drop("_n"))

@@ -1,0 +1,6 @@
+"""Shared pytest fixtures. Helpers add theirs here; keep each set in its own module and import it."""
+
+try:  # tests/ as a package (tests/__init__.py present) or as a plain directory on sys.path
+    from tests.fake_binance import fake_binance, fake_time  # noqa: F401
+except ImportError:
+    from fake_binance import fake_binance, fake_time  # noqa: F401

@@ -1,0 +1,304 @@
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+
+from qml_pipeline.liquidation_map import (
+    FEATURE_SCHEMA,
+    LIQUIDATION_MAP,
+    LiqMapConfig,
+    estimate_liquidation_map,
+    liq_features_for_trades,
+)
+from qml_pipeline.schemas import TS
+
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+H = timedelta(hours=1)
+# one 10x tier, 0.5% maintenance margin, $100 bins, a snapshot every hour
+ONE_TIER = LiqMapConfig(leverage_tiers=(10.0,), leverage_weights=(1.0,), maintenance_margin_rate=0.005,
+                        bin_width_bps=None, bin_width_usd=100.0, snapshot_every_minutes=60,
+                        cluster_min_share_of_oi=0.01)
+LONG_LIQ = 50_000 * (1 - 0.1 + 0.005)   # 45,250
+SHORT_LIQ = 50_000 * (1 + 0.1 - 0.005)  # 54,750
+
+
+def oi_frame(rows: list[tuple[datetime, float]], symbol: str = "BTCUSDT") -> pl.DataFrame:
+    return pl.DataFrame({
+        "symbol": symbol,
+        "event_time": [t - timedelta(minutes=5) for t, _ in rows],
+        "available_at": [t for t, _ in rows],
+        "open_interest": [v for _, v in rows],
+    }).with_columns(pl.col("event_time", "available_at").cast(TS))
+
+
+def bars_frame(rows: list[tuple[datetime, float, float, float]], symbol: str = "BTCUSDT") -> pl.DataFrame:
+    """rows: (open time, high, low, close) of 1h bars."""
+    return pl.DataFrame({
+        "symbol": symbol, "interval": "1h",
+        "event_time": [t for t, *_ in rows], "close_time": [t + H for t, *_ in rows],
+        "open": [c for *_, c in rows], "high": [h for _, h, _, _ in rows],
+        "low": [lo for _, _, lo, _ in rows], "close": [c for *_, c in rows],
+    }).with_columns(pl.col("event_time", "close_time").cast(TS))
+
+
+def flat_bars(n: int, price: float = 50_000.0, spread: float = 500.0) -> list[tuple[datetime, float, float, float]]:
+    return [(T0 + i * H, price + spread, price - spread, price) for i in range(n)]
+
+
+def snapshot(m: pl.DataFrame, t: datetime) -> pl.DataFrame:
+    return m.filter(pl.col("snapshot_time") == t)
+
+
+def trades_frame(rows: list[tuple[str, str, datetime]]) -> pl.DataFrame:
+    return pl.DataFrame({
+        "trade_id": [r[0] for r in rows], "symbol": "BTCUSDT",
+        "direction": [r[1] for r in rows], "decision_time": [r[2] for r in rows],
+    }).with_columns(pl.col("decision_time").cast(TS))
+
+
+def atr_frame(ids: list[str], atr: float = 1_000.0) -> pl.DataFrame:
+    return pl.DataFrame({"trade_id": ids, "atr": [atr] * len(ids)})
+
+
+# ------------------------------------------------------------------ the model on a hand-made path
+
+def test_oi_increase_opens_longs_and_shorts_at_their_liquidation_prices() -> None:
+    # bar closing at 01:00 closes at 50,000; OI rises 1,000 -> 1,100 BTC in the row known at 01:00
+    oi = oi_frame([(T0, 1_000.0), (T0 + H, 1_100.0), (T0 + 2 * H, 1_100.0), (T0 + 3 * H, 1_100.0)])
+    m = estimate_liquidation_map(oi, bars_frame(flat_bars(4)), ONE_TIER)
+    assert m.schema == LIQUIDATION_MAP.polars_schema
+    snap = snapshot(m, T0 + 3 * H)
+    longs = snap.filter(pl.col("long_liq_notional") > 0)
+    shorts = snap.filter(pl.col("short_liq_notional") > 0)
+    assert longs.height == 1 and shorts.height == 1
+    lrow, srow = longs.row(0, named=True), shorts.row(0, named=True)
+    assert lrow["long_liq_notional"] == pytest.approx(50.0)
+    assert lrow["long_liq_notional_usd"] == pytest.approx(50.0 * LONG_LIQ)
+    assert lrow["price_bin_low"] <= LONG_LIQ < lrow["price_bin_high"]
+    assert lrow["price_bin_high"] - lrow["price_bin_low"] == pytest.approx(100.0)
+    assert srow["short_liq_notional"] == pytest.approx(50.0)
+    assert srow["price_bin_low"] <= SHORT_LIQ < srow["price_bin_high"]
+    assert lrow["open_interest"] == 1_100.0 and lrow["reference_price"] == 50_000.0
+    assert set(m["source"]) == {"estimated"}
+    # nothing exists before the increase became known
+    assert snapshot(m, T0).height == 0
+
+
+@pytest.mark.parametrize("low, removed", [(45_251.0, False), (LONG_LIQ, True), (45_000.0, True)])
+def test_long_is_removed_when_a_later_bar_low_reaches_its_liquidation_price(low: float, removed: bool) -> None:
+    bars = flat_bars(6)
+    bars[3] = (T0 + 3 * H, 50_100.0, low, 49_000.0)  # closes at 04:00
+    oi = oi_frame([(T0 + i * H, 1_000.0 if i == 0 else 1_100.0) for i in range(6)])
+    m = estimate_liquidation_map(oi, bars_frame(bars), ONE_TIER)
+    before, after = snapshot(m, T0 + 3 * H), snapshot(m, T0 + 4 * H)
+    assert before["long_liq_notional"].sum() == pytest.approx(50.0)
+    assert after["long_liq_notional"].sum() == pytest.approx(0.0 if removed else 50.0)
+    assert after["short_liq_notional"].sum() == pytest.approx(50.0)  # shorts untouched by a drop
+
+
+def test_short_is_removed_when_a_later_bar_high_reaches_its_liquidation_price() -> None:
+    bars = flat_bars(6)
+    bars[2] = (T0 + 2 * H, 55_000.0, 49_900.0, 54_000.0)
+    oi = oi_frame([(T0 + i * H, 1_000.0 if i == 0 else 1_100.0) for i in range(6)])
+    m = estimate_liquidation_map(oi, bars_frame(bars), ONE_TIER)
+    assert snapshot(m, T0 + 2 * H)["short_liq_notional"].sum() == pytest.approx(50.0)
+    assert snapshot(m, T0 + 3 * H)["short_liq_notional"].sum() == pytest.approx(0.0)
+    assert snapshot(m, T0 + 3 * H)["long_liq_notional"].sum() == pytest.approx(50.0)
+
+
+def test_oi_decrease_removes_notional_proportionally() -> None:
+    # +100 at 01:00, +100 at 02:00 (both at 50,000), then -240 (20% of 1,200) at 03:00
+    oi = oi_frame([(T0, 1_000.0), (T0 + H, 1_100.0), (T0 + 2 * H, 1_200.0), (T0 + 3 * H, 960.0),
+                   (T0 + 4 * H, 960.0)])
+    m = estimate_liquidation_map(oi, bars_frame(flat_bars(5)), ONE_TIER)
+    assert snapshot(m, T0 + 2 * H)["long_liq_notional"].sum() == pytest.approx(100.0)
+    after = snapshot(m, T0 + 3 * H)
+    assert after["long_liq_notional"].sum() == pytest.approx(80.0)
+    assert after["short_liq_notional"].sum() == pytest.approx(80.0)
+    assert after["long_liq_notional_usd"].sum() == pytest.approx(80.0 * LONG_LIQ)
+    # a later increase adds at full size; earlier positions keep their reduced size
+    oi2 = oi.vstack(oi_frame([(T0 + 5 * H, 1_060.0)]))
+    later = snapshot(estimate_liquidation_map(oi2, bars_frame(flat_bars(6)), ONE_TIER), T0 + 5 * H)
+    assert later["long_liq_notional"].sum() == pytest.approx(130.0)
+
+
+def test_long_share_leverage_weights_and_expiry() -> None:
+    cfg = LiqMapConfig(leverage_tiers=(5.0, 20.0), leverage_weights=(0.25, 0.75), long_share=0.6,
+                       maintenance_margin_rate=0.0, bin_width_bps=None, bin_width_usd=100.0,
+                       snapshot_every_minutes=60, expiry_days=2 / 24, max_oi_age_minutes=600)
+    oi = oi_frame([(T0, 1_000.0), (T0 + H, 1_100.0)])
+    m = estimate_liquidation_map(oi, bars_frame(flat_bars(5, spread=100.0)), cfg)
+    snap = snapshot(m, T0 + 2 * H)
+    by_bin = dict(zip(snap["price_bin_low"], snap["long_liq_notional"]))
+    assert by_bin[40_000.0] == pytest.approx(100 * 0.6 * 0.25)    # 5x: 50,000 * 0.8
+    assert by_bin[47_500.0] == pytest.approx(100 * 0.6 * 0.75)    # 20x: 50,000 * 0.95
+    assert snap["short_liq_notional"].sum() == pytest.approx(40.0)
+    assert snapshot(m, T0 + 3 * H).height == 0                   # older than expiry_days (2 h)
+
+
+def test_zero_open_interest_rows_are_missing_data_not_a_collapse() -> None:
+    oi = oi_frame([(T0, 1_000.0), (T0 + H, 1_100.0), (T0 + 2 * H, 0.0), (T0 + 3 * H, 1_100.0)])
+    m = estimate_liquidation_map(oi, bars_frame(flat_bars(4)), ONE_TIER)
+    assert snapshot(m, T0 + 3 * H)["long_liq_notional"].sum() == pytest.approx(50.0)
+
+
+def test_stale_price_opens_nothing_and_stale_oi_emits_no_snapshot() -> None:
+    oi = oi_frame([(T0, 1_000.0), (T0 + 10 * H, 1_100.0)])
+    # bars end at 02:00: the increase known at 10:00 has no price within 2 h
+    m = estimate_liquidation_map(oi, bars_frame(flat_bars(2)), ONE_TIER)
+    assert m.height == 0
+    oi = oi_frame([(T0, 1_000.0), (T0 + H, 1_100.0)])
+    m = estimate_liquidation_map(oi, bars_frame(flat_bars(12)), ONE_TIER)
+    assert m["snapshot_time"].max() == T0 + 4 * H  # newest OI 01:00 + max_oi_age 3 h
+
+
+def test_config_rejects_inconsistent_assumptions() -> None:
+    with pytest.raises(ValueError, match="sum to 1"):
+        LiqMapConfig(leverage_weights=(0.5, 0.5, 0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="liquidated at entry"):
+        LiqMapConfig(leverage_tiers=(250.0,), leverage_weights=(1.0,))
+    with pytest.raises(ValueError, match="exactly one"):
+        LiqMapConfig(bin_width_usd=10.0)
+
+
+# ------------------------------------------------------------------ per-trade feature
+
+def _two_sided_setup() -> tuple[pl.DataFrame, pl.DataFrame]:
+    oi = oi_frame([(T0 + i * H, 1_000.0 if i == 0 else 1_100.0) for i in range(8)])
+    return oi, bars_frame(flat_bars(8))
+
+
+def test_feature_direction_bearish_uses_longs_below_bullish_uses_shorts_above() -> None:
+    oi, bars = _two_sided_setup()
+    cfg = LiqMapConfig(**{**ONE_TIER.__dict__, "long_share": 0.7})
+    d = T0 + 3 * H + timedelta(minutes=17)
+    trades = trades_frame([("bear", "BEARISH", d), ("bull", "bullish", d)])
+    f = liq_features_for_trades(trades, oi, bars, atr_frame(["bear", "bull"], 500.0), cfg)
+    assert f.schema == FEATURE_SCHEMA
+    bear = f.filter(pl.col("trade_id") == "bear").row(0, named=True)
+    bull = f.filter(pl.col("trade_id") == "bull").row(0, named=True)
+    assert bear["liq_cluster_price"] == pytest.approx(LONG_LIQ)
+    assert bear["liq_cluster_notional_usd"] == pytest.approx(70.0 * LONG_LIQ)
+    assert bear["distance_to_liq_cluster"] == pytest.approx((50_000 - LONG_LIQ) / 500.0)
+    assert bull["liq_cluster_price"] == pytest.approx(SHORT_LIQ)
+    assert bull["liq_cluster_notional_usd"] == pytest.approx(30.0 * SHORT_LIQ)
+    assert bull["distance_to_liq_cluster"] == pytest.approx((SHORT_LIQ - 50_000) / 500.0)
+    assert bear["liq_map_time"] == T0 + 3 * H and bear["liq_map_age_minutes"] == pytest.approx(17.0)
+
+
+def test_feature_picks_the_nearest_cluster_in_the_trade_direction() -> None:
+    cfg = LiqMapConfig(**{**ONE_TIER.__dict__, "leverage_tiers": (5.0, 10.0), "leverage_weights": (0.5, 0.5)})
+    oi, bars = _two_sided_setup()
+    f = liq_features_for_trades(trades_frame([("b", "BEARISH", T0 + 4 * H)]), oi, bars, atr_frame(["b"]), cfg)
+    assert f["liq_cluster_price"][0] == pytest.approx(LONG_LIQ)  # the 10x level, not the 5x at 40,250
+
+
+def test_feature_is_null_when_no_cluster_lies_in_the_trade_direction() -> None:
+    bars = flat_bars(8)
+    bars[3] = (T0 + 3 * H, 50_100.0, 45_000.0, 49_000.0)  # wipes the longs out at 04:00
+    oi = oi_frame([(T0 + i * H, 1_000.0 if i == 0 else 1_100.0) for i in range(8)])
+    trades = trades_frame([("bear", "BEARISH", T0 + 5 * H), ("bull", "BULLISH", T0 + 5 * H),
+                           ("early", "BEARISH", T0 + 3 * H + timedelta(minutes=59))])
+    f = liq_features_for_trades(trades, oi, bars_frame(bars), atr_frame(["bear", "bull", "early"]), ONE_TIER)
+    rows = {r["trade_id"]: r for r in f.iter_rows(named=True)}
+    assert rows["bear"]["distance_to_liq_cluster"] is None and rows["bear"]["liq_cluster_price"] is None
+    assert rows["bear"]["liq_map_time"] == T0 + 5 * H  # the map existed; it just had no cluster there
+    assert rows["bull"]["liq_cluster_price"] == pytest.approx(SHORT_LIQ)
+    # as of exactly decision_time: one minute before the liquidating bar closed, the longs were there
+    assert rows["early"]["liq_cluster_price"] == pytest.approx(LONG_LIQ)
+
+
+def test_feature_below_cluster_threshold_is_null() -> None:
+    oi, bars = _two_sided_setup()
+    cfg = LiqMapConfig(**{**ONE_TIER.__dict__, "cluster_min_share_of_oi": 0.05})  # 55 BTC > 50 BTC
+    f = liq_features_for_trades(trades_frame([("b", "BEARISH", T0 + 4 * H)]), oi, bars, atr_frame(["b"]), cfg)
+    assert f["liq_cluster_price"][0] is None
+
+
+def test_feature_is_null_when_open_interest_is_stale_but_keeps_the_age() -> None:
+    oi, bars = _two_sided_setup()
+    bars = bars_frame(flat_bars(20))
+    d = T0 + 7 * H + timedelta(minutes=181)
+    f = liq_features_for_trades(trades_frame([("b", "BULLISH", d), ("x", "BULLISH", T0 - H)]), oi, bars,
+                                atr_frame(["b", "x"]), ONE_TIER)
+    b = f.row(0, named=True)
+    assert b["liq_cluster_price"] is None and b["liq_map_age_minutes"] == pytest.approx(181.0)
+    x = f.row(1, named=True)
+    assert x["liq_map_time"] is None and x["liq_cluster_price"] is None
+
+
+def test_feature_distance_is_null_without_atr_and_bad_direction_is_refused() -> None:
+    oi, bars = _two_sided_setup()
+    f = liq_features_for_trades(trades_frame([("b", "BEARISH", T0 + 4 * H)]), oi, bars,
+                                pl.DataFrame({"trade_id": ["other"], "atr": [1.0]}), ONE_TIER)
+    assert f["distance_to_liq_cluster"][0] is None and f["liq_cluster_price"][0] == pytest.approx(LONG_LIQ)
+    with pytest.raises(ValueError, match="BULLISH or BEARISH"):
+        liq_features_for_trades(trades_frame([("b", "LONG", T0)]), oi, bars, atr_frame(["b"]), ONE_TIER)
+
+
+# ------------------------------------------------------------------ point in time
+
+def random_market(seed: int, hours: int = 24 * 40) -> tuple[pl.DataFrame, pl.DataFrame]:
+    rng = np.random.default_rng(seed)
+    close = 30_000 * np.exp(np.cumsum(rng.normal(0, 0.01, hours)))
+    open_ = np.concatenate([[30_000.0], close[:-1]])
+    high = np.maximum(open_, close) * (1 + np.abs(rng.normal(0, 0.004, hours)))
+    low = np.minimum(open_, close) * (1 - np.abs(rng.normal(0, 0.004, hours)))
+    bars = bars_frame([(T0 + i * H, high[i], low[i], close[i]) for i in range(hours)])
+    oi_values = 50_000 * np.exp(np.cumsum(rng.normal(0, 0.01, hours)))
+    oi_values[rng.choice(hours, 5, replace=False)] = 0.0  # missing-data rows, as in the archive
+    oi = oi_frame([(T0 + (i + 1) * H, float(v)) for i, v in enumerate(oi_values)])
+    return oi, bars
+
+
+CFG_PIT = LiqMapConfig(expiry_days=10, snapshot_every_minutes=120, cluster_min_share_of_oi=0.0005)
+
+
+@settings(max_examples=8, deadline=None)
+@example(seed=6, cut_hours=107, minutes=0)  # once caught a parallel sum's varying order
+@given(seed=st.integers(0, 10_000), cut_hours=st.integers(48, 24 * 39), minutes=st.integers(0, 59))
+def test_appending_future_data_never_changes_a_past_map_or_feature(seed: int, cut_hours: int, minutes: int) -> None:
+    oi, bars = random_market(seed)
+    cut = T0 + cut_hours * H + timedelta(minutes=minutes)
+    oi_past = oi.filter(pl.col("available_at") <= cut)
+    bars_past = bars.filter(pl.col("close_time") <= cut)
+
+    full = estimate_liquidation_map(oi, bars, CFG_PIT).filter(pl.col("snapshot_time") <= cut)
+    past = estimate_liquidation_map(oi_past, bars_past, CFG_PIT).filter(pl.col("snapshot_time") <= cut)
+    assert full.height > 0
+    assert_frame_equal(full, past, check_exact=True)
+
+    rng = np.random.default_rng(seed)
+    times = [cut - timedelta(minutes=int(m)) for m in rng.integers(0, 24 * 60, 20)] + [cut]
+    trades = trades_frame([(f"t{i}", "BEARISH" if i % 2 else "BULLISH", t) for i, t in enumerate(times)])
+    atr = atr_frame(trades["trade_id"].to_list(), 300.0)
+    f_full = liq_features_for_trades(trades, oi, bars, atr, CFG_PIT)
+    f_past = liq_features_for_trades(trades, oi_past, bars_past, atr, CFG_PIT)
+    assert f_full["liq_cluster_price"].null_count() < f_full.height
+    assert_frame_equal(f_full, f_past, check_exact=True)
+
+
+def test_feature_at_a_snapshot_time_agrees_with_the_snapshot_table() -> None:
+    oi, bars = random_market(7)
+    m = estimate_liquidation_map(oi, bars, CFG_PIT)
+    times = m["snapshot_time"].unique().sort()[::37].to_list()
+    trades = trades_frame([(f"{d}{i}", d, t) for i, t in enumerate(times) for d in ("BEARISH", "BULLISH")])
+    f = liq_features_for_trades(trades, oi, bars, atr_frame(trades["trade_id"].to_list()), CFG_PIT)
+    checked = 0
+    for tr, feat in zip(trades.iter_rows(named=True), f.iter_rows(named=True)):
+        side = "long_liq_notional" if tr["direction"] == "BEARISH" else "short_liq_notional"
+        snap = snapshot(m, tr["decision_time"]).filter(
+            pl.col(side) >= CFG_PIT.cluster_min_share_of_oi * pl.col("open_interest"))
+        snap = snap.sort("price_bin_low", descending=tr["direction"] == "BEARISH")
+        if snap.height == 0:
+            assert feat["liq_cluster_price"] is None
+            continue
+        near = snap.row(0, named=True)
+        assert near["price_bin_low"] <= feat["liq_cluster_price"] < near["price_bin_high"]
+        assert feat["liq_cluster_notional_usd"] == pytest.approx(near[side + "_usd"], rel=1e-9)
+        checked += 1
+    assert checked > 5
