@@ -68,6 +68,9 @@ def simulate_trades(patterns: pl.DataFrame, klines: pl.DataFrame, funding: pl.Da
     cfg = config or SimulationConfig()
     if patterns.height == 0:
         return pl.DataFrame(schema=TRADES.polars_schema)
+    for col in ("symbol", "timeframe"):
+        if patterns[col].n_unique() > 1:
+            raise ValueError(f"simulate_trades takes one {col} at a time; use reference_trades for many")
     k = klines.sort("event_time")
     o_ms = _ms(k["event_time"])
     op, hi, lo, cl = (k[c].cast(pl.Float64).to_numpy() for c in ("open", "high", "low", "close"))

@@ -18,6 +18,7 @@ import pandera.polars as pa
 import polars as pl
 
 from qml_pipeline.schemas import TS, Column, Table
+from qml_pipeline.timeutil import INTERVAL_MS
 
 DIRECTIONS = ("BULLISH", "BEARISH")
 OUTCOMES = ("WIN", "LOSS", "TIMEOUT", "NOT_FILLED", "INVALIDATED")
@@ -185,6 +186,11 @@ def read_trade_export(path: str | Path, column_map: dict[str, str] | None = None
         if src not in raw.columns:
             problems.append((f"column_map names column {src!r}, which the file does not have"
                              + _suggest(src, raw.columns), []))
+    for src, dst in column_map.items():
+        if src in raw.columns and dst in raw.columns and src != dst:
+            problems.append((f"column_map maps {src!r} to {dst!r}, but the file already has {dst!r}", []))
+    if problems:
+        raise TradeInputError(label, problems, {})
     renamed = raw.rename({s: t for s, t in column_map.items() if s in raw.columns})
     known = set(TRADES.names)
     unknown = [c for c in renamed.columns if c not in known]
@@ -220,8 +226,6 @@ def read_trade_export(path: str | Path, column_map: dict[str, str] | None = None
         bad = [r for r in df.filter(pl.col(name).is_null())["_row"].to_list() if r not in flagged]
         if bad:
             problems.append((f"missing value in required column {name!r}", bad))
-    if problems:
-        raise TradeInputError(label, problems, trade_ids)
 
     df = df.with_columns(pl.col("direction").str.strip_chars().str.to_uppercase(),
                          pl.col("outcome").str.strip_chars().str.to_uppercase(),
@@ -247,7 +251,17 @@ def read_trade_export(path: str | Path, column_map: dict[str, str] | None = None
     out = out.with_columns([pl.lit(None, dtype=c.dtype).alias(c.name) for c in TRADES.columns
                             if c.name not in out.columns])
     out = out.select([pl.col(c.name).cast(c.dtype) for c in TRADES.columns])
-    validate_trades(out)
+    try:
+        validate_trades(out)
+    except pa.errors.SchemaErrors as exc:  # a contract rule the explicit checks above do not cover
+        fc = exc.failure_cases
+        found: dict[str, list[int]] = {}
+        for check, column, index in fc.select("check", "column", "index").iter_rows():
+            rule = f"{check}" + (f" in {column!r}" if column and column != TRADES.name else "")
+            found.setdefault(rule, [])
+            if index is not None:
+                found[rule].append(int(index) + 1)
+        raise TradeInputError(label, list(found.items()), trade_ids) from None
     return out, warnings
 
 
@@ -332,6 +346,8 @@ def _row_problems(df: pl.DataFrame) -> list[tuple[str, list[int]]]:
     checks: dict[str, pl.Expr] = {
         f"unknown direction (expected one of {list(DIRECTIONS)})": pl.col("direction").is_in(DIRECTIONS),
         f"unknown outcome (expected one of {list(OUTCOMES)})": pl.col("outcome").is_in(OUTCOMES),
+        "unknown timeframe (Binance notation: 1m, 5m, 15m, 1h, 4h, 1d, ...)":
+            pl.col("timeframe").is_in(list(INTERVAL_MS)),
     }
     for p in PRICE_COLUMNS:
         if p in df.columns:
@@ -343,7 +359,7 @@ def _row_problems(df: pl.DataFrame) -> list[tuple[str, list[int]]]:
     if "base_confidence" in df.columns:
         checks["base_confidence outside 0..1"] = pl.col("base_confidence").is_null() | (
             pl.col("base_confidence").is_between(0.0, 1.0))
-    checks["duplicate trade_id"] = ~pl.col("trade_id").is_duplicated()
+    checks["duplicate trade_id"] = pl.col("trade_id").is_null() | ~pl.col("trade_id").is_duplicated()
     names = list(checks)
     # A NaN price is reported once, by its own rule, not again by every comparison it falsifies.
     prices = [pl.col(p).fill_nan(None) for p in PRICE_COLUMNS if p in df.columns]

@@ -6,16 +6,18 @@ from __future__ import annotations
 import math
 import random
 import statistics
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import duckdb
+import numpy as np
 import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qml_pipeline.features import FeatureConfig, build_trade_context_features, feature_null_counts
 from qml_pipeline.schemas import TS
-from qml_pipeline.timeutil import INTERVAL_MS, UTC, from_ms, to_ms
+from qml_pipeline.timeutil import INTERVAL_MS, UTC, to_ms
+from qml_pipeline.windows import build_ohlcv_windows, load_windows, save_windows
 
 H, M, D = 3_600_000, 60_000, 86_400_000
 T0 = to_ms(datetime(2024, 1, 1, tzinfo=UTC))
@@ -331,3 +333,42 @@ def test_null_counts_and_one_row_per_trade_with_duplicates() -> None:
     counts = feature_null_counts(df)
     assert counts["distance_to_liq_cluster"] == 1 and counts["funding_rate"] == 0
     assert "trade_id" not in counts
+
+
+# ------------------------------------------------------------------ OHLCV windows
+
+
+def _window_data() -> dict:
+    klines = []
+    for sym in ("AAA", "BBB"):
+        for i in range(120):
+            if sym == "BBB" and i == 100:
+                continue  # a gap: BBB windows crossing bar 100 are incomplete
+            ev = T0 + i * H
+            p = 100.0 + i
+            klines.append(dict(symbol=sym, interval="1h", event_time=ev, close_time=ev + H, open=p,
+                               high=p + 2, low=p - 1, close=p + 1, volume=float(i % 7), available_at=ev + H))
+    trades = [
+        dict(trade_id="a_ok", symbol="AAA", timeframe="1h", direction="BULLISH", decision_time=T0 + 80 * H + 30 * M),
+        dict(trade_id="a_edge", symbol="AAA", timeframe="1h", direction="BEARISH", decision_time=T0 + 60 * H),
+        dict(trade_id="a_short", symbol="AAA", timeframe="1h", direction="BEARISH", decision_time=T0 + 40 * H),
+        dict(trade_id="b_gap", symbol="BBB", timeframe="1h", direction="BULLISH", decision_time=T0 + 110 * H),
+        dict(trade_id="b_stale", symbol="BBB", timeframe="1h", direction="BULLISH", decision_time=T0 + 200 * H),
+    ]
+    return dict(funding_rates=[], open_interest=[], klines=klines, trades=trades)
+
+
+def test_windows_end_at_last_closed_bar_and_exclude_incomplete(tmp_path) -> None:
+    ids, arr = build_ohlcv_windows(connect(_window_data()), bars=50)
+    assert ids == ["a_edge", "a_ok"]
+    assert arr.shape == (2, 50, 5) and arr.dtype == np.float32
+    # a_ok at 80:30 -> last closed bar opened at 79:00 (close 180); a_edge at 60:00 -> bar 59 closed exactly then
+    ok = arr[1]
+    assert ok[-1, 3] == 0.0
+    np.testing.assert_allclose(ok[0, 3], (30 + 1 + 100) / 180 - 1, rtol=1e-6)   # bar 30's close
+    np.testing.assert_allclose(arr[0, -1, 0], (159 - 100 + 100) / 160 - 1, rtol=1e-6)
+    vols = np.array([i % 7 for i in range(30, 80)], dtype=float)
+    np.testing.assert_allclose(ok[:, 4], vols / vols.mean(), rtol=1e-6)
+    path = save_windows(tmp_path / "w.npz", ids, arr)
+    ids2, arr2 = load_windows(path)
+    assert ids2 == ids and np.array_equal(arr2, arr)

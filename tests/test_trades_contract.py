@@ -97,6 +97,7 @@ def test_column_map_naming_absent_column(tmp_path):
      "NaN or non-positive price in 'exit_price'"),
     ("T9,BTCUSDT,4h,BEARISH,2024-03-01T08:00:00Z,,abc,105,,,,NOT_FILLED", "values in 'entry_price' that are not numbers"),
     ("T9,BTCUSDT,4h,BEARISH,2024-03-01T08:00:00Z,,100,105,,,,MAYBE", "unknown outcome"),
+    ("T9,BTCUSDT,4H,BEARISH,2024-03-01T08:00:00Z,,100,105,,,,NOT_FILLED", "unknown timeframe"),
     ("T1,BTCUSDT,4h,BEARISH,2024-03-01T08:00:00Z,,100,105,,,,NOT_FILLED", "duplicate trade_id"),
     (",BTCUSDT,4h,BEARISH,2024-03-01T08:00:00Z,,100,105,,,,NOT_FILLED", "missing value in required column 'trade_id'"),
 ])
@@ -126,3 +127,18 @@ def test_unsupported_suffix(tmp_path):
     p.write_text("")
     with pytest.raises(TradeInputError, match="unsupported file type"):
         read_trade_export(p)
+
+
+def test_other_contract_rules_are_reported_the_same_way(tmp_path):
+    header = HEADER + ",fees_r"
+    lines = [line + ",0.01" for line in GOOD[:2]] + [GOOD[2] + ",-0.5"]
+    err = problem(tmp_path, lines, header=header)
+    assert len(err.problems) == 1
+    rule, rows = err.problems[0]
+    assert "fees_r" in rule and rows == [3]
+    assert "row 3 (trade_id 'T3')" in str(err)
+
+
+def test_column_map_onto_an_existing_column(tmp_path):
+    err = problem(tmp_path, GOOD, column_map={"exit_price": "entry_price"})
+    assert "column_map maps 'exit_price' to 'entry_price', but the file already has 'entry_price'" in str(err)
