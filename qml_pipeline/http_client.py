@@ -21,6 +21,11 @@ in one place:
   body from a proxy is usually transient), then raises `BadResponseError` with the URL and the first
   200 characters of the body.
 
+Other APIs (e.g. Coinglass) use the same client: `get_json(..., headers=...)` sends per-request
+headers (never stored, so a secret header stays out of the client's state), `last_headers` holds
+the last response's headers for API-specific rate-limit signals, and `pause` waits through the
+injectable `sleep`.
+
 Tests inject `sleep`, `clock` and `rng` so that no test actually waits.
 """
 
@@ -49,11 +54,13 @@ _SECRET_PARAMS = re.compile(r"^(signature|api_?key|apikey|key|token|secret|passw
 
 
 class HttpError(Exception):
-    """A request failed for good (after any retries). `url` has secrets redacted."""
+    """A request failed for good (after any retries). `url` has secrets redacted; `body` is the
+    start of the last response body, when there was one."""
 
-    def __init__(self, message: str, *, url: str = "", status: int | None = None):
+    def __init__(self, message: str, *, url: str = "", status: int | None = None, body: str = ""):
         self.url = url
         self.status = status
+        self.body = body
         super().__init__(message)
 
 
@@ -187,14 +194,17 @@ class HttpClient:
         self._last_weight = 0
         self._last_weight_at: float | None = None
         self._path_limits: list[_PathLimit] = []
+        self.last_headers: Mapping[str, str] = {}
 
     # ------------------------------------------------------------------ public API
 
-    def get_json(self, path: str, params: Mapping[str, Any] | None = None, weight: int = 1) -> Any:
-        """GET `path` and return its parsed JSON; `weight` is the request's Binance IP weight."""
+    def get_json(self, path: str, params: Mapping[str, Any] | None = None, weight: int = 1,
+                 headers: Mapping[str, str] | None = None) -> Any:
+        """GET `path` and return its parsed JSON; `weight` is the request's Binance IP weight;
+        `headers` are sent with this request only."""
         malformed_left = self.malformed_json_retries
         while True:
-            resp, url = self._request(path, params, weight, allow_404=False)
+            resp, url = self._request(path, params, weight, allow_404=False, headers=headers)
             assert resp is not None
             try:
                 payload = resp.json()
@@ -236,6 +246,10 @@ class HttpClient:
         """Start fresh counters; return the previous ones."""
         old, self.stats = self.stats, RequestStats()
         return old
+
+    def pause(self, seconds: float, why: str) -> None:
+        """Wait `seconds` through the client's (injectable) sleep, counted in `stats.waited_s`."""
+        self._wait(seconds, why)
 
     def progress(self, message: str) -> None:
         """Report progress of a long operation to `on_progress` (and the log)."""
@@ -303,7 +317,8 @@ class HttpClient:
         return self._rng.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** attempt))
 
     def _request(self, url_or_path: str, params: Mapping[str, Any] | None, weight: int,
-                 allow_404: bool) -> tuple[requests.Response | None, str]:
+                 allow_404: bool, headers: Mapping[str, str] | None = None
+                 ) -> tuple[requests.Response | None, str]:
         url = self.url_for(url_or_path)
         path = urlsplit(url).path
         shown = redact_url(requests.Request("GET", url, params=dict(params or {})).prepare().url or url)
@@ -313,7 +328,7 @@ class HttpClient:
             self.stats.requests += 1
             self.stats.weight_declared += weight
             try:
-                resp = self.session.get(url, params=params, timeout=self.timeout_s)
+                resp = self.session.get(url, params=params, headers=headers, timeout=self.timeout_s)
             except (requests.Timeout, requests.ConnectionError) as exc:
                 kind = "timed out" if isinstance(exc, requests.Timeout) else "could not connect"
                 if attempt >= self.max_retries:
@@ -326,6 +341,7 @@ class HttpClient:
 
             self.stats.bytes_received += len(resp.content)
             self._note_weight(resp)
+            self.last_headers = resp.headers
             status = resp.status_code
 
             if status in (429, 418):
@@ -345,7 +361,8 @@ class HttpClient:
             if status >= 500:
                 if attempt >= self.max_retries:
                     raise HttpError(f"GET {shown} failed with HTTP {status} on all {attempt + 1} attempts; "
-                                    f"last body: {resp.text[:200]!r}", url=shown, status=status)
+                                    f"last body: {resp.text[:200]!r}", url=shown, status=status,
+                                    body=resp.text[:1000])
                 self._wait(self._backoff(attempt), f"HTTP {status}; retry {attempt + 1}/{self.max_retries}")
                 attempt += 1
                 self.stats.retries += 1
@@ -370,6 +387,6 @@ class HttpClient:
                     raise BinanceApiError(err[0], err[1], shown, status)
                 hint = " (Binance's WAF rejected the request)" if status == 403 else ""
                 raise HttpError(f"GET {shown} failed with HTTP {status}{hint}: {resp.text[:200]!r}",
-                                url=shown, status=status)
+                                url=shown, status=status, body=resp.text[:1000])
 
             return resp, shown

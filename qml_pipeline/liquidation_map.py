@@ -21,39 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from qml_pipeline.schemas import TS, Column, Table
+from qml_pipeline.schemas import LIQUIDATION_MAP, TS
 from qml_pipeline.timeutil import interval_ms
-
-LIQUIDATION_MAP = Table(
-    name="liquidation_map",
-    doc="Estimated liquidation notional per price bin, per symbol and snapshot (model: "
-        "docs/liquidation_map.md). An estimate from OI and klines, not exchange data.",
-    columns=(
-        Column("symbol", pl.Utf8, "VARCHAR", "", "exchange symbol"),
-        Column("snapshot_time", TS, "TIMESTAMPTZ", "UTC",
-               "as-of time: uses OI rows with available_at <= snapshot_time and bars with "
-               "close_time <= snapshot_time"),
-        Column("price_bin_low", pl.Float64, "DOUBLE", "USDT",
-               "lower edge of the liquidation-price bin (inclusive)"),
-        Column("price_bin_high", pl.Float64, "DOUBLE", "USDT", "upper edge of the bin (exclusive)"),
-        Column("long_liq_notional", pl.Float64, "DOUBLE", "base asset (e.g. BTC)",
-               "estimated long positions whose liquidation price lies in the bin"),
-        Column("long_liq_notional_usd", pl.Float64, "DOUBLE", "USDT",
-               "the same long positions valued at their liquidation prices"),
-        Column("short_liq_notional", pl.Float64, "DOUBLE", "base asset (e.g. BTC)",
-               "estimated short positions whose liquidation price lies in the bin"),
-        Column("short_liq_notional_usd", pl.Float64, "DOUBLE", "USDT",
-               "the same short positions valued at their liquidation prices"),
-        Column("reference_price", pl.Float64, "DOUBLE", "USDT",
-               "close of the last closed bar at snapshot_time (longs' bins lie below, shorts' above)"),
-        Column("open_interest", pl.Float64, "DOUBLE", "base asset",
-               "the newest OI value the map includes (cluster thresholds are shares of it)"),
-        Column("oi_available_at", TS, "TIMESTAMPTZ", "UTC", "available_at of that newest OI row"),
-        Column("source", pl.Utf8, "VARCHAR", "", "'estimated' (this model)"),
-    ),
-    key=("symbol", "snapshot_time", "price_bin_low"),
-    time_column="snapshot_time",
-)
 
 FEATURE_SCHEMA = pl.Schema({
     "trade_id": pl.Utf8,

@@ -132,7 +132,104 @@ KLINES = Table(
     file_by=("interval",),
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (FUNDING_RATES, OPEN_INTEREST, KLINES)}
+# ---------------------------------------------------------------- derived tables
+
+TRADES = Table(
+    name="trades",
+    doc="One row per pattern traded (or left unfilled): the baseline the context phases judge.",
+    columns=(
+        Column("trade_id", pl.Utf8, "VARCHAR", "", "unique id; the detector's is "
+               "<symbol>-<timeframe>-<BULL|BEAR>-<decision_time %Y%m%dT%H%M>"),
+        Column("symbol", pl.Utf8, "VARCHAR", "", "exchange symbol, e.g. BTCUSDT"),
+        Column("timeframe", pl.Utf8, "VARCHAR", "", "candle interval the pattern was found on "
+               "(Binance notation: 1h, 4h, ...)"),
+        Column("direction", pl.Utf8, "VARCHAR", "", "BULLISH (long) or BEARISH (short)"),
+        Column("decision_time", TS, "TIMESTAMPTZ", "UTC",
+               "when the pattern was complete and a trader could act (close of the break-of-structure "
+               "bar); context features use only rows with available_at <= decision_time"),
+        Column("entry_time", TS, "TIMESTAMPTZ", "UTC",
+               "when the entry filled (the detector: open time of the fill bar); NULL if never filled",
+               nullable=True),
+        Column("entry_price", pl.Float64, "DOUBLE", "quote per base unit (USDT)",
+               "limit entry price (the left shoulder level for the detector)"),
+        Column("stop_price", pl.Float64, "DOUBLE", "quote per base unit (USDT)",
+               "protective stop; below entry for BULLISH, above for BEARISH"),
+        Column("target_price", pl.Float64, "DOUBLE", "quote per base unit (USDT)",
+               "take-profit level", nullable=True),
+        Column("exit_time", TS, "TIMESTAMPTZ", "UTC",
+               "when the position closed (the detector: open time of the exit bar); NULL if never "
+               "filled", nullable=True),
+        Column("exit_price", pl.Float64, "DOUBLE", "quote per base unit (USDT)", "exit price",
+               nullable=True),
+        Column("r_multiple", pl.Float64, "DOUBLE", "R (initial risk units)",
+               "net result after fees and funding: gross_r_multiple - fees_r - funding_r; NULL if "
+               "never filled", nullable=True),
+        Column("gross_r_multiple", pl.Float64, "DOUBLE", "R",
+               "price result before costs: signed (exit - entry) / |entry - stop|", nullable=True),
+        Column("fees_r", pl.Float64, "DOUBLE", "R", "trading fees of both sides, as a cost (>= 0)",
+               nullable=True),
+        Column("funding_r", pl.Float64, "DOUBLE", "R",
+               "funding paid while in the trade, as a cost: positive = paid, negative = received",
+               nullable=True),
+        Column("outcome", pl.Utf8, "VARCHAR", "",
+               "WIN (target hit), LOSS (stop hit), TIMEOUT (closed at max hold), NOT_FILLED (limit "
+               "not reached in time), INVALIDATED (close beyond the head before the fill)"),
+        Column("base_confidence", pl.Float64, "DOUBLE", "fraction 0..1",
+               "pattern quality from geometry alone (docs/detector.md); NULL if the export has none",
+               nullable=True),
+        Column("source", pl.Utf8, "VARCHAR", "",
+               "reference_detector, or user_export:<file name>"),
+        Column("ls_time", TS, "TIMESTAMPTZ", "UTC", "open time of the left-shoulder bar", nullable=True),
+        Column("ls_price", pl.Float64, "DOUBLE", "USDT",
+               "left shoulder: the swing high (BEARISH) / swing low (BULLISH)", nullable=True),
+        Column("head_time", TS, "TIMESTAMPTZ", "UTC", "open time of the head bar", nullable=True),
+        Column("head_price", pl.Float64, "DOUBLE", "USDT",
+               "head: the higher high (BEARISH) / lower low (BULLISH)", nullable=True),
+        Column("low_time", TS, "TIMESTAMPTZ", "UTC",
+               "open time of the bar of the swing between shoulder and head (the 'L'; a swing high "
+               "for BULLISH)", nullable=True),
+        Column("low_price", pl.Float64, "DOUBLE", "USDT",
+               "the L level whose close-through is the break of structure (a swing high for BULLISH)",
+               nullable=True),
+        Column("bos_time", TS, "TIMESTAMPTZ", "UTC",
+               "open time of the break-of-structure bar (decision_time is its close)", nullable=True),
+    ),
+    key=("trade_id",),
+    time_column="decision_time",
+)
+
+LIQUIDATION_MAP = Table(
+    name="liquidation_map",
+    doc="Estimated liquidation notional per price bin, per symbol and snapshot (model: "
+        "docs/liquidation_map.md). An estimate from OI and klines, not exchange data.",
+    columns=(
+        Column("symbol", pl.Utf8, "VARCHAR", "", "exchange symbol"),
+        Column("snapshot_time", TS, "TIMESTAMPTZ", "UTC",
+               "as-of time: uses OI rows with available_at <= snapshot_time and bars with "
+               "close_time <= snapshot_time"),
+        Column("price_bin_low", pl.Float64, "DOUBLE", "USDT",
+               "lower edge of the liquidation-price bin (inclusive)"),
+        Column("price_bin_high", pl.Float64, "DOUBLE", "USDT", "upper edge of the bin (exclusive)"),
+        Column("long_liq_notional", pl.Float64, "DOUBLE", "base asset (e.g. BTC)",
+               "estimated long positions whose liquidation price lies in the bin"),
+        Column("long_liq_notional_usd", pl.Float64, "DOUBLE", "USDT",
+               "the same long positions valued at their liquidation prices"),
+        Column("short_liq_notional", pl.Float64, "DOUBLE", "base asset (e.g. BTC)",
+               "estimated short positions whose liquidation price lies in the bin"),
+        Column("short_liq_notional_usd", pl.Float64, "DOUBLE", "USDT",
+               "the same short positions valued at their liquidation prices"),
+        Column("reference_price", pl.Float64, "DOUBLE", "USDT",
+               "close of the last closed bar at snapshot_time (longs' bins lie below, shorts' above)"),
+        Column("open_interest", pl.Float64, "DOUBLE", "base asset",
+               "the newest OI value the map includes (cluster thresholds are shares of it)"),
+        Column("oi_available_at", TS, "TIMESTAMPTZ", "UTC", "available_at of that newest OI row"),
+        Column("source", pl.Utf8, "VARCHAR", "", "'estimated' (this model)"),
+    ),
+    key=("symbol", "snapshot_time", "price_bin_low"),
+    time_column="snapshot_time",
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (FUNDING_RATES, OPEN_INTEREST, KLINES, TRADES, LIQUIDATION_MAP)}
 
 
 def register(table: Table) -> Table:

@@ -8,6 +8,7 @@ window or the holding period runs past the last bar) yields no row.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 import polars as pl
@@ -32,7 +33,7 @@ class SimulationConfig:
             raise ValueError("fill_timeout_bars and max_hold_bars must be at least 1")
 
 
-def trade_id(symbol: str, timeframe: str, direction: str, decision_time) -> str:
+def trade_id(symbol: str, timeframe: str, direction: str, decision_time: datetime) -> str:
     return f"{symbol}-{timeframe}-{direction[:4]}-{decision_time:%Y%m%dT%H%M}"
 
 

@@ -17,77 +17,13 @@ from pathlib import Path
 import pandera.polars as pa
 import polars as pl
 
-from qml_pipeline.schemas import TS, Column, Table
+from qml_pipeline.schemas import TRADES, TS
 from qml_pipeline.timeutil import INTERVAL_MS
 
 DIRECTIONS = ("BULLISH", "BEARISH")
 OUTCOMES = ("WIN", "LOSS", "TIMEOUT", "NOT_FILLED", "INVALIDATED")
 FILLED_OUTCOMES = ("WIN", "LOSS", "TIMEOUT")
 REFERENCE_SOURCE = "reference_detector"
-
-TRADES = Table(
-    name="trades",
-    doc="One row per pattern traded (or left unfilled): the baseline the context phases judge.",
-    columns=(
-        Column("trade_id", pl.Utf8, "VARCHAR", "", "unique id; the detector's is "
-               "<symbol>-<timeframe>-<BULL|BEAR>-<decision_time %Y%m%dT%H%M>"),
-        Column("symbol", pl.Utf8, "VARCHAR", "", "exchange symbol, e.g. BTCUSDT"),
-        Column("timeframe", pl.Utf8, "VARCHAR", "", "candle interval the pattern was found on "
-               "(Binance notation: 1h, 4h, ...)"),
-        Column("direction", pl.Utf8, "VARCHAR", "", "BULLISH (long) or BEARISH (short)"),
-        Column("decision_time", TS, "TIMESTAMPTZ", "UTC",
-               "when the pattern was complete and a trader could act (close of the break-of-structure "
-               "bar); context features use only rows with available_at <= decision_time"),
-        Column("entry_time", TS, "TIMESTAMPTZ", "UTC",
-               "when the entry filled (the detector: open time of the fill bar); NULL if never filled",
-               nullable=True),
-        Column("entry_price", pl.Float64, "DOUBLE", "quote per base unit (USDT)",
-               "limit entry price (the left shoulder level for the detector)"),
-        Column("stop_price", pl.Float64, "DOUBLE", "quote per base unit (USDT)",
-               "protective stop; below entry for BULLISH, above for BEARISH"),
-        Column("target_price", pl.Float64, "DOUBLE", "quote per base unit (USDT)",
-               "take-profit level", nullable=True),
-        Column("exit_time", TS, "TIMESTAMPTZ", "UTC",
-               "when the position closed (the detector: open time of the exit bar); NULL if never "
-               "filled", nullable=True),
-        Column("exit_price", pl.Float64, "DOUBLE", "quote per base unit (USDT)", "exit price",
-               nullable=True),
-        Column("r_multiple", pl.Float64, "DOUBLE", "R (initial risk units)",
-               "net result after fees and funding: gross_r_multiple - fees_r - funding_r; NULL if "
-               "never filled", nullable=True),
-        Column("gross_r_multiple", pl.Float64, "DOUBLE", "R",
-               "price result before costs: signed (exit - entry) / |entry - stop|", nullable=True),
-        Column("fees_r", pl.Float64, "DOUBLE", "R", "trading fees of both sides, as a cost (>= 0)",
-               nullable=True),
-        Column("funding_r", pl.Float64, "DOUBLE", "R",
-               "funding paid while in the trade, as a cost: positive = paid, negative = received",
-               nullable=True),
-        Column("outcome", pl.Utf8, "VARCHAR", "",
-               "WIN (target hit), LOSS (stop hit), TIMEOUT (closed at max hold), NOT_FILLED (limit "
-               "not reached in time), INVALIDATED (close beyond the head before the fill)"),
-        Column("base_confidence", pl.Float64, "DOUBLE", "fraction 0..1",
-               "pattern quality from geometry alone (docs/detector.md); NULL if the export has none",
-               nullable=True),
-        Column("source", pl.Utf8, "VARCHAR", "",
-               "reference_detector, or user_export:<file name>"),
-        Column("ls_time", TS, "TIMESTAMPTZ", "UTC", "open time of the left-shoulder bar", nullable=True),
-        Column("ls_price", pl.Float64, "DOUBLE", "USDT",
-               "left shoulder: the swing high (BEARISH) / swing low (BULLISH)", nullable=True),
-        Column("head_time", TS, "TIMESTAMPTZ", "UTC", "open time of the head bar", nullable=True),
-        Column("head_price", pl.Float64, "DOUBLE", "USDT",
-               "head: the higher high (BEARISH) / lower low (BULLISH)", nullable=True),
-        Column("low_time", TS, "TIMESTAMPTZ", "UTC",
-               "open time of the bar of the swing between shoulder and head (the 'L'; a swing high "
-               "for BULLISH)", nullable=True),
-        Column("low_price", pl.Float64, "DOUBLE", "USDT",
-               "the L level whose close-through is the break of structure (a swing high for BULLISH)",
-               nullable=True),
-        Column("bos_time", TS, "TIMESTAMPTZ", "UTC",
-               "open time of the break-of-structure bar (decision_time is its close)", nullable=True),
-    ),
-    key=("trade_id",),
-    time_column="decision_time",
-)
 
 REQUIRED = ("trade_id", "symbol", "timeframe", "direction", "decision_time", "entry_price",
             "stop_price", "outcome")

@@ -4,3 +4,13 @@ try:  # tests/ as a package (tests/__init__.py present) or as a plain directory 
     from tests.fake_binance import fake_binance, fake_time  # noqa: F401
 except ImportError:
     from fake_binance import fake_binance, fake_time  # noqa: F401
+
+try:
+    from tests.fake_archive import fake_archive  # noqa: F401
+except ImportError:
+    from fake_archive import fake_archive  # noqa: F401
+
+try:
+    from tests.fake_coinglass import fake_coinglass  # noqa: F401
+except ImportError:
+    from fake_coinglass import fake_coinglass  # noqa: F401

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
-import pytest
 
 from dagster_project.definitions import defs
 from dagster_project.defs.raw_market_data import RAW_ASSETS, RAW_CHECKS

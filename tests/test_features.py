@@ -372,3 +372,24 @@ def test_windows_end_at_last_closed_bar_and_exclude_incomplete(tmp_path) -> None
     path = save_windows(tmp_path / "w.npz", ids, arr)
     ids2, arr2 = load_windows(path)
     assert ids2 == ids and np.array_equal(arr2, arr)
+
+
+def test_view_joins_trades_with_features(tmp_path, monkeypatch) -> None:
+    from qml_pipeline import schemas
+    from qml_pipeline.features import TRADE_CONTEXT_FEATURES
+    from qml_pipeline.warehouse import Warehouse
+
+    trades_table = schemas.TABLES.get("trades") or schemas.Table(
+        name="trades", doc="stand-in", key=("trade_id",),
+        columns=tuple(TRADE_CONTEXT_FEATURES.column(c) for c in TR_COLS))
+    monkeypatch.setitem(schemas.TABLES, "trades", trades_table)
+    monkeypatch.setitem(schemas.TABLES, TRADE_CONTEXT_FEATURES.name, TRADE_CONTEXT_FEATURES)
+    data = seed_example()
+    feats = build_trade_context_features(connect(data), FeatureConfig())
+    wh = Warehouse(tmp_path)
+    wh.replace_table(TRADE_CONTEXT_FEATURES, feats)
+    if trades_table.doc == "stand-in":
+        wh.replace_table(trades_table, _frame(data["trades"], TR_COLS))
+    con = wh.connect()
+    out = con.sql("SELECT trade_id, funding_rate, oi, oi_event_time FROM v_trade_context").fetchall()
+    assert len(out) == 1 and out[0][0] == "seed" and out[0][1] == 0.00021 and out[0][2] == 12.0

@@ -1,34 +1,151 @@
-"""Live Binance market data behind the MarketSource protocol (REST today; the public archive for
-history older than the REST window is added by the archive source)."""
+"""Live Binance market data behind the MarketSource protocol: the REST API and the public archive,
+one chosen per request so the user never has to.
+
+Rules (each request is split at most once, at a day or month boundary):
+
+- Open interest: REST serves only the last 30 days. The part of [start, end) before the first
+  day boundary inside the REST window (`BinanceRest.oi_rest_window_start()`, plus a 10-minute
+  margin so the window cannot slide past it mid-request) comes from the archive's daily metrics
+  files, the rest from REST.
+- Funding and klines: the archive part is the closed months (funding: only monthly files exist) or
+  the past days (klines) of the range; that part is read from the archive when it costs fewer HTTP
+  requests than REST would (cached files count 0 or 1 request, a downloaded one 2: CHECKSUM and zip;
+  REST costs ceil(rows / page size) pages, funding rows estimated at 8-hour settlements, the
+  smallest count a symbol can have), and from REST on a tie (REST also serves funding's mark
+  price). The rest of the range always comes from REST.
+- A funding or klines file the archive lacks (404) is filled from REST; an open-interest day the
+  archive lacks is older than the REST window and stays a gap. Every archive fetch's
+  `ArchiveReport` (gaps, duplicates, partial days, zero rows) is appended to `archive_reports`.
+"""
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 
 import polars as pl
 
+from qml_pipeline import schemas
+from qml_pipeline.config import PROJECT_ROOT
 from qml_pipeline.http_client import HttpClient
-from qml_pipeline.sources.binance_rest import BinanceRest
+from qml_pipeline.sources.binance_archive import ArchiveReport, BinanceArchive
+from qml_pipeline.sources.binance_rest import FUNDING_LIMIT, KLINES_LIMIT, BinanceRest
+from qml_pipeline.timeutil import UTC, interval_ms, utc_now
+
+DEFAULT_CACHE_DIR = PROJECT_ROOT / "warehouse" / "cache"
+OI_WINDOW_MARGIN = timedelta(minutes=10)
+FUNDING_ESTIMATE_HOURS = 8
+
+
+def _day_ceil(dt: datetime) -> datetime:
+    floor = datetime(dt.year, dt.month, dt.day, tzinfo=UTC)
+    return floor if floor == dt else floor + timedelta(days=1)
+
+
+def _month_floor(dt: datetime) -> datetime:
+    return datetime(dt.year, dt.month, 1, tzinfo=UTC)
 
 
 class BinanceSource:
     name = "binance"
 
     def __init__(self, fapi_url: str, archive_url: str, oi_publication_lag_s: int = 0,
-                 on_progress: Callable[[str], None] | None = None):
+                 on_progress: Callable[[str], None] | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None,
+                 now: Callable[[], datetime] = utc_now):
         self.client = HttpClient(fapi_url, on_progress=on_progress)
-        self.rest = BinanceRest(self.client, oi_publication_lag_s)
+        self.archive_client = HttpClient(archive_url, on_progress=on_progress)
+        self.rest = BinanceRest(self.client, oi_publication_lag_s, now=now)
+        self.archive = BinanceArchive(self.archive_client, Path(cache_dir or DEFAULT_CACHE_DIR),
+                                      oi_publication_lag_s, now=now)
         self.archive_url = archive_url
+        self.now = now
+        self.archive_reports: list[ArchiveReport] = []
 
     def request_stats(self) -> dict[str, float]:
-        return self.client.stats.as_dict()
+        """Both clients' counters summed (weight_used: the higher of the two servers' reports)."""
+        rest, arch = self.client.stats.as_dict(), self.archive_client.stats.as_dict()
+        out = {k: rest[k] + arch[k] for k in rest}
+        out["weight_used"] = max(rest["weight_used"], arch["weight_used"])
+        return out
 
-    def funding_rates(self, symbol: str, start: datetime, end: datetime) -> pl.DataFrame:
-        return self.rest.funding_rates(symbol, start, end)
+    # ------------------------------------------------------------------ helpers
+
+    def _from_archive(self, fetch: Callable[[], pl.DataFrame]) -> tuple[pl.DataFrame, ArchiveReport]:
+        df = fetch()
+        report = self.archive.last_report
+        assert report is not None
+        self.archive_reports.append(report)
+        return df, report
+
+    @staticmethod
+    def _concat(table: schemas.Table, frames: list[pl.DataFrame]) -> pl.DataFrame:
+        frames = [f for f in frames if f.height]
+        if not frames:
+            return schemas.empty(table)
+        key = list(table.key)
+        return pl.concat([schemas.conform(table, f) for f in frames]).unique(key, keep="first").sort(key)
+
+    # ------------------------------------------------------------------ open interest
+
+    def oi_boundary(self) -> datetime:
+        """The first day start the REST API still serves: older open interest comes from the archive."""
+        return _day_ceil(self.rest.oi_rest_window_start() + OI_WINDOW_MARGIN)
 
     def open_interest(self, symbol: str, period: str, start: datetime, end: datetime) -> pl.DataFrame:
-        return self.rest.open_interest(symbol, period, start, end)
+        boundary = self.oi_boundary()
+        frames = []
+        if start < boundary:
+            df, report = self._from_archive(
+                lambda: self.archive.open_interest(symbol, period, start, min(end, boundary)))
+            frames.append(df)
+        if end > boundary:
+            frames.append(self.rest.open_interest(symbol, period, max(start, boundary), end))
+        return self._concat(schemas.OPEN_INTEREST, frames)
+
+    # ------------------------------------------------------------------ funding
+
+    def funding_rest_requests(self, start: datetime, end: datetime) -> int:
+        hours = max(0.0, (end - start).total_seconds() / 3600)
+        return max(1, math.ceil((hours / FUNDING_ESTIMATE_HOURS + 1) / FUNDING_LIMIT))
+
+    def funding_rates(self, symbol: str, start: datetime, end: datetime) -> pl.DataFrame:
+        split = min(max(_month_floor(self.now()), start), end)  # closed months end here
+        frames = []
+        rest_from = start
+        if split > start:
+            files = self.archive.funding_files(symbol, start, split)
+            if self.archive.requests_needed(files) < self.funding_rest_requests(start, split):
+                df, report = self._from_archive(lambda: self.archive.funding_rates(symbol, start, split))
+                frames.append(df)
+                frames += [self.rest.funding_rates(symbol, lo, hi) for lo, hi in report.missing_ranges()]
+                rest_from = split
+        if end > rest_from:
+            frames.append(self.rest.funding_rates(symbol, rest_from, end))
+        return self._concat(schemas.FUNDING_RATES, frames)
+
+    # ------------------------------------------------------------------ klines
+
+    def klines_rest_requests(self, interval: str, start: datetime, end: datetime) -> int:
+        bars = max(0, math.ceil((end - start).total_seconds() * 1000 / interval_ms(interval)))
+        return max(1, math.ceil(bars / KLINES_LIMIT))
 
     def klines(self, symbol: str, interval: str, start: datetime, end: datetime) -> pl.DataFrame:
-        return self.rest.klines(symbol, interval, start, end)
+        today = datetime(*self.now().timetuple()[:3], tzinfo=UTC)
+        split = min(max(today, start), end)  # whole past days end here
+        frames = []
+        rest_from = start
+        if split > start:
+            files = self.archive.kline_files(symbol, interval, start, split)
+            if self.archive.requests_needed(files) < self.klines_rest_requests(interval, start, split):
+                df, report = self._from_archive(lambda: self.archive.klines(symbol, interval, start, split))
+                frames.append(df)
+                frames += [self.rest.klines(symbol, interval, lo, hi) for lo, hi in report.missing_ranges()]
+                rest_from = split
+        if end > rest_from:
+            frames.append(self.rest.klines(symbol, interval, rest_from, end))
+        return self._concat(schemas.KLINES, frames)
+
