@@ -8,24 +8,24 @@ large synthetic one.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
-import torch
 
 from qml_pipeline.evaluation import evaluate_models
-from qml_pipeline.model import ModelConfig, train_model
+from qml_pipeline.model import ModelConfig, torch, train_model
 
 TS = pl.Datetime("ms", "UTC")
 
 
 def synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, pl.DataFrame, pl.DataFrame]:
     rng = np.random.default_rng(seed)
-    t0 = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    t0 = datetime(2020, 1, 1, tzinfo=UTC)
     step = max(1, int(5 * 365 * 24 * 60 / n))  # spread over ~5 years
     times = [t0 + timedelta(minutes=step * i) for i in range(n)]
     z = rng.normal(size=n)
@@ -55,7 +55,8 @@ def main() -> None:
     args = ap.parse_args()
 
     print(f"torch {torch.__version__} on {platform.processor() or platform.machine()}, "
-          f"{args.threads} threads, cuda available: {torch.cuda.is_available()} (forced cpu)")
+          f"{args.threads} threads, cuda available: {torch.cuda.is_available()} (forced cpu), "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load average {os.getloadavg()}")
     for i, n in enumerate(args.sizes):
         epochs = args.epochs[min(i, len(args.epochs) - 1)]
         windows, context, labels = synthetic(n)

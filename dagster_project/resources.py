@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from qml_pipeline.baseline import TradeSourceConfig
 from qml_pipeline.config import Settings
 from qml_pipeline.ingest import MarketSource
 from qml_pipeline.sources.sample import SampleSource
@@ -44,5 +45,20 @@ class MarketDataResource(dg.ConfigurableResource):
         raise ValueError(f"unknown market data source {self.source!r}: use 'sample' or 'binance'")
 
 
+class TradeSourceResource(dg.ConfigurableResource):
+    """Which trades the research judges: a user's export (QML_TRADES_PATH, QML_TRADES_COLUMN_MAP) or,
+    when no path is set, the reference QML detector on the warehouse's klines (QML_TRADE_TIMEFRAMES)."""
+
+    export_path: str = SETTINGS.trades_path
+    column_map: str = SETTINGS.trades_column_map
+    timeframes: list[str] = list(SETTINGS.trade_timeframes)
+
+    def config(self) -> TradeSourceConfig:
+        mapping = Settings(trades_column_map=self.column_map).column_map()
+        return TradeSourceConfig(export_path=self.export_path, column_map=mapping,
+                                 timeframes=tuple(self.timeframes))
+
+
 def default_resources() -> dict[str, dg.ConfigurableResource]:
-    return {"warehouse": WarehouseResource(), "market": MarketDataResource()}
+    return {"warehouse": WarehouseResource(), "market": MarketDataResource(),
+            "trade_source": TradeSourceResource()}

@@ -35,6 +35,11 @@ class Settings:
     # seconds added to every open-interest row's knowable time beyond its stamp + period
     oi_publication_lag_seconds: int = 0
     funding_rate_cap: float = DEFAULT_FUNDING_RATE_CAP
+    # a user's backtest export (CSV or Parquet); empty: the reference detector's trades
+    trades_path: str = ""
+    # the export's column names mapped to the trade contract: "Entry=entry_price,Side=direction"
+    trades_column_map: str = ""
+    trade_timeframes: tuple[str, ...] = ("1h", "4h")
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -44,6 +49,13 @@ class Settings:
             interval_ms(interval)
         if not self.symbols:
             raise ValueError("QML_SYMBOLS is empty: name at least one symbol, e.g. BTCUSDT")
+
+    def column_map(self) -> dict[str, str]:
+        pairs = [p.split("=", 1) for p in _csv(self.trades_column_map)]
+        bad = [p[0] for p in pairs if len(p) != 2]
+        if bad:
+            raise ValueError(f"QML_TRADES_COLUMN_MAP: {bad} lack '=': write file_column=contract_column pairs")
+        return {k.strip(): v.strip() for k, v in pairs}
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":

@@ -10,9 +10,9 @@ Models (each gets a probability of a win per test trade):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -117,7 +117,7 @@ def calibration_table(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> pl.Data
 
 
 def _metric_row(y: np.ndarray, p: np.ndarray) -> dict:
-    return {"n": int(len(y)), "win_rate": float(y.mean()) if len(y) else float("nan"),
+    return {"n": len(y), "win_rate": float(y.mean()) if len(y) else float("nan"),
             "mean_predicted": float(np.clip(p, 0, 1).mean()) if len(y) else float("nan"),
             "auc": auc(y, p), "log_loss": log_loss(y, p), "brier": brier(y, p)}
 
@@ -188,9 +188,9 @@ def paired_bootstrap(y: np.ndarray, p_best: np.ndarray, p_other: np.ndarray, n_r
 def _verdict(overall: pl.DataFrame, boot: pl.DataFrame, per_year: pl.DataFrame, n_folds: int,
              notes: list[str]) -> str:
     best = overall.row(0, named=True)
-    lines = [f"Out of sample over {best['n']} test trades in {n_folds} purged walk-forward folds, "
+    lines = [(f"Out of sample over {best['n']} test trades in {n_folds} purged walk-forward folds, "
              f"'{best['model']}' ranks trades best (AUC {best['auc']:.3f}, Brier {best['brier']:.4f}, "
-             f"log loss {best['log_loss']:.4f})."]
+             f"log loss {best['log_loss']:.4f}).")]
     if not best["auc"] > 0.5:
         lines.append("No model separates winners from losers better than chance.")
     for r in boot.iter_rows(named=True):
@@ -296,7 +296,7 @@ def evaluate_models(windows: np.ndarray, context: pl.DataFrame, labels: pl.DataF
             fold_training.append({"fold": k, **{m: v for m, v in trained.metrics.items() if m != "history"}})
         dt = context["decision_time"]
         for m in models:
-            fold_rows.append({"fold": k, "model": m, "n_train": int(len(train)),
+            fold_rows.append({"fold": k, "model": m, "n_train": len(train),
                               "test_start": dt[int(test[0])], "test_end": dt[int(test[-1])],
                               **_metric_row(y[test], preds[m])})
         pred_rows.append(pl.DataFrame({"row": test, "fold": np.full(len(test), k), "y": y[test],

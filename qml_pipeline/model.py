@@ -19,13 +19,19 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import polars as pl
+
+# OpenMP threads that spin while they wait run ~5x slower when other processes share the cores
+# (Dagster's multiprocess executor, DuckDB queries; measured on 2 cores). libgomp reads this once,
+# when torch loads it, so it is set before the import and only if the user has not chosen.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 from torch import nn
 
@@ -119,7 +125,7 @@ class ContextNormaliser:
 
     @classmethod
     def for_frame(cls, context: pl.DataFrame, specs: tuple[FeatureSpec, ...] = CONTEXT_FEATURES,
-                  clip: float = 5.0) -> "ContextNormaliser":
+                  clip: float = 5.0) -> ContextNormaliser:
         """A normaliser over `specs`, plus the direction features when the frame has `direction`."""
         if "direction" in context.columns:
             specs = tuple(specs) + DIRECTION_FEATURES
@@ -133,7 +139,7 @@ class ContextNormaliser:
     def width(self) -> int:
         return 2 * len(self.specs)
 
-    def fit(self, context: pl.DataFrame) -> "ContextNormaliser":
+    def fit(self, context: pl.DataFrame) -> ContextNormaliser:
         raw = _raw_feature_matrix(context, self.specs)
         self.means, self.stds = {}, {}
         for j, s in enumerate(self.specs):
@@ -170,7 +176,7 @@ class ContextNormaliser:
                 "means": self.means, "stds": self.stds, "fitted": self.fitted}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ContextNormaliser":
+    def from_dict(cls, d: dict) -> ContextNormaliser:
         return cls(specs=tuple(FeatureSpec(**s) for s in d["specs"]), clip=float(d["clip"]),
                    means={k: float(v) for k, v in d["means"].items()},
                    stds={k: float(v) for k, v in d["stds"].items()}, fitted=bool(d["fitted"]))
@@ -201,6 +207,7 @@ class ModelConfig:
     context_width: int = 32
     fused_width: int = 64
     pool: int = 2
+    sequence: Literal["lstm", "attention"] = "lstm"
     grad_clip: float = 1.0
     num_threads: int = 2
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -209,6 +216,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.head not in ("classification", "regression"):
             raise ValueError(f"head must be 'classification' or 'regression', got {self.head!r}")
+        if self.sequence not in ("lstm", "attention"):
+            raise ValueError(f"sequence must be 'lstm' or 'attention', got {self.sequence!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -220,16 +229,36 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         d = dict(d)
         d["positive_outcomes"] = tuple(d.get("positive_outcomes", ("WIN",)))
         return cls(**d)
 
 
+class AttentionPool(nn.Module):
+    """The attention alternative for stream A: one self-attention encoder layer over the conv
+    features (with learned positions), then attention-weighted pooling to `width`."""
+
+    def __init__(self, channels: int, width: int, max_steps: int = 256, heads: int = 4) -> None:
+        super().__init__()
+        self.position = nn.Parameter(torch.zeros(1, max_steps, channels))
+        self.encoder = nn.TransformerEncoderLayer(channels, heads, dim_feedforward=2 * channels, dropout=0.0,
+                                                  batch_first=True)
+        self.score = nn.Linear(channels, 1)
+        self.out = nn.Linear(channels, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] > self.position.shape[1]:
+            raise ValueError(f"window too long for the attention encoder ({x.shape[1]} > {self.position.shape[1]} steps)")
+        h = self.encoder(x + self.position[:, : x.shape[1]])
+        weights = torch.softmax(self.score(h), dim=1)
+        return torch.relu(self.out((weights * h).sum(dim=1)))
+
+
 class FusionNet(nn.Module):
-    """Stream A: (batch, bars, 5) window -> Conv1d x2 -> max-pool -> LSTM -> last hidden (128).
-    Stream B: context vector -> Dense(32). Concatenate (160) -> Dense(64) + dropout -> one output
-    (a logit for classification, an R multiple for regression)."""
+    """Stream A: (batch, bars, 5) window -> Conv1d x2 -> max-pool -> LSTM (last hidden state) or
+    attention pooling -> 128. Stream B: context vector -> Dense(32). Concatenate (160) ->
+    Dense(64) + dropout -> one output (a logit for classification, an R multiple for regression)."""
 
     def __init__(self, context_dim: int, config: ModelConfig = ModelConfig()) -> None:
         super().__init__()
@@ -239,7 +268,11 @@ class FusionNet(nn.Module):
             nn.Conv1d(c, 2 * c, kernel_size=3, padding=1), nn.ReLU(),
             nn.MaxPool1d(config.pool) if config.pool > 1 else nn.Identity(),
         )
-        self.lstm = nn.LSTM(2 * c, config.pattern_width, batch_first=True)
+        self.sequence = config.sequence
+        if config.sequence == "lstm":
+            self.lstm = nn.LSTM(2 * c, config.pattern_width, batch_first=True)
+        else:
+            self.attention = AttentionPool(2 * c, config.pattern_width)
         self.context = nn.Sequential(nn.Linear(context_dim, config.context_width), nn.ReLU())
         self.fused = nn.Sequential(
             nn.Linear(config.pattern_width + config.context_width, config.fused_width), nn.ReLU(),
@@ -249,8 +282,12 @@ class FusionNet(nn.Module):
 
     def forward(self, window: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         a = self.conv(window.transpose(1, 2)).transpose(1, 2)
-        _, (h, _) = self.lstm(a)
-        fused = self.fused(torch.cat([h[-1], self.context(context)], dim=1))
+        if self.sequence == "lstm":
+            _, (h, _) = self.lstm(a)
+            pattern = h[-1]
+        else:
+            pattern = self.attention(a)
+        fused = self.fused(torch.cat([pattern, self.context(context)], dim=1))
         return self.head(fused).squeeze(1)
 
 
@@ -328,7 +365,7 @@ def inner_split(decision_ms: np.ndarray, exit_ms: np.ndarray | None, val_fractio
     """Early-stopping split: the latest val_fraction of trades by decision time validate; earlier
     trades whose exit reaches the first validation decision are dropped (purged)."""
     order = np.argsort(decision_ms, kind="stable")
-    n_val = int(round(len(order) * val_fraction))
+    n_val = round(len(order) * val_fraction)
     if val_fraction == 0 or n_val < min_val or len(order) - n_val < min_val:
         return order, order[:0]
     val, fit = order[-n_val:], order[:-n_val]
@@ -444,7 +481,7 @@ class TrainedModel:
         return sidecar
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainedModel":
+    def load(cls, path: str | Path) -> TrainedModel:
         path = Path(path)
         sidecar = path.with_suffix(".json")
         if not path.exists() or not sidecar.exists():
@@ -536,7 +573,8 @@ def train_model(windows: np.ndarray, context: pl.DataFrame, labels: pl.DataFrame
                 total += float(batch_loss.detach()) * len(b)
             train_loss = total / len(fit_idx)
             val_loss = _evaluate_loss(net, w_val, c_val, y_val, loss, 1024) if len(val_idx) else float("nan")
-            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+            history.append({"epoch": epoch, "train_loss": train_loss,
+                            "val_loss": val_loss if len(val_idx) else None,
                             "seconds": time.perf_counter() - t0})
             if not len(val_idx):
                 continue
@@ -552,7 +590,7 @@ def train_model(windows: np.ndarray, context: pl.DataFrame, labels: pl.DataFrame
         net.eval()
     seconds = time.perf_counter() - t_start
     metrics = {
-        "n_trades": int(windows.shape[0]), "n_fit": int(len(fit_idx)), "n_val": int(len(val_idx)),
+        "n_trades": int(windows.shape[0]), "n_fit": len(fit_idx), "n_val": len(val_idx),
         "n_purged": int(windows.shape[0] - len(fit_idx) - len(val_idx)),
         "epochs_run": len(history), "best_epoch": best_epoch or len(history),
         "best_val_loss": best_val if math.isfinite(best_val) else None,

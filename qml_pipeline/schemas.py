@@ -229,7 +229,70 @@ LIQUIDATION_MAP = Table(
     time_column="snapshot_time",
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (FUNDING_RATES, OPEN_INTEREST, KLINES, TRADES, LIQUIDATION_MAP)}
+
+_METRIC_COLUMNS = (
+    Column("patterns", pl.Int64, "BIGINT", "rows", "patterns in the group, filled or not"),
+    Column("trades", pl.Int64, "BIGINT", "trades", "filled trades (WIN, LOSS or TIMEOUT)"),
+    Column("wins", pl.Int64, "BIGINT", "trades", "target hit"),
+    Column("losses", pl.Int64, "BIGINT", "trades", "stop hit"),
+    Column("timeouts", pl.Int64, "BIGINT", "trades", "closed at the maximum holding time"),
+    Column("not_filled", pl.Int64, "BIGINT", "patterns", "limit entry never reached"),
+    Column("invalidated", pl.Int64, "BIGINT", "patterns", "close beyond the head before the fill"),
+    Column("win_rate", pl.Float64, "DOUBLE", "fraction 0..1", "wins / trades", nullable=True),
+    Column("avg_gross_r", pl.Float64, "DOUBLE", "R", "mean R before costs", nullable=True),
+    Column("expectancy_r", pl.Float64, "DOUBLE", "R", "mean net R per trade (average R after costs)",
+           nullable=True),
+    Column("total_r", pl.Float64, "DOUBLE", "R", "sum of net R", nullable=True),
+    Column("avg_win_r", pl.Float64, "DOUBLE", "R", "mean net R of wins", nullable=True),
+    Column("avg_loss_r", pl.Float64, "DOUBLE", "R", "mean net R of losses", nullable=True),
+    Column("profit_factor", pl.Float64, "DOUBLE", "ratio", "sum of positive R / |sum of negative R|",
+           nullable=True),
+    Column("trades_per_year", pl.Float64, "DOUBLE", "trades/year", "trades / span in years", nullable=True),
+    Column("sharpe", pl.Float64, "DOUBLE", "annualised",
+           "mean/std of per-trade R times sqrt(trades per year) (qml_pipeline/metrics.py)", nullable=True),
+    Column("max_drawdown_r", pl.Float64, "DOUBLE", "R", "largest fall of cumulative R from its peak",
+           nullable=True),
+)
+
+BASELINE_METRICS = Table(
+    name="baseline_metrics",
+    doc="The baseline's metrics (seed checklist): overall, per calendar year, symbol and timeframe.",
+    columns=(
+        Column("dimension", pl.Utf8, "VARCHAR", "", "overall, year, symbol or timeframe"),
+        Column("group", pl.Utf8, "VARCHAR", "", "the group's value ('all' for overall)"),
+        *_METRIC_COLUMNS,
+    ),
+    key=("dimension", "group"),
+)
+
+LIQUIDATIONS = Table(
+    name="liquidations",
+    doc="Liquidated long and short positions per bucket (Coinglass), per pair and exchange or per coin "
+        "aggregated over exchanges (exchange 'ALL').",
+    columns=(
+        Column("symbol", pl.Utf8, "VARCHAR", "",
+               "pair (e.g. BTCUSDT) for one exchange; coin (e.g. BTC) when exchange is 'ALL'"),
+        Column("exchange", pl.Utf8, "VARCHAR", "",
+               "exchange name as Coinglass spells it (e.g. Binance), or 'ALL' for the aggregate over "
+               "the requested exchange list"),
+        Column("interval", pl.Utf8, "VARCHAR", "", "bucket length: 1m .. 1w (Coinglass notation)"),
+        Column("event_time", TS, "TIMESTAMPTZ", "UTC", "bucket start"),
+        Column("long_liquidation_usd", pl.Float64, "DOUBLE", "USD",
+               "value of long positions liquidated in the bucket", nullable=True),
+        Column("short_liquidation_usd", pl.Float64, "DOUBLE", "USD",
+               "value of short positions liquidated in the bucket", nullable=True),
+        Column("available_at", TS, "TIMESTAMPTZ", "UTC",
+               "bucket end (event_time + interval): the earliest moment the bucket's total was known"),
+        Column("source", pl.Utf8, "VARCHAR", "", "'coinglass'"),
+        Column("ingested_at", TS, "TIMESTAMPTZ", "UTC", "when the pipeline wrote the row"),
+    ),
+    key=("symbol", "exchange", "interval", "event_time"),
+    time_column="event_time",
+    file_by=("interval",),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (FUNDING_RATES, OPEN_INTEREST, KLINES, TRADES, LIQUIDATION_MAP,
+                                                  LIQUIDATIONS, BASELINE_METRICS)}
 
 
 def register(table: Table) -> Table:

@@ -3,21 +3,35 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import polars as pl
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qml_pipeline.evaluation import (auc, brier, calibration_table, evaluate_models, fit_logistic, log_loss,
-                                     paired_bootstrap, walk_forward_splits)
-from qml_pipeline.model import (ContextNormaliser, FusionNet, ModelConfig, TrainedModel, align_inputs,
-                                data_fingerprint, train_model)
+from qml_pipeline.evaluation import (
+    auc,
+    brier,
+    calibration_table,
+    evaluate_models,
+    fit_logistic,
+    log_loss,
+    paired_bootstrap,
+    walk_forward_splits,
+)
+from qml_pipeline.model import (
+    ContextNormaliser,
+    FusionNet,
+    ModelConfig,
+    TrainedModel,
+    align_inputs,
+    data_fingerprint,
+    train_model,
+)
 
-T0 = datetime(2021, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2021, 1, 1, tzinfo=UTC)
 TS = pl.Datetime("ms", "UTC")
 FAST = ModelConfig(epochs=15, lr=3e-3, batch_size=64, patience=5, seed=0)
 
@@ -50,6 +64,8 @@ def synthetic(n: int = 600, signal: bool = True, seed: int = 0, hold_hours: floa
 # --- network and training -----------------------------------------------------------------------
 
 def test_shapes_through_the_network() -> None:
+    import torch  # after qml_pipeline.model, which sets OpenMP's wait policy before torch loads
+
     windows, context, labels = synthetic(60)
     norm = ContextNormaliser.for_frame(context).fit(context)
     net = FusionNet(norm.width, ModelConfig())
@@ -65,6 +81,10 @@ def test_shapes_through_the_network() -> None:
     reg = train_model(windows, context, labels, ModelConfig(epochs=1, val_fraction=0, head="regression"))
     r = reg.predict(windows[:7], context[:7])
     assert r.shape == (7,) and np.isfinite(r).all()
+
+    attn = train_model(windows, context, labels, ModelConfig(epochs=1, val_fraction=0, sequence="attention"))
+    p = attn.predict(windows[:7], context[:7])
+    assert p.shape == (7,) and np.all((p >= 0) & (p <= 1))
 
 
 def test_context_signal_is_learned_out_of_sample() -> None:
@@ -275,7 +295,7 @@ def test_paired_bootstrap_separates_signal_from_noise() -> None:
 def test_evaluation_accepts_overlay_and_reports_per_year() -> None:
     windows, context, labels = synthetic(400, signal=True, seed=2)
     context = context.with_columns(
-        pl.Series("decision_time", [datetime(2021 + i // 200, 1, 1, tzinfo=timezone.utc) + timedelta(hours=6 * (i % 200))
+        pl.Series("decision_time", [datetime(2021 + i // 200, 1, 1, tzinfo=UTC) + timedelta(hours=6 * (i % 200))
                                     for i in range(400)]).cast(TS))
     labels = labels.with_columns((context["decision_time"] + timedelta(hours=12)).alias("exit_time"))
     fuel = -np.where(context["direction"].to_numpy() == "BULLISH", 1, -1) * context["funding_rate_z30d"].to_numpy()

@@ -99,7 +99,7 @@ class BinanceSource:
         boundary = self.oi_boundary()
         frames = []
         if start < boundary:
-            df, report = self._from_archive(
+            df, _ = self._from_archive(
                 lambda: self.archive.open_interest(symbol, period, start, min(end, boundary)))
             frames.append(df)
         if end > boundary:

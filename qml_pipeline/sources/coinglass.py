@@ -29,7 +29,6 @@ Rules this module keeps:
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -39,37 +38,14 @@ from typing import Any
 import polars as pl
 
 from qml_pipeline import schemas
-from qml_pipeline.http_client import BadResponseError, HttpClient, HttpError, RateLimitedError
-from qml_pipeline.schemas import TS, Column, Table
-from qml_pipeline.timeutil import to_ms
-
-log = logging.getLogger(__name__)
-
-LIQUIDATIONS = Table(
-    name="liquidations",
-    doc="Liquidated long and short positions per bucket (Coinglass), per pair and exchange or per coin "
-        "aggregated over exchanges (exchange 'ALL').",
-    columns=(
-        Column("symbol", pl.Utf8, "VARCHAR", "",
-               "pair (e.g. BTCUSDT) for one exchange; coin (e.g. BTC) when exchange is 'ALL'"),
-        Column("exchange", pl.Utf8, "VARCHAR", "",
-               "exchange name as Coinglass spells it (e.g. Binance), or 'ALL' for the aggregate over "
-               "the requested exchange list"),
-        Column("interval", pl.Utf8, "VARCHAR", "", "bucket length: 1m .. 1w (Coinglass notation)"),
-        Column("event_time", TS, "TIMESTAMPTZ", "UTC", "bucket start"),
-        Column("long_liquidation_usd", pl.Float64, "DOUBLE", "USD",
-               "value of long positions liquidated in the bucket", nullable=True),
-        Column("short_liquidation_usd", pl.Float64, "DOUBLE", "USD",
-               "value of short positions liquidated in the bucket", nullable=True),
-        Column("available_at", TS, "TIMESTAMPTZ", "UTC",
-               "bucket end (event_time + interval): the earliest moment the bucket's total was known"),
-        Column("source", pl.Utf8, "VARCHAR", "", "'coinglass'"),
-        Column("ingested_at", TS, "TIMESTAMPTZ", "UTC", "when the pipeline wrote the row"),
-    ),
-    key=("symbol", "exchange", "interval", "event_time"),
-    time_column="event_time",
-    file_by=("interval",),
+from qml_pipeline.http_client import (
+    BadResponseError,
+    HttpClient,
+    HttpError,
+    RateLimitedError,
 )
+from qml_pipeline.schemas import LIQUIDATIONS, TS
+from qml_pipeline.timeutil import to_ms
 
 SOURCE = "coinglass"
 AGGREGATED_EXCHANGE = "ALL"
@@ -95,7 +71,7 @@ INTERVAL_MS = {
 PLAN_FLOORS = {"Hobbyist": "4h", "Startup": "30m", "Standard": "1m", "Professional": "1m", "Enterprise": "1m"}
 # Below this a stamp is read as seconds: 1e11 ms is March 1973, 1e11 s is the year 5138.
 SECONDS_BELOW = 100_000_000_000
-_PLAN_REFUSAL = re.compile(r"plan|upgrade|level|permission|not allowed|not support|unsupported|limit", re.I)
+_PLAN_REFUSAL = re.compile(r"plan|upgrade|level|permission|not allowed|not support|unsupported|limit", re.IGNORECASE)
 
 
 class CoinglassError(Exception):
@@ -173,7 +149,7 @@ def _plans_allowing(interval: str) -> list[str]:
     return [plan for plan, floor in PLAN_FLOORS.items() if interval_ms(interval) >= interval_ms(floor)]
 
 
-def _as_ms(t: datetime | int | float) -> int:
+def _as_ms(t: datetime | float) -> int:
     """A time as epoch milliseconds: a timezone-aware datetime, or a number in seconds or ms."""
     if isinstance(t, datetime):
         return to_ms(t)

@@ -1,0 +1,60 @@
+"""The trades the research judges and their baseline metrics."""
+
+import dagster as dg
+import polars as pl
+
+from dagster_project.metadata import markdown_table, table_metadata
+from dagster_project.resources import TradeSourceResource, WarehouseResource
+from qml_pipeline import schemas
+from qml_pipeline.baseline import baseline_metrics as compute_baseline_metrics
+from qml_pipeline.baseline import build_trades
+from qml_pipeline.trades import FILLED_OUTCOMES, TradeInputError
+
+GROUP = "trades"
+MIN_TRADES_FOR_PHASE9 = 200
+
+
+@dg.asset(
+    deps=["klines", "funding_rates"], group_name=GROUP, kinds={"parquet", "duckdb"},
+    metadata=table_metadata(schemas.TRADES),
+    check_specs=[dg.AssetCheckSpec("enough_trades_for_phase9", asset="trades",
+                                   description=f"at least {MIN_TRADES_FOR_PHASE9} filled trades (seed checklist)")],
+)
+def trades(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+           trade_source: TradeSourceResource) -> dg.MaterializeResult:
+    """A user's backtest export (validated; bad rows named, nothing written) or the reference detector's trades."""
+    wh = warehouse.get()
+    try:
+        build = build_trades(wh, trade_source.config())
+    except TradeInputError as exc:
+        raise dg.Failure(description=str(exc)) from exc
+    for warning in build.warnings:
+        context.log.warning(warning)
+    wh.replace_table(schemas.TRADES, build.trades)
+    wh.refresh_catalog()
+    outcomes = build.trades.group_by("symbol", "timeframe", "outcome").len().sort("symbol", "timeframe", "outcome")
+    filled = build.trades.filter(pl.col("outcome").is_in(FILLED_OUTCOMES)).height
+    return dg.MaterializeResult(
+        metadata={"source": build.source, "rows": build.trades.height, "filled_trades": filled,
+                  "warnings": "\n".join(build.warnings) or "none", "outcomes": markdown_table(outcomes)},
+        check_results=[dg.AssetCheckResult(
+            check_name="enough_trades_for_phase9", passed=filled >= MIN_TRADES_FOR_PHASE9,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"filled_trades": filled, "required": MIN_TRADES_FOR_PHASE9})],
+    )
+
+
+@dg.asset(deps=[trades], group_name=GROUP, kinds={"parquet", "duckdb"},
+          metadata=table_metadata(schemas.BASELINE_METRICS))
+def baseline_metrics(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """Win rate, average R, expectancy, profit factor, Sharpe, max drawdown: overall, per year, symbol, timeframe."""
+    wh = warehouse.get()
+    metrics = compute_baseline_metrics(wh.read(schemas.TRADES))
+    wh.replace_table(schemas.BASELINE_METRICS, metrics)
+    wh.refresh_catalog()
+    shown = metrics.select("dimension", "group", "trades", "win_rate", "expectancy_r", "profit_factor",
+                           "sharpe", "max_drawdown_r")
+    overall = metrics.filter(pl.col("dimension") == "overall").row(0, named=True)
+    return dg.MaterializeResult(metadata={
+        "trades": overall["trades"], "win_rate": overall["win_rate"], "expectancy_r": overall["expectancy_r"],
+        "sharpe": overall["sharpe"], "metrics": markdown_table(shown)})

@@ -1,0 +1,59 @@
+"""The trades the research judges (a user's export, or the reference detector) and their baseline metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from qml_pipeline import schemas
+from qml_pipeline.detector import DetectorConfig
+from qml_pipeline.metrics import summarize
+from qml_pipeline.simulate import SimulationConfig, reference_trades
+from qml_pipeline.trades import read_trade_export, validate_trades
+from qml_pipeline.warehouse import Warehouse
+
+
+@dataclass(frozen=True)
+class TradeSourceConfig:
+    """`export_path` empty: the reference detector on the warehouse's klines (`timeframes`)."""
+
+    export_path: str = ""
+    column_map: dict[str, str] = field(default_factory=dict)
+    timeframes: tuple[str, ...] = ("1h", "4h")
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+
+
+@dataclass(frozen=True)
+class TradeBuild:
+    trades: pl.DataFrame
+    source: str
+    warnings: list[str]
+
+
+def build_trades(wh: Warehouse, config: TradeSourceConfig) -> TradeBuild:
+    """Read the user's export (validated; raises TradeInputError naming rows) or run the detector."""
+    if config.export_path:
+        known = set(wh.query("SELECT DISTINCT symbol FROM klines")["symbol"].to_list())
+        trades, warnings = read_trade_export(Path(config.export_path), config.column_map or None, known)
+        return TradeBuild(trades, f"user_export:{Path(config.export_path).name}", warnings)
+    klines = wh.read(schemas.KLINES)
+    missing = sorted(set(config.timeframes) - set(klines["interval"].unique().to_list()))
+    warnings = [f"no klines stored for timeframe(s) {missing}: add them to QML_KLINE_INTERVALS"] if missing else []
+    trades = reference_trades(klines, wh.read(schemas.FUNDING_RATES), list(config.timeframes),
+                              config.detector, config.simulation)
+    validate_trades(trades)
+    return TradeBuild(trades, "reference_detector", warnings)
+
+
+def baseline_metrics(trades: pl.DataFrame) -> pl.DataFrame:
+    """The seed's baseline checklist: overall, per calendar year, per symbol and per timeframe, long form."""
+    frames = [summarize(trades).with_columns(pl.lit("overall").alias("dimension"), pl.lit("all").alias("group"))]
+    for dim in ("year", "symbol", "timeframe"):
+        per = summarize(trades, by=[dim]).filter(pl.col("scope") == "group")
+        frames.append(per.with_columns(pl.lit(dim).alias("dimension"),
+                                       pl.col(dim).cast(pl.Utf8).alias("group")).drop(dim))
+    out = pl.concat(frames, how="diagonal_relaxed").drop("scope")
+    return schemas.conform(schemas.BASELINE_METRICS, out)

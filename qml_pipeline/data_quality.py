@@ -1,0 +1,193 @@
+"""Data-quality report of the raw tables: coverage, missing rows, duplicates, zero values, gaps and
+freshness, one row per table, symbol and series (the kline interval; '' for funding and OI).
+
+Expected cadence, per row, judged against the row before it in the same series:
+- funding_rates: the row's `funding_interval_hours` (the interval in force for that settlement);
+- open_interest: the modal spacing of the row's source for that symbol (the archive and REST serve
+  5-minute rows; the bundled sample one row an hour), or its `period_minutes` when a source has a
+  single row;
+- klines: the interval (close_time - event_time).
+
+A spacing of k steps means k - 1 missing rows. A gap is the time without rows between two rows
+(spacing - step); gaps of at least `gap_threshold` are counted, and the longest is reported with
+the stamp where it starts (the first missing stamp). Duplicates are rows beyond the first per key.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import duckdb
+import polars as pl
+
+from qml_pipeline import schemas
+from qml_pipeline.schemas import TS, Column, Table
+from qml_pipeline.timeutil import utc_now
+from qml_pipeline.warehouse import frame
+
+DATA_QUALITY = schemas.register(Table(
+    name="data_quality",
+    doc="Per raw table, symbol and series: coverage, missing rows, duplicates, zero values, gaps, freshness.",
+    columns=(
+        Column("table_name", pl.Utf8, "VARCHAR", "", "raw table: funding_rates, open_interest or klines"),
+        Column("symbol", pl.Utf8, "VARCHAR", "", "exchange symbol"),
+        Column("series", pl.Utf8, "VARCHAR", "", "kline interval for klines; '' for the other tables"),
+        Column("sources", pl.Utf8, "VARCHAR", "", "the rows' sources, comma-separated"),
+        Column("rows", pl.Int64, "BIGINT", "rows", "rows stored"),
+        Column("first_event_time", TS, "TIMESTAMPTZ", "UTC", "earliest event_time"),
+        Column("last_event_time", TS, "TIMESTAMPTZ", "UTC", "latest event_time"),
+        Column("expected_step_minutes", pl.Float64, "DOUBLE", "minutes",
+               "the most common expected spacing between rows (funding interval, OI modal spacing "
+               "per source, kline interval)"),
+        Column("expected_rows", pl.Int64, "BIGINT", "rows",
+               "distinct stamps + missing rows between first and last event_time"),
+        Column("missing_rows", pl.Int64, "BIGINT", "rows",
+               "stamps absent from the expected grid between first and last event_time (missing "
+               "funding settlements, OI buckets, candles)"),
+        Column("completeness", pl.Float64, "DOUBLE", "fraction", "distinct stamps / expected_rows"),
+        Column("duplicate_rows", pl.Int64, "BIGINT", "rows", "rows beyond the first for the same key"),
+        Column("zero_rows", pl.Int64, "BIGINT", "rows",
+               "open_interest: open_interest <= 0 (missing data in the archive, not zero OI); klines: "
+               "a price <= 0; NULL for funding_rates (a zero or negative rate is valid)", nullable=True),
+        Column("zero_value_rows", pl.Int64, "BIGINT", "rows",
+               "open_interest: open_interest_value <= 0; klines: volume <= 0; NULL for funding_rates",
+               nullable=True),
+        Column("gap_threshold_minutes", pl.Float64, "DOUBLE", "minutes", "the shortest gap counted in gaps"),
+        Column("gaps", pl.Int64, "BIGINT", "gaps", "gaps (time without rows) of at least the threshold"),
+        Column("longest_gap_minutes", pl.Float64, "DOUBLE", "minutes",
+               "the longest time without rows (spacing - expected step); NULL when none", nullable=True),
+        Column("longest_gap_start", TS, "TIMESTAMPTZ", "UTC",
+               "the first missing stamp of the longest gap", nullable=True),
+        Column("last_available_at", TS, "TIMESTAMPTZ", "UTC", "latest available_at"),
+        Column("freshness_minutes", pl.Float64, "DOUBLE", "minutes", "as_of - last_available_at"),
+        Column("as_of", TS, "TIMESTAMPTZ", "UTC", "the moment freshness is measured from"),
+    ),
+    key=("table_name", "symbol", "series"),
+))
+
+REPORT_SQL = """
+WITH src AS (
+    SELECT 'funding_rates' AS table_name, symbol, '' AS series, source, event_time, available_at,
+           funding_interval_hours * 3600.0 AS fixed_step_s, NULL::DOUBLE AS period_s,
+           NULL::BOOLEAN AS nonpos, NULL::BOOLEAN AS nonpos_value
+    FROM funding_rates
+    UNION ALL
+    SELECT 'open_interest', symbol, '', source, event_time, available_at,
+           NULL, period_minutes * 60.0, open_interest <= 0, open_interest_value <= 0
+    FROM open_interest
+    UNION ALL
+    SELECT 'klines', symbol, "interval", source, event_time, available_at,
+           epoch(close_time) - epoch(event_time), NULL, least(open, high, low, close) <= 0, volume <= 0
+    FROM klines
+),
+per_source AS (
+    SELECT *, epoch(event_time) - epoch(lag(event_time) OVER (
+               PARTITION BY table_name, symbol, series, source ORDER BY event_time)) AS source_spacing_s
+    FROM src
+),
+modal AS (
+    SELECT table_name, symbol, series, source,
+           mode(source_spacing_s) FILTER (WHERE source_spacing_s > 0) AS modal_s
+    FROM per_source GROUP BY ALL
+),
+stepped AS (
+    SELECT s.*, coalesce(s.fixed_step_s, m.modal_s, s.period_s) AS step_s
+    FROM src s JOIN modal m USING (table_name, symbol, series, source)
+),
+pairs AS (
+    SELECT *,
+           lag(event_time) OVER w AS prev_time,
+           epoch(event_time) - epoch(lag(event_time) OVER w) AS spacing_s
+    FROM stepped
+    WINDOW w AS (PARTITION BY table_name, symbol, series ORDER BY event_time)
+),
+holes AS (
+    SELECT *,
+           CASE WHEN spacing_s > step_s THEN greatest(round(spacing_s / step_s) - 1, 0) ELSE 0 END AS missing,
+           CASE WHEN spacing_s > step_s THEN spacing_s - step_s END AS hole_s,
+           CASE WHEN spacing_s > step_s THEN prev_time + to_seconds(step_s) END AS hole_start
+    FROM pairs
+)
+SELECT
+    table_name, symbol, series,
+    string_agg(DISTINCT source, ',' ORDER BY source) AS sources,
+    count(*) AS "rows",
+    min(event_time) AS first_event_time,
+    max(event_time) AS last_event_time,
+    mode(step_s) / 60.0 AS expected_step_minutes,
+    count(DISTINCT event_time) + sum(missing) AS expected_rows,
+    sum(missing) AS missing_rows,
+    count(DISTINCT event_time) / (count(DISTINCT event_time) + sum(missing)) AS completeness,
+    count(*) - count(DISTINCT event_time) AS duplicate_rows,
+    CASE WHEN table_name = 'funding_rates' THEN NULL ELSE count(*) FILTER (WHERE nonpos) END AS zero_rows,
+    CASE WHEN table_name = 'funding_rates' THEN NULL ELSE count(*) FILTER (WHERE nonpos_value) END
+        AS zero_value_rows,
+    ? / 60.0 AS gap_threshold_minutes,
+    count(*) FILTER (WHERE hole_s >= ?) AS gaps,
+    max(hole_s) / 60.0 AS longest_gap_minutes,
+    arg_max(hole_start, hole_s) AS longest_gap_start,
+    max(available_at) AS last_available_at,
+    (epoch(?::TIMESTAMPTZ) - epoch(max(available_at))) / 60.0 AS freshness_minutes,
+    ?::TIMESTAMPTZ AS as_of
+FROM holes
+GROUP BY table_name, symbol, series
+ORDER BY table_name, symbol, series
+"""
+
+
+def data_quality_report(con: duckdb.DuckDBPyConnection, now: datetime | None = None,
+                        gap_threshold: timedelta = timedelta(hours=1)) -> pl.DataFrame:
+    """The DATA_QUALITY frame over the views funding_rates, open_interest and klines in `con`
+    (e.g. `Warehouse.connect()`); `now` (default: the current time) is what freshness is measured from."""
+    as_of = now or utc_now()
+    threshold_s = gap_threshold.total_seconds()
+    df = frame(con, REPORT_SQL, [threshold_s, threshold_s, as_of, as_of])
+    if df.height == 0:
+        return schemas.empty(DATA_QUALITY)
+    return schemas.conform(DATA_QUALITY, df)
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M")
+    if isinstance(value, float):
+        return f"{value:.4f}" if value < 1 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value).replace("|", "\\|")
+
+
+def _duration(minutes: float | None) -> str:
+    if minutes is None:
+        return ""
+    if minutes >= 2 * 24 * 60:
+        return f"{minutes / 1440:.1f} d"
+    if minutes >= 120:
+        return f"{minutes / 60:.1f} h"
+    return f"{minutes:.0f} min"
+
+
+def data_quality_markdown(df: pl.DataFrame) -> str:
+    """A markdown table of a data_quality_report frame, for Dagster metadata and reports."""
+    if df.height == 0:
+        return "_no rows in funding_rates, open_interest or klines_"
+    header = ["table", "symbol", "series", "sources", "rows", "first", "last", "step", "missing",
+              "complete", "duplicates", "zero OI/price", "zero value/volume", "gaps", "longest gap",
+              "longest gap starts", "fresh (age)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in df.iter_rows(named=True):
+        cells = [
+            r["table_name"], r["symbol"], r["series"], r["sources"], r["rows"], r["first_event_time"],
+            r["last_event_time"], _duration(r["expected_step_minutes"]), r["missing_rows"],
+            f"{r['completeness']:.2%}", r["duplicate_rows"], r["zero_rows"], r["zero_value_rows"],
+            r["gaps"], _duration(r["longest_gap_minutes"]), r["longest_gap_start"],
+            _duration(r["freshness_minutes"]),
+        ]
+        lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+    threshold = _duration(df["gap_threshold_minutes"][0])
+    lines.append("")
+    lines.append(f"gaps: times without rows of at least {threshold}; missing: absent stamps on each "
+                 f"series' expected grid; freshness measured at {_fmt(df['as_of'][0])} UTC.")
+    return "\n".join(lines)
