@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, nargs="+", default=[20, 5], help="epochs per size (last repeats)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sequence", choices=["lstm", "attention"], default="lstm", help="stream A's sequence layer")
     ap.add_argument("--walk-forward", action="store_true", help="also time evaluate_models (5 folds) per size")
     args = ap.parse_args()
 
@@ -61,6 +62,7 @@ def main() -> None:
         epochs = args.epochs[min(i, len(args.epochs) - 1)]
         windows, context, labels = synthetic(n)
         cfg = ModelConfig(epochs=epochs, batch_size=args.batch_size, num_threads=args.threads, device="cpu",
+                          sequence=args.sequence,
                           patience=10 ** 6)  # run every epoch: the benchmark times them, not early stopping
         t = time.perf_counter()
         model = train_model(windows, context, labels, cfg)
@@ -70,7 +72,7 @@ def main() -> None:
         model.predict(windows, context)
         predict = time.perf_counter() - t
         m = model.metrics
-        print(f"n={n:>6} (fit {m['n_fit']}, val {m['n_val']}), {len(per_epoch)} epochs, batch {args.batch_size}: "
+        print(f"n={n:>6} (fit {m['n_fit']}, val {m['n_val']}), {len(per_epoch)} epochs, batch {args.batch_size}, {args.sequence}: "
               f"epoch median {statistics.median(per_epoch):.3f}s (first {per_epoch[0]:.3f}s, "
               f"max {max(per_epoch):.3f}s); training total {total:.2f}s incl. set-up; "
               f"predict all {predict:.2f}s; {statistics.median(per_epoch) / m['n_fit'] * 1e3:.3f} ms/trade/epoch")

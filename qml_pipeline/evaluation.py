@@ -24,7 +24,6 @@ from qml_pipeline.model import ContextNormaliser, ModelConfig, check_inputs, epo
 from qml_pipeline.schemas import TS
 
 EPS = 1e-7
-MODEL_ORDER = ("baseline", "logistic", "overlay", "fusion")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,10 +276,14 @@ def evaluate_models(windows: np.ndarray, context: pl.DataFrame, labels: pl.DataF
                          "log loss, Brier and calibration.")
     if splits is None:
         splits = walk_forward_splits(context["decision_time"], labels["exit_time"], n_folds, min_train, gap)
+    tested = np.concatenate([test for _, test in splits])
+    if len(np.unique(tested)) != len(tested):
+        raise ValueError("test sets of the given splits overlap; each trade may be tested once")
 
     models = ["baseline", "logistic"] + (["overlay"] if overlay is not None else []) + (["fusion"] if include_fusion else [])
     pred_rows, fold_rows, fold_training = [], [], []
-    years = context["decision_time"].dt.year().to_numpy()
+    dt = context["decision_time"]
+    years = dt.dt.year().to_numpy()
     for k, (train, test) in enumerate(splits):
         preds: dict[str, np.ndarray] = {}
         base_rate = float(y[train].mean())
@@ -294,10 +297,9 @@ def evaluate_models(windows: np.ndarray, context: pl.DataFrame, labels: pl.DataF
             trained = train_model(windows[train], context[train], labels[train], config)
             preds["fusion"] = trained.predict(windows[test], context[test])
             fold_training.append({"fold": k, **{m: v for m, v in trained.metrics.items() if m != "history"}})
-        dt = context["decision_time"]
         for m in models:
             fold_rows.append({"fold": k, "model": m, "n_train": len(train),
-                              "test_start": dt[int(test[0])], "test_end": dt[int(test[-1])],
+                              "test_start": dt[test].min(), "test_end": dt[test].max(),
                               **_metric_row(y[test], preds[m])})
         pred_rows.append(pl.DataFrame({"row": test, "fold": np.full(len(test), k), "y": y[test],
                                        "year": years[test], **{m: preds[m] for m in models}}))

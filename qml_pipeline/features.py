@@ -92,6 +92,11 @@ TRADE_CONTEXT_FEATURES = Table(
 )
 
 HOUR_MS = 3_600_000
+# ASOF key of open interest rows: (eff_av - _KEY_BASE_MS) * _KEY_SCALE - position, a BIGINT.
+# Holds for available_at in [2017-01-01, 2051) and up to 2**22 rows per symbol (40 years of 5m rows);
+# the SQL raises an error outside that range rather than mis-ordering rows.
+_KEY_BASE_MS = 1_483_228_800_000
+_KEY_SCALE = 2**22
 DAY_MS = 86_400_000
 
 
@@ -122,8 +127,46 @@ def _interval_values() -> str:
     return ", ".join(f"('{k}', {v})" for k, v in INTERVAL_MS.items())
 
 
-def feature_sql(config: FeatureConfig = FeatureConfig()) -> str:
-    """The single SQL statement behind build_trade_context_features."""
+def _oi_keyed_sql(fast: bool) -> str:
+    guard = (f"CASE WHEN eff - {_KEY_BASE_MS} >= 0 AND eff - {_KEY_BASE_MS} < {2**40} AND pos < {_KEY_SCALE} "
+             f"THEN (eff - {_KEY_BASE_MS}) * {_KEY_SCALE} - pos "
+             f"ELSE error('open_interest: available_at outside 2017..2051 or more than {_KEY_SCALE} rows for '"
+             f" || symbol) END AS k")
+    rows = ("SELECT symbol, epoch_ms(event_time) AS ev_ms, epoch_ms(available_at) AS av_ms, "
+            "open_interest AS v, period_minutes FROM open_interest WHERE open_interest > 0")
+    if fast:
+        # available_at - event_time is constant per symbol, so available_at already orders rows by
+        # stamp; only duplicate stamps could tie (checked by oi_dup_keys, which forces the general path).
+        return f"SELECT symbol, ev_ms, v, period_minutes, {guard} FROM (SELECT *, av_ms AS eff, 0 AS pos FROM ({rows}))"
+    return f"""
+    -- One sort does dedup and "latest event known at t": walking stamps from the newest, eff is the
+    -- earliest available_at of this row or any later-stamped one. The latest-stamped row known at t
+    -- is the first row in this order with eff <= t; within a stamp the preferred duplicate (earliest
+    -- available_at, then largest value) comes first. k orders rows by (eff, position) so one ASOF
+    -- JOIN on k finds it.
+    SELECT symbol, ev_ms, v, period_minutes, {guard}
+    FROM (
+        SELECT symbol, ev_ms, v, period_minutes, min(av_ms) OVER w AS eff, row_number() OVER w AS pos
+        FROM ({rows})
+        WINDOW w AS (PARTITION BY symbol ORDER BY ev_ms DESC, av_ms ASC, v DESC, period_minutes DESC
+                     ROWS UNBOUNDED PRECEDING)
+    )"""
+
+
+OI_LAG_CONSTANT_SQL = """
+SELECT coalesce(bool_and(lo = hi), true) FROM (
+    SELECT symbol, min(epoch_ms(available_at) - epoch_ms(event_time)) AS lo,
+           max(epoch_ms(available_at) - epoch_ms(event_time)) AS hi
+    FROM open_interest WHERE open_interest > 0 GROUP BY symbol)
+"""
+
+
+def feature_sql(config: FeatureConfig = FeatureConfig(), oi_fast: bool = False) -> str:
+    """The single SQL statement behind build_trade_context_features.
+
+    `oi_fast` skips the open-interest sort that handles out-of-order publication and duplicate
+    stamps; only valid when OI_LAG_CONSTANT_SQL holds, and the result's `_oi_dup_keys` must be 0.
+    """
     c = config
     z_win = c.funding_z_window_days * DAY_MS
     pct_win = c.oi_percentile_window_days * DAY_MS
@@ -131,6 +174,14 @@ def feature_sql(config: FeatureConfig = FeatureConfig()) -> str:
     oi_short = c.oi_change_short_hours * HOUR_MS
     oi_long = c.oi_change_long_days * DAY_MS
     bars = c.atr_period + 1
+    dup_col = ",\n    (SELECT n FROM oi_dup_keys) AS _oi_dup_keys" if oi_fast else ""
+    dup_cte = """oi_dup_keys AS (
+    SELECT count(*) AS n FROM (
+        SELECT o.symbol, o.ev_ms FROM (SELECT DISTINCT symbol, ev_ms FROM o_at WHERE ev_ms IS NOT NULL) m
+        JOIN oi_keyed o ON o.symbol = m.symbol AND o.ev_ms = m.ev_ms
+        GROUP BY o.symbol, o.ev_ms HAVING count(*) > 1)
+),
+""" if oi_fast else ""
     oi_stale = f"greatest({c.oi_stale_periods} * o.period_minutes, {c.oi_stale_min_minutes})"
     return f"""
 WITH
@@ -142,8 +193,9 @@ t AS (
 -- funding ------------------------------------------------------------------------------------
 fr AS (
     SELECT symbol, epoch_ms(event_time) AS ev_ms,
-           arg_min(funding_rate, (epoch_ms(available_at), -funding_rate)) AS rate,
-           arg_min(funding_interval_hours, (epoch_ms(available_at), -funding_rate)) AS interval_h,
+           arg_min(funding_rate, (epoch_ms(available_at), -funding_rate, -funding_interval_hours)) AS rate,
+           arg_min(funding_interval_hours, (epoch_ms(available_at), -funding_rate, -funding_interval_hours))
+               AS interval_h,
            min(epoch_ms(available_at)) AS av_ms
     FROM funding_rates WHERE funding_rate IS NOT NULL
     GROUP BY symbol, event_time
@@ -183,19 +235,8 @@ f_z AS (
     GROUP BY t.trade_id
 ),
 -- open interest ------------------------------------------------------------------------------
-oi AS (
-    SELECT symbol, epoch_ms(event_time) AS ev_ms,
-           arg_min(open_interest, (epoch_ms(available_at), -open_interest)) AS v,
-           arg_min(period_minutes, (epoch_ms(available_at), -open_interest)) AS period_minutes,
-           min(epoch_ms(available_at)) AS av_ms
-    FROM open_interest WHERE open_interest > 0
-    GROUP BY symbol, event_time
-),
-oi_known AS (
-    SELECT * FROM oi
-    QUALIFY av_ms < coalesce(min(av_ms) OVER (PARTITION BY symbol ORDER BY ev_ms
-                                              ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING),
-                             9223372036854775807)
+oi_keyed AS {"NOT MATERIALIZED" if oi_fast else "MATERIALIZED"} (
+    {_oi_keyed_sql(oi_fast)}
 ),
 grid AS (
     -- whole hours h whose snapshot may fall in some trade's percentile window
@@ -209,10 +250,11 @@ o_probe AS (
     UNION ALL SELECT trade_id, symbol, 2, t_ms - {oi_long} FROM t
     UNION ALL SELECT NULL, symbol, 3, at_ms FROM grid
 ),
-o_at AS (
+o_at AS MATERIALIZED (
     SELECT p.trade_id, p.symbol, p.k, p.at_ms, o.ev_ms, (p.at_ms - o.ev_ms) / 60000.0 AS age_min,
            o.period_minutes, CASE WHEN (p.at_ms - o.ev_ms) / 60000.0 <= {oi_stale} THEN o.v END AS v
-    FROM o_probe p ASOF LEFT JOIN oi_known o ON o.symbol = p.symbol AND o.av_ms <= p.at_ms
+    FROM (SELECT *, (at_ms - {_KEY_BASE_MS}) * {_KEY_SCALE} + {_KEY_SCALE // 2} AS pk FROM o_probe) p
+    ASOF LEFT JOIN oi_keyed o ON o.symbol = p.symbol AND o.k <= p.pk
 ),
 o_wide AS (
     SELECT trade_id,
@@ -238,16 +280,15 @@ o_pct AS (
     WHERE g.at_ms > q.t_ms - {pct_win} AND g.at_ms <= q.t_ms
     GROUP BY q.trade_id
 ),
--- klines / ATR -------------------------------------------------------------------------------
+{dup_cte}-- klines / ATR -------------------------------------------------------------------------------
 kl AS (
-    SELECT symbol, interval, epoch_ms(event_time) AS ev_ms,
-           arg_min(high, (epoch_ms(available_at), -close, -high, -low, -open)) AS high,
-           arg_min(low, (epoch_ms(available_at), -close, -high, -low, -open)) AS low,
-           arg_min(close, (epoch_ms(available_at), -close, -high, -low, -open)) AS close,
-           arg_min(epoch_ms(close_time), (epoch_ms(available_at), -close, -high, -low, -open)) AS ct_ms,
-           min(epoch_ms(available_at)) AS av_ms
-    FROM klines WHERE interval IN (SELECT DISTINCT timeframe FROM t)
-    GROUP BY symbol, interval, event_time
+    SELECT symbol, interval, epoch_ms(event_time) AS ev_ms, high, low, close,
+           epoch_ms(close_time) AS ct_ms, epoch_ms(available_at) AS av_ms
+    FROM klines
+    WHERE interval IN (SELECT DISTINCT timeframe FROM t) AND symbol IN (SELECT DISTINCT symbol FROM t)
+    QUALIFY row_number() OVER (PARTITION BY symbol, interval, event_time
+                               ORDER BY available_at, close DESC, high DESC, low DESC, open DESC,
+                                        close_time DESC, volume DESC) = 1
 ),
 kl_tr AS (
     SELECT kl.*, iv.interval_ms,
@@ -307,7 +348,7 @@ SELECT
     ka.atr / ka.last_close * 100 AS atr_pct,
     ka.last_close,
     make_timestamptz(ka.ct_ms * 1000) AS atr_bar_close_time,
-    ka.age_min AS atr_age_minutes
+    ka.age_min AS atr_age_minutes{dup_col}
 FROM t
 LEFT JOIN f_wide fw ON fw.trade_id = t.trade_id
 LEFT JOIN f_z fz ON fz.trade_id = t.trade_id
@@ -325,7 +366,13 @@ def build_trade_context_features(con: duckdb.DuckDBPyConnection,
     `con` must expose views (or tables) funding_rates, open_interest, klines and trades.
     """
     try:
-        df = con.sql(feature_sql(config)).pl()
+        df = None
+        if con.sql(OI_LAG_CONSTANT_SQL).fetchall()[0][0]:
+            df = con.sql(feature_sql(config, oi_fast=True)).pl()
+            if df.height and df["_oi_dup_keys"][0]:
+                df = None  # duplicate stamps among the rows used: take the general path
+        if df is None:
+            df = con.sql(feature_sql(config)).pl()
     except duckdb.CatalogException as exc:
         raise ValueError(f"build_trade_context_features needs views funding_rates, open_interest, klines "
                          f"and trades in the connection (Warehouse.connect() or con.register): {exc}") from exc

@@ -26,18 +26,18 @@ FEATURES = ("open", "high", "low", "close", "volume")
 
 def _sql(bars: int, stale_bars: float) -> str:
     intervals = ", ".join(f"('{k}', {v})" for k, v in INTERVAL_MS.items())
-    key = "(epoch_ms(available_at), -close, -high, -low, -open)"
     return f"""
 WITH
 iv(interval, interval_ms) AS (VALUES {intervals}),
 t AS (SELECT trade_id, symbol, timeframe, epoch_ms(decision_time) AS t_ms FROM trades),
 kl AS (
-    SELECT symbol, interval, epoch_ms(event_time) AS ev_ms,
-           arg_min(open, {key}) AS open, arg_min(high, {key}) AS high, arg_min(low, {key}) AS low,
-           arg_min(close, {key}) AS close, arg_min(volume, {key}) AS volume,
-           arg_min(epoch_ms(close_time), {key}) AS ct_ms, min(epoch_ms(available_at)) AS av_ms
-    FROM klines WHERE interval IN (SELECT DISTINCT timeframe FROM t)
-    GROUP BY symbol, interval, event_time
+    SELECT symbol, interval, epoch_ms(event_time) AS ev_ms, open, high, low, close, volume,
+           epoch_ms(close_time) AS ct_ms, epoch_ms(available_at) AS av_ms
+    FROM klines
+    WHERE interval IN (SELECT DISTINCT timeframe FROM t) AND symbol IN (SELECT DISTINCT symbol FROM t)
+    QUALIFY row_number() OVER (PARTITION BY symbol, interval, event_time
+                               ORDER BY available_at, close DESC, high DESC, low DESC, open DESC,
+                                        close_time DESC, volume DESC) = 1
 ),
 kl_n AS (
     SELECT kl.*, iv.interval_ms,

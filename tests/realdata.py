@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
-from qml_pipeline.detector import resample_klines
+from qml_pipeline.candles import resample_klines
 from qml_pipeline.schemas import TS
 
 FREQTRADE_DIR = Path("/work/shared/data/freqtrade/binance/futures")

@@ -8,13 +8,14 @@ from datetime import datetime, timedelta, timezone
 import polars as pl
 import pytest
 
+from qml_pipeline.funding import FundingTimeError
+
 from qml_pipeline import schemas
 from qml_pipeline.http_client import BinanceApiError, HttpClient
 from qml_pipeline.sources.binance_rest import (
     FUTURES_DATA_PATH_LIMIT,
     BinanceRest,
     OutOfRestWindowError,
-    UnexpectedDataError,
 )
 from qml_pipeline.timeutil import to_ms
 
@@ -88,7 +89,7 @@ def test_funding_jitter_snapped_and_window_edges(fake_binance, fake_time):
 def test_funding_jitter_beyond_five_minutes_raises(fake_binance, fake_time):
     fake_binance.add_funding("BTCUSDT", T0, 3, jitter_ms=lambda i: 6 * 60_000 if i == 1 else 0)
     rest = make_rest(fake_binance, fake_time)
-    with pytest.raises(UnexpectedDataError, match="more than 5 minutes"):
+    with pytest.raises(FundingTimeError, match="more than 5 minutes"):
         rest.funding_rates("BTCUSDT", T0, T0 + 24 * H)
 
 
@@ -124,11 +125,13 @@ def test_funding_interval_change_8h_to_4h(fake_binance, fake_time):
     assert fake_binance.count(INFO) == 0
 
 
-def test_funding_unknown_gap_raises(fake_binance, fake_time):
+def test_funding_missing_settlements_keep_the_interval_in_force(fake_binance, fake_time):
     fake_binance.add_funding("BTCUSDT", T0, 2)
     fake_binance.add_funding("BTCUSDT", T0 + 40 * H, 2)  # 24 h without a settlement
-    with pytest.raises(UnexpectedDataError, match="gap"):
-        make_rest(fake_binance, fake_time).funding_rates("BTCUSDT", T0, T0 + 72 * H)
+    df = make_rest(fake_binance, fake_time).funding_rates("BTCUSDT", T0, T0 + 72 * H)
+    # the missing settlements are a data-quality finding (data_quality.missing_rows), not a crash
+    assert df["event_time"].to_list() == [T0, T0 + 8 * H, T0 + 40 * H, T0 + 48 * H]
+    assert df["funding_interval_hours"].to_list() == [8, 8, 8, 8]
 
 
 def test_funding_mark_price_empty_or_missing_is_null(fake_binance, fake_time):

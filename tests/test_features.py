@@ -122,9 +122,9 @@ def _latest_known(rows: list[dict], t: int) -> dict | None:
 
 def reference(data: dict[str, list[dict]], cfg: FeatureConfig) -> dict[str, dict]:
     fund = _dedup([r for r in data["funding_rates"] if r["funding_rate"] is not None], ("symbol", "event_time"),
-                  lambda r: (r["available_at"], -r["funding_rate"]))
+                  lambda r: (r["available_at"], -r["funding_rate"], -r["funding_interval_hours"]))
     ois = _dedup([r for r in data["open_interest"] if r["open_interest"] and r["open_interest"] > 0],
-                 ("symbol", "event_time"), lambda r: (r["available_at"], -r["open_interest"]))
+                 ("symbol", "event_time"), lambda r: (r["available_at"], -r["open_interest"], -r["period_minutes"]))
     kls = _dedup(data["klines"], ("symbol", "interval", "event_time"),
                  lambda r: (r["available_at"], -r["close"], -r["high"], -r["low"], -r["open"]))
 
@@ -388,8 +388,41 @@ def test_view_joins_trades_with_features(tmp_path, monkeypatch) -> None:
     feats = build_trade_context_features(connect(data), FeatureConfig())
     wh = Warehouse(tmp_path)
     wh.replace_table(TRADE_CONTEXT_FEATURES, feats)
-    if trades_table.doc == "stand-in":
-        wh.replace_table(trades_table, _frame(data["trades"], TR_COLS))
+    trades = _frame(data["trades"], TR_COLS)
+    for col in trades_table.columns:  # the real contract has more required columns: fill them
+        if col.name not in trades.columns and not col.nullable:
+            fill = pl.col("decision_time") if col.dtype == TS else pl.lit(
+                {pl.Utf8: "x", pl.Boolean: False}.get(col.dtype, 1)).cast(col.dtype)
+            trades = trades.with_columns(fill.alias(col.name))
+    wh.replace_table(trades_table, trades)
     con = wh.connect()
     out = con.sql("SELECT trade_id, funding_rate, oi, oi_event_time FROM v_trade_context").fetchall()
     assert len(out) == 1 and out[0][0] == "seed" and out[0][1] == 0.00021 and out[0][2] == 12.0
+
+
+def test_windows_ignore_rows_published_after_decision() -> None:
+    data = _window_data()
+    ids, arr = build_ohlcv_windows(connect(data), bars=50)
+    t = T0 + 80 * H + 30 * M
+    future = dict(data, klines=data["klines"] + [
+        dict(k, close=k["close"] * 2, high=k["high"] * 2, available_at=t + H)  # republished later
+        for k in data["klines"] if k["symbol"] == "AAA" and 40 * H <= k["event_time"] - T0 < 80 * H
+    ] + [dict(data["klines"][79], event_time=T0 + 80 * H, close_time=T0 + 81 * H, available_at=T0 + 81 * H)])
+    ids2, arr2 = build_ohlcv_windows(connect(future), bars=50)
+    assert ids2 == ids and np.array_equal(arr2, arr)
+
+
+@PROPS
+@given(seed=st.integers(0, 2**32 - 1), keep_duplicates=st.booleans())
+def test_constant_lag_fast_path_matches_reference(seed: int, keep_duplicates: bool) -> None:
+    from qml_pipeline.features import OI_LAG_CONSTANT_SQL
+
+    data = random_data(seed)
+    oi, seen = [], set()
+    for r in data["open_interest"]:
+        if keep_duplicates or (r["symbol"], r["event_time"]) not in seen:
+            seen.add((r["symbol"], r["event_time"]))
+            oi.append(dict(r, available_at=r["event_time"] + r["period_minutes"] * M))
+    data["open_interest"] = oi
+    assert connect(data).sql(OI_LAG_CONSTANT_SQL).fetchall()[0][0] is True
+    assert_same(features(data), reference(data, CFG))

@@ -20,15 +20,15 @@ from typing import Any
 import polars as pl
 
 from qml_pipeline import schemas
+from qml_pipeline.funding import FUNDING_SNAP_TOLERANCE, snap_funding_times, with_funding_intervals
 from qml_pipeline.http_client import HttpClient
 from qml_pipeline.schemas import FUNDING_INTERVALS_HOURS, TS
 from qml_pipeline.timeutil import interval_ms, to_ms, utc_now
 
 SOURCE = "binance_rest"
 HOUR_MS = 3_600_000
-MAX_FUNDING_JITTER_MS = 5 * 60_000
 DEFAULT_FUNDING_INTERVAL_HOURS = 8
-FUNDING_LOOKBACK_MS = max(FUNDING_INTERVALS_HOURS) * HOUR_MS + MAX_FUNDING_JITTER_MS
+FUNDING_LOOKBACK_MS = max(FUNDING_INTERVALS_HOURS) * HOUR_MS + int(FUNDING_SNAP_TOLERANCE.total_seconds() * 1000)
 
 FUNDING_PATH = "/fapi/v1/fundingRate"
 FUNDING_INFO_PATH = "/fapi/v1/fundingInfo"
@@ -50,10 +50,6 @@ FUTURES_DATA_PATH_LIMIT = (("/futures/data/",), 1000, 300.0)
 
 class OutOfRestWindowError(ValueError):
     """The requested open-interest range is older than the REST API serves (the last 30 days)."""
-
-
-class UnexpectedDataError(ValueError):
-    """Binance served data that breaks an assumption this module relies on."""
 
 
 def klines_weight(limit: int) -> int:
@@ -118,51 +114,31 @@ class BinanceRest:
         if not rows:
             return schemas.empty(schemas.FUNDING_RATES)
 
-        df = (
-            pl.DataFrame({
-                "exchange_ms": [int(r["fundingTime"]) for r in rows],
-                "funding_rate": [r["fundingRate"] for r in rows],
-                "mark_price": [r.get("markPrice") for r in rows],
-            }, schema={"exchange_ms": pl.Int64, "funding_rate": pl.Utf8, "mark_price": pl.Utf8})
-            .unique("exchange_ms", keep="first")
-            .sort("exchange_ms")
-            .with_columns(event_ms=(pl.col("exchange_ms") + HOUR_MS // 2) // HOUR_MS * HOUR_MS)
-        )
-        jitter = df.filter((pl.col("exchange_ms") - pl.col("event_ms")).abs() > MAX_FUNDING_JITTER_MS)
-        if jitter.height:
-            raise UnexpectedDataError(
-                f"{symbol}: funding times more than 5 minutes off the hour, e.g. fundingTime "
-                f"{jitter['exchange_ms'][0]} ({_iso(jitter['exchange_ms'][0])}); refusing to snap them")
+        served = pl.DataFrame({
+            "exchange_ms": [int(r["fundingTime"]) for r in rows],
+            "funding_rate": [r["fundingRate"] for r in rows],
+            "mark_price": [r.get("markPrice") for r in rows],
+        }, schema={"exchange_ms": pl.Int64, "funding_rate": pl.Utf8, "mark_price": pl.Utf8})
+        df = snap_funding_times(served.unique("exchange_ms", keep="first").with_columns(
+            _ms("exchange_ms").alias("exchange_time")))
         # Only a settlement with no predecessor in the fetch needs today's listed interval.
-        first_in_range = df["event_ms"][0] >= start_ms
-        default_hours = (self.funding_info().get(symbol, DEFAULT_FUNDING_INTERVAL_HOURS)
-                         if first_in_range else DEFAULT_FUNDING_INTERVAL_HOURS)
-        df = df.with_columns(
-            gap_hours=pl.col("event_ms").diff() // HOUR_MS,
-        ).with_columns(
-            funding_interval_hours=pl.col("gap_hours").fill_null(default_hours),
-        )
-        bad = df.filter(~pl.col("funding_interval_hours").is_in(FUNDING_INTERVALS_HOURS))
-        if bad.height:
-            raise UnexpectedDataError(
-                f"{symbol}: {bad.height} funding settlement(s) follow the previous one after a gap that is "
-                f"not a known interval {FUNDING_INTERVALS_HOURS} h, e.g. {bad['gap_hours'][0]:g} h before "
-                f"{_iso(bad['event_ms'][0])}: a missing settlement or an interval change off the grid; "
-                f"check Binance's funding history for this symbol")
-        ingested_at = self.now()
+        first_in_range = df["event_time"][0] >= start
+        first_hours = (self.funding_info().get(symbol, DEFAULT_FUNDING_INTERVAL_HOURS)
+                       if first_in_range else DEFAULT_FUNDING_INTERVAL_HOURS)
         out = (
-            df.filter(pl.col("event_ms").is_between(start_ms, end_ms, closed="left"))
+            with_funding_intervals(df, first_hours)
+            .filter((pl.col("event_time") >= start) & (pl.col("event_time") < end))
             .select(
                 pl.lit(symbol).alias("symbol"),
-                _ms("event_ms").alias("event_time"),
+                "event_time",
                 pl.col("funding_rate").cast(pl.Float64),
-                pl.col("funding_interval_hours").cast(pl.Int16),
+                "funding_interval_hours",
                 pl.when(pl.col("mark_price") == "").then(None).otherwise(pl.col("mark_price"))
                 .cast(pl.Float64).alias("mark_price"),
-                _ms("exchange_ms").alias("exchange_time"),
-                _ms("event_ms").alias("available_at"),
+                "exchange_time",
+                pl.col("event_time").alias("available_at"),
                 pl.lit(SOURCE).alias("source"),
-                pl.lit(ingested_at).cast(TS).alias("ingested_at"),
+                pl.lit(self.now()).cast(TS).alias("ingested_at"),
             )
         )
         return schemas.conform(schemas.FUNDING_RATES, out)

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
 
 from qml_pipeline import schemas
+from qml_pipeline.candles import resample_klines
+from qml_pipeline.funding import snap_funding_times, with_funding_intervals
 from qml_pipeline.timeutil import interval_ms
 
 SOURCE = "freqtrade"
 _FILE = re.compile(r"^(?P<pair>[A-Z0-9]+_[A-Z0-9]+_[A-Z0-9]+)-(?P<tf>\d+[mhdw])-(?P<kind>futures|funding_rate|mark)"
                    r"\.(?P<ext>feather|parquet)$")
 QUOTES = ("USDT", "USDC", "BUSD")
-FUNDING_SNAP_TOLERANCE = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -79,29 +80,24 @@ class FreqtradeDataDir:
         """Closed candles with open time in [start, end); a missing timeframe is aggregated from the
         finest stored one that divides it (only complete groups)."""
         target_ms = interval_ms(interval)
-        exact = self._find(symbol, "futures", interval)
-        if exact is not None:
-            df, source = self._read(exact.path), SOURCE
-        else:
-            finer = [f for f in self.files if f.symbol == symbol and f.kind == "futures"
-                     and target_ms % interval_ms(f.timeframe) == 0]
-            if not finer:
-                return schemas.empty(schemas.KLINES)
-            base = min(finer, key=lambda f: interval_ms(f.timeframe))
-            df = _aggregate_candles(self._read(base.path), interval_ms(base.timeframe), target_ms)
+        stored = [f for f in self.files if f.symbol == symbol and f.kind == "futures"
+                  and target_ms % interval_ms(f.timeframe) == 0]
+        if not stored:
+            return schemas.empty(schemas.KLINES)
+        base = min(stored, key=lambda f: -interval_ms(f.timeframe))
+        step = pl.duration(milliseconds=interval_ms(base.timeframe))
+        bars = (self._read(base.path)
+                .filter((pl.col("date") >= start) & (pl.col("date") < end))
+                .unique("date", keep="last").sort("date")
+                .select(pl.lit(symbol).alias("symbol"), pl.lit(base.timeframe).alias("interval"),
+                        pl.col("date").alias("event_time"), (pl.col("date") + step).alias("close_time"),
+                        "open", "high", "low", "close", "volume"))
+        source = SOURCE
+        if base.timeframe != interval:
+            bars = resample_klines(bars, interval)
             source = f"{SOURCE}:resampled_from_{base.timeframe}"
-        step = pl.duration(milliseconds=target_ms)
-        out = (df.filter((pl.col("date") >= start) & (pl.col("date") < end))
-               .select(
-                   pl.lit(symbol).alias("symbol"),
-                   pl.lit(interval).alias("interval"),
-                   pl.col("date").alias("event_time"),
-                   (pl.col("date") + step).alias("close_time"),
-                   "open", "high", "low", "close", "volume",
-                   (pl.col("date") + step).alias("available_at"),
-                   pl.lit(source).alias("source"),
-               ))
-        return schemas.conform(schemas.KLINES, out.unique(["event_time"], keep="last").sort("event_time"))
+        out = bars.with_columns(pl.col("close_time").alias("available_at"), pl.lit(source).alias("source"))
+        return schemas.conform(schemas.KLINES, out)
 
     # -------------------------------------------------------------- funding
 
@@ -124,44 +120,3 @@ class FreqtradeDataDir:
     def open_interest(self, symbol: str, period: str, start: datetime, end: datetime) -> pl.DataFrame:
         """Freqtrade keeps no open interest: always empty."""
         return schemas.empty(schemas.OPEN_INTEREST)
-
-
-def snap_funding_times(df: pl.DataFrame) -> pl.DataFrame:
-    """Add `event_time`: `exchange_time` rounded to the whole hour (Binance's settlement grid).
-
-    Raises if a time lies further than a few minutes from the grid: that is not jitter.
-    """
-    snapped = df.with_columns(pl.col("exchange_time").dt.round("1h").alias("event_time"))
-    off = snapped.filter((pl.col("exchange_time") - pl.col("event_time")).abs() > FUNDING_SNAP_TOLERANCE)
-    if off.height:
-        raise ValueError(f"{off.height} funding time(s) lie more than {FUNDING_SNAP_TOLERANCE} from the "
-                         f"hourly settlement grid, first {off['exchange_time'][0]}: not millisecond jitter")
-    return snapped.unique("event_time", keep="last").sort("event_time")
-
-
-def with_funding_intervals(df: pl.DataFrame, first_interval_hours: int | None = None) -> pl.DataFrame:
-    """Add `funding_interval_hours`: the gap to the previous settlement, or to the next one for the
-    first row (`first_interval_hours` when given). Gaps that are not 1, 2, 4 or 8 hours (missing
-    settlements) take the previous valid interval."""
-    gap_prev = (pl.col("event_time") - pl.col("event_time").shift(1)).dt.total_hours()
-    gap_next = (pl.col("event_time").shift(-1) - pl.col("event_time")).dt.total_hours()
-    valid = list(schemas.FUNDING_INTERVALS_HOURS)
-    first = pl.lit(first_interval_hours) if first_interval_hours else gap_next
-    return df.with_columns(
-        pl.when(gap_prev.is_in(valid)).then(gap_prev)
-        .when(pl.int_range(pl.len()) == 0).then(pl.when(first.is_in(valid)).then(first).otherwise(8))
-        .otherwise(None)
-        .forward_fill()
-        .fill_null(8)
-        .cast(pl.Int16)
-        .alias("funding_interval_hours"))
-
-
-def _aggregate_candles(df: pl.DataFrame, base_ms: int, target_ms: int) -> pl.DataFrame:
-    per_group = target_ms // base_ms
-    return (df.sort("date")
-            .group_by_dynamic("date", every=f"{target_ms}ms", closed="left", label="left")
-            .agg(pl.col("open").first(), pl.col("high").max(), pl.col("low").min(),
-                 pl.col("close").last(), pl.col("volume").sum(), pl.len().alias("_n"))
-            .filter(pl.col("_n") == per_group)
-            .drop("_n"))
