@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_features.py                 # 100k trades, 50 symbols, 4 years
     .venv/bin/python benchmarks/bench_features.py --trades 2000 --symbols 4 --years 0.5 --check
+    .venv/bin/python benchmarks/bench_features.py --messy --skip-pandas   # general OI path
 
 Prints: wall time of the feature build, its peak RSS, the ratio to one bare DuckDB ASOF JOIN lookup
 of OI at decision time on the same data, and the ratio to a pandas merge_asof implementation of the
@@ -25,7 +26,13 @@ import polars as pl
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from qml_pipeline.features import FeatureConfig, build_trade_context_features  # noqa: E402
+from typing import Self
+
+from qml_pipeline.features import (
+    OI_LAG_CONSTANT_SQL,
+    FeatureConfig,
+    build_trade_context_features,
+)
 
 H, M, D = 3_600_000, 60_000, 86_400_000
 START = "2021-01-01"
@@ -37,7 +44,7 @@ class PeakRSS:
     def __init__(self) -> None:
         self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> Self:
         self.peak = self.proc.memory_info().rss
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
@@ -53,7 +60,8 @@ class PeakRSS:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
-def generate(con: duckdb.DuckDBPyConnection, n_trades: int, n_symbols: int, years: float) -> None:
+def generate(con: duckdb.DuckDBPyConnection, n_trades: int, n_symbols: int, years: float,
+             messy: bool = False) -> None:
     n5 = int(years * 365 * 288)
     n1h = n5 // 12
     con.execute(f"""
@@ -64,7 +72,9 @@ def generate(con: duckdb.DuckDBPyConnection, n_trades: int, n_symbols: int, year
                     ELSE 1e5 * (1 + s) * (1.5 + sin(i / 5000.0 + s) * 0.4 + (hash(i, s) % 1000)::INTEGER / 1e5) END
                    AS open_interest,
                NULL::DOUBLE AS open_interest_value,
-               TIMESTAMPTZ '{START}' + to_minutes(5 * i + 5) AS available_at
+               TIMESTAMPTZ '{START}' + to_minutes(5 * i + 5)
+                   + CASE WHEN {messy} AND hash(s, i, 3) % 100 = 0 THEN INTERVAL 7 MINUTE ELSE INTERVAL 0 MINUTE END
+                   AS available_at
         FROM range({n_symbols}) a(s), range({n5}) b(i)
         WHERE hash(s, i, 7) % 500 <> 0                                     -- scattered gaps
     """)
@@ -131,7 +141,7 @@ def pandas_features(con: duckdb.DuckDBPyConnection, cfg: FeatureConfig) -> pd.Da
                  "WHERE open_interest > 0").df()
     kl = con.sql("SELECT symbol, interval, event_time, close_time, high, low, close, available_at FROM klines").df()
     out = tr.set_index("trade_id").sort_index()
-    t = tr.set_index("trade_id")["decision_time"]
+    tr.set_index("trade_id")["decision_time"]
 
     # funding: value now and 8h ago, z-score from cumulative sums over 30 days
     fr_all, fr_known = _dedup_known(fr, "funding_rate", ["symbol"])
@@ -241,6 +251,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--memory-limit", default="3GB", help="DuckDB memory_limit (it spills beyond it)")
     ap.add_argument("--skip-pandas", action="store_true")
+    ap.add_argument("--messy", action="store_true",
+                    help="publish 1%% of OI rows 7 min late (out of order): forces the general OI path")
     ap.add_argument("--check", action="store_true", help="compare the pandas result with the SQL result")
     args = ap.parse_args()
 
@@ -248,9 +260,11 @@ def main() -> None:
     con.execute(f"SET threads = {args.threads}; SET preserve_insertion_order = false; SET TimeZone = 'UTC'; "
                 f"SET memory_limit = '{args.memory_limit}'")
     t0 = time.perf_counter()
-    generate(con, args.trades, args.symbols, args.years)
+    generate(con, args.trades, args.symbols, args.years, args.messy)
     sizes = {n: con.sql(f"SELECT count(*) FROM {n}").fetchall()[0][0]
              for n in ("trades", "open_interest", "funding_rates", "klines")}
+    lag_constant = con.sql(OI_LAG_CONSTANT_SQL).fetchall()[0][0]
+    print(f"OI path: {'constant-lag fast path' if lag_constant else 'general (out-of-order) path'}")
     print(f"data: {sizes} generated in {time.perf_counter() - t0:.1f} s")
     gc.collect()
     base_rss = psutil.Process().memory_info().rss

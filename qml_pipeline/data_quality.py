@@ -21,49 +21,9 @@ import duckdb
 import polars as pl
 
 from qml_pipeline import schemas
-from qml_pipeline.schemas import TS, Column, Table
+from qml_pipeline.schemas import DATA_QUALITY
 from qml_pipeline.timeutil import utc_now
 from qml_pipeline.warehouse import frame
-
-DATA_QUALITY = schemas.register(Table(
-    name="data_quality",
-    doc="Per raw table, symbol and series: coverage, missing rows, duplicates, zero values, gaps, freshness.",
-    columns=(
-        Column("table_name", pl.Utf8, "VARCHAR", "", "raw table: funding_rates, open_interest or klines"),
-        Column("symbol", pl.Utf8, "VARCHAR", "", "exchange symbol"),
-        Column("series", pl.Utf8, "VARCHAR", "", "kline interval for klines; '' for the other tables"),
-        Column("sources", pl.Utf8, "VARCHAR", "", "the rows' sources, comma-separated"),
-        Column("rows", pl.Int64, "BIGINT", "rows", "rows stored"),
-        Column("first_event_time", TS, "TIMESTAMPTZ", "UTC", "earliest event_time"),
-        Column("last_event_time", TS, "TIMESTAMPTZ", "UTC", "latest event_time"),
-        Column("expected_step_minutes", pl.Float64, "DOUBLE", "minutes",
-               "the most common expected spacing between rows (funding interval, OI modal spacing "
-               "per source, kline interval)"),
-        Column("expected_rows", pl.Int64, "BIGINT", "rows",
-               "distinct stamps + missing rows between first and last event_time"),
-        Column("missing_rows", pl.Int64, "BIGINT", "rows",
-               "stamps absent from the expected grid between first and last event_time (missing "
-               "funding settlements, OI buckets, candles)"),
-        Column("completeness", pl.Float64, "DOUBLE", "fraction", "distinct stamps / expected_rows"),
-        Column("duplicate_rows", pl.Int64, "BIGINT", "rows", "rows beyond the first for the same key"),
-        Column("zero_rows", pl.Int64, "BIGINT", "rows",
-               "open_interest: open_interest <= 0 (missing data in the archive, not zero OI); klines: "
-               "a price <= 0; NULL for funding_rates (a zero or negative rate is valid)", nullable=True),
-        Column("zero_value_rows", pl.Int64, "BIGINT", "rows",
-               "open_interest: open_interest_value <= 0; klines: volume <= 0; NULL for funding_rates",
-               nullable=True),
-        Column("gap_threshold_minutes", pl.Float64, "DOUBLE", "minutes", "the shortest gap counted in gaps"),
-        Column("gaps", pl.Int64, "BIGINT", "gaps", "gaps (time without rows) of at least the threshold"),
-        Column("longest_gap_minutes", pl.Float64, "DOUBLE", "minutes",
-               "the longest time without rows (spacing - expected step); NULL when none", nullable=True),
-        Column("longest_gap_start", TS, "TIMESTAMPTZ", "UTC",
-               "the first missing stamp of the longest gap", nullable=True),
-        Column("last_available_at", TS, "TIMESTAMPTZ", "UTC", "latest available_at"),
-        Column("freshness_minutes", pl.Float64, "DOUBLE", "minutes", "as_of - last_available_at"),
-        Column("as_of", TS, "TIMESTAMPTZ", "UTC", "the moment freshness is measured from"),
-    ),
-    key=("table_name", "symbol", "series"),
-))
 
 REPORT_SQL = """
 WITH src AS (

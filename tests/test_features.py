@@ -3,6 +3,7 @@ row-order invariance (hypothesis), the seed's worked example, staleness."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import statistics
@@ -14,7 +15,11 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qml_pipeline.features import FeatureConfig, build_trade_context_features, feature_null_counts
+from qml_pipeline.features import (
+    FeatureConfig,
+    build_trade_context_features,
+    feature_null_counts,
+)
 from qml_pipeline.schemas import TS
 from qml_pipeline.timeutil import INTERVAL_MS, UTC, to_ms
 from qml_pipeline.windows import build_ohlcv_windows, load_windows, save_windows
@@ -65,9 +70,9 @@ def random_data(seed: int, n_trades: int = 10) -> dict[str, list[dict]]:
                 if rnd.random() < 0.1 or (sym == "CCC" and T0 + 2 * D <= ev < T0 + 3 * D):
                     continue
                 for _ in range(2 if rnd.random() < 0.1 else 1):
-                    funding.append(dict(symbol=sym, event_time=ev, funding_interval_hours=hours,
-                                        funding_rate=rnd.choice([0.0001, round(rnd.gauss(1e-4, 2e-4), 6)]),
-                                        available_at=ev + rnd.choice([0, 0, 0, 1000, 5 * M, 10 * H])))
+                    funding.append({"symbol": sym, "event_time": ev, "funding_interval_hours": hours,
+                                        "funding_rate": rnd.choice([0.0001, round(rnd.gauss(1e-4, 2e-4), 6)]),
+                                        "available_at": ev + rnd.choice([0, 0, 0, 1000, 5 * M, 10 * H])})
     oi_periods = {"AAA": 15, "BBB": 60, "CCC": 15}
     for sym, period in oi_periods.items():
         level = 1000.0
@@ -78,8 +83,8 @@ def random_data(seed: int, n_trades: int = 10) -> dict[str, list[dict]]:
             for _ in range(2 if rnd.random() < 0.05 else 1):
                 value = 0.0 if rnd.random() < 0.05 else round(level * rnd.choice([1, 1, 1.01]), 3)
                 lag = rnd.choice([0, 0, 0, M, 3 * H])
-                oi.append(dict(symbol=sym, event_time=ev, period_minutes=period, open_interest=value,
-                               available_at=ev + period * M + lag))
+                oi.append({"symbol": sym, "event_time": ev, "period_minutes": period, "open_interest": value,
+                               "available_at": ev + period * M + lag})
     for sym in plans:
         for interval in ("1h", "4h"):
             step, price = INTERVAL_MS[interval], 100.0
@@ -90,18 +95,18 @@ def random_data(seed: int, n_trades: int = 10) -> dict[str, list[dict]]:
                     o = price
                     c = round(o * math.exp(rnd.gauss(0, 0.01)), 4)
                     hi, lo = max(o, c) * (1 + rnd.random() * 0.01), min(o, c) * (1 - rnd.random() * 0.01)
-                    klines.append(dict(symbol=sym, interval=interval, event_time=ev, close_time=ev + step,
-                                       open=o, high=hi, low=lo, close=c, volume=rnd.random() * 10,
-                                       available_at=ev + step + rnd.choice([0, 0, 0, 0, 2 * step])))
+                    klines.append({"symbol": sym, "interval": interval, "event_time": ev, "close_time": ev + step,
+                                       "open": o, "high": hi, "low": lo, "close": c, "volume": rnd.random() * 10,
+                                       "available_at": ev + step + rnd.choice([0, 0, 0, 0, 2 * step])})
                 price = c
     for i in range(n_trades):
         t = T0 + D + rnd.randrange(0, span - D)
         if rnd.random() < 0.3:
             t = t // H * H
-        trades.append(dict(trade_id=f"t{i:03d}", symbol=rnd.choice(list(plans)),
-                           timeframe=rnd.choice(["1h", "4h"]), direction=rnd.choice(["BULLISH", "BEARISH"]),
-                           decision_time=t))
-    return dict(funding_rates=funding, open_interest=oi, klines=klines, trades=trades)
+        trades.append({"trade_id": f"t{i:03d}", "symbol": rnd.choice(list(plans)),
+                           "timeframe": rnd.choice(["1h", "4h"]), "direction": rnd.choice(["BULLISH", "BEARISH"]),
+                           "decision_time": t})
+    return {"funding_rates": funding, "open_interest": oi, "klines": klines, "trades": trades}
 
 
 # ------------------------------------------------------------------ reference (slow, obvious)
@@ -153,7 +158,7 @@ def reference(data: dict[str, list[dict]], cfg: FeatureConfig) -> dict[str, dict
     out = {}
     for tr in data["trades"]:
         sym, t = tr["symbol"], tr["decision_time"]
-        row: dict = dict(symbol=sym, timeframe=tr["timeframe"], direction=tr["direction"], decision_time=t)
+        row: dict = {"symbol": sym, "timeframe": tr["timeframe"], "direction": tr["direction"], "decision_time": t}
         rate, ev, age, ih = funding_at(sym, t)
         row.update(funding_rate=rate, funding_event_time=ev, funding_age_hours=age, funding_interval_hours=ih)
         zw = cfg.funding_z_window_days * D
@@ -194,7 +199,7 @@ def reference(data: dict[str, list[dict]], cfg: FeatureConfig) -> dict[str, dict
             row["last_close"] = last["close"] if fresh else None
             w = bars[-(cfg.atr_period + 1):]
             if fresh and len(w) == cfg.atr_period + 1 and w[-1]["event_time"] - w[0]["event_time"] == cfg.atr_period * step:
-                trs = [max(b["high"], a["close"]) - min(b["low"], a["close"]) for a, b in zip(w, w[1:])]
+                trs = [max(b["high"], a["close"]) - min(b["low"], a["close"]) for a, b in itertools.pairwise(w)]
                 row["atr"] = sum(trs) / len(trs)
                 row["atr_pct"] = row["atr"] / last["close"] * 100
         out[tr["trade_id"]] = row
@@ -211,8 +216,8 @@ def as_plain(df: pl.DataFrame) -> dict[str, dict]:
 
 def assert_same(a: dict[str, dict], b: dict[str, dict]) -> None:
     assert a.keys() == b.keys()
-    for tid in a:
-        for col, va in a[tid].items():
+    for tid, row in a.items():
+        for col, va in row.items():
             vb = b[tid][col]
             if isinstance(va, float) and isinstance(vb, (float, int)):
                 assert math.isclose(va, vb, rel_tol=1e-7, abs_tol=1e-12), (tid, col, va, vb)
@@ -281,15 +286,15 @@ def _ts(s: str) -> int:
 
 
 def seed_example(extra_oi: list[dict] | None = None, decision: str = "2025-01-15 14:00") -> dict:
-    funding = [dict(symbol="BTCUSDT", event_time=_ts(f"2025-01-15 {h:02d}:00"), funding_rate=rate,
-                    funding_interval_hours=8, available_at=_ts(f"2025-01-15 {h:02d}:00"))
+    funding = [{"symbol": "BTCUSDT", "event_time": _ts(f"2025-01-15 {h:02d}:00"), "funding_rate": rate,
+                    "funding_interval_hours": 8, "available_at": _ts(f"2025-01-15 {h:02d}:00")}
                for h, rate in ((0, 0.0001), (8, 0.00021), (16, 0.0009))]
-    oi = [dict(symbol="BTCUSDT", event_time=ev, period_minutes=5, open_interest=float(i + 1),
-               available_at=ev + 5 * M)
+    oi = [{"symbol": "BTCUSDT", "event_time": ev, "period_minutes": 5, "open_interest": float(i + 1),
+               "available_at": ev + 5 * M}
           for i, ev in enumerate(range(_ts("2025-01-15 13:00"), _ts("2025-01-15 14:00") + 1, 5 * M))]
-    trades = [dict(trade_id="seed", symbol="BTCUSDT", timeframe="1h", direction="BEARISH",
-                   decision_time=_ts(decision))]
-    return dict(funding_rates=funding, open_interest=oi + (extra_oi or []), klines=[], trades=trades)
+    trades = [{"trade_id": "seed", "symbol": "BTCUSDT", "timeframe": "1h", "direction": "BEARISH",
+                   "decision_time": _ts(decision)}]
+    return {"funding_rates": funding, "open_interest": oi + (extra_oi or []), "klines": [], "trades": trades}
 
 
 def test_seed_example_uses_0800_funding_and_the_1355_oi_row() -> None:
@@ -304,8 +309,8 @@ def test_seed_example_uses_0800_funding_and_the_1355_oi_row() -> None:
 
 
 def test_zero_oi_is_missing_not_zero() -> None:
-    zero = dict(symbol="BTCUSDT", event_time=_ts("2025-01-15 13:55"), period_minutes=5, open_interest=0.0,
-                available_at=_ts("2025-01-15 14:00"))
+    zero = {"symbol": "BTCUSDT", "event_time": _ts("2025-01-15 13:55"), "period_minutes": 5, "open_interest": 0.0,
+                "available_at": _ts("2025-01-15 14:00")}
     data = seed_example()
     data["open_interest"] = [o for o in data["open_interest"] if o["event_time"] != zero["event_time"]] + [zero]
     row = features(data, FeatureConfig())["seed"]
@@ -346,16 +351,16 @@ def _window_data() -> dict:
                 continue  # a gap: BBB windows crossing bar 100 are incomplete
             ev = T0 + i * H
             p = 100.0 + i
-            klines.append(dict(symbol=sym, interval="1h", event_time=ev, close_time=ev + H, open=p,
-                               high=p + 2, low=p - 1, close=p + 1, volume=float(i % 7), available_at=ev + H))
+            klines.append({"symbol": sym, "interval": "1h", "event_time": ev, "close_time": ev + H, "open": p,
+                               "high": p + 2, "low": p - 1, "close": p + 1, "volume": float(i % 7), "available_at": ev + H})
     trades = [
-        dict(trade_id="a_ok", symbol="AAA", timeframe="1h", direction="BULLISH", decision_time=T0 + 80 * H + 30 * M),
-        dict(trade_id="a_edge", symbol="AAA", timeframe="1h", direction="BEARISH", decision_time=T0 + 60 * H),
-        dict(trade_id="a_short", symbol="AAA", timeframe="1h", direction="BEARISH", decision_time=T0 + 40 * H),
-        dict(trade_id="b_gap", symbol="BBB", timeframe="1h", direction="BULLISH", decision_time=T0 + 110 * H),
-        dict(trade_id="b_stale", symbol="BBB", timeframe="1h", direction="BULLISH", decision_time=T0 + 200 * H),
+        {"trade_id": "a_ok", "symbol": "AAA", "timeframe": "1h", "direction": "BULLISH", "decision_time": T0 + 80 * H + 30 * M},
+        {"trade_id": "a_edge", "symbol": "AAA", "timeframe": "1h", "direction": "BEARISH", "decision_time": T0 + 60 * H},
+        {"trade_id": "a_short", "symbol": "AAA", "timeframe": "1h", "direction": "BEARISH", "decision_time": T0 + 40 * H},
+        {"trade_id": "b_gap", "symbol": "BBB", "timeframe": "1h", "direction": "BULLISH", "decision_time": T0 + 110 * H},
+        {"trade_id": "b_stale", "symbol": "BBB", "timeframe": "1h", "direction": "BULLISH", "decision_time": T0 + 200 * H},
     ]
-    return dict(funding_rates=[], open_interest=[], klines=klines, trades=trades)
+    return {"funding_rates": [], "open_interest": [], "klines": klines, "trades": trades}
 
 
 def test_windows_end_at_last_closed_bar_and_exclude_incomplete(tmp_path) -> None:
@@ -374,16 +379,11 @@ def test_windows_end_at_last_closed_bar_and_exclude_incomplete(tmp_path) -> None
     assert ids2 == ids and np.array_equal(arr2, arr)
 
 
-def test_view_joins_trades_with_features(tmp_path, monkeypatch) -> None:
-    from qml_pipeline import schemas
-    from qml_pipeline.features import TRADE_CONTEXT_FEATURES
+def test_view_joins_trades_with_features(tmp_path) -> None:
+    from qml_pipeline.schemas import TRADE_CONTEXT_FEATURES
+    from qml_pipeline.schemas import TRADES as trades_table
     from qml_pipeline.warehouse import Warehouse
 
-    trades_table = schemas.TABLES.get("trades") or schemas.Table(
-        name="trades", doc="stand-in", key=("trade_id",),
-        columns=tuple(TRADE_CONTEXT_FEATURES.column(c) for c in TR_COLS))
-    monkeypatch.setitem(schemas.TABLES, "trades", trades_table)
-    monkeypatch.setitem(schemas.TABLES, TRADE_CONTEXT_FEATURES.name, TRADE_CONTEXT_FEATURES)
     data = seed_example()
     feats = build_trade_context_features(connect(data), FeatureConfig())
     wh = Warehouse(tmp_path)

@@ -1,0 +1,74 @@
+"""Data quality of the raw tables: one table analysts can query, markdown in the UI, and checks
+per raw table and symbol (completeness, duplicates, zero values, long gaps, freshness)."""
+
+import contextlib
+from datetime import timedelta
+
+import dagster as dg
+import polars as pl
+
+from dagster_project.metadata import table_metadata
+from dagster_project.resources import SETTINGS, MarketDataResource, WarehouseResource
+from qml_pipeline import schemas
+from qml_pipeline.data_quality import data_quality_markdown, data_quality_report
+
+GROUP = "data_quality"
+RAW_TABLES = ("funding_rates", "open_interest", "klines")
+MIN_COMPLETENESS = 0.99
+MAX_DATA_AGE = timedelta(hours=26)  # the daily refresh runs once a day; a day and a margin
+
+
+@dg.asset(deps=list(RAW_TABLES), group_name=GROUP, kinds={"parquet", "duckdb"},
+          metadata=table_metadata(schemas.DATA_QUALITY))
+def data_quality(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """Coverage, missing funding settlements / OI buckets / candles, duplicates, zero values, gaps, freshness."""
+    wh = warehouse.get()
+    with contextlib.closing(wh.connect()) as con:
+        report = data_quality_report(con)
+    wh.replace_table(schemas.DATA_QUALITY, report)
+    wh.refresh_catalog()
+    return dg.MaterializeResult(metadata={
+        "series": report.height, "missing_rows": int(report["missing_rows"].sum() or 0),
+        "duplicate_rows": int(report["duplicate_rows"].sum() or 0),
+        "report": dg.MetadataValue.md(data_quality_markdown(report))})
+
+
+def _quality_specs() -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec(f"quality_{symbol}", asset=table, additional_deps=[data_quality],
+                              description=f"{table} {symbol}: >= {MIN_COMPLETENESS:.0%} complete, no duplicates, "
+                                          f"fresh within {MAX_DATA_AGE} (live sources)")
+            for table in RAW_TABLES for symbol in SETTINGS.symbols]
+
+
+@dg.multi_asset_check(specs=_quality_specs(), can_subset=True)
+def raw_data_quality(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource,
+                     market: MarketDataResource):
+    report = warehouse.get().read(schemas.DATA_QUALITY)
+    for key in context.selected_asset_check_keys:
+        table, symbol = key.asset_key.to_user_string(), key.name.removeprefix("quality_")
+        rows = report.filter((pl.col("table_name") == table) & (pl.col("symbol") == symbol))
+        if rows.is_empty():
+            yield dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=False,
+                                      severity=dg.AssetCheckSeverity.WARN,
+                                      metadata={"reason": f"no {table} rows for {symbol}"})
+            continue
+        worst = rows.sort("completeness").row(0, named=True)
+        problems = []
+        if worst["completeness"] < MIN_COMPLETENESS:
+            problems.append(f"{worst['series'] or table} only {worst['completeness']:.2%} complete")
+        if rows["duplicate_rows"].sum():
+            problems.append(f"{rows['duplicate_rows'].sum()} duplicate rows")
+        live = market.source != "sample"
+        age = timedelta(minutes=float(rows["freshness_minutes"].max()))
+        if live and age > MAX_DATA_AGE:
+            problems.append(f"stale: newest row is {age} old")
+        yield dg.AssetCheckResult(
+            asset_key=key.asset_key, check_name=key.name, passed=not problems,
+            severity=dg.AssetCheckSeverity.WARN,
+            description="; ".join(problems) or "complete, unique" + (" and fresh" if live else ""),
+            metadata={"missing_rows": int(rows["missing_rows"].sum()), "completeness": worst["completeness"],
+                      "duplicate_rows": int(rows["duplicate_rows"].sum()),
+                      "zero_rows": int(rows["zero_rows"].fill_null(0).sum()),
+                      "gaps": int(rows["gaps"].sum()),
+                      "longest_gap_minutes": float(rows["longest_gap_minutes"].max() or 0),
+                      "freshness": "not applicable (bundled sample)" if not live else str(age)})

@@ -1,0 +1,506 @@
+"""The researcher's view: the seed's command-bar context cards and pattern cards ("Dashboard Integration").
+
+Context cards, one row per symbol at an `as_of` instant (point in time: only rows with
+available_at <= as_of; a liquidation snapshot counts as available at its snapshot_time):
+
+- FUNDING: the latest settlement, shown per its own interval ('+0.021% / 8h'). Its status word is
+  judged on the 8h-equivalent rate (rate * 8 / interval hours, as the overlay does), thresholds in
+  `CardConfig` (fractions per 8h): High when >= funding_high_8h (0.02%/8h, the overlay's "crowded
+  longs" level); Negative when <= funding_negative_8h (-0.01%/8h: shorts pay as much as longs
+  usually do); Low when < funding_low_8h (0.005%/8h, under half the usual 0.01% baseline);
+  Neutral otherwise. Stale when older than its interval + funding_grace_minutes (a newer settlement
+  should exist).
+- OI: percent change of open interest over 24h (the newest row vs the newest row stamped at least
+  24h before it, no further back than oi_lookback_tolerance_minutes). Rising when > +oi_flat_pct,
+  Falling when < -oi_flat_pct, Flat otherwise. Rows with open_interest <= 0 (or NULL) are missing
+  data (Binance archive defect), never a real zero: they are dropped first. Stale when the newest
+  row is older than oi_max_age_minutes.
+- LIQ: the nearest estimated liquidation cluster of either side in the newest liquidation-map
+  snapshot: long clusters lie below the price (longs are liquidated on the way down), short clusters
+  above. A bin is a cluster when its notional (base units) is at least liq_cluster_min_share_of_oi of
+  the map's open interest (the liquidation map's own default). Its price is the bin's
+  notional-weighted liquidation price. 'Near' when within liq_near_pct percent of the price (the
+  newest kline close, else the snapshot's reference price), 'Far' otherwise. Stale when the snapshot
+  is older than liq_max_age_minutes.
+
+A stale value keeps its number and age but its status word is 'stale'; a value that does not exist
+has status 'missing' (liquidations: 'none' when the map has no cluster on either side).
+
+Pattern cards: one per trade, from the overlay's itemised rule columns (qml_pipeline/overlay.py):
+each rule that changed the multiplier with its reason and size, the rules that did not (and why:
+neutral, or no data), the adjusted confidence and, when given, a model's probability.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import polars as pl
+
+from qml_pipeline.overlay import REFERENCE_INTERVAL_HOURS
+from qml_pipeline.schemas import TS
+
+FUNDING_WORDS = ("High", "Neutral", "Low", "Negative")
+OI_WORDS = ("Rising", "Flat", "Falling")
+LIQ_WORDS = ("Near", "Far")
+STALE, MISSING, NO_CLUSTER = "stale", "missing", "none"
+
+
+@dataclass(frozen=True)
+class CardConfig:
+    """Status rules and staleness limits of the context cards, each with its unit."""
+
+    # funding status, on the 8h-equivalent rate, FRACTION PER 8h (0.0001 = 0.01% per 8h)
+    funding_high_8h: float = 0.0002       # >= : High (crowded longs)
+    funding_low_8h: float = 0.00005       # <  : Low (below half the usual 0.01% baseline)
+    funding_negative_8h: float = -0.0001  # <= : Negative (crowded shorts)
+    # a settlement older than its interval + this many minutes is stale (a newer one should exist)
+    funding_grace_minutes: float = 60.0
+    # open interest: |24h change| <= this many PERCENT is Flat
+    oi_flat_pct: float = 1.0
+    oi_max_age_minutes: float = 120.0
+    # the 24h-ago row may be at most this many minutes older than exactly 24h before the newest row
+    oi_lookback_tolerance_minutes: float = 60.0
+    # liquidations: a bin is a cluster at >= this FRACTION of the map's OI (base units)
+    liq_cluster_min_share_of_oi: float = 0.005
+    # 'Near' within this many PERCENT of the price
+    liq_near_pct: float = 2.0
+    liq_max_age_minutes: float = 360.0
+    # a kline close older than this is not used as the price (the snapshot's reference price is)
+    price_max_age_minutes: float = 180.0
+
+    def __post_init__(self) -> None:
+        if not self.funding_negative_8h < self.funding_low_8h < self.funding_high_8h:
+            raise ValueError("CardConfig: need funding_negative_8h < funding_low_8h < funding_high_8h, got "
+                             f"{self.funding_negative_8h}, {self.funding_low_8h}, {self.funding_high_8h}")
+        for name in ("funding_grace_minutes", "oi_flat_pct", "oi_max_age_minutes",
+                     "oi_lookback_tolerance_minutes", "liq_cluster_min_share_of_oi", "liq_near_pct",
+                     "liq_max_age_minutes", "price_max_age_minutes"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"CardConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+
+CONTEXT_CARD_SCHEMA = pl.Schema({
+    "symbol": pl.Utf8, "as_of": TS,
+    "price": pl.Float64, "price_time": TS,
+    "funding_rate": pl.Float64, "funding_interval_hours": pl.Int16, "funding_rate_8h": pl.Float64,
+    "funding_event_time": TS, "funding_age_minutes": pl.Float64, "funding_value": pl.Utf8,
+    "funding_status": pl.Utf8,
+    "oi": pl.Float64, "oi_event_time": TS, "oi_24h_event_time": TS, "oi_change_24h": pl.Float64,
+    "oi_age_minutes": pl.Float64, "oi_value": pl.Utf8, "oi_status": pl.Utf8,
+    "liq_snapshot_time": TS, "liq_age_minutes": pl.Float64, "liq_cluster_side": pl.Utf8,
+    "liq_cluster_price": pl.Float64, "liq_cluster_notional_usd": pl.Float64, "liq_distance_pct": pl.Float64,
+    "liq_value": pl.Utf8, "liq_status": pl.Utf8,
+})
+
+
+# ---------------------------------------------------------------- formatting
+
+def fmt_usd(price: float | None) -> str | None:
+    """'$95.2K', '$1.23M', '$3,412', '$0.4521'."""
+    if price is None:
+        return None
+    a = abs(price)
+    if a >= 1e9:
+        return f"${price / 1e9:.2f}B"
+    if a >= 1e6:
+        return f"${price / 1e6:.2f}M"
+    if a >= 1e4:
+        return f"${price / 1e3:.1f}K"
+    if a >= 100:
+        return f"${price:,.0f}"
+    if a >= 1:
+        return f"${price:.2f}"
+    return f"${price:.4f}"
+
+
+def fmt_age(minutes: float | None) -> str | None:
+    """'12 min', '3.5 h', '2.1 d'."""
+    if minutes is None:
+        return None
+    if minutes >= 2 * 1440:
+        return f"{minutes / 1440:.1f} d"
+    if minutes >= 120:
+        return f"{minutes / 60:.1f} h"
+    return f"{minutes:.0f} min"
+
+
+def fmt_pct(value: float | None, decimals: int = 1) -> str | None:
+    """A percent value with its sign: '+3.2%', '-0.5%'."""
+    return None if value is None else f"{value:+.{decimals}f}%"
+
+
+def _funding_text(rate: float, hours: int, rate_8h: float) -> str:
+    text = f"{rate * 100:+.3f}% / {hours}h"
+    if hours != REFERENCE_INTERVAL_HOURS:
+        text += f" ({rate_8h * 100:+.3f}% / 8h)"
+    return text
+
+
+def _map_rows(df: pl.DataFrame, cols: Sequence[str], fn: Callable[..., str | None], name: str) -> pl.DataFrame:
+    """A text column from a few value columns (presentation only; cards are a handful of rows)."""
+    values = [fn(*row) if all(v is not None for v in row) else None for row in df.select(cols).iter_rows()]
+    return df.with_columns(pl.Series(name, values, dtype=pl.Utf8))
+
+
+# ---------------------------------------------------------------- context cards
+
+def _latest(df: pl.DataFrame, time_col: str) -> pl.DataFrame:
+    return df.sort("symbol", time_col).group_by("symbol", maintain_order=True).last()
+
+
+def _minutes(later: pl.Expr, earlier: pl.Expr) -> pl.Expr:
+    return (later - earlier).dt.total_milliseconds().cast(pl.Float64) / 60_000
+
+
+def _default_as_of(*frames: tuple[pl.DataFrame | None, str]) -> datetime | None:
+    times = [f[c].max() for f, c in frames if f is not None and f.height and c in f.columns]
+    times = [t for t in times if t is not None]
+    return max(times) if times else None
+
+
+def _funding_part(funding: pl.DataFrame, as_of: pl.Expr, c: CardConfig) -> pl.DataFrame:
+    df = funding.filter(pl.col("available_at") <= as_of)
+    if "funding_interval_hours" not in df.columns:
+        df = df.with_columns(pl.lit(REFERENCE_INTERVAL_HOURS, dtype=pl.Int16).alias("funding_interval_hours"))
+    df = _latest(df.select("symbol", "event_time", "available_at", "funding_rate", "funding_interval_hours"),
+                 "event_time")
+    hours = pl.col("funding_interval_hours").cast(pl.Float64)
+    hours = pl.when(hours > 0).then(hours).otherwise(float(REFERENCE_INTERVAL_HOURS))
+    f8 = pl.col("funding_rate_8h")
+    df = df.with_columns(
+        pl.col("funding_interval_hours").fill_null(REFERENCE_INTERVAL_HOURS).cast(pl.Int16),
+        (pl.col("funding_rate") * (REFERENCE_INTERVAL_HOURS / hours)).alias("funding_rate_8h"),
+        _minutes(as_of, pl.col("available_at")).alias("funding_age_minutes"),
+        (hours * 60 + c.funding_grace_minutes).alias("_limit"),
+    ).with_columns(
+        pl.when(pl.col("funding_age_minutes") > pl.col("_limit")).then(pl.lit(STALE))
+        .when(f8 >= c.funding_high_8h).then(pl.lit("High"))
+        .when(f8 <= c.funding_negative_8h).then(pl.lit("Negative"))
+        .when(f8 < c.funding_low_8h).then(pl.lit("Low"))
+        .otherwise(pl.lit("Neutral")).alias("funding_status"),
+    )
+    df = _map_rows(df, ["funding_rate", "funding_interval_hours", "funding_rate_8h"], _funding_text,
+                   "funding_value")
+    return df.select("symbol", pl.col("event_time").alias("funding_event_time"), "funding_rate",
+                     "funding_interval_hours", "funding_rate_8h", "funding_age_minutes", "funding_value",
+                     "funding_status")
+
+
+def _oi_part(open_interest: pl.DataFrame, as_of: pl.Expr, c: CardConfig) -> pl.DataFrame:
+    rows = (open_interest
+            .filter((pl.col("available_at") <= as_of) & pl.col("open_interest").is_not_null()
+                    & (pl.col("open_interest") > 0))
+            .select("symbol", "event_time", "available_at", pl.col("open_interest").cast(pl.Float64))
+            .sort("symbol", "event_time"))
+    now = _latest(rows, "event_time").with_columns(
+        (pl.col("event_time") - pl.duration(hours=24)).alias("_target"))
+    past = rows.select("symbol", pl.col("event_time").alias("oi_24h_event_time"),
+                       pl.col("event_time").alias("_target"), pl.col("open_interest").alias("_oi_24h"))
+    joined = now.sort("_target").join_asof(
+        past.sort("_target"), on="_target", by="symbol", strategy="backward",
+        tolerance=f"{int(c.oi_lookback_tolerance_minutes * 60)}s")
+    change = (pl.col("open_interest") / pl.col("_oi_24h") - 1) * 100
+    df = joined.with_columns(
+        change.alias("oi_change_24h"),
+        _minutes(as_of, pl.col("available_at")).alias("oi_age_minutes"),
+    ).with_columns(
+        pl.when(pl.col("oi_age_minutes") > c.oi_max_age_minutes).then(pl.lit(STALE))
+        .when(pl.col("oi_change_24h").is_null()).then(pl.lit(MISSING))
+        .when(pl.col("oi_change_24h") > c.oi_flat_pct).then(pl.lit("Rising"))
+        .when(pl.col("oi_change_24h") < -c.oi_flat_pct).then(pl.lit("Falling"))
+        .otherwise(pl.lit("Flat")).alias("oi_status"),
+    )
+    df = _map_rows(df, ["oi_change_24h"], fmt_pct, "oi_value")
+    return df.sort("symbol").select("symbol", pl.col("open_interest").alias("oi"),
+                                    pl.col("event_time").alias("oi_event_time"), "oi_24h_event_time",
+                                    "oi_change_24h", "oi_age_minutes", "oi_value", "oi_status")
+
+
+def _price_part(klines: pl.DataFrame, as_of: pl.Expr, c: CardConfig) -> pl.DataFrame:
+    when = "available_at" if "available_at" in klines.columns else "close_time"
+    df = klines.filter(pl.col(when) <= as_of)
+    order = [when, "close_time"] if when != "close_time" and "close_time" in df.columns else [when]
+    df = df.sort("symbol", *order).group_by("symbol", maintain_order=True).last()
+    return (df.filter(_minutes(as_of, pl.col(when)) <= c.price_max_age_minutes)
+            .select("symbol", pl.col("close").cast(pl.Float64).alias("price"),
+                    pl.col(when).alias("price_time")))
+
+
+def _liq_part(liq_map: pl.DataFrame, prices: pl.DataFrame, as_of: pl.Expr, c: CardConfig) -> pl.DataFrame:
+    snap = liq_map.filter(pl.col("snapshot_time") <= as_of)
+    snap = snap.filter(pl.col("snapshot_time") == pl.col("snapshot_time").max().over("symbol"))
+    heads = (snap.group_by("symbol").agg(pl.col("snapshot_time").first(), pl.col("reference_price").first())
+             .join(prices, on="symbol", how="left")
+             .with_columns(pl.coalesce("price", "reference_price").alias("_price"),
+                           _minutes(as_of, pl.col("snapshot_time")).alias("liq_age_minutes")))
+    share = c.liq_cluster_min_share_of_oi
+    sides = []
+    for side, base, usd in (("long", "long_liq_notional", "long_liq_notional_usd"),
+                            ("short", "short_liq_notional", "short_liq_notional_usd")):
+        sides.append(snap.filter((pl.col(base) > 0) & (pl.col(base) >= share * pl.col("open_interest")))
+                     .select("symbol", pl.lit(side).alias("liq_cluster_side"),
+                             (pl.col(usd) / pl.col(base)).alias("liq_cluster_price"),
+                             pl.col(usd).alias("liq_cluster_notional_usd")))
+    clusters = (pl.concat(sides).join(heads.select("symbol", "_price"), on="symbol")
+                # longs liquidate below the price, shorts above; a cluster the price has passed is gone
+                .filter(pl.when(pl.col("liq_cluster_side") == "long")
+                        .then(pl.col("liq_cluster_price") < pl.col("_price"))
+                        .otherwise(pl.col("liq_cluster_price") > pl.col("_price")))
+                .with_columns(((pl.col("liq_cluster_price") - pl.col("_price")).abs() / pl.col("_price") * 100)
+                              .alias("liq_distance_pct"))
+                .sort("symbol", "liq_distance_pct", "liq_cluster_side")
+                .group_by("symbol", maintain_order=True).first()
+                .drop("_price"))
+    df = heads.join(clusters, on="symbol", how="left").with_columns(
+        pl.when(pl.col("liq_age_minutes") > c.liq_max_age_minutes).then(pl.lit(STALE))
+        .when(pl.col("liq_cluster_price").is_null()).then(pl.lit(NO_CLUSTER))
+        .when(pl.col("liq_distance_pct") <= c.liq_near_pct).then(pl.lit("Near"))
+        .otherwise(pl.lit("Far")).alias("liq_status"))
+    df = _map_rows(df, ["liq_cluster_price"], fmt_usd, "liq_value")
+    return df.select("symbol", pl.col("snapshot_time").alias("liq_snapshot_time"), "liq_age_minutes",
+                     "liq_cluster_side", "liq_cluster_price", "liq_cluster_notional_usd", "liq_distance_pct",
+                     "liq_value", "liq_status")
+
+
+def context_cards(funding: pl.DataFrame, open_interest: pl.DataFrame, liq_map: pl.DataFrame | None,
+                  klines: pl.DataFrame, as_of: datetime | None = None,
+                  config: CardConfig = CardConfig()) -> pl.DataFrame:
+    """One row per symbol (columns CONTEXT_CARD_SCHEMA) as of `as_of` (default: the latest
+    available_at in the data). Rules, units and staleness: this module's docstring."""
+    c = config
+    if as_of is None:
+        as_of = _default_as_of((funding, "available_at"), (open_interest, "available_at"),
+                               (klines, "available_at"), (liq_map, "snapshot_time"))
+    if as_of is None:
+        return pl.DataFrame(schema=CONTEXT_CARD_SCHEMA)
+    at = pl.lit(as_of).cast(TS)
+    symbols = pl.concat([f.select(pl.col("symbol").cast(pl.Utf8)) for f in (funding, open_interest, klines, liq_map)
+                         if f is not None and "symbol" in f.columns]).unique().sort("symbol")
+    prices = _price_part(klines, at, c)
+    out = (symbols
+           .join(prices, on="symbol", how="left")
+           .join(_funding_part(funding, at, c), on="symbol", how="left")
+           .join(_oi_part(open_interest, at, c), on="symbol", how="left"))
+    if liq_map is not None and liq_map.height:
+        out = out.join(_liq_part(liq_map, prices, at, c), on="symbol", how="left")
+    missing = [pl.lit(None, dtype=t).alias(n) for n, t in CONTEXT_CARD_SCHEMA.items() if n not in out.columns]
+    out = out.with_columns(missing) if missing else out
+    out = out.with_columns(at.alias("as_of"),
+                           *[pl.col(f"{k}_status").fill_null(MISSING) for k in ("funding", "oi", "liq")])
+    return out.select([pl.col(n).cast(t) for n, t in CONTEXT_CARD_SCHEMA.items()])
+
+
+# ---------------------------------------------------------------- pattern cards
+
+ADJUSTMENT = pl.Struct({"rule": pl.Utf8, "reason": pl.Utf8, "effect": pl.Utf8, "mult": pl.Float64})
+
+PATTERN_CARD_SCHEMA = pl.Schema({
+    "trade_id": pl.Utf8, "title": pl.Utf8, "symbol": pl.Utf8, "timeframe": pl.Utf8, "direction": pl.Utf8,
+    "decision_time": TS, "outcome": pl.Utf8,
+    "base_confidence": pl.Float64, "adjustments": pl.List(ADJUSTMENT), "no_effect": pl.List(pl.Utf8),
+    "raw_multiplier": pl.Float64, "multiplier": pl.Float64, "clamped": pl.Boolean,
+    "adjusted_confidence": pl.Float64, "model_probability": pl.Float64, "model_version": pl.Utf8,
+    "base_confidence_text": pl.Utf8, "adjusted_confidence_text": pl.Utf8, "model_text": pl.Utf8,
+    "adjustments_text": pl.Utf8,
+})
+
+
+def _effect(mult: float) -> str:
+    text = f"{(mult - 1) * 100:+.1f}".removesuffix(".0")
+    return f"{text}%"
+
+
+def _conf(v: float | None) -> str:
+    return "n/a" if v is None else f"{v * 100:.0f}%"
+
+
+def _funding_reason(r: dict) -> str:
+    rate, f8 = r.get("funding_rate"), r.get("funding_rate_8h")
+    hours = r.get("funding_interval_hours")
+    hours = int(hours) if hours else REFERENCE_INTERVAL_HOURS
+    if rate is None:
+        return f"Funding {f8 * 100:+.3f}%/8h"
+    if hours == REFERENCE_INTERVAL_HOURS or f8 is None:
+        return f"Funding {rate * 100:+.3f}%/{hours}h"
+    return f"Funding {rate * 100:+.3f}%/{hours}h = {f8 * 100:+.3f}%/8h"
+
+
+def _card_items(r: dict) -> tuple[list[dict], list[str]]:
+    """(adjustments that changed the multiplier, rules that did not and why) for one overlay row."""
+    adj: list[dict] = []
+    none: list[str] = []
+    fr, fm = r.get("funding_rule"), r.get("funding_mult")
+    if fr is None:
+        none.append("no overlay row for this trade")
+        return adj, none
+    if fr == "missing":
+        none.append("Funding: no data at decision time")
+    elif fm is not None and fm != 1.0:
+        label = "crowded longs" if fr == "crowded_longs" else "crowded shorts"
+        adj.append({"rule": "funding", "reason": f"{_funding_reason(r)} ({label})", "effect": _effect(fm),
+                    "mult": fm})
+    else:
+        word = fr.replace("_", " ")
+        none.append(f"{_funding_reason(r)} ({word})")
+    oir, oim, oi = r.get("oi_rule"), r.get("oi_mult"), r.get("oi_change_24h")
+    if oir == "missing":
+        none.append("OI: no data at decision time")
+    elif oim is not None and oim != 1.0:
+        meaning = "conviction" if oir == "rising" else "weak"
+        adj.append({"rule": "oi", "reason": f"OI {oir} {oi:+.1f}% 24h ({meaning})", "effect": _effect(oim),
+                    "mult": oim})
+    else:
+        none.append(f"OI {oir} {oi:+.1f}% 24h" if oi is not None else f"OI {oir}")
+    lr, lm, dist = r.get("liq_rule"), r.get("liq_mult"), r.get("distance_to_liq_cluster")
+    price = fmt_usd(r.get("liq_cluster_price"))
+    where = f" {price}" if price else ""
+    if lr == "missing":
+        none.append("Liq cluster: no estimate at decision time")
+    elif lr == "disabled":
+        none.append("Liq rule disabled")
+    elif lm is not None and lm != 1.0:
+        adj.append({"rule": "liq", "reason": f"Near liq cluster{where} ({dist:.2f} ATR)", "effect": _effect(lm),
+                    "mult": lm})
+    else:
+        none.append(f"Liq cluster{where} {dist:.2f} ATR away (far)" if dist is not None else "Liq cluster far")
+    return adj, none
+
+
+def pattern_cards(trades: pl.DataFrame, overlay: pl.DataFrame, model_predictions: pl.DataFrame | None = None,
+                  limit: int = 20, trade_ids: Sequence[str] | None = None) -> pl.DataFrame:
+    """One card per trade (columns PATTERN_CARD_SCHEMA): the `limit` most recent by decision_time
+    (newest first), or the given `trade_ids` in their order.
+
+    `overlay`: `overlay.apply_overlay` output (its *_rule / *_mult columns itemise each adjustment;
+    a `liq_cluster_price` column, if either frame has one, names the cluster's price).
+    `model_predictions`: trade_id, probability (0..1), model_version.
+    """
+    if trade_ids is not None:
+        order = pl.DataFrame({"trade_id": list(trade_ids)}, schema={"trade_id": pl.Utf8}).with_row_index("_order")
+        chosen = trades.join(order, on="trade_id", how="inner").sort("_order").drop("_order")
+        if unknown := sorted(set(trade_ids) - set(chosen["trade_id"].to_list())):
+            raise ValueError(f"trade_ids not among the trades: {unknown[:5]}")
+    else:
+        chosen = trades.sort("decision_time", "trade_id", descending=True).head(limit)
+    base_cols = [c for c in ("trade_id", "symbol", "timeframe", "direction", "decision_time", "outcome",
+                             "base_confidence", "liq_cluster_price") if c in chosen.columns]
+    df = chosen.select(base_cols)
+    ov = overlay.unique("trade_id", keep="first")
+    extra = [c for c in ov.columns if c not in df.columns or c == "base_confidence"]
+    if "base_confidence" in df.columns and "base_confidence" in ov.columns:
+        df = df.drop("base_confidence")
+    df = df.join(ov.select("trade_id", *[c for c in extra if c != "trade_id"]), on="trade_id", how="left")
+    if model_predictions is not None and model_predictions.height:
+        preds = model_predictions.select("trade_id", pl.col("probability").cast(pl.Float64).alias("model_probability"),
+                                         pl.col("model_version").cast(pl.Utf8)).unique("trade_id", keep="last")
+        df = df.join(preds, on="trade_id", how="left")
+    for name, dtype in PATTERN_CARD_SCHEMA.items():
+        if name not in df.columns and name not in ("title", "adjustments", "no_effect") and not name.endswith("_text"):
+            df = df.with_columns(pl.lit(None, dtype=dtype).alias(name))
+    for name, dtype in (("funding_rule", pl.Utf8), ("funding_mult", pl.Float64), ("oi_rule", pl.Utf8),
+                        ("oi_mult", pl.Float64), ("liq_rule", pl.Utf8), ("liq_mult", pl.Float64),
+                        ("funding_rate", pl.Float64), ("funding_rate_8h", pl.Float64),
+                        ("funding_interval_hours", pl.Float64), ("oi_change_24h", pl.Float64),
+                        ("distance_to_liq_cluster", pl.Float64), ("liq_cluster_price", pl.Float64)):
+        if name not in df.columns:
+            df = df.with_columns(pl.lit(None, dtype=dtype).alias(name))
+
+    items = [_card_items(r) for r in df.iter_rows(named=True)]
+    adjustments = pl.Series("adjustments", [a for a, _ in items], dtype=pl.List(ADJUSTMENT))
+    no_effect = pl.Series("no_effect", [n for _, n in items], dtype=pl.List(pl.Utf8))
+    text = [("; ".join(f"{a['reason']} {a['effect']}" for a in adj)) for adj, _ in items]
+    df = df.with_columns(adjustments, no_effect, pl.Series("adjustments_text", text, dtype=pl.Utf8))
+    tf = pl.col("timeframe").fill_null("").str.to_uppercase()
+    df = df.with_columns(
+        pl.concat_str(pl.col("direction").fill_null("?").str.to_uppercase(), pl.lit(" QML - "),
+                      pl.col("symbol").fill_null("?"), pl.lit(" "), tf).str.strip_chars().alias("title"),
+        pl.Series("base_confidence_text", [_conf(v) for v in df["base_confidence"].to_list()], dtype=pl.Utf8),
+        pl.Series("adjusted_confidence_text", [_conf(v) for v in df["adjusted_confidence"].to_list()],
+                  dtype=pl.Utf8),
+        pl.Series("model_text", [None if p is None else f"{p * 100:.0f}% (model {v or 'unversioned'})"
+                                 for p, v in zip(df["model_probability"].to_list(), df["model_version"].to_list())],
+                  dtype=pl.Utf8),
+    )
+    return df.select([pl.col(n).cast(t) for n, t in PATTERN_CARD_SCHEMA.items()])
+
+
+# ---------------------------------------------------------------- markdown
+
+FUNDING_MARK = {"High": "🔴", "Negative": "🟢", "Low": "🟡", "Neutral": "⚪", STALE: "⏳", MISSING: "·"}
+OI_MARK = {"Rising": "▲", "Falling": "▼", "Flat": "▬", STALE: "⏳", MISSING: "·"}
+
+
+def liq_arrow(side: str | None) -> str:
+    return {"long": "↓", "short": "↑"}.get(side or "", "")
+
+
+def _age_line(minutes: float | None) -> str:
+    age = fmt_age(minutes)
+    return f"{age} old" if age else "—"
+
+
+def _md(text: object) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def context_cards_markdown(df: pl.DataFrame) -> str:
+    """The command-bar cards per symbol as markdown tables (value, status, age)."""
+    if df.height == 0:
+        return "_no context data yet_"
+    parts = []
+    for r in df.iter_rows(named=True):
+        price = fmt_usd(r["price"])
+        head = f"**{r['symbol']}**" + (f" · price {price}" if price else "") + \
+               f" · as of {r['as_of']:%Y-%m-%d %H:%M} UTC"
+        fs, os_, ls = r["funding_status"], r["oi_status"], r["liq_status"]
+        liq_status = ls
+        if ls in LIQ_WORDS:
+            liq_status = f"{liq_arrow(r['liq_cluster_side'])} {ls} ({r['liq_cluster_side']}s, " \
+                         f"{r['liq_distance_pct']:.1f}% away)"
+        elif ls == NO_CLUSTER:
+            liq_status = "no cluster"
+        elif ls == STALE:
+            liq_status = f"⏳ stale ({liq_arrow(r['liq_cluster_side'])} {r['liq_cluster_side'] or 'no'} cluster)"
+        rows = [
+            ["FUNDING", "OI 24h", "LIQ"],
+            [r["funding_value"] or "no data", r["oi_value"] or "no data", r["liq_value"] or "no data"],
+            [f"{FUNDING_MARK.get(fs, '')} {fs}".strip(), f"{OI_MARK.get(os_, '')} {os_}".strip(), liq_status],
+            [_age_line(r["funding_age_minutes"]), _age_line(r["oi_age_minutes"]), _age_line(r["liq_age_minutes"])],
+        ]
+        table = ["| " + " | ".join(rows[0]) + " |", "|:---:|:---:|:---:|"]
+        table += ["| " + " | ".join(_md(x) for x in row) + " |" for row in rows[1:]]
+        parts.append(head + "\n\n" + "\n".join(table))
+    return "\n\n".join(parts)
+
+
+def pattern_cards_markdown(df: pl.DataFrame) -> str:
+    """Each pattern card as a markdown block like the seed's."""
+    if df.height == 0:
+        return "_no trades yet_"
+    parts = []
+    for r in df.iter_rows(named=True):
+        when = f"{r['decision_time']:%Y-%m-%d %H:%M} UTC" if r["decision_time"] else "?"
+        lines = [f"#### {r['title']}",
+                 f"decided {when} · outcome {r['outcome'] or '?'} · `{r['trade_id']}`", "",
+                 f"- Base confidence: **{r['base_confidence_text']}**"]
+        if r["adjustments"]:
+            lines.append("- Context adjustments (multiplicative):")
+            lines += [f"  - {_md(a['reason'])} **{a['effect']}**" for a in r["adjustments"]]
+        else:
+            lines.append("- Context adjustments: none fired")
+        if r["no_effect"]:
+            lines.append("- No effect: " + "; ".join(_md(x) for x in r["no_effect"]))
+        mult = ""
+        if r["multiplier"] is not None:
+            mult = f" (multiplier x{r['multiplier']:.2f}"
+            if r["clamped"]:
+                mult += f", clamped from x{r['raw_multiplier']:.2f}"
+            mult += ")"
+        lines.append(f"- **ADJUSTED CONFIDENCE: {r['adjusted_confidence_text']}** rule overlay{mult}")
+        if r["model_text"]:
+            lines.append(f"- Model probability: **{r['model_text']}**")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
