@@ -2,15 +2,33 @@
 
 import dagster as dg
 
-from dagster_project.defs.raw_market_data import RAW_ASSETS, RAW_CHECKS
+from dagster_project.defs.context import (
+                                          liquidation_map,
+                                          liquidations,
+                                          ohlcv_windows,
+                                          trade_context_features,
+)
 from dagster_project.defs.quality import data_quality, raw_data_quality
-from dagster_project.defs.trades import baseline_metrics, trades
+from dagster_project.defs.raw_market_data import RAW_ASSETS, RAW_CHECKS
+from dagster_project.defs.research import (
+                                          context_error_analysis,
+                                          context_model,
+                                          context_overlay,
+                                          model_beats_chance,
+)
 from dagster_project.defs.schedules import JOBS, SCHEDULES, SENSORS
+from dagster_project.defs.trades import baseline_metrics, trades
+from dagster_project.defs.view import context_cards, pattern_cards, research_report
 from dagster_project.resources import default_resources
 
+RESEARCH_ASSETS = [data_quality, trades, baseline_metrics, liquidation_map, liquidations, trade_context_features,
+                   ohlcv_windows, context_error_analysis, context_overlay, context_model, context_cards,
+                   pattern_cards, research_report]
+RESEARCH_CHECKS = [raw_data_quality, model_beats_chance]
+
 defs = dg.Definitions(
-    assets=[*RAW_ASSETS, data_quality, trades, baseline_metrics],
-    asset_checks=[*RAW_CHECKS, raw_data_quality],
+    assets=[*RAW_ASSETS, *RESEARCH_ASSETS],
+    asset_checks=[*RAW_CHECKS, *RESEARCH_CHECKS],
     jobs=JOBS,
     schedules=SCHEDULES,
     sensors=SENSORS,

@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-day", default=None, help="first UTC day (default: QML_START_DATE)")
     parser.add_argument("--last-day", default="2024-12-05", help="last UTC day (default: the sample's end)")
     parser.add_argument("--keep", action="store_true", help="keep the existing warehouse instead of a fresh one")
+    parser.add_argument("--respect-gates", action="store_true",
+                        help="stop at a failed research gate instead of overriding it (the default in the demo)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster_home"))
@@ -30,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import dagster as dg
 
-    from dagster_project.definitions import defs
+    from dagster_project.definitions import RESEARCH_ASSETS, RESEARCH_CHECKS
     from dagster_project.defs.raw_market_data import RAW_ASSETS, RAW_CHECKS
     from dagster_project.partitions import range_tags
-    from dagster_project.resources import SETTINGS, default_resources
+    from dagster_project.resources import SETTINGS, ResearchResource, default_resources
     from qml_pipeline.warehouse import Warehouse
 
     if SETTINGS.source != "sample":
@@ -61,13 +63,16 @@ def main(argv: list[str] | None = None) -> int:
               f"{'ok' if result.success else 'FAILED'} in {time.monotonic() - t0:.1f}s")
         if not result.success:
             return _fail(result)
-    downstream = [a for a in defs.resolve_asset_graph().assets_defs
-                  if not a.partitions_def and a.keys]
-    if downstream:
+    if not args.respect_gates:
+        print("note: the demo runs every phase with QML_OVERRIDE_GATES=1 so each asset is built; where a gate "
+              "fails (see the checks below), results past it are not evidence. --respect-gates stops there.")
+        resources["research"] = ResearchResource(override_gates=True)
+    if RESEARCH_ASSETS:
         t0 = time.monotonic()
-        result = dg.materialize(downstream, instance=instance, resources=resources, raise_on_error=False,
-                                selection=dg.AssetSelection.all() - dg.AssetSelection.groups("raw_market_data"),
-                                run_config=QUIET)
+        result = dg.materialize([*RAW_ASSETS, *RESEARCH_ASSETS, *RESEARCH_CHECKS], instance=instance,
+                                resources=resources, raise_on_error=False, run_config=QUIET,
+                                selection=dg.AssetSelection.assets(*RESEARCH_ASSETS)
+                                | dg.AssetSelection.checks(*RESEARCH_CHECKS))
         checks += [(e.asset_key.to_user_string(), e.check_name, e.passed)
                    for e in result.get_asset_check_evaluations()]
         print(f"research assets: {'ok' if result.success else 'FAILED'} in {time.monotonic() - t0:.1f}s")
@@ -91,8 +96,8 @@ def _fail(result) -> int:
 def _print_summary(wh, checks, symbols) -> None:
     import polars as pl
 
-    from qml_pipeline.sources.sample import SampleSource
     from dagster_project.resources import SETTINGS
+    from qml_pipeline.sources.sample import SampleSource
 
     wh.refresh_catalog()
     with pl.Config(tbl_rows=100, tbl_hide_dataframe_shape=True, tbl_width_chars=160):
@@ -100,6 +105,14 @@ def _print_summary(wh, checks, symbols) -> None:
         print(wh.summary())
         print("\nasset checks")
         print(pl.DataFrame(checks, schema=["asset", "check", "passed"], orient="row"))
+    gates = wh.read(schemas.RESEARCH_GATES)
+    if gates.height:
+        print("\nresearch gates (the seed's decision checklist)")
+        for row in gates.iter_rows(named=True):
+            print(f"  {row['gate']:8} {'PASS' if row['passed'] else 'FAIL'}  {row['message']}")
+    report = wh.root / "reports" / "report.html"
+    if report.exists():
+        print(f"\nreport (open in a browser, works offline): {report}")
     missing_oi = SampleSource(SETTINGS.sample_dir).symbols_without_open_interest(list(symbols))
     if missing_oi:
         print(f"\nnote: the bundled sample has no real open interest for {', '.join(missing_oi)}; "

@@ -59,6 +59,14 @@ class TradeSourceResource(dg.ConfigurableResource):
                                  timeframes=tuple(self.timeframes))
 
 
+class ResearchResource(dg.ConfigurableResource):
+    """Research settings: the gate override (QML_OVERRIDE_GATES) and the model's epochs and seed."""
+
+    override_gates: bool = SETTINGS.override_gates
+    model_epochs: int = SETTINGS.model_epochs
+    model_seed: int = SETTINGS.model_seed
+
+
 def default_resources() -> dict[str, dg.ConfigurableResource]:
     return {"warehouse": WarehouseResource(), "market": MarketDataResource(),
-            "trade_source": TradeSourceResource()}
+            "trade_source": TradeSourceResource(), "research": ResearchResource()}

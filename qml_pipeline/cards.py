@@ -33,6 +33,7 @@ neutral, or no data), the adjusted confidence and, when given, a model's probabi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -201,8 +202,9 @@ def _oi_part(open_interest: pl.DataFrame, as_of: pl.Expr, c: CardConfig) -> pl.D
                        pl.col("event_time").alias("_target"), pl.col("open_interest").alias("_oi_24h"))
     joined = now.sort("_target").join_asof(
         past.sort("_target"), on="_target", by="symbol", strategy="backward",
-        tolerance=f"{int(c.oi_lookback_tolerance_minutes * 60)}s")
-    change = (pl.col("open_interest") / pl.col("_oi_24h") - 1) * 100
+        tolerance=f"{int(c.oi_lookback_tolerance_minutes * 60)}s", check_sortedness=False)
+    # rounded so that a change of exactly the threshold is not pushed over it by float error
+    change = ((pl.col("open_interest") / pl.col("_oi_24h") - 1) * 100).round(9)
     df = joined.with_columns(
         change.alias("oi_change_24h"),
         _minutes(as_of, pl.col("available_at")).alias("oi_age_minutes"),
@@ -355,6 +357,8 @@ def _card_items(r: dict) -> tuple[list[dict], list[str]]:
     else:
         none.append(f"OI {oir} {oi:+.1f}% 24h" if oi is not None else f"OI {oir}")
     lr, lm, dist = r.get("liq_rule"), r.get("liq_mult"), r.get("distance_to_liq_cluster")
+    if dist is not None and math.isnan(dist):
+        dist = None
     price = fmt_usd(r.get("liq_cluster_price"))
     where = f" {price}" if price else ""
     if lr == "missing":
@@ -365,7 +369,8 @@ def _card_items(r: dict) -> tuple[list[dict], list[str]]:
         adj.append({"rule": "liq", "reason": f"Near liq cluster{where} ({dist:.2f} ATR)", "effect": _effect(lm),
                     "mult": lm})
     else:
-        none.append(f"Liq cluster{where} {dist:.2f} ATR away (far)" if dist is not None else "Liq cluster far")
+        none.append(f"Liq cluster{where} {dist:.2f} ATR away (far)" if dist is not None
+                    else "Liq cluster: no estimate at decision time")
     return adj, none
 
 
@@ -462,6 +467,8 @@ def context_cards_markdown(df: pl.DataFrame) -> str:
                          f"{r['liq_distance_pct']:.1f}% away)"
         elif ls == NO_CLUSTER:
             liq_status = "no cluster"
+        elif ls == MISSING:
+            liq_status = "· missing"
         elif ls == STALE:
             liq_status = f"⏳ stale ({liq_arrow(r['liq_cluster_side'])} {r['liq_cluster_side'] or 'no'} cluster)"
         rows = [

@@ -40,6 +40,10 @@ class Settings:
     # the export's column names mapped to the trade contract: "Entry=entry_price,Side=direction"
     trades_column_map: str = ""
     trade_timeframes: tuple[str, ...] = ("1h", "4h")
+    # run phase 10 / 11 although the phase 9 / 10 gate failed; recorded in every result it touches
+    override_gates: bool = False
+    model_epochs: int = 30
+    model_seed: int = 0
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -266,7 +266,7 @@ def equity_figure(curves: dict[str, pl.DataFrame]) -> str | None:
         dd = np.maximum(np.maximum.accumulate(y), 0.0) - y
         line = ax.step(x, y, where="post", linewidth=1.8,
                        label=f"{name}: {y[-1]:+.1f} R over {curve.height} trades")[0]
-        ax_dd.fill_between(x, -dd, step="post", alpha=0.35, color=line.get_color(), label=name)
+        ax_dd.step(x, -dd, where="post", linewidth=1.4, color=line.get_color(), label=name)
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_ylabel("cumulative R (risk units)", fontsize=11)
     ax.set_title("Equity curves: baseline vs context overlay", fontsize=13)
@@ -312,7 +312,7 @@ def distribution_figure(feature_values: pl.DataFrame, stats: pl.DataFrame | None
         return None, skipped
     ncols = 3 if len(plotted) > 2 else len(plotted)
     nrows = math.ceil(len(plotted) / ncols)
-    fig = _new_figure(5.0 * ncols, 3.6 * nrows)
+    fig = _new_figure(5.2 * ncols, 4.0 * nrows)
     for i, (c, w, lo) in enumerate(plotted):
         name, unit, scale = FEATURE_DISPLAY.get(c, (c, "", 1.0))
         w, lo = w * scale, lo * scale
@@ -332,7 +332,7 @@ def distribution_figure(feature_values: pl.DataFrame, stats: pl.DataFrame | None
         ax.set_title(title, fontsize=11)
         ax.set_xlabel(f"{c} ({unit})" if unit else c, fontsize=10)
         ax.set_ylabel("share of group (%)", fontsize=10)
-        ax.legend(fontsize=8, loc="upper right")
+        ax.legend(fontsize=8, loc="best")
         ax.grid(alpha=0.3)
     fig.suptitle("Context at decision time: winners vs losers (dashed: medians; tails beyond the "
                  "1st-99th percentile drawn at the edges)", fontsize=12)

@@ -384,9 +384,21 @@ TRADE_CONTEXT_FEATURES = Table(
         Column("oi_percentile_points", pl.Int64, "BIGINT", "snapshots",
                "non-NULL hourly snapshots in the percentile window", nullable=True),
         Column("distance_to_liq_cluster", pl.Float64, "DOUBLE", "ATRs",
-               "placeholder, NULL until liquidation data exists", nullable=True),
+               "|price - nearest estimated liquidation cluster in the trade's direction| / atr: long "
+               "liquidations below price for BEARISH, short liquidations above for BULLISH "
+               "(docs/liquidation_map.md); NULL when none or stale", nullable=True),
         Column("liq_cluster_size", pl.Float64, "DOUBLE", "USDT",
-               "placeholder, NULL until liquidation data exists", nullable=True),
+               "estimated notional of that cluster, valued at its liquidation prices", nullable=True),
+        Column("liq_cluster_price", pl.Float64, "DOUBLE", "USDT",
+               "size-weighted liquidation price of that cluster", nullable=True),
+        Column("liq_map_age_minutes", pl.Float64, "DOUBLE", "minutes",
+               "decision_time - available_at of the newest OI row in the map", nullable=True),
+        Column("realised_long_liq_usd_24h", pl.Float64, "DOUBLE", "USD",
+               "Coinglass: long liquidations in the 24h of buckets closed by decision_time; NULL "
+               "without Coinglass data", nullable=True),
+        Column("realised_short_liq_usd_24h", pl.Float64, "DOUBLE", "USD",
+               "Coinglass: short liquidations in the same window; NULL without Coinglass data",
+               nullable=True),
         Column("atr", pl.Float64, "DOUBLE", "USDT", "ATR(14): mean true range of the last 14 closed bars",
                nullable=True),
         Column("atr_pct", pl.Float64, "DOUBLE", "percent", "atr / last_close * 100", nullable=True),
@@ -399,9 +411,160 @@ TRADE_CONTEXT_FEATURES = Table(
     key=("trade_id",),
 )
 
+
+def _c(name: str, dtype: pl.DataType, unit: str, doc: str, nullable: bool = True) -> Column:
+    duck = {pl.Utf8: "VARCHAR", pl.Float64: "DOUBLE", pl.Int64: "BIGINT", pl.Int32: "INTEGER",
+            pl.Int16: "SMALLINT", pl.Boolean: "BOOLEAN"}.get(dtype, "TIMESTAMPTZ")
+    return Column(name, dtype, duck, unit, doc, nullable)
+
+
+CONTEXT_ERROR_ANALYSIS = Table(
+    name="context_error_analysis",
+    doc="Phase 9: winners vs losers on each context feature (filled trades; TIMEOUT counts as a loss). "
+        "docs/overlay.md.",
+    columns=(
+        _c("feature", pl.Utf8, "", "context feature (funding_fuel_8h: the 8h-equivalent rate signed "
+           "against the trade's direction, positive = crowd against the trade)", nullable=False),
+        _c("n_win", pl.Int64, "trades", "winners with a value"),
+        _c("n_loss", pl.Int64, "trades", "losers with a value"),
+        _c("n_null_win", pl.Int64, "trades", "winners without a value (NULL or stale)"),
+        _c("n_null_loss", pl.Int64, "trades", "losers without a value"),
+        _c("median_win", pl.Float64, "feature unit", "median among winners"),
+        _c("median_loss", pl.Float64, "feature unit", "median among losers"),
+        _c("mean_win", pl.Float64, "feature unit", "mean among winners"),
+        _c("mean_loss", pl.Float64, "feature unit", "mean among losers"),
+        _c("mw_u", pl.Float64, "", "Mann-Whitney U of winners vs losers"),
+        _c("mw_p", pl.Float64, "probability", "two-sided Mann-Whitney p-value"),
+        _c("ks_stat", pl.Float64, "", "two-sample Kolmogorov-Smirnov statistic"),
+        _c("ks_p", pl.Float64, "probability", "KS p-value"),
+        _c("cliffs_delta", pl.Float64, "-1..1", "effect size: P(win > loss) - P(win < loss)"),
+        _c("p_adj", pl.Float64, "probability", "Mann-Whitney p adjusted by Benjamini-Hochberg across features"),
+        _c("significant", pl.Boolean, "", "p_adj < alpha (default 0.05)"),
+    ),
+    key=("feature",),
+)
+
+CONTEXT_OVERLAY = Table(
+    name="context_overlay",
+    doc="Phase 10: the seed's ContextOverlay per trade, each rule itemised (docs/overlay.md).",
+    columns=(
+        _c("trade_id", pl.Utf8, "", "the trade", nullable=False),
+        _c("symbol", pl.Utf8, "", "exchange symbol"),
+        _c("direction", pl.Utf8, "", "BULLISH or BEARISH"),
+        _c("decision_time", TS, "UTC", "when the pattern completed"),
+        _c("outcome", pl.Utf8, "", "the trade's outcome"),
+        _c("base_confidence", pl.Float64, "fraction 0..1", "the pattern's own confidence"),
+        _c("funding_rate", pl.Float64, "fraction per interval", "funding known at decision time"),
+        _c("funding_interval_hours", pl.Int16, "hours", "its settlement interval"),
+        _c("funding_rate_8h", pl.Float64, "fraction per 8h", "rate * 8 / interval: the basis of the rule"),
+        _c("funding_rule", pl.Utf8, "", "crowded_longs, crowded_shorts, neutral or missing"),
+        _c("funding_mult", pl.Float64, "multiplier", "the funding rule's factor"),
+        _c("oi_change_24h", pl.Float64, "percent", "OI change over 24h"),
+        _c("oi_rule", pl.Utf8, "", "rising, falling, flat or missing"),
+        _c("oi_mult", pl.Float64, "multiplier", "the OI rule's factor"),
+        _c("distance_to_liq_cluster", pl.Float64, "ATRs", "to the nearest estimated cluster in the trade's direction"),
+        _c("liq_rule", pl.Utf8, "", "near_cluster, far, missing or disabled"),
+        _c("liq_mult", pl.Float64, "multiplier", "the liquidation rule's factor"),
+        _c("raw_multiplier", pl.Float64, "multiplier", "product of the rules' factors"),
+        _c("multiplier", pl.Float64, "multiplier", "raw_multiplier clamped to [0.5, 1.5]"),
+        _c("clamped", pl.Boolean, "", "the clamp changed the multiplier"),
+        _c("adjusted_confidence", pl.Float64, "fraction 0..1", "clip(base_confidence * multiplier, 0, 1)"),
+        _c("reason", pl.Utf8, "", "the rules that fired, as a pattern card shows them"),
+    ),
+    key=("trade_id",),
+    time_column="decision_time",
+)
+
+OVERLAY_BACKTEST = Table(
+    name="overlay_backtest",
+    doc="Phase 10: baseline vs overlay (sizing, filtering) metrics on all trades and on the tuning and "
+        "judging periods, overall and per calendar year.",
+    columns=(
+        _c("period", pl.Utf8, "", "all (default thresholds), tuning (earlier trades) or judging (later, out of "
+           "sample, thresholds chosen on tuning)", nullable=False),
+        _c("variant", pl.Utf8, "", "baseline, sizing (R * multiplier) or filtering (adjusted_confidence >= "
+           "min_confidence)", nullable=False),
+        _c("scope", pl.Utf8, "", "overall or group (a calendar year)", nullable=False),
+        _c("year", pl.Int32, "year", "calendar year of decision_time; NULL for overall"),
+        *_METRIC_COLUMNS,
+    ),
+    key=("period", "variant", "scope", "year"),
+)
+
+OVERLAY_DIFFERENCES = Table(
+    name="overlay_differences",
+    doc="Phase 10: overlay minus baseline per metric, with paired bootstrap 95% intervals (win rate, Sharpe).",
+    columns=(
+        _c("period", pl.Utf8, "", "all, tuning or judging", nullable=False),
+        _c("variant", pl.Utf8, "", "sizing or filtering", nullable=False),
+        _c("metric", pl.Utf8, "", "metric name (qml_pipeline/metrics.py)", nullable=False),
+        _c("baseline", pl.Float64, "metric unit", "baseline value"),
+        _c("overlay", pl.Float64, "metric unit", "overlay value"),
+        _c("diff", pl.Float64, "metric unit", "overlay - baseline"),
+        _c("ci_low", pl.Float64, "metric unit", "bootstrap 2.5% quantile of the difference"),
+        _c("ci_high", pl.Float64, "metric unit", "bootstrap 97.5% quantile of the difference"),
+        _c("share_not_better", pl.Float64, "fraction", "resamples where the overlay was not better"),
+        _c("n_undefined", pl.Int64, "resamples", "resamples where the metric was undefined"),
+    ),
+    key=("period", "variant", "metric"),
+)
+
+RESEARCH_GATES = Table(
+    name="research_gates",
+    doc="The seed's decision gates (phase 9, phase 10), part by part, as last evaluated.",
+    columns=(
+        _c("gate", pl.Utf8, "", "phase9 or phase10", nullable=False),
+        _c("part", pl.Utf8, "", "the condition", nullable=False),
+        _c("passed", pl.Boolean, "", "this part passed", nullable=False),
+        _c("gate_passed", pl.Boolean, "", "every part of the gate passed", nullable=False),
+        _c("value", pl.Float64, "part's unit", "measured value"),
+        _c("threshold", pl.Float64, "part's unit", "required value"),
+        _c("message", pl.Utf8, "", "what passed or failed, and by how much"),
+        _c("evaluated_at", TS, "UTC", "when the gate was evaluated", nullable=False),
+    ),
+    key=("gate", "part"),
+)
+
+MODEL_EVALUATION = Table(
+    name="model_evaluation",
+    doc="Phase 11: out-of-sample (purged walk-forward) comparison of baseline, logistic regression, the rule "
+        "overlay and the fusion network, overall, per fold and per calendar year.",
+    columns=(
+        _c("model_version", pl.Utf8, "", "the context_model version evaluated", nullable=False),
+        _c("scope", pl.Utf8, "", "overall, fold or year", nullable=False),
+        _c("group", pl.Utf8, "", "fold number or year; 'all' for overall", nullable=False),
+        _c("model", pl.Utf8, "", "baseline, logistic, overlay or fusion", nullable=False),
+        _c("n", pl.Int64, "trades", "test trades"),
+        _c("win_rate", pl.Float64, "fraction", "observed win rate"),
+        _c("mean_predicted", pl.Float64, "fraction", "mean predicted win probability"),
+        _c("auc", pl.Float64, "0..1", "area under the ROC curve (0.5 = chance)"),
+        _c("log_loss", pl.Float64, "nats", "mean negative log likelihood"),
+        _c("brier", pl.Float64, "", "mean squared error of the probability"),
+    ),
+    key=("model_version", "scope", "group", "model"),
+)
+
+MODEL_PREDICTIONS = Table(
+    name="model_predictions",
+    doc="Phase 11: each trade's adjusted confidence from the fusion model: out of sample (walk-forward "
+        "fold) where the trade was a test trade, NULL otherwise.",
+    columns=(
+        _c("trade_id", pl.Utf8, "", "the trade", nullable=False),
+        _c("model_version", pl.Utf8, "", "context_model version", nullable=False),
+        _c("fold", pl.Int64, "", "walk-forward fold the trade was tested in; NULL if never a test trade"),
+        _c("probability", pl.Float64, "fraction 0..1", "the fusion model's win probability, out of sample"),
+        _c("logistic_probability", pl.Float64, "fraction 0..1", "logistic regression on the context vector, "
+           "out of sample"),
+    ),
+    key=("trade_id",),
+)
+
+
 TABLES: dict[str, Table] = {t.name: t for t in (FUNDING_RATES, OPEN_INTEREST, KLINES, TRADES, TRADE_CONTEXT_FEATURES, LIQUIDATION_MAP,
                                                   LIQUIDATIONS, BASELINE_METRICS,
-                                                  DATA_QUALITY)}
+                                                  DATA_QUALITY, CONTEXT_ERROR_ANALYSIS, CONTEXT_OVERLAY,
+                                                  OVERLAY_BACKTEST, OVERLAY_DIFFERENCES, RESEARCH_GATES,
+                                                  MODEL_EVALUATION, MODEL_PREDICTIONS)}
 
 
 def register(table: Table) -> Table:

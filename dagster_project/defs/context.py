@@ -1,0 +1,113 @@
+"""Per-trade market context: the estimated liquidation map, optional Coinglass liquidations, the
+point-in-time feature table and the OHLCV windows for the model."""
+
+import contextlib
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from dagster_project.metadata import markdown_table, table_metadata
+from dagster_project.resources import SETTINGS, WarehouseResource
+from qml_pipeline import schemas
+from qml_pipeline.context import build_context
+from qml_pipeline.features import feature_null_counts
+from qml_pipeline.liquidation_map import estimate_liquidation_map
+from qml_pipeline.sources.coinglass import SKIP_REASON, coinglass_from_env
+from qml_pipeline.timeutil import day_start, utc_now
+from qml_pipeline.windows import build_ohlcv_windows, save_windows
+
+GROUP = "context"
+CORE_FEATURES = ("funding_rate", "funding_rate_z30d", "funding_rate_change_8h", "oi_change_24h", "oi_change_7d",
+                 "oi_percentile_30d", "distance_to_liq_cluster", "atr")
+MAX_NULL_SHARE = 0.5
+
+
+def windows_path(warehouse: WarehouseResource) -> Path:
+    return warehouse.get().data_dir / "ohlcv_windows" / "windows.npz"
+
+
+@dg.asset(deps=["open_interest", "klines"], group_name=GROUP, kinds={"parquet", "duckdb"},
+          metadata=table_metadata(schemas.LIQUIDATION_MAP))
+def liquidation_map(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """Estimated liquidation notional per price bin every 4 hours, from OI increases and klines
+    (an open model, not exchange data: docs/liquidation_map.md)."""
+    wh = warehouse.get()
+    rows = {}
+    for symbol in SETTINGS.symbols:
+        oi = wh.read(schemas.OPEN_INTEREST, symbol=symbol)
+        snapshots = estimate_liquidation_map(oi, wh.read(schemas.KLINES, symbol=symbol))
+        if snapshots.is_empty():
+            context.log.warning(f"{symbol}: no open interest, so no estimated liquidation map")
+            rows[symbol] = 0
+            continue
+        first, last = snapshots["snapshot_time"].min(), snapshots["snapshot_time"].max()
+        wh.write_window(schemas.LIQUIDATION_MAP, snapshots, symbol=symbol,
+                        start=day_start(first.date()), end=day_start(last.date()) + timedelta(days=1))
+        rows[symbol] = snapshots.height
+    wh.refresh_catalog()
+    return dg.MaterializeResult(metadata={"rows": sum(rows.values()),
+                                          "rows_per_symbol": markdown_table(pl.DataFrame(
+                                              {"symbol": list(rows), "rows": list(rows.values())}))})
+
+
+@dg.asset(group_name=GROUP, kinds={"parquet", "duckdb"}, metadata=table_metadata(schemas.LIQUIDATIONS),
+          output_required=False)
+def liquidations(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+    """Realised liquidations per symbol from Coinglass (optional, paid: COINGLASS_API_KEY). Without a key
+    the asset is skipped with the reason logged and recorded; the rest of the pipeline runs."""
+    client = coinglass_from_env(os.environ)
+    if client is None:
+        context.log.warning(SKIP_REASON)
+        context.log_event(dg.AssetObservation(asset_key="liquidations", metadata={"skipped": SKIP_REASON}))
+        return
+    wh = warehouse.get()
+    start, end = day_start(SETTINGS.start_date), utc_now()
+    total = 0
+    for symbol in SETTINGS.symbols:
+        frame = client.pair_history("Binance", symbol, client.plan_min_interval, start, end)
+        if frame.height:
+            wh.write_window(schemas.LIQUIDATIONS, frame, symbol=symbol, start=start, end=end,
+                            interval=client.plan_min_interval)
+        total += frame.height
+    wh.refresh_catalog()
+    yield dg.MaterializeResult(metadata={"rows": total, **client.metadata()})
+
+
+# Not a hard dependency on `liquidations`: that asset is skipped without a Coinglass key, and a skipped
+# upstream would skip the features too. Its rows are used whenever they are in the warehouse.
+@dg.asset(deps=["trades", "funding_rates", "open_interest", "klines", liquidation_map],
+          group_name=GROUP, kinds={"parquet", "duckdb"}, metadata=table_metadata(schemas.TRADE_CONTEXT_FEATURES),
+          check_specs=[dg.AssetCheckSpec("feature_nulls", asset="trade_context_features",
+                                         description=f"no core feature NULL for more than {MAX_NULL_SHARE:.0%} "
+                                                     "of trades (NULL = missing or stale input)")])
+def trade_context_features(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """Per trade, the market context as known at decision_time (available_at <= decision_time only)."""
+    wh = warehouse.get()
+    features = build_context(wh)
+    wh.replace_table(schemas.TRADE_CONTEXT_FEATURES, features)
+    wh.refresh_catalog()
+    nulls = feature_null_counts(features)
+    n = max(features.height, 1)
+    core = pl.DataFrame({"feature": list(CORE_FEATURES), "nulls": [nulls.get(f, n) for f in CORE_FEATURES]}
+                        ).with_columns((pl.col("nulls") / n).alias("null_share"))
+    too_sparse = core.filter(pl.col("null_share") > MAX_NULL_SHARE)["feature"].to_list()
+    return dg.MaterializeResult(
+        metadata={"trades": features.height, "null_counts": markdown_table(core)},
+        check_results=[dg.AssetCheckResult(
+            check_name="feature_nulls", passed=not too_sparse, severity=dg.AssetCheckSeverity.WARN,
+            description=f"mostly NULL: {too_sparse}" if too_sparse else "every core feature mostly present",
+            metadata={"null_counts": markdown_table(core)})])
+
+
+@dg.asset(deps=["trades", "klines"], group_name=GROUP, kinds={"numpy"})
+def ohlcv_windows(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """The 50 bars ending at the last bar closed before each trade's decision_time, normalised
+    (prices / last close - 1, volume / window mean), as float32 (n, 50, 5) in an .npz file."""
+    with contextlib.closing(warehouse.get().connect()) as con:
+        trade_ids, array = build_ohlcv_windows(con)
+    path = save_windows(windows_path(warehouse), trade_ids, array)
+    return dg.MaterializeResult(metadata={"trades": len(trade_ids), "shape": str(array.shape),
+                                          "path": dg.MetadataValue.path(str(path))})

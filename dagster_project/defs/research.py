@@ -1,0 +1,156 @@
+"""The seed's research phases: 9 (winners vs losers, gate), 10 (rule overlay backtest, gate), 11 (model)."""
+
+import dagster as dg
+import polars as pl
+
+from dagster_project.defs.context import (
+    ohlcv_windows,
+    trade_context_features,
+    windows_path,
+)
+from dagster_project.metadata import markdown_table, table_metadata
+from dagster_project.resources import ResearchResource, WarehouseResource
+from qml_pipeline import schemas
+from qml_pipeline.research import (
+    GateClosedError,
+    gate_rows,
+    list_model_versions,
+    model_inputs,
+    require_gate,
+    run_phase9,
+    run_phase10,
+    run_phase11,
+)
+from qml_pipeline.windows import load_windows
+
+GROUP = "research"
+
+
+def _store_gate(wh, gate: str, rows: pl.DataFrame) -> None:
+    existing = wh.read(schemas.RESEARCH_GATES)
+    wh.replace_table(schemas.RESEARCH_GATES, pl.concat([existing.filter(pl.col("gate") != gate), rows]))
+
+
+def _gate_check(name: str, gate) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=name, passed=gate.passed, severity=dg.AssetCheckSeverity.ERROR, description=gate.message,
+        metadata={p.name: dg.MetadataValue.text(("PASS " if p.passed else "FAIL ") + p.message) for p in gate.parts})
+
+
+def _open_gate(context: dg.AssetExecutionContext, wh, gate: str, override: bool) -> str:
+    try:
+        status = require_gate(wh.read(schemas.RESEARCH_GATES), gate, override)
+    except GateClosedError as exc:
+        raise dg.Failure(description=str(exc)) from exc
+    if status.startswith("OVERRIDDEN"):
+        context.log.warning(status)
+    return status
+
+
+@dg.asset(deps=[trade_context_features], group_name=GROUP, kinds={"parquet", "duckdb"},
+          metadata=table_metadata(schemas.CONTEXT_ERROR_ANALYSIS),
+          check_specs=[dg.AssetCheckSpec("phase9_gate", asset="context_error_analysis",
+                                         description="200+ trades, a feature that differs significantly "
+                                                     "(BH-adjusted), 70% of losers with an identifiable context issue")])
+def context_error_analysis(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """Phase 9: winners vs losers on every context feature, the manual-review export, and the gate."""
+    wh = warehouse.get()
+    result = run_phase9(wh.read(schemas.TRADES), wh.read(schemas.TRADE_CONTEXT_FEATURES), wh.root / "review")
+    wh.replace_table(schemas.CONTEXT_ERROR_ANALYSIS, result.stats)
+    _store_gate(wh, "phase9", gate_rows("phase9", result.gate))
+    wh.refresh_catalog()
+    shown = result.stats.select("feature", "n_win", "n_loss", "median_win", "median_loss", "cliffs_delta",
+                                "mw_p", "ks_p", "p_adj", "significant")
+    return dg.MaterializeResult(
+        metadata={"filled_trades": result.n_trades, "losers_with_context_issue": result.issue["share"],
+                  "winners_vs_losers": markdown_table(shown),
+                  "review_sheet": dg.MetadataValue.path(str(result.review_files["combined"]))},
+        check_results=[_gate_check("phase9_gate", result.gate)])
+
+
+@dg.asset(deps=[context_error_analysis], group_name=GROUP, kinds={"parquet", "duckdb"},
+          metadata=table_metadata(schemas.CONTEXT_OVERLAY),
+          check_specs=[dg.AssetCheckSpec("phase10_gate", asset="context_overlay",
+                                         description="out of sample (thresholds tuned on earlier trades): win "
+                                                     "rate up > 5 points and Sharpe up > 0.2")])
+def context_overlay(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                    research: ResearchResource) -> dg.MaterializeResult:
+    """Phase 10: the seed's ContextOverlay per trade (itemised), its backtest vs the baseline (sizing,
+    filtering; tuned on earlier trades, judged on later ones) and the gate. Runs only past the phase 9
+    gate, or with QML_OVERRIDE_GATES=1 (recorded)."""
+    wh = warehouse.get()
+    gate_status = _open_gate(context, wh, "phase9", research.override_gates)
+    plot = wh.root / "reports" / "equity_baseline_vs_overlay.png"
+    result = run_phase10(wh.read(schemas.TRADES), wh.read(schemas.TRADE_CONTEXT_FEATURES), plot)
+    wh.replace_table(schemas.CONTEXT_OVERLAY, result.overlay)
+    wh.replace_table(schemas.OVERLAY_BACKTEST, result.metrics)
+    wh.replace_table(schemas.OVERLAY_DIFFERENCES, result.differences)
+    _store_gate(wh, "phase10", gate_rows("phase10", result.gate))
+    wh.refresh_catalog()
+    overall = result.metrics.filter(pl.col("scope") == "overall").select(
+        "period", "variant", "trades", "win_rate", "expectancy_r", "profit_factor", "sharpe", "max_drawdown_r")
+    return dg.MaterializeResult(
+        metadata={"phase9_gate": gate_status, "metrics": markdown_table(overall),
+                  "rules_fired": markdown_table(result.backtest.rule_counts),
+                  "tuned_thresholds": str(result.tuned.config),
+                  "equity_curve": dg.MetadataValue.md(f"![equity curve](file://{result.plot})"),
+                  "equity_curve_path": dg.MetadataValue.path(str(result.plot))},
+        check_results=[_gate_check("phase10_gate", result.gate)])
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec("context_model", deps=[context_overlay, ohlcv_windows], group_name=GROUP, kinds={"pytorch"},
+                     description="Phase 11: the fusion network (50-bar OHLCV CNN + LSTM, context dense, fused "
+                                 "head), judged by purged walk-forward against the baseline, a logistic regression "
+                                 "and the rule overlay, then trained on every trade and saved as a new version "
+                                 "(warehouse/models/<version>/). Earlier versions are kept and listed.",
+                     metadata=table_metadata(schemas.MODEL_EVALUATION)),
+        dg.AssetSpec("model_predictions", deps=[context_overlay, ohlcv_windows], group_name=GROUP,
+                     kinds={"parquet", "duckdb"}, metadata=table_metadata(schemas.MODEL_PREDICTIONS),
+                     description="Each trade's adjusted confidence from the fusion model, out of sample "
+                                 "(walk-forward), with the model version."),
+    ])
+def context_model(context: dg.AssetExecutionContext, warehouse: WarehouseResource, research: ResearchResource):
+    """Runs only past the phase 10 gate, or with QML_OVERRIDE_GATES=1 (recorded in the metadata)."""
+    from qml_pipeline.model import ModelConfig
+
+    wh = warehouse.get()
+    gate_status = _open_gate(context, wh, "phase10", research.override_gates)
+    trade_ids, windows = load_windows(windows_path(warehouse))
+    inputs = model_inputs(wh.read(schemas.TRADES), wh.read(schemas.TRADE_CONTEXT_FEATURES),
+                          wh.read(schemas.CONTEXT_OVERLAY), trade_ids, windows)
+    result = run_phase11(inputs, wh.root / "models",
+                         ModelConfig(epochs=research.model_epochs, seed=research.model_seed))
+    evaluation = wh.read(schemas.MODEL_EVALUATION)
+    wh.replace_table(schemas.MODEL_EVALUATION, pl.concat(
+        [evaluation.filter(pl.col("model_version") != result.version), result.evaluation]))
+    wh.replace_table(schemas.MODEL_PREDICTIONS, result.predictions)
+    wh.refresh_catalog()
+    for note in result.notes:
+        context.log.info(note)
+    yield dg.MaterializeResult(asset_key="context_model", metadata={
+        "version": result.version, "phase10_gate": gate_status, "verdict": result.report.verdict,
+        "out_of_sample": markdown_table(result.report.overall),
+        "per_year": markdown_table(result.report.per_year),
+        "bootstrap": markdown_table(result.report.bootstrap),
+        "calibration": markdown_table(result.report.calibration),
+        "versions": markdown_table(list_model_versions(wh.root / "models")),
+        "path": dg.MetadataValue.path(str(result.path))})
+    predicted = result.predictions.filter(pl.col("probability").is_not_null()).height
+    yield dg.MaterializeResult(asset_key="model_predictions", metadata={
+        "version": result.version, "trades": result.predictions.height, "out_of_sample_predictions": predicted,
+        "phase10_gate": gate_status})
+
+
+@dg.asset_check(asset="context_model", description="the fusion model's out-of-sample AUC is reported and "
+                                                   "its walk-forward test trades never precede training")
+def model_beats_chance(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    rows = warehouse.get().read(schemas.MODEL_EVALUATION).filter(
+        (pl.col("scope") == "overall") & (pl.col("model") == "fusion"))
+    if rows.is_empty():
+        return dg.AssetCheckResult(passed=False, description="no evaluation stored")
+    auc = rows.sort("model_version")["auc"][-1]
+    return dg.AssetCheckResult(passed=bool(auc is not None and auc > 0.5), severity=dg.AssetCheckSeverity.WARN,
+                               description=f"out-of-sample fusion AUC {auc:.3f} (0.5 = chance)",
+                               metadata={"auc": auc})

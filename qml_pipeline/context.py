@@ -1,0 +1,43 @@
+"""The full per-trade context: point-in-time features, the estimated liquidation map's distance to
+the nearest cluster, and (with Coinglass data) realised liquidations before the decision."""
+
+from __future__ import annotations
+
+import contextlib
+
+import polars as pl
+
+from qml_pipeline import schemas
+from qml_pipeline.features import FeatureConfig, build_trade_context_features
+from qml_pipeline.liquidation_map import LiqMapConfig, liq_features_for_trades
+from qml_pipeline.warehouse import Warehouse, frame
+
+REALISED_LIQ_SQL = """
+SELECT t.trade_id,
+       sum(l.long_liquidation_usd)  AS realised_long_liq_usd_24h,
+       sum(l.short_liquidation_usd) AS realised_short_liq_usd_24h
+FROM trades t
+JOIN liquidations l
+  ON l.symbol = t.symbol
+ AND l.available_at <= t.decision_time
+ AND l.available_at > t.decision_time - INTERVAL 24 HOUR
+GROUP BY t.trade_id
+"""
+
+
+def build_context(wh: Warehouse, feature_config: FeatureConfig | None = None,
+                  liq_config: LiqMapConfig | None = None) -> pl.DataFrame:
+    """One row per trade in the TRADE_CONTEXT_FEATURES shape, everything as known at decision_time."""
+    with contextlib.closing(wh.connect()) as con:
+        features = build_trade_context_features(con, feature_config or FeatureConfig())
+        realised = frame(con, REALISED_LIQ_SQL)
+    trades = wh.read(schemas.TRADES).select("trade_id", "symbol", "direction", "decision_time")
+    liq = liq_features_for_trades(trades, wh.read(schemas.OPEN_INTEREST), wh.read(schemas.KLINES),
+                                  features.select("trade_id", "atr"), liq_config)
+    liq = liq.select("trade_id", "distance_to_liq_cluster",
+                     pl.col("liq_cluster_notional_usd").alias("liq_cluster_size"),
+                     "liq_cluster_price", "liq_map_age_minutes")
+    out = (features.drop([c for c in liq.columns if c != "trade_id"] + list(realised.columns[1:]), strict=False)
+           .join(liq, on="trade_id", how="left")
+           .join(realised, on="trade_id", how="left"))
+    return schemas.conform(schemas.TRADE_CONTEXT_FEATURES, out)

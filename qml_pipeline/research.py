@@ -1,0 +1,213 @@
+"""The seed's research phases as functions of warehouse frames: phase 9 (winners vs losers and its
+gate), phase 10 (the rule overlay, its backtest tuned early and judged late, and its gate) and
+phase 11 (the fusion model judged out of sample). Each returns frames in warehouse contracts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from qml_pipeline import schemas
+from qml_pipeline.analysis import (AnalysisConfig, context_issue_share, phase9_gate, review_export,
+                                   winners_vs_losers, with_derived_features)
+from qml_pipeline.evaluation import EvaluationReport, evaluate_models
+from qml_pipeline.overlay import (BacktestResult, GateResult, OverlayConfig, OverlayGateConfig, TuneResult,
+                                  apply_overlay, equity_curve_plot, join_context, overlay_backtest,
+                                  phase10_gate, tune_and_judge)
+from qml_pipeline.timeutil import utc_now
+from qml_pipeline.trades import FILLED_OUTCOMES
+
+DEFAULT_TUNING_GRID: dict[str, list[float]] = {
+    "funding_threshold": [0.0001, 0.0002, 0.0003],   # fraction per 8h
+    "oi_change_threshold": [3.0, 5.0, 8.0],          # percent over 24h
+}
+
+
+class GateClosedError(RuntimeError):
+    """A later phase was asked to run past a failed gate without the override."""
+
+
+def gate_rows(gate: str, result: GateResult, evaluated_at: datetime | None = None) -> pl.DataFrame:
+    at = evaluated_at or utc_now()
+    rows = [{"gate": gate, "part": p.name, "passed": p.passed, "gate_passed": result.passed,
+             "value": p.value, "threshold": p.threshold, "message": p.message, "evaluated_at": at}
+            for p in result.parts]
+    return schemas.conform(schemas.RESEARCH_GATES, pl.DataFrame(rows))
+
+
+def require_gate(gates: pl.DataFrame, gate: str, override: bool) -> str:
+    """Raise GateClosedError unless `gate` passed or `override` is set; returns a one-line status."""
+    rows = gates.filter(pl.col("gate") == gate)
+    if rows.is_empty():
+        status = f"{gate} gate not evaluated yet"
+    elif rows["gate_passed"][0]:
+        return f"{gate} gate passed"
+    else:
+        failed = rows.filter(~pl.col("passed"))["message"].to_list()
+        status = f"{gate} gate FAILED: " + "; ".join(failed)
+    if override:
+        return f"OVERRIDDEN: {status}"
+    raise GateClosedError(f"{status}. The next phase does not run past it; set QML_OVERRIDE_GATES=1 "
+                          "to run it anyway (the override is recorded in the results).")
+
+
+# ------------------------------------------------------------------------------ phase 9
+
+@dataclass(frozen=True)
+class Phase9Result:
+    stats: pl.DataFrame
+    issue: dict
+    gate: GateResult
+    n_trades: int
+    review_files: dict[str, Path]
+
+
+def run_phase9(trades: pl.DataFrame, features: pl.DataFrame, review_dir: Path,
+               config: AnalysisConfig | None = None, overlay_config: OverlayConfig | None = None) -> Phase9Result:
+    config = config or AnalysisConfig()
+    stats = winners_vs_losers(trades, features, config=config)
+    judged = with_derived_features(join_context(trades, features))
+    issue = context_issue_share(judged, overlay_config, timeout_as=config.timeout_as)
+    n_trades = trades.filter(pl.col("outcome").is_in(FILLED_OUTCOMES)).height
+    gate = phase9_gate(stats, issue["share"], n_trades, config)
+    files = review_export(trades, features, review_dir, overlay_config=overlay_config, timeout_as=config.timeout_as)
+    return Phase9Result(schemas.conform(schemas.CONTEXT_ERROR_ANALYSIS, stats), issue, gate, n_trades, files)
+
+
+# ------------------------------------------------------------------------------ phase 10
+
+@dataclass(frozen=True)
+class Phase10Result:
+    overlay: pl.DataFrame
+    backtest: BacktestResult
+    tuned: TuneResult
+    gate: GateResult
+    metrics: pl.DataFrame
+    differences: pl.DataFrame
+    plot: Path
+
+
+def run_phase10(trades: pl.DataFrame, features: pl.DataFrame, plot_path: Path,
+                config: OverlayConfig | None = None, gate_config: OverlayGateConfig | None = None,
+                grid: Mapping[str, Sequence[float]] | None = None, split_fraction: float = 0.6) -> Phase10Result:
+    config = config or OverlayConfig()
+    overlay = apply_overlay(trades, features, config)
+    backtest = overlay_backtest(trades, overlay, config)
+    tuned = tune_and_judge(trades, features, grid or DEFAULT_TUNING_GRID, split_fraction=split_fraction,
+                           base_config=config)
+    gate = phase10_gate(tuned, gate_config)
+    periods = {"all": backtest, "tuning": tuned.tuning, "judging": tuned.judging}
+    metrics = pl.concat([r.metrics.with_columns(pl.lit(p).alias("period")) for p, r in periods.items()],
+                        how="diagonal_relaxed")
+    differences = pl.concat([r.differences.with_columns(pl.lit(p).alias("period")) for p, r in periods.items()],
+                            how="diagonal_relaxed")
+    plot = equity_curve_plot(backtest.equity["baseline"], backtest.equity[gate_variant(gate_config)], plot_path)
+    return Phase10Result(schemas.conform(schemas.CONTEXT_OVERLAY, overlay), backtest, tuned, gate,
+                         schemas.conform(schemas.OVERLAY_BACKTEST, metrics),
+                         schemas.conform(schemas.OVERLAY_DIFFERENCES, differences), plot)
+
+
+def gate_variant(gate_config: OverlayGateConfig | None) -> str:
+    return (gate_config or OverlayGateConfig()).variant
+
+
+# ------------------------------------------------------------------------------ phase 11
+
+@dataclass(frozen=True)
+class ModelInputs:
+    trade_ids: list[str]
+    windows: np.ndarray
+    context: pl.DataFrame
+    labels: pl.DataFrame
+    overlay_confidence: np.ndarray
+    dropped: int = 0
+
+
+def model_inputs(trades: pl.DataFrame, features: pl.DataFrame, overlay: pl.DataFrame,
+                 window_ids: list[str], windows: np.ndarray) -> ModelInputs:
+    """Filled trades that have a full OHLCV window, in decision-time order, aligned row for row."""
+    filled = trades.filter(pl.col("outcome").is_in(FILLED_OUTCOMES))
+    context = (filled.select("trade_id", "decision_time", "direction", "base_confidence")
+               .join(features.drop("symbol", "timeframe", "direction", "decision_time"), on="trade_id", how="left")
+               .join(overlay.select("trade_id", "adjusted_confidence"), on="trade_id", how="left"))
+    position = {t: i for i, t in enumerate(window_ids)}
+    kept = context.filter(pl.col("trade_id").is_in(list(position))).sort("decision_time", "trade_id")
+    labels = kept.select("trade_id").join(filled.select("trade_id", "outcome", "r_multiple", "exit_time"),
+                                          on="trade_id", how="left", maintain_order="left")
+    rows = np.array([position[t] for t in kept["trade_id"]], dtype=np.int64)
+    return ModelInputs(kept["trade_id"].to_list(), windows[rows] if rows.size else windows[:0], kept, labels,
+                       kept["adjusted_confidence"].fill_null(kept["base_confidence"]).to_numpy(),
+                       dropped=context.height - kept.height)
+
+
+@dataclass
+class Phase11Result:
+    version: str
+    path: Path
+    report: EvaluationReport
+    evaluation: pl.DataFrame
+    predictions: pl.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def model_version(fingerprint: str, seed: int) -> str:
+    """Same data and seed -> same version name, so a rerun is recognisable as one."""
+    return f"{fingerprint[:12]}-s{seed}"
+
+
+def evaluation_rows(version: str, report: EvaluationReport) -> pl.DataFrame:
+    cols = ["model", "n", "win_rate", "mean_predicted", "auc", "log_loss", "brier"]
+    parts = [
+        report.overall.select(cols).with_columns(pl.lit("overall").alias("scope"), pl.lit("all").alias("group")),
+        report.per_fold.select(["fold", *cols]).with_columns(pl.lit("fold").alias("scope"),
+                                                              pl.col("fold").cast(pl.Utf8).alias("group")).drop("fold"),
+        report.per_year.select(["year", *cols]).with_columns(pl.lit("year").alias("scope"),
+                                                              pl.col("year").cast(pl.Utf8).alias("group")).drop("year"),
+    ]
+    return schemas.conform(schemas.MODEL_EVALUATION,
+                           pl.concat(parts, how="diagonal_relaxed").with_columns(pl.lit(version).alias("model_version")))
+
+
+def run_phase11(inputs: ModelInputs, model_dir: Path, model_config, n_folds: int = 5) -> Phase11Result:
+    """Walk-forward evaluation against baseline / logistic / overlay, then the published model trained
+    on every trade, saved under `model_dir/<version>/` beside earlier versions."""
+    from qml_pipeline.model import data_fingerprint, train_model
+
+    if len(inputs.trade_ids) < 4 * n_folds:
+        raise ValueError(f"only {len(inputs.trade_ids)} filled trades with a full OHLCV window: too few for "
+                         f"{n_folds} walk-forward folds")
+    report = evaluate_models(inputs.windows, inputs.context, inputs.labels, config=model_config,
+                             overlay_confidence=inputs.overlay_confidence, n_folds=n_folds)
+    fingerprint = data_fingerprint(inputs.windows, inputs.context, inputs.labels)
+    version = model_version(fingerprint, model_config.seed)
+    trained = train_model(inputs.windows, inputs.context, inputs.labels, model_config)
+    trained.metrics = {**trained.metrics, "walk_forward": report.overall.to_dicts(), "verdict": report.verdict}
+    trained.save(model_dir / version / "model.pt")
+    path = model_dir / version / "model.pt"
+    oos = report.predictions.select("trade_id", "fold", pl.col("fusion").alias("probability"),
+                                    pl.col("logistic").alias("logistic_probability"))
+    predictions = (pl.DataFrame({"trade_id": inputs.trade_ids})
+                   .join(oos, on="trade_id", how="left").with_columns(pl.lit(version).alias("model_version")))
+    notes = [f"{inputs.dropped} filled trade(s) without a full 50-bar window were left out"] if inputs.dropped else []
+    return Phase11Result(version, path, report, evaluation_rows(version, report),
+                         schemas.conform(schemas.MODEL_PREDICTIONS, predictions), notes)
+
+
+def list_model_versions(model_dir: Path) -> pl.DataFrame:
+    """Every saved version with its fingerprint and out-of-sample fusion AUC, newest first."""
+    rows = []
+    for sidecar in sorted(model_dir.glob("*/model.json")):
+        meta = json.loads(sidecar.read_text())
+        fusion = next((m for m in meta.get("metrics", {}).get("walk_forward", []) if m.get("model") == "fusion"), {})
+        rows.append({"version": sidecar.parent.name, "saved": sidecar.stat().st_mtime,
+                     "fingerprint": meta.get("data_fingerprint", ""), "fusion_auc": fusion.get("auc")})
+    if not rows:
+        return pl.DataFrame(schema={"version": pl.Utf8, "saved": pl.Float64, "fingerprint": pl.Utf8,
+                                    "fusion_auc": pl.Float64})
+    return pl.DataFrame(rows).sort("saved", descending=True)

@@ -1,0 +1,291 @@
+from datetime import UTC, datetime, timedelta
+
+import polars as pl
+import pytest
+
+from qml_pipeline.cards import (
+    CardConfig,
+    context_cards,
+    context_cards_markdown,
+    pattern_cards,
+    pattern_cards_markdown,
+)
+from qml_pipeline.overlay import apply_overlay
+from qml_pipeline.schemas import TS
+
+AS_OF = datetime(2026, 1, 15, 14, 0, tzinfo=UTC)
+H = timedelta(hours=1)
+
+
+def funding_frame(rows: list[tuple[str, datetime, float, int]]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"symbol": [r[0] for r in rows], "event_time": [r[1] for r in rows], "funding_rate": [r[2] for r in rows],
+         "funding_interval_hours": [r[3] for r in rows], "available_at": [r[1] for r in rows]},
+        schema={"symbol": pl.Utf8, "event_time": TS, "funding_rate": pl.Float64,
+                "funding_interval_hours": pl.Int16, "available_at": TS})
+
+
+def oi_frame(symbol: str, values: list[float], last: datetime = AS_OF - timedelta(minutes=5)) -> pl.DataFrame:
+    """Hourly OI rows ending with event_time `last` (available 5 min later); values oldest first."""
+    times = [last - H * (len(values) - 1 - i) for i in range(len(values))]
+    return pl.DataFrame({"symbol": symbol, "event_time": times, "period_minutes": 5, "open_interest": values,
+                         "available_at": [t + timedelta(minutes=5) for t in times]},
+                        schema={"symbol": pl.Utf8, "event_time": TS, "period_minutes": pl.Int32,
+                                "open_interest": pl.Float64, "available_at": TS})
+
+
+def klines_frame(symbol: str, close: float, close_time: datetime = AS_OF) -> pl.DataFrame:
+    return pl.DataFrame({"symbol": symbol, "interval": "1h", "event_time": close_time - H,
+                         "close_time": close_time, "open": close, "high": close, "low": close, "close": close,
+                         "volume": 1.0, "available_at": close_time},
+                        schema={"symbol": pl.Utf8, "interval": pl.Utf8, "event_time": TS, "close_time": TS,
+                                "open": pl.Float64, "high": pl.Float64, "low": pl.Float64, "close": pl.Float64,
+                                "volume": pl.Float64, "available_at": TS})
+
+
+def liq_frame(symbol: str, snapshot: datetime, bins: list[tuple[float, float, float]], oi: float = 1000.0,
+              ref: float = 100_000.0) -> pl.DataFrame:
+    """bins: (liquidation price, long base units, short base units)."""
+    return pl.DataFrame({
+        "symbol": symbol, "snapshot_time": snapshot,
+        "price_bin_low": [b[0] - 1 for b in bins], "price_bin_high": [b[0] + 1 for b in bins],
+        "long_liq_notional": [b[1] for b in bins], "long_liq_notional_usd": [b[1] * b[0] for b in bins],
+        "short_liq_notional": [b[2] for b in bins], "short_liq_notional_usd": [b[2] * b[0] for b in bins],
+        "reference_price": ref, "open_interest": oi, "oi_available_at": snapshot, "source": "estimated"},
+        schema_overrides={"snapshot_time": TS})
+
+
+def one_card(funding=None, oi=None, liq=None, klines=None, **kw) -> dict:
+    funding = funding if funding is not None else funding_frame([])
+    oi = oi if oi is not None else oi_frame("BTCUSDT", [])
+    klines = klines if klines is not None else klines_frame("BTCUSDT", 100_000.0)
+    cards = context_cards(funding, oi, liq, klines, **kw)
+    return cards.filter(pl.col("symbol") == "BTCUSDT").row(0, named=True)
+
+
+# ---------------------------------------------------------------- funding
+
+@pytest.mark.parametrize("rate,hours,status", [
+    (0.0002, 8, "High"),            # at the High threshold (>=)
+    (0.00021, 8, "High"),
+    (0.000199, 8, "Neutral"),
+    (0.0001, 8, "Neutral"),         # the usual baseline
+    (0.00005, 8, "Neutral"),        # at the Low threshold: not below it
+    (0.0000499, 8, "Low"),
+    (0.0, 8, "Low"),
+    (-0.0000999, 8, "Low"),
+    (-0.0001, 8, "Negative"),       # at the Negative threshold (<=)
+    (-0.0005, 8, "Negative"),
+    (0.000025, 1, "High"),          # 0.0025%/1h = 0.02%/8h
+    (0.0001, 4, "High"),            # 0.01% every 4h is 0.02% per 8h
+    (0.00001, 1, "Neutral"),        # 0.001%/1h = 0.008%/8h
+])
+def test_funding_status_words_at_thresholds(rate, hours, status):
+    card = one_card(funding=funding_frame([("BTCUSDT", AS_OF - H, rate, hours)]), as_of=AS_OF)
+    assert card["funding_status"] == status
+    assert card["funding_rate_8h"] == pytest.approx(rate * 8 / hours)
+
+
+def test_funding_value_text_is_per_interval_with_8h_equivalent():
+    card = one_card(funding=funding_frame([("BTCUSDT", AS_OF - 6 * H, 0.00021, 8)]), as_of=AS_OF)
+    assert card["funding_value"] == "+0.021% / 8h"
+    assert card["funding_age_minutes"] == 360
+    card = one_card(funding=funding_frame([("BTCUSDT", AS_OF - H, 0.0001, 1)]), as_of=AS_OF)
+    assert card["funding_value"] == "+0.010% / 1h (+0.080% / 8h)"
+    card = one_card(funding=funding_frame([("BTCUSDT", AS_OF - H, -0.00012, 8)]), as_of=AS_OF)
+    assert card["funding_value"] == "-0.012% / 8h"
+
+
+def test_funding_uses_latest_settlement_known_at_as_of():
+    f = funding_frame([("BTCUSDT", AS_OF - 8 * H, 0.0001, 8), ("BTCUSDT", AS_OF, 0.0003, 8),
+                       ("BTCUSDT", AS_OF + 8 * H, -0.0005, 8)])
+    assert one_card(funding=f, as_of=AS_OF)["funding_status"] == "High"
+    assert one_card(funding=f, as_of=AS_OF - timedelta(minutes=1))["funding_status"] == "Neutral"
+
+
+def test_stale_funding_is_labelled_stale_with_its_age():
+    # an 8h settlement is stale after 8h + 60 min grace
+    at_limit = one_card(funding=funding_frame([("BTCUSDT", AS_OF - 9 * H, 0.0003, 8)]), as_of=AS_OF)
+    assert at_limit["funding_status"] == "High"
+    stale = one_card(funding=funding_frame([("BTCUSDT", AS_OF - 9 * H - timedelta(minutes=1), 0.0003, 8)]),
+                     as_of=AS_OF)
+    assert stale["funding_status"] == "stale"
+    assert stale["funding_age_minutes"] == 541
+    assert stale["funding_value"] == "+0.030% / 8h"  # the number is kept, but not passed off as fresh
+    # a 1h symbol goes stale much sooner
+    assert one_card(funding=funding_frame([("BTCUSDT", AS_OF - 3 * H, 0.0, 1)]),
+                    as_of=AS_OF)["funding_status"] == "stale"
+
+
+def test_missing_sources_say_missing():
+    card = one_card(as_of=AS_OF)
+    assert (card["funding_status"], card["oi_status"], card["liq_status"]) == ("missing", "missing", "missing")
+    assert card["price"] == 100_000.0
+
+
+# ---------------------------------------------------------------- open interest
+
+@pytest.mark.parametrize("now,status", [(103.2, "Rising"), (101.0, "Flat"), (99.0, "Flat"),
+                                        (101.01, "Rising"), (98.5, "Falling")])
+def test_oi_status_words(now, status):
+    card = one_card(oi=oi_frame("BTCUSDT", [100.0] + [100.0] * 23 + [now]), as_of=AS_OF)
+    assert card["oi_change_24h"] == pytest.approx(now - 100.0)
+    assert card["oi_status"] == status
+
+
+def test_oi_zero_rows_are_missing_not_zero():
+    # newest row is a zero (archive defect): the previous row is used, so OI is +3% not -100%
+    values = [100.0] * 24 + [103.0, 0.0]
+    card = one_card(oi=oi_frame("BTCUSDT", values), as_of=AS_OF)
+    assert card["oi"] == 103.0
+    assert card["oi_change_24h"] == pytest.approx(3.0)
+    assert card["oi_age_minutes"] == 60
+    # a zero 24h ago is not a base either (would read as +inf): the change is missing
+    values = [100.0, 0.0] + [100.0] * 23 + [103.0]
+    oi = oi_frame("BTCUSDT", values)
+    card = one_card(oi=oi.filter(pl.col("event_time") != oi["event_time"][0]), as_of=AS_OF)
+    assert card["oi_change_24h"] is None
+    assert card["oi_status"] == "missing"
+
+
+def test_oi_stale_and_no_24h_history():
+    stale = one_card(oi=oi_frame("BTCUSDT", [100.0] * 25 + [110.0], last=AS_OF - 3 * H), as_of=AS_OF)
+    assert stale["oi_status"] == "stale" and stale["oi_value"] == "+10.0%"
+    short = one_card(oi=oi_frame("BTCUSDT", [100.0] * 10), as_of=AS_OF)
+    assert short["oi_status"] == "missing" and short["oi_change_24h"] is None
+
+
+# ---------------------------------------------------------------- liquidations
+
+def test_nearest_cluster_of_either_side_near_and_far():
+    liq = liq_frame("BTCUSDT", AS_OF - 2 * H, [
+        (98_000.0, 10.0, 0.0),     # long cluster 2.0% below
+        (99_900.0, 1.0, 0.0),      # 0.1% share of OI: not a cluster
+        (101_500.0, 0.0, 20.0),    # short cluster 1.5% above: the nearest
+        (105_000.0, 0.0, 50.0),
+    ])
+    card = one_card(liq=liq, as_of=AS_OF)
+    assert card["liq_cluster_side"] == "short"
+    assert card["liq_cluster_price"] == pytest.approx(101_500.0)
+    assert card["liq_value"] == "$101.5K"
+    assert card["liq_distance_pct"] == pytest.approx(1.5)
+    assert card["liq_status"] == "Near"
+    assert card["liq_age_minutes"] == 120
+    far = one_card(liq=liq, as_of=AS_OF, config=CardConfig(liq_near_pct=1.0))
+    assert far["liq_status"] == "Far"
+    longs_only = one_card(liq=liq.filter(pl.col("short_liq_notional") == 0), as_of=AS_OF)
+    assert (longs_only["liq_cluster_side"], longs_only["liq_value"], longs_only["liq_status"]) == \
+        ("long", "$98.0K", "Near")  # 2.0% is within the default 2% (inclusive)
+
+
+def test_liq_cluster_the_price_has_passed_is_ignored_and_stale_snapshot():
+    liq = liq_frame("BTCUSDT", AS_OF - H, [(101_000.0, 10.0, 0.0), (90_000.0, 10.0, 0.0)])
+    card = one_card(liq=liq, as_of=AS_OF)  # a long cluster above the price was liquidated already
+    assert card["liq_cluster_price"] == pytest.approx(90_000.0)
+    assert card["liq_status"] == "Far"
+    old = one_card(liq=liq_frame("BTCUSDT", AS_OF - 7 * H, [(99_000.0, 10.0, 0.0)]), as_of=AS_OF)
+    assert old["liq_status"] == "stale"
+    none = one_card(liq=liq_frame("BTCUSDT", AS_OF - H, [(99_000.0, 1.0, 0.0)]), as_of=AS_OF)
+    assert none["liq_status"] == "none"
+
+
+def test_as_of_defaults_to_latest_available_and_symbols_are_unioned():
+    f = funding_frame([("BTCUSDT", AS_OF - 2 * H, 0.0001, 8), ("ETHUSDT", AS_OF - 2 * H, 0.0001, 8)])
+    oi = oi_frame("BTCUSDT", [100.0] * 25)
+    kl = pl.concat([klines_frame("BTCUSDT", 100_000.0), klines_frame("ETHUSDT", 3_000.0)])
+    cards = context_cards(f, oi, None, kl)
+    assert cards["as_of"].to_list() == [AS_OF, AS_OF]
+    eth = cards.filter(pl.col("symbol") == "ETHUSDT").row(0, named=True)
+    assert eth["oi_status"] == "missing" and eth["funding_status"] == "Neutral"
+    md = context_cards_markdown(cards)
+    assert "**ETHUSDT**" in md and "| FUNDING | OI 24h | LIQ |" in md and "+0.010% / 8h" in md
+    assert "no data" in md
+
+
+# ---------------------------------------------------------------- pattern cards
+
+def _trades() -> pl.DataFrame:
+    t = datetime(2025, 1, 15, 14, 0, tzinfo=UTC)
+    return pl.DataFrame({
+        "trade_id": ["a", "b", "c"], "symbol": ["BTCUSDT", "ETHUSDT", "BTCUSDT"], "timeframe": ["4h", "1h", "4h"],
+        "direction": ["BEARISH", "BULLISH", "BULLISH"], "decision_time": [t, t - 24 * H, t - 48 * H],
+        "outcome": ["WIN", "LOSS", "WIN"], "base_confidence": [0.72, 0.6, None],
+    }, schema_overrides={"decision_time": TS})
+
+
+def _features() -> pl.DataFrame:
+    return pl.DataFrame({
+        "trade_id": ["a", "b", "c"], "funding_rate": [0.00021, 0.0003, None],
+        "funding_interval_hours": [8.0, 8.0, None], "oi_change_24h": [7.2, 0.5, -8.0],
+        "distance_to_liq_cluster": [0.5, None, 3.0]})
+
+
+def test_pattern_card_itemises_each_adjustment_and_adjusted_confidence():
+    trades = _trades()
+    overlay = apply_overlay(trades, _features())
+    preds = pl.DataFrame({"trade_id": ["a"], "probability": [0.64], "model_version": ["v3"]})
+    cards = pattern_cards(trades, overlay, preds)
+    assert cards["trade_id"].to_list() == ["a", "b", "c"]  # newest first
+    a = cards.row(0, named=True)
+    assert a["title"] == "BEARISH QML - BTCUSDT 4H"
+    assert a["base_confidence_text"] == "72%"
+    reasons = [(x["reason"], x["effect"]) for x in a["adjustments"]]
+    assert reasons == [("Funding +0.021%/8h (crowded longs)", "+20%"),
+                       ("OI rising +7.2% 24h (conviction)", "+10%"),
+                       ("Near liq cluster (0.50 ATR)", "+5%")]
+    assert a["multiplier"] == pytest.approx(1.2 * 1.1 * 1.05)
+    assert a["adjusted_confidence"] == pytest.approx(min(1.0, 0.72 * 1.386))
+    assert a["adjusted_confidence_text"] == "100%"
+    assert a["model_probability"] == 0.64 and a["model_text"] == "64% (model v3)"
+
+    b = cards.row(1, named=True)  # bullish with crowded longs: risky
+    assert [(x["reason"], x["effect"]) for x in b["adjustments"]] == \
+        [("Funding +0.030%/8h (crowded longs)", "-20%")]
+    assert b["adjusted_confidence"] == pytest.approx(0.6 * 0.8)
+    assert b["adjusted_confidence_text"] == "48%"
+    assert "OI flat +0.5% 24h" in b["no_effect"]
+    assert "Liq cluster: no estimate at decision time" in b["no_effect"]
+    assert b["model_probability"] is None and b["model_text"] is None
+
+    c = cards.row(2, named=True)
+    assert c["base_confidence_text"] == "n/a" and c["adjusted_confidence_text"] == "n/a"
+    assert "Funding: no data at decision time" in c["no_effect"]
+    assert [x["effect"] for x in c["adjustments"]] == ["-10%"]
+
+    md = pattern_cards_markdown(cards)
+    assert "#### BEARISH QML - BTCUSDT 4H" in md
+    assert "Funding +0.021%/8h (crowded longs) **+20%**" in md
+    assert "**ADJUSTED CONFIDENCE: 100%**" in md and "Model probability: **64% (model v3)**" in md
+
+
+def test_pattern_cards_selection_limit_and_clamp():
+    trades = _trades()
+    overlay = apply_overlay(trades, _features())
+    assert pattern_cards(trades, overlay, limit=1)["trade_id"].to_list() == ["a"]
+    assert pattern_cards(trades, overlay, trade_ids=["c", "a"])["trade_id"].to_list() == ["c", "a"]
+    with pytest.raises(ValueError, match="zzz"):
+        pattern_cards(trades, overlay, trade_ids=["zzz"])
+    from qml_pipeline.overlay import OverlayConfig
+    cfg = OverlayConfig(funding_fuel_mult=1.5, oi_rising_mult=1.5)
+    card = pattern_cards(trades, apply_overlay(trades, _features(), cfg), trade_ids=["a"]).row(0, named=True)
+    assert card["clamped"] and card["multiplier"] == 1.5
+    assert "clamped from x2.36" in pattern_cards_markdown(pattern_cards(trades, apply_overlay(
+        trades, _features(), cfg), trade_ids=["a"]))
+
+
+def test_funding_reason_names_non_8h_interval():
+    trades = _trades().head(1)
+    feats = _features().head(1).with_columns(pl.lit(0.0001).alias("funding_rate"),
+                                             pl.lit(1.0).alias("funding_interval_hours"))
+    card = pattern_cards(trades, apply_overlay(trades, feats)).row(0, named=True)
+    assert card["adjustments"][0]["reason"] == "Funding +0.010%/1h = +0.080%/8h (crowded longs)"
+
+
+def test_rows_not_yet_available_at_as_of_are_ignored():
+    oi = oi_frame("BTCUSDT", [100.0] * 25 + [150.0], last=AS_OF + timedelta(minutes=55))
+    card = one_card(oi=oi, as_of=AS_OF)  # the 150 row becomes available at 15:00
+    assert card["oi"] == 100.0 and card["oi_status"] == "Flat"
+    liq = pl.concat([liq_frame("BTCUSDT", AS_OF - H, [(99_000.0, 10.0, 0.0)]),
+                     liq_frame("BTCUSDT", AS_OF + H, [(99_900.0, 10.0, 0.0)])])
+    card = one_card(liq=liq, as_of=AS_OF)
+    assert card["liq_cluster_price"] == pytest.approx(99_000.0)
