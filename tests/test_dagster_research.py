@@ -1,0 +1,109 @@
+"""The research assets end to end on a slice of the real sample: gates stop later phases unless overridden."""
+
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from dagster_project.definitions import RESEARCH_ASSETS, RESEARCH_CHECKS
+from dagster_project.defs.raw_market_data import RAW_ASSETS
+from dagster_project.partitions import range_tags
+from dagster_project.resources import (MarketDataResource, ResearchResource, TradeSourceResource,
+                                       WarehouseResource)
+from qml_pipeline import schemas
+from qml_pipeline.warehouse import Warehouse
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+def _resources(root: Path, override: bool, export: str = "", column_map: str = "") -> dict:
+    return {"warehouse": WarehouseResource(root=str(root)), "market": MarketDataResource(source="sample"),
+            "trade_source": TradeSourceResource(export_path=export, column_map=column_map),
+            "research": ResearchResource(override_gates=override, model_epochs=3)}
+
+
+def _research(root: Path, override: bool, **kw) -> dg.ExecuteInProcessResult:
+    return dg.materialize([*RAW_ASSETS, *RESEARCH_ASSETS, *RESEARCH_CHECKS], resources=_resources(root, override, **kw),
+                          selection=dg.AssetSelection.assets(*RESEARCH_ASSETS) | dg.AssetSelection.checks(*RESEARCH_CHECKS),
+                          raise_on_error=False, run_config=QUIET)
+
+
+@pytest.fixture(scope="module")
+def sample_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("wh")
+    result = dg.materialize(RAW_ASSETS, resources=_resources(root, False), run_config=QUIET,
+                            tags=range_tags("BTCUSDT", "2023-09-01", "2024-06-30"))
+    assert result.success
+    return root
+
+
+def _status(result: dg.ExecuteInProcessResult) -> dict[str, str]:
+    out = {}
+    for e in result.all_events:
+        if e.event_type_value in ("STEP_SUCCESS", "STEP_FAILURE", "STEP_SKIPPED"):
+            out[e.step_key] = e.event_type_value
+    return out
+
+
+def test_failed_gate_stops_the_next_phase(sample_warehouse: Path) -> None:
+    result = _research(sample_warehouse, override=False)
+    status = _status(result)
+    assert status["context_error_analysis"] == "STEP_SUCCESS"
+    gates = Warehouse(sample_warehouse).read(schemas.RESEARCH_GATES)
+    phase9 = gates.filter(pl.col("gate") == "phase9")
+    assert phase9.height == 3 and not phase9["gate_passed"][0]  # the sample's honest answer
+    assert status["context_overlay"] == "STEP_FAILURE"
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "phase9 gate FAILED" in str(failure.step_failure_data.user_failure_data.description)
+    assert "QML_OVERRIDE_GATES=1" in str(failure.step_failure_data.user_failure_data.description)
+    assert status.get("context_model") in ("STEP_SKIPPED", None)
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["phase9_gate"] is False
+
+
+def test_override_runs_every_phase_and_says_so(sample_warehouse: Path) -> None:
+    result = _research(sample_warehouse, override=True)
+    assert result.success, _status(result)
+    wh = Warehouse(sample_warehouse)
+    overlay_mat = next(m for m in result.get_asset_materialization_events()
+                       if m.asset_key.to_user_string() == "context_overlay")
+    assert str(overlay_mat.materialization.metadata["phase9_gate"].value).startswith("OVERRIDDEN")
+    predictions = wh.read(schemas.MODEL_PREDICTIONS)
+    assert predictions.height > 0 and predictions["probability"].drop_nulls().is_between(0, 1).all()
+    assert set(wh.read(schemas.MODEL_EVALUATION)["model"]) == {"baseline", "logistic", "overlay", "fusion"}
+    report = (wh.root / "reports" / "report.html").read_text()
+    assert "QML_OVERRIDE_GATES=1" in report and "data:image/png;base64" in report
+    assert wh.read(schemas.CONTEXT_OVERLAY).height == wh.read(schemas.TRADES).height
+
+
+def test_user_trade_export_is_used_and_named(sample_warehouse: Path, tmp_path: Path) -> None:
+    wh = Warehouse(sample_warehouse)
+    export = wh.read(schemas.TRADES).head(30).select(
+        pl.col("trade_id").alias("id"), "symbol", "timeframe", "direction", "decision_time", "entry_time",
+        "entry_price", "stop_price", "target_price", "exit_time", "exit_price", "r_multiple", "outcome",
+        "base_confidence")
+    path = tmp_path / "my_backtest.csv"
+    export.with_columns(pl.col(c).dt.strftime("%Y-%m-%dT%H:%M:%SZ") for c in
+                        ("decision_time", "entry_time", "exit_time")).write_csv(path)
+    result = dg.materialize([*RESEARCH_ASSETS], selection=["trades"], raise_on_error=False, run_config=QUIET,
+                            resources=_resources(sample_warehouse, False, export=str(path), column_map="id=trade_id"))
+    assert result.success
+    mat = result.get_asset_materialization_events()[0].materialization
+    assert mat.metadata["source"].value == "user_export:my_backtest.csv"
+    assert wh.read(schemas.TRADES).height == 30
+
+
+def test_bad_trade_export_names_rows_and_writes_nothing(sample_warehouse: Path, tmp_path: Path) -> None:
+    wh = Warehouse(sample_warehouse)
+    before = wh.read(schemas.TRADES)
+    path = tmp_path / "bad.csv"
+    path.write_text("trade_id,symbol,timeframe,direction,decision_time,entry_price,stop_price,outcome\n"
+                    "a,BTCUSDT,1h,SIDEWAYS,2024-01-01T00:00:00Z,100,90,WIN\n")
+    result = dg.materialize([*RESEARCH_ASSETS], selection=["trades"], raise_on_error=False, run_config=QUIET,
+                            resources=_resources(sample_warehouse, False, export=str(path)))
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(failure.step_failure_data.user_failure_data.description)
+    assert "SIDEWAYS" in message or "direction" in message
+    assert wh.read(schemas.TRADES).equals(before)
