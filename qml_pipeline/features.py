@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import duckdb
 import polars as pl
 
-from qml_pipeline.schemas import TRADE_CONTEXT_FEATURES, conform
+from qml_pipeline.schemas import TRADE_CONTEXT_FEATURES
 from qml_pipeline.timeutil import INTERVAL_MS
 
 HOUR_MS = 3_600_000
@@ -309,7 +309,8 @@ def build_trade_context_features(con: duckdb.DuckDBPyConnection,
     except duckdb.CatalogException as exc:
         raise ValueError(f"build_trade_context_features needs views funding_rates, open_interest, klines "
                          f"and trades in the connection (Warehouse.connect() or con.register): {exc}") from exc
-    return conform(TRADE_CONTEXT_FEATURES, df.drop("_oi_dup_keys"))
+    # the liquidation and Coinglass columns of the contract are added by qml_pipeline.context
+    return df.select(pl.col(c.name).cast(c.dtype) for c in TRADE_CONTEXT_FEATURES.columns if c.name in df.columns)
 
 
 def feature_null_counts(df: pl.DataFrame) -> dict[str, int]:
