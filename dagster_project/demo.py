@@ -97,6 +97,7 @@ def _print_summary(wh, checks, symbols) -> None:
     import polars as pl
 
     from dagster_project.resources import SETTINGS
+    from qml_pipeline import schemas
     from qml_pipeline.sources.sample import SampleSource
 
     wh.refresh_catalog()

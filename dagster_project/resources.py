@@ -1,6 +1,8 @@
 """Dagster resources: the warehouse and the market-data source, configured from QML_* env vars."""
 
 
+import os
+from pathlib import Path
 from collections.abc import Callable
 
 import dagster as dg
@@ -8,6 +10,7 @@ import dagster as dg
 from qml_pipeline.baseline import TradeSourceConfig
 from qml_pipeline.config import Settings
 from qml_pipeline.ingest import MarketSource
+from qml_pipeline.sources.coinglass import CoinglassClient, coinglass_from_env
 from qml_pipeline.sources.sample import SampleSource
 from qml_pipeline.warehouse import Warehouse
 
@@ -41,7 +44,8 @@ class MarketDataResource(dg.ConfigurableResource):
             from qml_pipeline.sources.binance import BinanceSource
 
             return BinanceSource(fapi_url=self.binance_fapi_url, archive_url=self.binance_archive_url,
-                                 oi_publication_lag_s=self.oi_publication_lag_seconds, on_progress=log)
+                                 oi_publication_lag_s=self.oi_publication_lag_seconds, on_progress=log,
+                                 cache_dir=Path(SETTINGS.warehouse_dir) / "cache")
         raise ValueError(f"unknown market data source {self.source!r}: use 'sample' or 'binance'")
 
 
@@ -67,6 +71,19 @@ class ResearchResource(dg.ConfigurableResource):
     model_seed: int = SETTINGS.model_seed
 
 
+class CoinglassResource(dg.ConfigurableResource):
+    """Optional Coinglass liquidation history. The key is read from the environment variable named
+    here when a client is made, so it never enters Dagster's run config, logs or metadata."""
+
+    api_key_env: str = "COINGLASS_API_KEY"
+
+    def client(self) -> "CoinglassClient | None":
+        env = dict(os.environ)
+        env["COINGLASS_API_KEY"] = os.environ.get(self.api_key_env, "")
+        return coinglass_from_env(env)
+
+
 def default_resources() -> dict[str, dg.ConfigurableResource]:
     return {"warehouse": WarehouseResource(), "market": MarketDataResource(),
-            "trade_source": TradeSourceResource(), "research": ResearchResource()}
+            "trade_source": TradeSourceResource(), "research": ResearchResource(),
+            "coinglass": CoinglassResource()}

@@ -3,7 +3,7 @@
 - `winners_vs_losers`: per feature, Mann-Whitney U and Kolmogorov-Smirnov tests (two-sided),
   Cliff's delta as the effect size, Benjamini-Hochberg adjusted p-values across features.
 - `review_export`: up to 100 losing and 100 winning trades with their context, as CSV, for the
-  seed's manual spreadsheet review (no XLSX: no Excel writer is installed in the environment).
+  seed's manual spreadsheet review, as CSV and as one XLSX workbook (a sheet each).
 - `identifiable_context_issue`: per losing trade, did context oppose the trade by the overlay's rules?
 - `phase9_gate`: the seed's checklist (200+ trades, a significant feature, 70% of losers with an issue).
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import xlsxwriter
 from scipy import stats as sps
 
 from qml_pipeline.overlay import (
@@ -229,8 +230,8 @@ def review_export(trades: pl.DataFrame, features: pl.DataFrame, path_dir: str | 
     sampled with `seed`, each with its context, the overlay's multiplier and reason, the
     identifiable-issue flag, and an empty `reviewer_notes` column.
 
-    Returns {'losers': ..., 'winners': ..., 'combined': ...} paths (review_*.csv in path_dir).
-    XLSX is not written: no Excel writer library is installed; every spreadsheet opens the CSV.
+    Returns {'losers': ..., 'winners': ..., 'combined': ..., 'workbook': ...} paths: review_*.csv in
+    path_dir and review.xlsx with one sheet each (losers, winners), timestamps as ISO text in UTC.
     """
     overlay_config = overlay_config or OverlayConfig()
     path_dir = Path(path_dir)
@@ -256,6 +257,11 @@ def review_export(trades: pl.DataFrame, features: pl.DataFrame, path_dir: str | 
         part.write_csv(out[name])
     out["combined"] = path_dir / "review_combined.csv"
     pl.concat(picked).write_csv(out["combined"])
+    out["workbook"] = path_dir / "review.xlsx"
+    with xlsxwriter.Workbook(out["workbook"]) as workbook:
+        for name, part in zip(("losers", "winners"), picked):
+            as_text = part.with_columns(pl.col(pl.Datetime).dt.strftime("%Y-%m-%d %H:%M:%S UTC"))
+            as_text.write_excel(workbook, worksheet=name, autofit=True)
     return out
 
 

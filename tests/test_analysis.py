@@ -1,6 +1,8 @@
 from math import comb
 
 import numpy as np
+import zipfile
+
 import polars as pl
 import pytest
 from scipy.stats import false_discovery_control
@@ -112,11 +114,14 @@ def test_identifiable_context_issue_by_the_overlays_rules():
     assert context_issue_share(joined, OverlayConfig(funding_threshold=0.001))["with_issue"] == 1
 
 
-def test_review_export_samples_seeded_and_writes_csv_only(tmp_path):
+def test_review_export_samples_seeded_and_writes_csv_and_xlsx(tmp_path):
     t = win_loss(30, 150)
     f = make_features(t, [0.0005] * 180, [(-1.0) ** i * 7 for i in range(180)])
     paths = review_export(t, f, tmp_path, n=100, seed=1)
-    assert set(paths) == {"losers", "winners", "combined"}
+    assert set(paths) == {"losers", "winners", "combined", "workbook"}
+    with zipfile.ZipFile(paths["workbook"]) as book:  # a real XLSX: a zip with both sheets
+        sheets = [n for n in book.namelist() if n.startswith("xl/worksheets/sheet")]
+        assert len(sheets) == 2 and b"losers" in book.read("xl/workbook.xml")
     losers, winners = pl.read_csv(paths["losers"]), pl.read_csv(paths["winners"])
     assert (losers.height, winners.height) == (100, 30)
     assert pl.read_csv(paths["combined"]).height == 130
@@ -128,7 +133,6 @@ def test_review_export_samples_seeded_and_writes_csv_only(tmp_path):
     assert pl.read_csv(again["losers"])["trade_id"].equals(losers["trade_id"])
     other = review_export(t, f, tmp_path / "other", n=100, seed=2)
     assert not pl.read_csv(other["losers"])["trade_id"].equals(losers["trade_id"])
-    assert not list(tmp_path.glob("*.xlsx"))
 
 
 def stats_frame(p_adj: list[float | None]) -> pl.DataFrame:

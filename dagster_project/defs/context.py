@@ -2,7 +2,6 @@
 point-in-time feature table and the OHLCV windows for the model."""
 
 import contextlib
-import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,12 +9,12 @@ import dagster as dg
 import polars as pl
 
 from dagster_project.metadata import markdown_table, table_metadata
-from dagster_project.resources import SETTINGS, WarehouseResource
+from dagster_project.resources import SETTINGS, CoinglassResource, WarehouseResource
 from qml_pipeline import schemas
 from qml_pipeline.context import build_context
 from qml_pipeline.features import feature_null_counts
 from qml_pipeline.liquidation_map import estimate_liquidation_map
-from qml_pipeline.sources.coinglass import SKIP_REASON, coinglass_from_env
+from qml_pipeline.sources.coinglass import SKIP_REASON
 from qml_pipeline.timeutil import day_start, utc_now
 from qml_pipeline.windows import build_ohlcv_windows, save_windows
 
@@ -55,10 +54,10 @@ def liquidation_map(context: dg.AssetExecutionContext, warehouse: WarehouseResou
 
 @dg.asset(group_name=GROUP, kinds={"parquet", "duckdb"}, metadata=table_metadata(schemas.LIQUIDATIONS),
           output_required=False)
-def liquidations(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+def liquidations(context: dg.AssetExecutionContext, warehouse: WarehouseResource, coinglass: CoinglassResource):
     """Realised liquidations per symbol from Coinglass (optional, paid: COINGLASS_API_KEY). Without a key
     the asset is skipped with the reason logged and recorded; the rest of the pipeline runs."""
-    client = coinglass_from_env(os.environ)
+    client = coinglass.client()
     if client is None:
         context.log.warning(SKIP_REASON)
         context.log_event(dg.AssetObservation(asset_key="liquidations", metadata={"skipped": SKIP_REASON}))

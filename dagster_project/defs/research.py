@@ -64,7 +64,8 @@ def context_error_analysis(warehouse: WarehouseResource) -> dg.MaterializeResult
     return dg.MaterializeResult(
         metadata={"filled_trades": result.n_trades, "losers_with_context_issue": result.issue["share"],
                   "winners_vs_losers": markdown_table(shown),
-                  "review_sheet": dg.MetadataValue.path(str(result.review_files["combined"]))},
+                  "review_sheet": dg.MetadataValue.path(str(result.review_files["combined"])),
+                  "review_workbook": dg.MetadataValue.path(str(result.review_files["workbook"]))},
         check_results=[_gate_check("phase9_gate", result.gate)])
 
 

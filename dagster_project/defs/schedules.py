@@ -6,13 +6,13 @@ from datetime import date, timedelta
 import dagster as dg
 
 from dagster_project.defs.raw_market_data import RAW_GROUP
-from dagster_project.partitions import RAW_PARTITIONS, range_tags
+from dagster_project.partitions import range_tags
 from dagster_project.resources import SETTINGS
 
 REFRESH_TAG = "qml/refresh_date"
 
 raw_refresh_job = dg.define_asset_job(
-    "raw_refresh", selection=dg.AssetSelection.groups(RAW_GROUP), partitions_def=RAW_PARTITIONS,
+    "raw_refresh", selection=dg.AssetSelection.groups(RAW_GROUP),
     description="Raw market data for one symbol and a range of UTC days (one run per symbol-range).")
 
 research_job = dg.define_asset_job(

@@ -1,0 +1,59 @@
+"""The full per-trade context on the real sample: liquidation-map distance and Coinglass realised liquidations."""
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from qml_pipeline import schemas
+from qml_pipeline.context import build_context
+from qml_pipeline.ingest import fetch, ingest
+from qml_pipeline.sources.sample import SampleSource
+from qml_pipeline.warehouse import Warehouse
+
+UTC = timezone.utc
+SAMPLE = Path(__file__).parent.parent / "sample_data"
+START, END = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 3, 1, tzinfo=UTC)
+DECISION = datetime(2024, 2, 20, 14, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Warehouse:
+    wh = Warehouse(tmp_path_factory.mktemp("ctx"))
+    source = SampleSource(SAMPLE)
+    for table, parts in ((schemas.FUNDING_RATES, {}), (schemas.OPEN_INTEREST, {}), (schemas.KLINES, {"interval": "1h"})):
+        frame = fetch(source, table, "BTCUSDT", START, END, **parts)
+        ingest(wh, table, frame, symbol="BTCUSDT", start=START, end=END, **parts)
+    trades = pl.DataFrame({
+        "trade_id": ["bear", "bull"], "symbol": "BTCUSDT", "timeframe": "1h", "direction": ["BEARISH", "BULLISH"],
+        "decision_time": [DECISION, DECISION], "entry_price": [52000.0, 51000.0], "stop_price": [53000.0, 50000.0],
+        "outcome": "NOT_FILLED", "source": "test"})
+    wh.replace_table(schemas.TRADES, trades)
+    return wh
+
+
+def test_liquidation_distance_is_filled_and_point_in_time(warehouse: Warehouse) -> None:
+    ctx = build_context(warehouse).sort("trade_id")
+    assert ctx["distance_to_liq_cluster"].null_count() == 0
+    assert (ctx["distance_to_liq_cluster"] >= 0).all()
+    bear, bull = ctx.filter(pl.col("trade_id") == "bear").row(0, named=True), ctx.filter(
+        pl.col("trade_id") == "bull").row(0, named=True)
+    assert bear["liq_cluster_price"] < bear["last_close"] < bull["liq_cluster_price"]  # longs below, shorts above
+    assert 0 <= bear["liq_map_age_minutes"] <= 60
+    assert ctx["realised_long_liq_usd_24h"].null_count() == 2  # no Coinglass data: NULL, not zero
+
+
+def test_realised_liquidations_use_only_buckets_closed_by_the_decision(warehouse: Warehouse) -> None:
+    buckets = [DECISION - timedelta(hours=h) for h in (28, 24, 20, 4, 0)]
+    rows = pl.DataFrame({
+        "symbol": "BTCUSDT", "exchange": "Binance", "interval": "4h", "event_time": buckets,
+        "long_liquidation_usd": [1.0, 10.0, 100.0, 1000.0, 10000.0],
+        "short_liquidation_usd": [2.0, 20.0, 200.0, 2000.0, 20000.0],
+        "available_at": [b + timedelta(hours=4) for b in buckets], "source": "coinglass"})
+    warehouse.write_window(schemas.LIQUIDATIONS, rows, symbol="BTCUSDT", interval="4h", start=START, end=END)
+    ctx = build_context(warehouse)
+    # knowable at -24h (excluded: the window is (decision - 24h, decision]), -20h, -16h, 0h (included)
+    # and +4h (not known at the decision): 10 + 100 + 1000
+    assert ctx["realised_long_liq_usd_24h"].to_list() == [1110.0, 1110.0]
+    assert ctx["realised_short_liq_usd_24h"].to_list() == [2220.0, 2220.0]
