@@ -17,6 +17,7 @@ from qml_pipeline import schemas
 from qml_pipeline.analysis import (AnalysisConfig, context_issue_share, phase9_gate, review_export,
                                    winners_vs_losers, with_derived_features)
 from qml_pipeline.evaluation import EvaluationReport, evaluate_models
+from qml_pipeline.metrics import summarize
 from qml_pipeline.overlay import (BacktestResult, GateResult, OverlayConfig, OverlayGateConfig, TuneResult,
                                   apply_overlay, equity_curve_plot, join_context, overlay_backtest,
                                   phase10_gate, tune_and_judge)
@@ -126,6 +127,7 @@ class ModelInputs:
     context: pl.DataFrame
     labels: pl.DataFrame
     overlay_confidence: np.ndarray
+    trades: pl.DataFrame
     dropped: int = 0
 
 
@@ -143,6 +145,7 @@ def model_inputs(trades: pl.DataFrame, features: pl.DataFrame, overlay: pl.DataF
     rows = np.array([position[t] for t in kept["trade_id"]], dtype=np.int64)
     return ModelInputs(kept["trade_id"].to_list(), windows[rows] if rows.size else windows[:0], kept, labels,
                        kept["adjusted_confidence"].fill_null(kept["base_confidence"]).to_numpy(),
+                       trades=filled.filter(pl.col("trade_id").is_in(kept["trade_id"].to_list())),
                        dropped=context.height - kept.height)
 
 
@@ -153,7 +156,28 @@ class Phase11Result:
     report: EvaluationReport
     evaluation: pl.DataFrame
     predictions: pl.DataFrame
+    backtest: pl.DataFrame
     notes: list[str] = field(default_factory=list)
+
+
+def probability_backtest(trades: pl.DataFrame, oos: pl.DataFrame, version: str,
+                         overlay_min_confidence: float = OverlayConfig().min_confidence) -> pl.DataFrame:
+    """Backtest metrics (qml_pipeline.metrics, overall and per year) on the walk-forward test trades:
+    every trade, the rule overlay's filter, and the logistic / fusion probabilities as adjusted
+    confidence (take a trade when its expected R is positive at that win probability)."""
+    df = trades.join(oos, on="trade_id", how="inner").with_columns(
+        ((pl.col("target_price") - pl.col("entry_price")).abs()
+         / (pl.col("entry_price") - pl.col("stop_price")).abs()).alias("_reward_r"))
+
+    def positive_ev(col: str) -> pl.Expr:
+        return pl.col(col) * pl.col("_reward_r") - (1 - pl.col(col)) > 0
+
+    variants = {"baseline": pl.lit(True), "overlay_filter": pl.col("overlay") >= overlay_min_confidence,
+                "logistic_filter": positive_ev("logistic"), "model_filter": positive_ev("fusion")}
+    frames = [summarize(df.filter(keep.fill_null(False)), by=["year"]).with_columns(pl.lit(name).alias("variant"))
+              for name, keep in variants.items()]
+    out = pl.concat(frames, how="diagonal_relaxed").with_columns(pl.lit(version).alias("period"))
+    return schemas.conform(schemas.MODEL_BACKTEST, out)
 
 
 def model_version(fingerprint: str, seed: int) -> str:
@@ -195,8 +219,10 @@ def run_phase11(inputs: ModelInputs, model_dir: Path, model_config, n_folds: int
     predictions = (pl.DataFrame({"trade_id": inputs.trade_ids})
                    .join(oos, on="trade_id", how="left").with_columns(pl.lit(version).alias("model_version")))
     notes = [f"{inputs.dropped} filled trade(s) without a full 50-bar window were left out"] if inputs.dropped else []
+    backtest = probability_backtest(inputs.trades, report.predictions.select(
+        "trade_id", "overlay", "logistic", "fusion"), version)
     return Phase11Result(version, path, report, evaluation_rows(version, report),
-                         schemas.conform(schemas.MODEL_PREDICTIONS, predictions), notes)
+                         schemas.conform(schemas.MODEL_PREDICTIONS, predictions), backtest, notes)
 
 
 def list_model_versions(model_dir: Path) -> pl.DataFrame:

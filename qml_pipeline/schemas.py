@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import dataclasses
+
 import pandera.polars as pa
 import polars as pl
 
@@ -525,6 +527,14 @@ RESEARCH_GATES = Table(
     key=("gate", "part"),
 )
 
+MODEL_BACKTEST = dataclasses.replace(
+    OVERLAY_BACKTEST, name="model_backtest",
+    doc="Phase 11: the phase 10 backtest metrics on the walk-forward test trades when a probability is used "
+        "as the adjusted confidence: baseline (every test trade), overlay_filter (rule overlay's adjusted "
+        "confidence >= its min_confidence), logistic_filter and model_filter (take a trade when its predicted "
+        "win probability p gives a positive expected R: p * reward_R - (1 - p) > 0, reward_R = |target - entry| / "
+        "|entry - stop|). period = model version.")
+
 MODEL_EVALUATION = Table(
     name="model_evaluation",
     doc="Phase 11: out-of-sample (purged walk-forward) comparison of baseline, logistic regression, the rule "
@@ -564,7 +574,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (FUNDING_RATES, OPEN_INTEREST, KL
                                                   LIQUIDATIONS, BASELINE_METRICS,
                                                   DATA_QUALITY, CONTEXT_ERROR_ANALYSIS, CONTEXT_OVERLAY,
                                                   OVERLAY_BACKTEST, OVERLAY_DIFFERENCES, RESEARCH_GATES,
-                                                  MODEL_EVALUATION, MODEL_PREDICTIONS)}
+                                                  MODEL_EVALUATION, MODEL_BACKTEST, MODEL_PREDICTIONS)}
 
 
 def register(table: Table) -> Table:

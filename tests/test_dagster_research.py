@@ -9,7 +9,7 @@ import pytest
 from dagster_project.definitions import RESEARCH_ASSETS, RESEARCH_CHECKS
 from dagster_project.defs.raw_market_data import RAW_ASSETS
 from dagster_project.partitions import range_tags
-from dagster_project.resources import (MarketDataResource, ResearchResource, TradeSourceResource,
+from dagster_project.resources import (CoinglassResource, MarketDataResource, ResearchResource, TradeSourceResource,
                                        WarehouseResource)
 from qml_pipeline import schemas
 from qml_pipeline.warehouse import Warehouse
@@ -20,7 +20,8 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 def _resources(root: Path, override: bool, export: str = "", column_map: str = "") -> dict:
     return {"warehouse": WarehouseResource(root=str(root)), "market": MarketDataResource(source="sample"),
             "trade_source": TradeSourceResource(export_path=export, column_map=column_map),
-            "research": ResearchResource(override_gates=override, model_epochs=3)}
+            "research": ResearchResource(override_gates=override, model_epochs=3),
+            "coinglass": CoinglassResource(api_key_env="QML_TEST_NO_SUCH_KEY")}
 
 
 def _research(root: Path, override: bool, **kw) -> dg.ExecuteInProcessResult:
@@ -75,6 +76,11 @@ def test_override_runs_every_phase_and_says_so(sample_warehouse: Path) -> None:
     report = (wh.root / "reports" / "report.html").read_text()
     assert "QML_OVERRIDE_GATES=1" in report and "data:image/png;base64" in report
     assert wh.read(schemas.CONTEXT_OVERLAY).height == wh.read(schemas.TRADES).height
+    variants = set(wh.read(schemas.MODEL_BACKTEST)["variant"])
+    assert variants == {"baseline", "overlay_filter", "logistic_filter", "model_filter"}
+    skipped = [e for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"
+               and e.asset_key.to_user_string() == "liquidations"]
+    assert "is not set" in str(skipped[0].event_specific_data.asset_observation.metadata["skipped"].value)
 
 
 def test_user_trade_export_is_used_and_named(sample_warehouse: Path, tmp_path: Path) -> None:

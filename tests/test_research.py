@@ -49,7 +49,10 @@ def _inputs(n: int = 120, seed: int = 1) -> ModelInputs:
     labels = pl.DataFrame({"trade_id": context["trade_id"], "outcome": np.where(win, "WIN", "LOSS"),
                            "r_multiple": np.where(win, 2.0, -1.0), "exit_time": [t + timedelta(hours=6) for t in times]})
     windows = rng.normal(size=(n, 50, 5)).astype(np.float32)
-    return ModelInputs(context["trade_id"].to_list(), windows, context, labels, np.full(n, 0.5))
+    trades = labels.with_columns(context["decision_time"], direction=pl.lit("BULLISH"), entry_price=pl.lit(100.0),
+                                 stop_price=pl.lit(99.0), target_price=pl.lit(102.0),
+                                 gross_r_multiple=pl.col("r_multiple"))
+    return ModelInputs(context["trade_id"].to_list(), windows, context, labels, np.full(n, 0.5), trades)
 
 
 def test_phase11_same_data_and_seed_give_the_same_metrics(tmp_path) -> None:
@@ -60,3 +63,16 @@ def test_phase11_same_data_and_seed_give_the_same_metrics(tmp_path) -> None:
     assert first.evaluation.equals(second.evaluation)
     assert first.predictions.equals(second.predictions)
     assert (tmp_path / "a" / first.version / "model.json").exists()
+    assert first.backtest.equals(second.backtest)
+
+
+def test_model_probability_backtest_takes_positive_expected_r_trades() -> None:
+    from qml_pipeline.research import probability_backtest
+
+    inputs = _inputs(n=8)
+    # reward 2R: breakeven win probability 1/3
+    oos = pl.DataFrame({"trade_id": inputs.trade_ids, "overlay": [0.6] * 4 + [0.4] * 4,
+                        "logistic": [0.5] * 8, "fusion": [0.34, 0.33, 0.9, 0.1, 0.5, 0.2, 0.4, 0.3]})
+    bt = probability_backtest(inputs.trades, oos, "v1").filter(pl.col("scope") == "overall")
+    trades = dict(zip(bt["variant"], bt["trades"]))
+    assert trades == {"baseline": 8, "overlay_filter": 4, "logistic_filter": 8, "model_filter": 4}

@@ -64,6 +64,10 @@ def _raw_asset(table: Table, description: str) -> dg.AssetsDefinition:
         if empty:
             context.log.warning(f"{table.name}: source '{market.source}' has no rows for {empty} in this range")
         stats = getattr(source, "request_stats", lambda: {})()
+        archive = [r.as_dict() for r in getattr(source, "archive_reports", [])]
+        archive_md = markdown_table(pl.DataFrame([
+            {k: (", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()} for r in archive]
+        )) if archive else "no archive files used"
         yield dg.MaterializeResult(
             metadata={
                 "source": market.source,
@@ -76,6 +80,7 @@ def _raw_asset(table: Table, description: str) -> dg.AssetsDefinition:
                 "weight_used": stats.get("weight_used", 0),
                 "bytes_received": stats.get("bytes_received", 0),
                 "ranges": markdown_table(summary),
+                "archive_files": archive_md,
             },
             check_results=[dg.AssetCheckResult(check_name=CONTRACT_CHECK, passed=True,
                                                metadata={"rows_checked": sum(r.rows for r in results)})],

@@ -127,6 +127,9 @@ def context_model(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     wh.replace_table(schemas.MODEL_EVALUATION, pl.concat(
         [evaluation.filter(pl.col("model_version") != result.version), result.evaluation]))
     wh.replace_table(schemas.MODEL_PREDICTIONS, result.predictions)
+    backtest = wh.read(schemas.MODEL_BACKTEST)
+    wh.replace_table(schemas.MODEL_BACKTEST, pl.concat(
+        [backtest.filter(pl.col("period") != result.version), result.backtest]))
     wh.refresh_catalog()
     for note in result.notes:
         context.log.info(note)
@@ -136,6 +139,8 @@ def context_model(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
         "per_year": markdown_table(result.report.per_year),
         "bootstrap": markdown_table(result.report.bootstrap),
         "calibration": markdown_table(result.report.calibration),
+        "backtest_with_probabilities": markdown_table(result.backtest.filter(pl.col("scope") == "overall").select(
+            "variant", "trades", "win_rate", "expectancy_r", "profit_factor", "sharpe", "max_drawdown_r")),
         "versions": markdown_table(list_model_versions(wh.root / "models")),
         "path": dg.MetadataValue.path(str(result.path))})
     predicted = result.predictions.filter(pl.col("probability").is_not_null()).height
