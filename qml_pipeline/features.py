@@ -56,6 +56,19 @@ class FeatureConfig:
                 raise ValueError(f"FeatureConfig.{name} must be a positive number, got {value!r}")
 
 
+# The bars of the trades' symbols and timeframes (CTE `t`), one row per bar: a bar served twice keeps
+# its earliest published copy, so a later re-publication never replaces what a trader saw.
+TRADE_KLINES_CTE = """kl AS (
+    SELECT symbol, interval, epoch_ms(event_time) AS ev_ms, open, high, low, close, volume,
+           epoch_ms(close_time) AS ct_ms, epoch_ms(available_at) AS av_ms
+    FROM klines
+    WHERE interval IN (SELECT DISTINCT timeframe FROM t) AND symbol IN (SELECT DISTINCT symbol FROM t)
+    QUALIFY row_number() OVER (PARTITION BY symbol, interval, event_time
+                               ORDER BY available_at, close DESC, high DESC, low DESC, open DESC,
+                                        close_time DESC, volume DESC) = 1
+)"""
+
+
 def _interval_values() -> str:
     return ", ".join(f"('{k}', {v})" for k, v in INTERVAL_MS.items())
 
@@ -214,15 +227,7 @@ o_pct AS (
     GROUP BY q.trade_id
 ),
 {dup_cte}-- klines / ATR -------------------------------------------------------------------------------
-kl AS (
-    SELECT symbol, interval, epoch_ms(event_time) AS ev_ms, high, low, close,
-           epoch_ms(close_time) AS ct_ms, epoch_ms(available_at) AS av_ms
-    FROM klines
-    WHERE interval IN (SELECT DISTINCT timeframe FROM t) AND symbol IN (SELECT DISTINCT symbol FROM t)
-    QUALIFY row_number() OVER (PARTITION BY symbol, interval, event_time
-                               ORDER BY available_at, close DESC, high DESC, low DESC, open DESC,
-                                        close_time DESC, volume DESC) = 1
-),
+{TRADE_KLINES_CTE},
 kl_tr AS (
     SELECT kl.*, iv.interval_ms,
            greatest(high, lag(close) OVER w) - least(low, lag(close) OVER w) AS tr

@@ -28,6 +28,9 @@ this page is out of date.
   single-writer lock: open it read-only from the duckdb CLI (`duckdb -readonly warehouse/qml.duckdb`)
   or Python (`duckdb.connect("warehouse/qml.duckdb", read_only=True)`) at any time, including during
   a backfill. A session opened before new files arrive still sees them (the views read the globs).
+- Formulas, windows and staleness rules of the per-trade features: `docs/features.md`; the
+  liquidation model: `docs/liquidation_map.md`; the detector and trade simulation:
+  `docs/detector.md`; phases 9 and 10 and the gates: `docs/overlay.md`.
 - Time: every timestamp is `TIMESTAMP WITH TIME ZONE`, UTC, millisecond precision. `available_at`
   is the earliest moment a trader could have known a row; features use only rows with
   `available_at <= decision_time`.

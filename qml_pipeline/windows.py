@@ -19,6 +19,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from qml_pipeline.features import TRADE_KLINES_CTE
 from qml_pipeline.timeutil import INTERVAL_MS
 
 FEATURES = ("open", "high", "low", "close", "volume")
@@ -30,15 +31,7 @@ def _sql(bars: int, stale_bars: float) -> str:
 WITH
 iv(interval, interval_ms) AS (VALUES {intervals}),
 t AS (SELECT trade_id, symbol, timeframe, epoch_ms(decision_time) AS t_ms FROM trades),
-kl AS (
-    SELECT symbol, interval, epoch_ms(event_time) AS ev_ms, open, high, low, close, volume,
-           epoch_ms(close_time) AS ct_ms, epoch_ms(available_at) AS av_ms
-    FROM klines
-    WHERE interval IN (SELECT DISTINCT timeframe FROM t) AND symbol IN (SELECT DISTINCT symbol FROM t)
-    QUALIFY row_number() OVER (PARTITION BY symbol, interval, event_time
-                               ORDER BY available_at, close DESC, high DESC, low DESC, open DESC,
-                                        close_time DESC, volume DESC) = 1
-),
+{TRADE_KLINES_CTE},
 kl_n AS (
     SELECT kl.*, iv.interval_ms,
            row_number() OVER w AS rn,
