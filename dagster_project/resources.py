@@ -37,7 +37,9 @@ class MarketDataResource(dg.ConfigurableResource):
     oi_publication_lag_seconds: int = SETTINGS.oi_publication_lag_seconds
     funding_rate_cap: float = SETTINGS.funding_rate_cap
 
-    def open(self, log: Callable[[str], None] | None = None) -> MarketSource:
+    def open(self, log: Callable[[str], None] | None = None, cache_dir: Path | None = None) -> MarketSource:
+        """The configured source; downloaded archive files are cached under `cache_dir` (the warehouse's
+        `cache/` folder when the raw assets call it)."""
         if self.source == "sample":
             return SampleSource(self.sample_dir, self.oi_publication_lag_seconds)
         if self.source == "binance":
@@ -45,7 +47,7 @@ class MarketDataResource(dg.ConfigurableResource):
 
             return BinanceSource(fapi_url=self.binance_fapi_url, archive_url=self.binance_archive_url,
                                  oi_publication_lag_s=self.oi_publication_lag_seconds, on_progress=log,
-                                 cache_dir=Path(SETTINGS.warehouse_dir) / "cache")
+                                 cache_dir=cache_dir or Path(SETTINGS.warehouse_dir) / "cache")
         raise ValueError(f"unknown market data source {self.source!r}: use 'sample' or 'binance'")
 
 

@@ -38,7 +38,8 @@ def _raw_asset(table: Table, description: str) -> dg.AssetsDefinition:
     )
     def raw_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                   market: MarketDataResource) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-        wh, source = warehouse.get(), market.open(context.log.info)
+        wh = warehouse.get()
+        source = market.open(context.log.info, cache_dir=wh.root / "cache")
         ranges = partition_ranges(context.partition_keys)
         frames = []
         for symbol, symbol_ranges in ranges.items():
