@@ -4,12 +4,15 @@ the nearest cluster, and (with Coinglass data) realised liquidations before the 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 import polars as pl
 
 from qml_pipeline import schemas
 from qml_pipeline.features import FeatureConfig, build_trade_context_features
-from qml_pipeline.liquidation_map import LiqMapConfig, liq_features_for_trades
+from qml_pipeline.liquidation_map import LiqMapConfig, estimate_liquidation_map, liq_features_for_trades
+from qml_pipeline.timeutil import utc_now
 from qml_pipeline.warehouse import Warehouse, frame
 
 REALISED_LIQ_SQL = """
@@ -23,6 +26,21 @@ JOIN liquidations l
  AND l.available_at > t.decision_time - INTERVAL 24 HOUR
 GROUP BY t.trade_id
 """
+
+
+def rebuild_liquidation_maps(wh: Warehouse, symbols: Sequence[str], start: datetime,
+                             config: LiqMapConfig | None = None) -> dict[str, int]:
+    """Replace each symbol's estimated liquidation map from `start` on (snapshots of an earlier run or
+    model configuration do not linger); returns rows per symbol (0 without open interest)."""
+    end = utc_now() + timedelta(days=1)
+    rows = {}
+    for symbol in symbols:
+        snapshots = estimate_liquidation_map(wh.read(schemas.OPEN_INTEREST, symbol=symbol),
+                                             wh.read(schemas.KLINES, symbol=symbol), config)
+        wh.write_window(schemas.LIQUIDATION_MAP, snapshots.filter(pl.col("snapshot_time") >= start),
+                        symbol=symbol, start=start, end=end)
+        rows[symbol] = snapshots.height
+    return rows
 
 
 def build_context(wh: Warehouse, feature_config: FeatureConfig | None = None,

@@ -26,7 +26,8 @@ from qml_pipeline.timeutil import INTERVAL_MS
 
 HOUR_MS = 3_600_000
 # ASOF key of open interest rows: (eff_av - _KEY_BASE_MS) * _KEY_SCALE - position, a BIGINT.
-# Holds for available_at in [2017-01-01, 2051) and up to 2**22 rows per symbol (40 years of 5m rows);
+# Holds for available_at in [2017-01-01, 2051) and fewer than 2**21 rows per symbol (about 20 years of
+# 5m rows): the probe key sits half a scale above its instant, so positions must stay below that half;
 # the SQL raises an error outside that range rather than mis-ordering rows.
 _KEY_BASE_MS = 1_483_228_800_000
 _KEY_SCALE = 2**22
@@ -74,9 +75,9 @@ def _interval_values() -> str:
 
 
 def _oi_keyed_sql(fast: bool) -> str:
-    guard = (f"CASE WHEN eff - {_KEY_BASE_MS} >= 0 AND eff - {_KEY_BASE_MS} < {2**40} AND pos < {_KEY_SCALE} "
+    guard = (f"CASE WHEN eff - {_KEY_BASE_MS} >= 0 AND eff - {_KEY_BASE_MS} < {2**40} AND pos < {_KEY_SCALE // 2} "
              f"THEN (eff - {_KEY_BASE_MS}) * {_KEY_SCALE} - pos "
-             f"ELSE error('open_interest: available_at outside 2017..2051 or more than {_KEY_SCALE} rows for '"
+             f"ELSE error('open_interest: available_at outside 2017..2051 or more than {_KEY_SCALE // 2} rows for '"
              f" || symbol) END AS k")
     rows = ("SELECT symbol, epoch_ms(event_time) AS ev_ms, epoch_ms(available_at) AS av_ms, "
             "open_interest AS v, period_minutes FROM open_interest WHERE open_interest > 0")

@@ -13,6 +13,7 @@ from qml_pipeline.cards import context_cards, pattern_cards
 from qml_pipeline.metrics import equity_curve
 from qml_pipeline.overlay import OverlayConfig
 from qml_pipeline.report import write_report
+from qml_pipeline.sources.sample import SampleSource
 from qml_pipeline.trades import FILLED_OUTCOMES
 from qml_pipeline.warehouse import Warehouse
 
@@ -53,6 +54,21 @@ def latest_model_summary(model_dir: Path) -> str | None:
         return None
     meta = json.loads(sidecars[-1].read_text())
     return f"model version {sidecars[-1].parent.name}\n\n{meta.get('metrics', {}).get('verdict', '')}"
+
+
+def report_notes(source: str, sample_dir: str, symbols: list[str], override_gates: bool) -> list[str]:
+    """What a reader must know before trusting the report: the data used and any gate overridden."""
+    notes = []
+    if source == "sample":
+        notes.append("Data: the bundled offline sample (real Binance data, 2021-12..2024-12).")
+        missing = SampleSource(sample_dir).symbols_without_open_interest(symbols)
+        if missing:
+            notes.append(f"No open interest in the sample for {', '.join(missing)}: their OI and liquidation "
+                         "features are NULL (nothing is invented).")
+    if override_gates:
+        notes.append("QML_OVERRIDE_GATES=1: phases 10 and 11 ran even where an earlier gate failed; their "
+                     "results past a failed gate are not evidence that context helps.")
+    return notes
 
 
 @dataclass(frozen=True)

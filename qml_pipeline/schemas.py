@@ -159,8 +159,8 @@ TRADES = Table(
         Column("target_price", pl.Float64, "DOUBLE", "quote per base unit (USDT)",
                "take-profit level", nullable=True),
         Column("exit_time", TS, "TIMESTAMPTZ", "UTC",
-               "when the position closed (the detector: open time of the exit bar); NULL if never "
-               "filled", nullable=True),
+               "when the position closed (the detector: close time of the bar in which the stop, target or "
+               "timeout was hit: the outcome is certain by then); NULL if never filled", nullable=True),
         Column("exit_price", pl.Float64, "DOUBLE", "quote per base unit (USDT)", "exit price",
                nullable=True),
         Column("r_multiple", pl.Float64, "DOUBLE", "R (initial risk units)",

@@ -77,6 +77,7 @@ def simulate_trades(patterns: pl.DataFrame, klines: pl.DataFrame, funding: pl.Da
     op, hi, lo, cl = (k[c].cast(pl.Float64).to_numpy() for c in ("open", "high", "low", "close"))
     n = len(o_ms)
     open_times = k["event_time"].cast(_MS).to_list()
+    close_times = k["close_time"].cast(_MS).to_list()
     symbol = patterns["symbol"][0]
     f_ms, f_cum = _funding_arrays(funding, symbol, o_ms, op)
 
@@ -137,7 +138,8 @@ def simulate_trades(patterns: pl.DataFrame, klines: pl.DataFrame, funding: pl.Da
         b = np.searchsorted(f_ms, o_ms[exit_bar], side="right")
         funding_paid = (f_cum[b] - f_cum[a]) * (1.0 if not short else -1.0)  # longs pay positive rates
         out["entry_time"].append(open_times[fill])
-        out["exit_time"].append(open_times[exit_bar])
+        # the exit happened inside this bar; its close is when the outcome is certainly known
+        out["exit_time"].append(close_times[exit_bar])
         out["exit_price"].append(float(real_exit))
         out["gross_r_multiple"].append(float((exit_px - entry) / risk))
         out["fees_r"].append(float(fees / risk))

@@ -25,7 +25,8 @@ def test_definitions_load_in_process() -> None:
     repo = defs.get_repository_def()
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
     assert {"funding_rates", "open_interest", "klines"} <= keys
-    assert repo.get_job("raw_refresh") is not None
+    job_assets = {k.to_user_string() for k in repo.get_job("raw_refresh").asset_layer.executable_asset_keys}
+    assert job_assets == {"funding_rates", "open_interest", "klines"}
 
 
 def test_dagster_definitions_validate_cli() -> None:
@@ -94,3 +95,18 @@ def test_daily_schedule_requests_one_run_per_symbol_range() -> None:
         "BTCUSDT|2024-03-10", "ETHUSDT|2024-03-10"]
     ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2024, 3, 10, 0, 10, tzinfo=UTC))
     assert len(daily_refresh(ctx)) == 2
+
+
+def test_research_waits_for_the_latest_run_of_every_symbol() -> None:
+    from dagster_project.defs.schedules import all_symbols_refreshed
+
+    def run(symbol: str, status: dg.DagsterRunStatus) -> dg.DagsterRun:
+        return dg.DagsterRun(job_name="raw_refresh", status=status,
+                             tags={"dagster/asset_partition_range_start": f"{symbol}|2024-03-09"})
+
+    ok, failed = dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE
+    # newest first, as the instance lists them: ETH failed once, then its re-execution succeeded
+    assert all_symbols_refreshed([run("ETHUSDT", ok), run("BTCUSDT", ok), run("ETHUSDT", failed)],
+                                 ("BTCUSDT", "ETHUSDT"))
+    assert not all_symbols_refreshed([run("ETHUSDT", failed), run("BTCUSDT", ok)], ("BTCUSDT", "ETHUSDT"))
+    assert not all_symbols_refreshed([run("BTCUSDT", ok)], ("BTCUSDT", "ETHUSDT"))

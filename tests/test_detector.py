@@ -47,7 +47,7 @@ def test_bullish_qml_is_the_mirror():
     assert (p["ls_price"], p["low_price"], p["head_price"]) == (89.5, 96.5, 83.5)
     assert p["stop_price"] == pytest.approx(83.5 - 0.25 * ATR)
     assert p["target_price"] == pytest.approx(89.5 + 2 * (89.5 - p["stop_price"]))
-    assert p["entry_price"] < p["decision_close"] is not None
+    assert p["decision_close"] is not None and p["entry_price"] < p["decision_close"]
 
 
 def test_bos_extreme_target():

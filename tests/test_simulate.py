@@ -41,7 +41,7 @@ def test_fill_then_target_short():
     k = bars((95, 96, 94, 95), (95, 101, 94, 99), (99, 99, 85, 86), (86, 87, 79, 80))
     t = sim(SHORT, k, cfg=SimulationConfig(fill_timeout_bars=5, max_hold_bars=10))
     assert t["outcome"] == "WIN"
-    assert t["entry_time"] == T0 + timedelta(hours=6) and t["exit_time"] == T0 + timedelta(hours=8)
+    assert t["entry_time"] == T0 + timedelta(hours=6) and t["exit_time"] == T0 + timedelta(hours=9)
     assert t["exit_price"] == 80 and t["gross_r_multiple"] == pytest.approx(2.0)
     assert t["fees_r"] == pytest.approx((100 * 2 + 80 * 5) / 1e4 / 10)
     assert t["r_multiple"] == pytest.approx(2.0 - t["fees_r"])
@@ -89,7 +89,7 @@ def test_timeout_exits_at_close():
     k = bars((101, 102, 99, 101), (101, 105, 95, 103), (103, 104, 96, 102))
     t = sim(LONG, k, SimulationConfig(max_hold_bars=3, entry_fee_bps=0, exit_fee_bps=0))
     assert t["outcome"] == "TIMEOUT" and t["exit_price"] == 102
-    assert t["exit_time"] == T0 + timedelta(hours=7) and t["gross_r_multiple"] == pytest.approx(0.2)
+    assert t["exit_time"] == T0 + timedelta(hours=8) and t["gross_r_multiple"] == pytest.approx(0.2)
     assert simulate_trades(LONG, k, None, SimulationConfig(max_hold_bars=4)).height == 0
 
 

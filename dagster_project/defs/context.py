@@ -2,7 +2,6 @@
 point-in-time feature table and the OHLCV windows for the model."""
 
 import contextlib
-from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -11,9 +10,8 @@ import polars as pl
 from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.resources import SETTINGS, CoinglassResource, WarehouseResource
 from qml_pipeline import schemas
-from qml_pipeline.context import build_context
+from qml_pipeline.context import build_context, rebuild_liquidation_maps
 from qml_pipeline.features import feature_null_counts
-from qml_pipeline.liquidation_map import estimate_liquidation_map
 from qml_pipeline.sources.coinglass import SKIP_REASON
 from qml_pipeline.timeutil import day_start, utc_now
 from qml_pipeline.windows import build_ohlcv_windows, save_windows
@@ -34,18 +32,9 @@ def liquidation_map(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     """Estimated liquidation notional per price bin every 4 hours, from OI increases and klines
     (an open model, not exchange data: docs/liquidation_map.md)."""
     wh = warehouse.get()
-    rows = {}
-    for symbol in SETTINGS.symbols:
-        oi = wh.read(schemas.OPEN_INTEREST, symbol=symbol)
-        snapshots = estimate_liquidation_map(oi, wh.read(schemas.KLINES, symbol=symbol))
-        if snapshots.is_empty():
-            context.log.warning(f"{symbol}: no open interest, so no estimated liquidation map")
-            rows[symbol] = 0
-            continue
-        first, last = snapshots["snapshot_time"].min(), snapshots["snapshot_time"].max()
-        wh.write_window(schemas.LIQUIDATION_MAP, snapshots, symbol=symbol,
-                        start=day_start(first.date()), end=day_start(last.date()) + timedelta(days=1))
-        rows[symbol] = snapshots.height
+    rows = rebuild_liquidation_maps(wh, SETTINGS.symbols, day_start(SETTINGS.start_date))
+    for symbol in (s for s, n in rows.items() if n == 0):
+        context.log.warning(f"{symbol}: no open interest, so no estimated liquidation map")
     wh.refresh_catalog()
     return dg.MaterializeResult(metadata={"rows": sum(rows.values()),
                                           "rows_per_symbol": markdown_table(pl.DataFrame(

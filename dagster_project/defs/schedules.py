@@ -29,6 +29,16 @@ def refresh_requests(scheduled_date: str, symbols: tuple[str, ...]) -> list[dg.R
             for symbol in symbols]
 
 
+def all_symbols_refreshed(runs: list[dg.DagsterRun], symbols: tuple[str, ...]) -> bool:
+    """True when the newest run of every symbol succeeded (a failed run re-executed later counts as
+    its re-execution)."""
+    latest: dict[str, dg.DagsterRun] = {}
+    for run in runs:  # the instance lists runs newest first
+        symbol = run.tags.get("dagster/asset_partition_range_start", "").split("|")[0]
+        latest.setdefault(symbol, run)
+    return all(s in latest and latest[s].status == dg.DagsterRunStatus.SUCCESS for s in symbols)
+
+
 @dg.schedule(cron_schedule="10 0 * * *", job=raw_refresh_job, execution_timezone="UTC",
              default_status=dg.DefaultScheduleStatus.STOPPED,
              description="Daily at 00:10 UTC: refresh yesterday and today for every symbol.")
@@ -44,8 +54,9 @@ def research_after_refresh(context: dg.RunStatusSensorContext) -> dg.RunRequest 
     if refresh_date is None:
         return dg.SkipReason("not a scheduled refresh run")
     runs = context.instance.get_runs(filters=dg.RunsFilter(tags={REFRESH_TAG: refresh_date}))
-    if any(r.status != dg.DagsterRunStatus.SUCCESS for r in runs) or len(runs) < len(SETTINGS.symbols):
-        return dg.SkipReason(f"refresh {refresh_date}: waiting for all {len(SETTINGS.symbols)} symbol runs")
+    if not all_symbols_refreshed(runs, SETTINGS.symbols):
+        return dg.SkipReason(f"refresh {refresh_date}: waiting for the latest run of each of "
+                             f"{len(SETTINGS.symbols)} symbols to succeed")
     return dg.RunRequest(run_key=f"research-{refresh_date}", tags={REFRESH_TAG: refresh_date})
 
 

@@ -2,20 +2,10 @@
 
 import dagster as dg
 
-from dagster_project.resources import (
-    SETTINGS,
-    MarketDataResource,
-    ResearchResource,
-    WarehouseResource,
-)
+from dagster_project.resources import SETTINGS, MarketDataResource, ResearchResource, WarehouseResource
 from qml_pipeline.cards import context_cards_markdown, pattern_cards_markdown
-from qml_pipeline.researcher_view import (
-    ReportInputs,
-    latest_context_cards,
-    recent_pattern_cards,
-    write_research_report,
-)
-from qml_pipeline.sources.sample import SampleSource
+from qml_pipeline.researcher_view import (ReportInputs, latest_context_cards, recent_pattern_cards, report_notes,
+                                          write_research_report)
 
 GROUP = "researcher_view"
 
@@ -44,18 +34,12 @@ def pattern_cards(warehouse: WarehouseResource) -> dg.MaterializeResult:
 def research_report(warehouse: WarehouseResource, market: MarketDataResource,
                     research: ResearchResource) -> dg.MaterializeResult:
     """A static HTML report (no server, no network): cards, equity curves baseline vs overlay, winners vs
-    losers distributions, per-year metrics, data freshness and gaps, the gates and the model's verdict."""
+    losers distributions, per-year metrics, data freshness and gaps, the gates and the model's verdict.
+
+    It depends on phase 9 only, so it is written even when a gate stops phases 10 and 11; their
+    sections show what the warehouse holds from their last successful run (gate times are shown)."""
     wh = warehouse.get()
-    notes = []
-    if market.source == "sample":
-        notes.append("Data: the bundled offline sample (real Binance data, 2021-12..2024-12).")
-        missing = SampleSource(market.sample_dir).symbols_without_open_interest(list(SETTINGS.symbols))
-        if missing:
-            notes.append(f"No open interest in the sample for {', '.join(missing)}: their OI and liquidation "
-                         "features are NULL (nothing is invented).")
-    if research.override_gates:
-        notes.append("QML_OVERRIDE_GATES=1: phases 10 and 11 ran even where an earlier gate failed; their "
-                     "results past a failed gate are not evidence that context helps.")
+    notes = report_notes(market.source, market.sample_dir, list(SETTINGS.symbols), research.override_gates)
     path = write_research_report(wh, wh.root / "reports", ReportInputs(notes, research.override_gates))
     return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(path)),
                                           "open": dg.MetadataValue.url(f"file://{path}")})

@@ -38,6 +38,7 @@ from typing import Any
 import polars as pl
 
 from qml_pipeline import schemas
+from qml_pipeline.timeutil import utc_now
 from qml_pipeline.http_client import (
     BadResponseError,
     HttpClient,
@@ -375,7 +376,9 @@ class CoinglassClient:
                   pl.col("event_time").cast(TS),
                   (pl.col("event_time") + step).cast(TS).alias("available_at"),
                   pl.lit(SOURCE).alias("source"),
-              ))
+              )
+              # a bucket still in progress is partial: it is served again once it has closed
+              .filter(pl.col("available_at") <= utc_now()))
         return schemas.conform(LIQUIDATIONS, df)
 
 
