@@ -4,22 +4,28 @@ Context cards, one row per symbol at an `as_of` instant (point in time: only row
 available_at <= as_of; a liquidation snapshot counts as available at its snapshot_time):
 
 - FUNDING: the latest settlement, shown per its own interval ('+0.021% / 8h'). Its status word is
-  judged on the 8h-equivalent rate (rate * 8 / interval hours, as the overlay does), thresholds in
+  judged on the 8h-equivalent rate (`overlay.funding_8h_expr`, the overlay's own rule), thresholds in
   `CardConfig` (fractions per 8h): High when >= funding_high_8h (0.02%/8h, the overlay's "crowded
   longs" level); Negative when <= funding_negative_8h (-0.01%/8h: shorts pay as much as longs
   usually do); Low when < funding_low_8h (0.005%/8h, under half the usual 0.01% baseline);
   Neutral otherwise. Stale when older than its interval + funding_grace_minutes (a newer settlement
   should exist).
-- OI: percent change of open interest over 24h (the newest row vs the newest row stamped at least
-  24h before it, no further back than oi_lookback_tolerance_minutes). Rising when > +oi_flat_pct,
-  Falling when < -oi_flat_pct, Flat otherwise. Rows with open_interest <= 0 (or NULL) are missing
-  data (Binance archive defect), never a real zero: they are dropped first. Stale when the newest
-  row is older than oi_max_age_minutes.
+- OI: percent change of open interest over `features.oi_change_short_hours` (24h), the trade
+  feature's rule (qml_pipeline/features.py): the value known at as_of vs the value known at
+  as_of - 24h, where "the value known at t" is the row with the latest event_time among rows with
+  available_at <= t; rows with open_interest <= 0 (or NULL) are missing data (Binance archive
+  defect), never a real zero, and are dropped first; a stamp served twice keeps its earliest
+  available_at copy (then the larger value). The 24h-ago value is NULL (change missing) when older
+  than the feature's staleness limit, max(oi_stale_periods * period_minutes, oi_stale_min_minutes)
+  minutes since its event_time. Rising when > +oi_flat_pct, Falling when < -oi_flat_pct, Flat
+  otherwise. Stale when the current value became available more than oi_max_age_minutes ago.
 - LIQ: the nearest estimated liquidation cluster of either side in the newest liquidation-map
   snapshot: long clusters lie below the price (longs are liquidated on the way down), short clusters
-  above. A bin is a cluster when its notional (base units) is at least liq_cluster_min_share_of_oi of
-  the map's open interest (the liquidation map's own default). Its price is the bin's
-  notional-weighted liquidation price. 'Near' when within liq_near_pct percent of the price (the
+  above. A bin is a cluster by the liquidation map's own rule (`liq_map`, a `LiqMapConfig`): its
+  notional (base units) is at least cluster_min_share_of_oi of the map's open interest and, if
+  cluster_quantile is set, at least that quantile of the non-empty bins on the same side of the same
+  map. Its price is the bin's notional-weighted liquidation price. 'Near' when within liq_near_pct
+  percent of the price (the
   newest kline close, else the snapshot's reference price), 'Far' otherwise. Stale when the snapshot
   is older than liq_max_age_minutes.
 
@@ -35,12 +41,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import polars as pl
 
-from qml_pipeline.overlay import REFERENCE_INTERVAL_HOURS
+from qml_pipeline.features import FeatureConfig
+from qml_pipeline.liquidation_map import LiqMapConfig
+from qml_pipeline.overlay import REFERENCE_INTERVAL_HOURS, funding_8h_expr
 from qml_pipeline.schemas import TS
 
 FUNDING_WORDS = ("High", "Neutral", "Low", "Negative")
@@ -61,23 +69,23 @@ class CardConfig:
     funding_grace_minutes: float = 60.0
     # open interest: |24h change| <= this many PERCENT is Flat
     oi_flat_pct: float = 1.0
+    # the current OI value is stale when it became available more than this many minutes ago
     oi_max_age_minutes: float = 120.0
-    # the 24h-ago row may be at most this many minutes older than exactly 24h before the newest row
-    oi_lookback_tolerance_minutes: float = 60.0
-    # liquidations: a bin is a cluster at >= this FRACTION of the map's OI (base units)
-    liq_cluster_min_share_of_oi: float = 0.005
     # 'Near' within this many PERCENT of the price
     liq_near_pct: float = 2.0
     liq_max_age_minutes: float = 360.0
     # a kline close older than this is not used as the price (the snapshot's reference price is)
     price_max_age_minutes: float = 180.0
+    # the trade features' OI rules: change window (oi_change_short_hours) and the staleness of the past value
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    # the liquidation map's cluster rule (cluster_min_share_of_oi, cluster_quantile)
+    liq_map: LiqMapConfig = field(default_factory=LiqMapConfig)
 
     def __post_init__(self) -> None:
         if not self.funding_negative_8h < self.funding_low_8h < self.funding_high_8h:
             raise ValueError("CardConfig: need funding_negative_8h < funding_low_8h < funding_high_8h, got "
                              f"{self.funding_negative_8h}, {self.funding_low_8h}, {self.funding_high_8h}")
-        for name in ("funding_grace_minutes", "oi_flat_pct", "oi_max_age_minutes",
-                     "oi_lookback_tolerance_minutes", "liq_cluster_min_share_of_oi", "liq_near_pct",
+        for name in ("funding_grace_minutes", "oi_flat_pct", "oi_max_age_minutes", "liq_near_pct",
                      "liq_max_age_minutes", "price_max_age_minutes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"CardConfig.{name} must be >= 0, got {getattr(self, name)}")
@@ -168,14 +176,14 @@ def _funding_part(funding: pl.DataFrame, as_of: pl.Expr, c: CardConfig) -> pl.Da
         df = df.with_columns(pl.lit(REFERENCE_INTERVAL_HOURS, dtype=pl.Int16).alias("funding_interval_hours"))
     df = _latest(df.select("symbol", "event_time", "available_at", "funding_rate", "funding_interval_hours"),
                  "event_time")
-    hours = pl.col("funding_interval_hours").cast(pl.Float64)
-    hours = pl.when(hours > 0).then(hours).otherwise(float(REFERENCE_INTERVAL_HOURS))
     f8 = pl.col("funding_rate_8h")
-    df = df.with_columns(
-        pl.col("funding_interval_hours").fill_null(REFERENCE_INTERVAL_HOURS).cast(pl.Int16),
-        (pl.col("funding_rate") * (REFERENCE_INTERVAL_HOURS / hours)).alias("funding_rate_8h"),
+    df = df.with_columns(funding_8h_expr().alias("funding_rate_8h")).with_columns(
+        # the interval the 8h-equivalent was scaled from (NULL / non-positive -> 8h, as funding_8h_expr)
+        pl.when(pl.col("funding_interval_hours") > 0).then(pl.col("funding_interval_hours"))
+        .otherwise(REFERENCE_INTERVAL_HOURS).cast(pl.Int16).alias("funding_interval_hours"),
         _minutes(as_of, pl.col("available_at")).alias("funding_age_minutes"),
-        (hours * 60 + c.funding_grace_minutes).alias("_limit"),
+    ).with_columns(
+        (pl.col("funding_interval_hours").cast(pl.Float64) * 60 + c.funding_grace_minutes).alias("_limit"),
     ).with_columns(
         pl.when(pl.col("funding_age_minutes") > pl.col("_limit")).then(pl.lit(STALE))
         .when(f8 >= c.funding_high_8h).then(pl.lit("High"))
@@ -190,19 +198,35 @@ def _funding_part(funding: pl.DataFrame, as_of: pl.Expr, c: CardConfig) -> pl.Da
                      "funding_status")
 
 
+def _oi_rows(open_interest: pl.DataFrame) -> pl.DataFrame:
+    """features.py's OI rows: open_interest <= 0 / NULL dropped, one row per (symbol, event_time) (the
+    earliest available_at, then the largest value, then the largest period)."""
+    period = pl.col("period_minutes") if "period_minutes" in open_interest.columns else pl.lit(None)
+    return (open_interest
+            .filter(pl.col("open_interest") > 0)
+            .select("symbol", "event_time", "available_at", pl.col("open_interest").cast(pl.Float64),
+                    period.cast(pl.Float64).alias("period_minutes"))
+            .sort("symbol", "event_time", "available_at", "open_interest", "period_minutes",
+                  descending=[False, False, False, True, True], nulls_last=True)
+            .unique(["symbol", "event_time"], keep="first", maintain_order=True))
+
+
+def _oi_known_at(rows: pl.DataFrame, at: pl.Expr) -> pl.DataFrame:
+    """Per symbol, the value known at `at`: the latest event_time among `_oi_rows` available by then."""
+    return _latest(rows.filter(pl.col("available_at") <= at), "event_time")
+
+
 def _oi_part(open_interest: pl.DataFrame, as_of: pl.Expr, c: CardConfig) -> pl.DataFrame:
-    rows = (open_interest
-            .filter((pl.col("available_at") <= as_of) & pl.col("open_interest").is_not_null()
-                    & (pl.col("open_interest") > 0))
-            .select("symbol", "event_time", "available_at", pl.col("open_interest").cast(pl.Float64))
-            .sort("symbol", "event_time"))
-    now = _latest(rows, "event_time").with_columns(
-        (pl.col("event_time") - pl.duration(hours=24)).alias("_target"))
-    past = rows.select("symbol", pl.col("event_time").alias("oi_24h_event_time"),
-                       pl.col("event_time").alias("_target"), pl.col("open_interest").alias("_oi_24h"))
-    joined = now.sort("_target").join_asof(
-        past.sort("_target"), on="_target", by="symbol", strategy="backward",
-        tolerance=f"{int(c.oi_lookback_tolerance_minutes * 60)}s", check_sortedness=False)
+    rows = _oi_rows(open_interest)
+    back = as_of - pl.duration(hours=c.features.oi_change_short_hours)
+    now = _oi_known_at(rows, as_of)
+    past_age = _minutes(back, pl.col("event_time"))
+    past_limit = pl.max_horizontal(c.features.oi_stale_periods * pl.col("period_minutes"),
+                                   pl.lit(c.features.oi_stale_min_minutes))
+    past = _oi_known_at(rows, back).select(
+        "symbol", pl.col("event_time").alias("oi_24h_event_time"),
+        pl.when(past_age <= past_limit).then(pl.col("open_interest")).alias("_oi_24h"))
+    joined = now.join(past, on="symbol", how="left")
     # rounded so that a change of exactly the threshold is not pushed over it by float error
     change = ((pl.col("open_interest") / pl.col("_oi_24h") - 1) * 100).round(9)
     df = joined.with_columns(
@@ -231,6 +255,17 @@ def _price_part(klines: pl.DataFrame, as_of: pl.Expr, c: CardConfig) -> pl.DataF
                     pl.col(when).alias("price_time")))
 
 
+def _is_cluster(base: pl.Expr, config: LiqMapConfig) -> pl.Expr:
+    """liquidation_map's cluster rule for the non-empty bins of one side of a snapshot, per symbol:
+    base >= cluster_min_share_of_oi * the map's OI and >= the cluster_quantile of those bins."""
+    rule = pl.lit(True)
+    if config.cluster_min_share_of_oi is not None:
+        rule &= base >= config.cluster_min_share_of_oi * pl.col("open_interest")
+    if config.cluster_quantile is not None:
+        rule &= base >= base.quantile(config.cluster_quantile, "linear").over("symbol")
+    return rule
+
+
 def _liq_part(liq_map: pl.DataFrame, prices: pl.DataFrame, as_of: pl.Expr, c: CardConfig) -> pl.DataFrame:
     snap = liq_map.filter(pl.col("snapshot_time") <= as_of)
     snap = snap.filter(pl.col("snapshot_time") == pl.col("snapshot_time").max().over("symbol"))
@@ -238,11 +273,10 @@ def _liq_part(liq_map: pl.DataFrame, prices: pl.DataFrame, as_of: pl.Expr, c: Ca
              .join(prices, on="symbol", how="left")
              .with_columns(pl.coalesce("price", "reference_price").alias("_price"),
                            _minutes(as_of, pl.col("snapshot_time")).alias("liq_age_minutes")))
-    share = c.liq_cluster_min_share_of_oi
     sides = []
     for side, base, usd in (("long", "long_liq_notional", "long_liq_notional_usd"),
                             ("short", "short_liq_notional", "short_liq_notional_usd")):
-        sides.append(snap.filter((pl.col(base) > 0) & (pl.col(base) >= share * pl.col("open_interest")))
+        sides.append(snap.filter(pl.col(base) > 0).filter(_is_cluster(pl.col(base), c.liq_map))
                      .select("symbol", pl.lit(side).alias("liq_cluster_side"),
                              (pl.col(usd) / pl.col(base)).alias("liq_cluster_price"),
                              pl.col(usd).alias("liq_cluster_notional_usd")))

@@ -6,9 +6,11 @@ they leave the map when a later bar trades through their liquidation price, when
 or when they are older than `expiry_days`. This is an estimate, not ground truth: commercial heatmaps
 (Coinglass, Velo) use proprietary algorithms and so does this one, only openly.
 
-Point in time: the map at time t uses only OI rows with available_at <= t and bars with
-close_time <= t. Each hypothetical position is one row with a start time, the time it stops counting
-(first liquidating bar's close, or expiry) and an amount that shrinks with OI decreases through a
+Point in time: the map at time t uses only OI rows and bars with available_at <= t (a bar is known
+when it is published, not when it closes), deduplicated as features.py does: of the copies of one
+OI stamp or bar the earliest published wins, so a later re-publication never replaces what a trader
+saw. Each hypothetical position is one row with a start time, the time it stops counting (the
+available_at of the first liquidating bar, or expiry) and an amount that shrinks with OI decreases through a
 cumulative factor, so a map at any instant (a snapshot grid, or a trade's exact decision time) is a
 sum over the positions alive then; no row-by-row walk.
 """
@@ -68,7 +70,8 @@ class LiqMapConfig:
     price_interval: str = "1h"
     # snapshot cadence of the stored table, minutes (snapshot times are multiples of it since epoch)
     snapshot_every_minutes: int = 240
-    # the price used (at an OI row, snapshot or decision) must come from a bar closed at most this long ago
+    # the price used (at an OI row, snapshot or decision) must come from a bar published (available_at)
+    # at most this long ago
     max_price_age_minutes: float = 120.0
     # a snapshot or trade feature needs an OI row available at most this long ago, else no map / NULL
     max_oi_age_minutes: float = 180.0
@@ -126,7 +129,7 @@ class _Series:
     oi_avail: np.ndarray
     oi: np.ndarray
     log_scale: np.ndarray  # cumulative log of the pro-rata survival factor after each OI row
-    bar_close: np.ndarray
+    bar_avail: np.ndarray  # available_at of each bar: when it is known
     high: np.ndarray
     low: np.ndarray
     close: np.ndarray
@@ -135,7 +138,7 @@ class _Series:
 @dataclass(frozen=True)
 class _Positions:
     start: np.ndarray     # ms: available_at of the OI row that opened it
-    end: np.ndarray       # ms: close of the bar that liquidated it, or start + expiry (exclusive)
+    end: np.ndarray       # ms: available_at of the bar that liquidated it, or start + expiry (exclusive)
     is_long: np.ndarray
     liq_price: np.ndarray
     amount: np.ndarray    # base units at opening
@@ -151,20 +154,48 @@ def _from_ms(col: str) -> pl.Expr:
     return pl.col(col).cast(pl.Int64).cast(TS)
 
 
+def _latest_known(frame: pl.DataFrame, stamp: str) -> pl.DataFrame:
+    """Drop rows published no earlier than some later-stamped row of the same symbol.
+
+    "The value known at t" is the row with the latest stamp among rows with available_at <= t
+    (features.py), so such a row is never the newest at any time. The rows left have strictly
+    increasing available_at in stamp order: a search on available_at finds the value known at t.
+    """
+    later_min = pl.col("avail").cum_min(reverse=True).shift(-1).over("symbol")
+    return (frame.sort("symbol", stamp)
+            .filter(later_min.is_null() | (pl.col("avail") < later_min)))
+
+
 def _prepare_oi(oi: pl.DataFrame) -> pl.DataFrame:
+    """One row per (symbol, event_time), by the open-interest rule of features.py.
+
+    OI <= 0 (or missing) is a hole in the data, never a real zero: dropped first. Of the copies of
+    one stamp the earliest published wins, then the largest value (then the largest period_minutes),
+    so a later re-publication never replaces what a trader saw. Without event_time, available_at is
+    the stamp.
+    """
     need = {"symbol", "available_at", "open_interest"}
     if missing := need - set(oi.columns):
         raise ValueError(f"open interest frame lacks columns {sorted(missing)}; got {oi.columns}")
-    order = ["available_at", "event_time"] if "event_time" in oi.columns else ["available_at"]
-    return (oi.select("symbol", *order, "open_interest")
-            # OI <= 0 (or missing) is a hole in the data, never a real zero: dropped.
-            .filter(pl.col("open_interest").is_not_null() & (pl.col("open_interest") > 0))
-            .sort("symbol", *order)
-            .unique(["symbol", "available_at"], keep="last", maintain_order=True)
-            .select("symbol", _ms("available_at").alias("avail"), pl.col("open_interest").cast(pl.Float64)))
+    stamp = _ms("event_time") if "event_time" in oi.columns else _ms("available_at")
+    period = pl.col("period_minutes") if "period_minutes" in oi.columns else pl.lit(0)
+    rows = (oi.select("symbol", stamp.alias("stamp"), _ms("available_at").alias("avail"),
+                      pl.col("open_interest").cast(pl.Float64), period.alias("period"))
+            .filter(pl.col("open_interest").is_not_null() & (pl.col("open_interest") > 0)
+                    & pl.col("stamp").is_not_null() & pl.col("avail").is_not_null())
+            .sort(["symbol", "stamp", "avail", "open_interest", "period"],
+                  descending=[False, False, False, True, True], nulls_last=True)
+            .unique(["symbol", "stamp"], keep="first", maintain_order=True))
+    return _latest_known(rows, "stamp").select("symbol", "avail", "open_interest")
 
 
 def _prepare_bars(klines: pl.DataFrame, config: LiqMapConfig) -> pl.DataFrame:
+    """One row per bar (symbol, event_time) of `price_interval`, by the kline rule of features.py.
+
+    A bar is known at its available_at (close_time if the frame has no available_at). Of the copies
+    of one bar the earliest published wins, then the larger close, high, low, open, close_time,
+    volume; a bar published no earlier than a later bar is dropped (`_latest_known`).
+    """
     need = {"symbol", "event_time", "high", "low", "close"}
     if missing := need - set(klines.columns):
         raise ValueError(f"klines frame lacks columns {sorted(missing)}; got {klines.columns}")
@@ -173,9 +204,14 @@ def _prepare_bars(klines: pl.DataFrame, config: LiqMapConfig) -> pl.DataFrame:
         bars = bars.filter(pl.col("interval") == config.price_interval)
     step = interval_ms(config.price_interval)
     close_ms = _ms("close_time") if "close_time" in bars.columns else _ms("event_time") + step
-    return (bars.select("symbol", close_ms.alias("close_ms"), "high", "low", "close")
-            .sort("symbol", "close_ms")
-            .unique(["symbol", "close_ms"], keep="last", maintain_order=True))
+    avail = _ms("available_at") if "available_at" in bars.columns else close_ms
+    ties = [c for c in ("close", "high", "low", "open", "close_time", "volume") if c in bars.columns]
+    rows = (bars.select("symbol", _ms("event_time").alias("ev"), avail.alias("avail"), *ties)
+            .filter(pl.col("ev").is_not_null() & pl.col("avail").is_not_null())
+            .sort(["symbol", "ev", "avail", *ties], descending=[False, False, False] + [True] * len(ties),
+                  nulls_last=True)
+            .unique(["symbol", "ev"], keep="first", maintain_order=True))
+    return _latest_known(rows, "ev").select("symbol", "avail", "high", "low", "close")
 
 
 def _series(oi: pl.DataFrame, bars: pl.DataFrame) -> _Series:
@@ -185,7 +221,7 @@ def _series(oi: pl.DataFrame, bars: pl.DataFrame) -> _Series:
     frac_closed = np.where(oi_v < prev, (prev - oi_v) / prev, 0.0)
     return _Series(
         oi_avail=oi["avail"].to_numpy(), oi=oi_v, log_scale=np.cumsum(np.log1p(-frac_closed)),
-        bar_close=bars["close_ms"].to_numpy(), high=bars["high"].to_numpy(), low=bars["low"].to_numpy(),
+        bar_avail=bars["avail"].to_numpy(), high=bars["high"].to_numpy(), low=bars["low"].to_numpy(),
         close=bars["close"].to_numpy())
 
 
@@ -214,9 +250,9 @@ def _first_cross(values: np.ndarray, first: np.ndarray, threshold: np.ndarray) -
 def _positions(s: _Series, config: LiqMapConfig) -> _Positions:
     n_oi = s.oi.size
     d_oi = np.diff(s.oi, prepend=s.oi[:1]) if n_oi else s.oi
-    entry_bar = np.searchsorted(s.bar_close, s.oi_avail, side="right") - 1
+    entry_bar = np.searchsorted(s.bar_avail, s.oi_avail, side="right") - 1
     has_bar = entry_bar >= 0
-    bar_age = s.oi_avail - s.bar_close[np.maximum(entry_bar, 0)] if s.bar_close.size else np.zeros(n_oi)
+    bar_age = s.oi_avail - s.bar_avail[np.maximum(entry_bar, 0)] if s.bar_avail.size else np.zeros(n_oi)
     # The first row has no previous OI to differ from: positions opened before the series are unknown.
     usable = has_bar & (d_oi > 0) & (bar_age <= config.max_price_age_minutes * _MINUTE_MS)
     rows = np.nonzero(usable)[0]
@@ -240,8 +276,8 @@ def _positions(s: _Series, config: LiqMapConfig) -> _Positions:
     cross = np.empty(row.size, dtype=np.int64)
     cross[is_long] = _first_cross(s.low, first[is_long], liq[is_long])
     cross[~is_long] = _first_cross(-s.high, first[~is_long], -liq[~is_long])
-    n_bars = s.bar_close.size
-    liq_time = np.where(cross < n_bars, s.bar_close[np.minimum(cross, n_bars - 1)], _NEVER)
+    n_bars = s.bar_avail.size
+    liq_time = np.where(cross < n_bars, s.bar_avail[np.minimum(cross, n_bars - 1)], _NEVER)
     start = s.oi_avail[row]
     end = np.minimum(liq_time, start + int(config.expiry_days * _DAY_MS))
     return _Positions(start=start, end=end, is_long=is_long, liq_price=liq, amount=amount,
@@ -265,9 +301,10 @@ def estimate_liquidation_map(oi: pl.DataFrame, klines: pl.DataFrame,
                              config: LiqMapConfig | None = None) -> pl.DataFrame:
     """Snapshots of the estimated liquidation map (rows of `LIQUIDATION_MAP`), one row per non-empty bin.
 
-    `oi`: symbol, available_at, open_interest (base units), optionally event_time (rows of the
-    `open_interest` table). `klines`: symbol, event_time (open time), high, low, close, optionally
-    close_time and interval (rows of the `klines` table; only `config.price_interval` is used).
+    `oi`: symbol, available_at, open_interest (base units), optionally event_time and period_minutes
+    (rows of the `open_interest` table). `klines`: symbol, event_time (open time), high, low, close,
+    optionally available_at, close_time and interval (rows of the `klines` table; only
+    `config.price_interval` is used; a bar is known at available_at, else at close_time).
     Snapshot times are the multiples of `snapshot_every_minutes` since the epoch; a snapshot is
     emitted only when its newest OI row and price bar are within the staleness limits.
     """
@@ -292,10 +329,10 @@ def _snapshots(symbol: str, s: _Series, p: _Positions, config: LiqMapConfig) -> 
         return pl.DataFrame(schema=LIQUIDATION_MAP.polars_schema)
 
     oi_idx = np.searchsorted(s.oi_avail, grid, side="right") - 1
-    bar_idx = np.searchsorted(s.bar_close, grid, side="right") - 1
+    bar_idx = np.searchsorted(s.bar_avail, grid, side="right") - 1
     fresh = ((oi_idx >= 0) & (bar_idx >= 0)
              & (grid - s.oi_avail[np.maximum(oi_idx, 0)] <= max_oi_age)
-             & (grid - s.bar_close[np.maximum(bar_idx, 0)] <= config.max_price_age_minutes * _MINUTE_MS))
+             & (grid - s.bar_avail[np.maximum(bar_idx, 0)] <= config.max_price_age_minutes * _MINUTE_MS))
     log_scale_k = s.log_scale[np.maximum(oi_idx, 0)]
     oi_k = s.oi[np.maximum(oi_idx, 0)]
 
@@ -421,13 +458,13 @@ def _trade_maps(ts: pl.DataFrame, s: _Series, p: _Positions, config: LiqMapConfi
     d = ts["d_ms"].to_numpy()
     rows = ts["row"].to_numpy()
     oi_idx = np.searchsorted(s.oi_avail, d, side="right") - 1
-    bar_idx = np.searchsorted(s.bar_close, d, side="right") - 1
+    bar_idx = np.searchsorted(s.bar_avail, d, side="right") - 1
     has_oi, has_bar = oi_idx >= 0, bar_idx >= 0
     oi_i, bar_i = np.maximum(oi_idx, 0), np.maximum(bar_idx, 0)
     map_ms = np.where(has_oi, s.oi_avail[oi_i], 0)
-    bar_close = s.bar_close[bar_i] if s.bar_close.size else np.zeros(d.size, dtype=np.int64)
+    bar_avail = s.bar_avail[bar_i] if s.bar_avail.size else np.zeros(d.size, dtype=np.int64)
     fresh = (has_oi & has_bar & (d - map_ms <= config.max_oi_age_minutes * _MINUTE_MS)
-             & (d - bar_close <= config.max_price_age_minutes * _MINUTE_MS))
+             & (d - bar_avail <= config.max_price_age_minutes * _MINUTE_MS))
     price = s.close[bar_i] if s.close.size else np.full(d.size, np.nan)
     head = pl.DataFrame({
         "row": rows, "price": np.where(has_bar, price, np.nan),

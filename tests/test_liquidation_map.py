@@ -35,14 +35,16 @@ def oi_frame(rows: list[tuple[datetime, float]], symbol: str = "BTCUSDT") -> pl.
     }).with_columns(pl.col("event_time", "available_at").cast(TS))
 
 
-def bars_frame(rows: list[tuple[datetime, float, float, float]], symbol: str = "BTCUSDT") -> pl.DataFrame:
-    """rows: (open time, high, low, close) of 1h bars."""
+def bars_frame(rows: list[tuple[datetime, float, float, float]], symbol: str = "BTCUSDT",
+               published: list[datetime] | None = None) -> pl.DataFrame:
+    """rows: (open time, high, low, close) of 1h bars; published: available_at (default close_time)."""
     return pl.DataFrame({
         "symbol": symbol, "interval": "1h",
         "event_time": [t for t, *_ in rows], "close_time": [t + H for t, *_ in rows],
+        "available_at": published if published is not None else [t + H for t, *_ in rows],
         "open": [c for *_, c in rows], "high": [h for _, h, _, _ in rows],
         "low": [lo for _, _, lo, _ in rows], "close": [c for *_, c in rows],
-    }).with_columns(pl.col("event_time", "close_time").cast(TS))
+    }).with_columns(pl.col("event_time", "close_time", "available_at").cast(TS))
 
 
 def flat_bars(n: int, price: float = 50_000.0, spread: float = 500.0) -> list[tuple[datetime, float, float, float]]:
@@ -248,11 +250,34 @@ def random_market(seed: int, hours: int = 24 * 40) -> tuple[pl.DataFrame, pl.Dat
     open_ = np.concatenate([[30_000.0], close[:-1]])
     high = np.maximum(open_, close) * (1 + np.abs(rng.normal(0, 0.004, hours)))
     low = np.minimum(open_, close) * (1 - np.abs(rng.normal(0, 0.004, hours)))
-    bars = bars_frame([(T0 + i * H, high[i], low[i], close[i]) for i in range(hours)])
     oi_values = 50_000 * np.exp(np.cumsum(rng.normal(0, 0.01, hours)))
     oi_values[rng.choice(hours, 5, replace=False)] = 0.0  # missing-data rows, as in the archive
+    # each bar is published 0-39 minutes after it closes: it is known at available_at, not close_time
+    lag = rng.integers(0, 40, hours)
+    bars = bars_frame([(T0 + i * H, high[i], low[i], close[i]) for i in range(hours)],
+                      published=[T0 + (i + 1) * H + timedelta(minutes=int(lag[i])) for i in range(hours)])
     oi = oi_frame([(T0 + (i + 1) * H, float(v)) for i, v in enumerate(oi_values)])
     return oi, bars
+
+
+def republished(oi: pl.DataFrame, bars: pl.DataFrame, known_by: datetime, published: datetime,
+                seed: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """oi and bars plus revised copies of rows known by `known_by`, published at `published`: the
+    latest bars and OI rows and a few older ones, with different prices and OI values."""
+    rng = np.random.default_rng(seed)
+    past_bars = bars.filter(pl.col("available_at") <= known_by)
+    past_oi = oi.filter(pl.col("available_at") <= known_by)
+    bar_rows = np.unique(np.concatenate([np.arange(past_bars.height - 3, past_bars.height),
+                                         rng.integers(0, past_bars.height, 3)]))
+    oi_rows = np.unique(np.concatenate([np.arange(past_oi.height - 3, past_oi.height),
+                                        rng.integers(0, past_oi.height, 3)]))
+    bar_copies = past_bars[bar_rows].with_columns(
+        pl.col("high") * 1.3, pl.col("low") * 0.7, pl.col("close") * 0.9, pl.col("open") * 1.1,
+        pl.lit(published).cast(TS).alias("available_at"))
+    oi_copies = past_oi[oi_rows].with_columns(
+        pl.when(pl.col("open_interest") > 0).then(pl.col("open_interest") * 1.5).otherwise(40_000.0),
+        pl.lit(published).cast(TS).alias("available_at"))
+    return pl.concat([oi, oi_copies]), pl.concat([bars, bar_copies])
 
 
 CFG_PIT = LiqMapConfig(expiry_days=10, snapshot_every_minutes=120, cluster_min_share_of_oi=0.0005)
@@ -260,12 +285,16 @@ CFG_PIT = LiqMapConfig(expiry_days=10, snapshot_every_minutes=120, cluster_min_s
 
 @settings(max_examples=8, deadline=None)
 @example(seed=6, cut_hours=107, minutes=0)  # once caught a parallel sum's varying order
+@example(seed=1, cut_hours=300, minutes=10)  # a bar closed before the cut, published after it
 @given(seed=st.integers(0, 10_000), cut_hours=st.integers(48, 24 * 39), minutes=st.integers(0, 59))
 def test_appending_future_data_never_changes_a_past_map_or_feature(seed: int, cut_hours: int, minutes: int) -> None:
+    """Everything published after `cut` (new bars and OI rows, and revised copies of rows known by
+    then) leaves every map and feature as of `cut` or earlier exactly unchanged."""
     oi, bars = random_market(seed)
     cut = T0 + cut_hours * H + timedelta(minutes=minutes)
+    oi, bars = republished(oi, bars, cut, cut + timedelta(minutes=1 + seed % 300), seed)
     oi_past = oi.filter(pl.col("available_at") <= cut)
-    bars_past = bars.filter(pl.col("close_time") <= cut)
+    bars_past = bars.filter(pl.col("available_at") <= cut)
 
     full = estimate_liquidation_map(oi, bars, CFG_PIT).filter(pl.col("snapshot_time") <= cut)
     past = estimate_liquidation_map(oi_past, bars_past, CFG_PIT).filter(pl.col("snapshot_time") <= cut)
@@ -280,6 +309,71 @@ def test_appending_future_data_never_changes_a_past_map_or_feature(seed: int, cu
     f_past = liq_features_for_trades(trades, oi_past, bars_past, atr, CFG_PIT)
     assert f_full["liq_cluster_price"].null_count() < f_full.height
     assert_frame_equal(f_full, f_past, check_exact=True)
+
+
+def test_a_republished_copy_never_replaces_what_was_already_known() -> None:
+    # revisions published after the whole series: not even the maps after their publication change
+    oi, bars = random_market(11)
+    end = T0 + 24 * 40 * H
+    oi2, bars2 = republished(oi, bars, end, end + 3 * H, 11)
+    assert oi2.height > oi.height and bars2.height > bars.height
+    assert_frame_equal(estimate_liquidation_map(oi, bars, CFG_PIT),
+                       estimate_liquidation_map(oi2, bars2, CFG_PIT), check_exact=True)
+    times = [T0 + i * 7 * H + timedelta(minutes=i % 60) for i in range(20, 24 * 40 // 7 + 1)]
+    trades = trades_frame([(f"t{i}", "BEARISH" if i % 2 else "BULLISH", t) for i, t in enumerate(times)])
+    atr = atr_frame(trades["trade_id"].to_list(), 300.0)
+    assert_frame_equal(liq_features_for_trades(trades, oi, bars, atr, CFG_PIT),
+                       liq_features_for_trades(trades, oi2, bars2, atr, CFG_PIT), check_exact=True)
+
+
+def test_a_bar_counts_from_its_available_at_and_duplicates_keep_the_earliest_copy() -> None:
+    oi = oi_frame([(T0 + i * H, 1_000.0 if i == 0 else 1_100.0) for i in range(6)])
+    bars = flat_bars(6)
+    # the bar closing at 03:00 is published at 03:30 and liquidates the longs (low 45,000)
+    bars[2] = (T0 + 2 * H, 50_100.0, 45_000.0, 49_000.0)
+    published = [T0 + (i + 1) * H for i in range(6)]
+    published[2] = T0 + 3 * H + timedelta(minutes=30)
+    kl = bars_frame(bars, published=published)
+    # two copies of the 04:00 bar published together: the larger close wins (the features.py rule) ...
+    tie = kl.filter(pl.col("event_time") == T0 + 3 * H).with_columns(pl.col("close") + 10.0)
+    # ... and an older stamp published after a newer one is known is never the price known at a time
+    late = kl.filter(pl.col("event_time") == T0).with_columns(
+        pl.col("close") * 0.5, pl.lit(T0 + 5 * H + timedelta(minutes=10)).cast(TS).alias("available_at"))
+    kl = pl.concat([kl, tie, late])
+    trades = trades_frame([("before", "BEARISH", T0 + 3 * H + timedelta(minutes=29)),
+                           ("after", "BEARISH", T0 + 3 * H + timedelta(minutes=30)),
+                           ("tie", "BULLISH", T0 + 4 * H), ("late", "BULLISH", T0 + 5 * H + timedelta(minutes=20))])
+    f = liq_features_for_trades(trades, oi, kl, atr_frame(["before", "after", "tie", "late"], 100.0), ONE_TIER)
+    rows = {r["trade_id"]: r for r in f.iter_rows(named=True)}
+    # at 03:29 the price is the 02:00 bar's close (50,000) and the longs are still there
+    assert rows["before"]["liq_cluster_price"] == pytest.approx(LONG_LIQ)
+    assert rows["before"]["distance_to_liq_cluster"] == pytest.approx((50_000 - LONG_LIQ) / 100.0)
+    assert rows["after"]["liq_cluster_price"] is None  # liquidated once the bar was published
+    assert rows["tie"]["distance_to_liq_cluster"] == pytest.approx((SHORT_LIQ - 50_010.0) / 100.0)
+    assert rows["late"]["distance_to_liq_cluster"] == pytest.approx((SHORT_LIQ - 50_000.0) / 100.0)
+    m = estimate_liquidation_map(oi, kl, ONE_TIER)
+    assert snapshot(m, T0 + 4 * H)["reference_price"][0] == 50_010.0
+
+
+def test_open_interest_duplicates_keep_the_earliest_copy_then_the_largest_value() -> None:
+    rows = [(T0 + i * H, 1_000.0 if i == 0 else 1_100.0) for i in range(6)]
+    oi = oi_frame(rows)
+    # the 01:00 row (+100) republished at 02:30 as +300, and a same-time copy valued 1,040 (+40)
+    revised = oi_frame([(T0 + H, 1_300.0)]).with_columns(
+        pl.lit(T0 + 2 * H + timedelta(minutes=30)).cast(TS).alias("available_at"))
+    same_time = oi_frame([(T0 + H, 1_040.0)])
+    # an older stamp published after newer ones are known: never the OI known at a time
+    late_old = oi_frame([(T0 + H, 5_000.0)]).with_columns(
+        pl.lit(T0 - H).cast(TS).alias("event_time"), pl.lit(T0 + 3 * H).cast(TS).alias("available_at"))
+    zero = oi_frame([(T0 + 4 * H, 0.0)]).with_columns(pl.lit(T0 + 4 * H + timedelta(minutes=1)).cast(TS)
+                                                      .alias("event_time"),
+                                                      pl.lit(T0 + 4 * H + timedelta(minutes=2)).cast(TS)
+                                                      .alias("available_at"))
+    m = estimate_liquidation_map(pl.concat([revised, oi, same_time, late_old, zero]),
+                                 bars_frame(flat_bars(6)), ONE_TIER)
+    expected = estimate_liquidation_map(oi, bars_frame(flat_bars(6)), ONE_TIER)
+    assert_frame_equal(m, expected, check_exact=True)
+    assert snapshot(m, T0 + 5 * H)["long_liq_notional"].sum() == pytest.approx(50.0)
 
 
 def test_feature_at_a_snapshot_time_agrees_with_the_snapshot_table() -> None:
