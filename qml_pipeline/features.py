@@ -22,7 +22,7 @@ import duckdb
 import polars as pl
 
 from qml_pipeline.schemas import TRADE_CONTEXT_FEATURES
-from qml_pipeline.timeutil import INTERVAL_MS
+from qml_pipeline.timeutil import interval_values_sql
 
 HOUR_MS = 3_600_000
 # ASOF key of open interest rows: (eff_av - _KEY_BASE_MS) * _KEY_SCALE - position, a BIGINT.
@@ -68,10 +68,6 @@ TRADE_KLINES_CTE = """kl AS (
                                ORDER BY available_at, close DESC, high DESC, low DESC, open DESC,
                                         close_time DESC, volume DESC) = 1
 )"""
-
-
-def _interval_values() -> str:
-    return ", ".join(f"('{k}', {v})" for k, v in INTERVAL_MS.items())
 
 
 def _oi_keyed_sql(fast: bool) -> str:
@@ -132,7 +128,7 @@ def feature_sql(config: FeatureConfig = FeatureConfig(), oi_fast: bool = False) 
     oi_stale = f"greatest({c.oi_stale_periods} * o.period_minutes, {c.oi_stale_min_minutes})"
     return f"""
 WITH
-iv(interval, interval_ms) AS (VALUES {_interval_values()}),
+iv(interval, interval_ms) AS (VALUES {interval_values_sql()}),
 t AS (
     SELECT trade_id, symbol, timeframe, direction, decision_time, epoch_ms(decision_time) AS t_ms
     FROM trades

@@ -10,8 +10,13 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 INTERVAL_MS = {
     "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
     "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "6h": 21_600_000, "8h": 28_800_000,
-    "12h": 43_200_000, "1d": 86_400_000,
+    "12h": 43_200_000, "1d": 86_400_000, "3d": 259_200_000, "1w": 604_800_000,
 }
+
+
+def interval_values_sql() -> str:
+    """The intervals as a SQL VALUES list of (interval, interval_ms) rows."""
+    return ", ".join(f"('{k}', {v})" for k, v in INTERVAL_MS.items())
 
 
 def interval_ms(interval: str) -> int:

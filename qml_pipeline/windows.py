@@ -20,13 +20,13 @@ import duckdb
 import numpy as np
 
 from qml_pipeline.features import TRADE_KLINES_CTE
-from qml_pipeline.timeutil import INTERVAL_MS
+from qml_pipeline.timeutil import interval_values_sql
 
 FEATURES = ("open", "high", "low", "close", "volume")
 
 
 def _sql(bars: int, stale_bars: float) -> str:
-    intervals = ", ".join(f"('{k}', {v})" for k, v in INTERVAL_MS.items())
+    intervals = interval_values_sql()
     return f"""
 WITH
 iv(interval, interval_ms) AS (VALUES {intervals}),

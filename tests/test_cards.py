@@ -1,5 +1,6 @@
 from datetime import UTC, datetime, timedelta
 
+import duckdb
 import polars as pl
 import pytest
 
@@ -10,7 +11,9 @@ from qml_pipeline.cards import (
     pattern_cards,
     pattern_cards_markdown,
 )
-from qml_pipeline.overlay import apply_overlay
+from qml_pipeline.features import FeatureConfig, build_trade_context_features
+from qml_pipeline.liquidation_map import LiqMapConfig
+from qml_pipeline.overlay import apply_overlay, funding_8h_expr
 from qml_pipeline.schemas import TS
 
 AS_OF = datetime(2026, 1, 15, 14, 0, tzinfo=UTC)
@@ -30,6 +33,14 @@ def oi_frame(symbol: str, values: list[float], last: datetime = AS_OF - timedelt
     times = [last - H * (len(values) - 1 - i) for i in range(len(values))]
     return pl.DataFrame({"symbol": symbol, "event_time": times, "period_minutes": 5, "open_interest": values,
                          "available_at": [t + timedelta(minutes=5) for t in times]},
+                        schema={"symbol": pl.Utf8, "event_time": TS, "period_minutes": pl.Int32,
+                                "open_interest": pl.Float64, "available_at": TS})
+
+
+def oi_rows(rows: list[tuple[datetime, datetime, float]], symbol: str = "BTCUSDT", period: int = 5) -> pl.DataFrame:
+    """Explicit OI rows: (event_time, available_at, open_interest)."""
+    return pl.DataFrame({"symbol": symbol, "event_time": [r[0] for r in rows], "period_minutes": period,
+                         "open_interest": [r[2] for r in rows], "available_at": [r[1] for r in rows]},
                         schema={"symbol": pl.Utf8, "event_time": TS, "period_minutes": pl.Int32,
                                 "open_interest": pl.Float64, "available_at": TS})
 
@@ -117,6 +128,23 @@ def test_stale_funding_is_labelled_stale_with_its_age():
                     as_of=AS_OF)["funding_status"] == "stale"
 
 
+def test_funding_8h_equivalent_is_the_overlays_rule():
+    f = funding_frame([("BTCUSDT", AS_OF - H, 0.00003, 1), ("ETHUSDT", AS_OF - H, 0.0001, 4),
+                       ("SOLUSDT", AS_OF - H, 0.0003, 8)])
+    f = pl.concat([f, pl.DataFrame({"symbol": ["XRPUSDT"], "event_time": [AS_OF - H], "funding_rate": [0.0003],
+                                    "funding_interval_hours": [None], "available_at": [AS_OF - H]},
+                                   schema=f.schema)])
+    cards = context_cards(f, oi_frame("BTCUSDT", []), None, klines_frame("BTCUSDT", 1.0), as_of=AS_OF)
+    expected = f.select("symbol", funding_8h_expr().alias("want"))
+    got = cards.join(expected, on="symbol")
+    assert got.height == 4
+    assert got["funding_rate_8h"].to_list() == pytest.approx(got["want"].to_list())
+    xrp = cards.filter(pl.col("symbol") == "XRPUSDT").row(0, named=True)
+    # no interval: taken as 8-hourly, shown as such, stale after 8h + grace
+    assert (xrp["funding_interval_hours"], xrp["funding_value"], xrp["funding_status"]) == \
+        (8, "+0.030% / 8h", "High")
+
+
 def test_missing_sources_say_missing():
     card = one_card(as_of=AS_OF)
     assert (card["funding_status"], card["oi_status"], card["liq_status"]) == ("missing", "missing", "missing")
@@ -155,6 +183,86 @@ def test_oi_stale_and_no_24h_history():
     assert short["oi_status"] == "missing" and short["oi_change_24h"] is None
 
 
+def test_oi_24h_base_is_the_value_known_24h_before_as_of():
+    # the row stamped 24h before the newest one was published late (an hour after as_of - 24h):
+    # at as_of - 24h the value known was the previous stamp's
+    rows = [(AS_OF - 26 * H, AS_OF - 26 * H + timedelta(minutes=5), 100.0),
+            (AS_OF - 25 * H, AS_OF - 25 * H + timedelta(minutes=5), 100.0),
+            (AS_OF - 24 * H - timedelta(minutes=5), AS_OF - 23 * H, 50.0),
+            (AS_OF - timedelta(minutes=5), AS_OF, 103.0)]
+    card = one_card(oi=oi_rows(rows), as_of=AS_OF)
+    assert card["oi_24h_event_time"] == AS_OF - 25 * H
+    assert card["oi_change_24h"] == pytest.approx(3.0)
+    assert card["oi_status"] == "Rising"
+    # the base moves with as_of, not with the newest stamp: an hour later the late row is the base
+    later = one_card(oi=oi_rows(rows), as_of=AS_OF + H)
+    assert later["oi_24h_event_time"] == AS_OF - 24 * H - timedelta(minutes=5)
+    assert later["oi_change_24h"] == pytest.approx(106.0)
+
+
+def test_oi_24h_base_staleness_is_the_feature_configs():
+    # 5-minute rows: the base may be max(3 * 5, 120) = 120 min old (features' limit), measured from its stamp
+    def card_with_gap(minutes: float, **kw) -> dict:
+        base = AS_OF - 24 * H - timedelta(minutes=minutes)
+        rows = [(base, base, 100.0), (AS_OF - timedelta(minutes=5), AS_OF - timedelta(minutes=5), 110.0)]
+        return one_card(oi=oi_rows(rows), as_of=AS_OF, **kw)
+
+    assert card_with_gap(100)["oi_change_24h"] == pytest.approx(10.0)   # beyond the old 60-min tolerance
+    assert card_with_gap(120)["oi_change_24h"] == pytest.approx(10.0)
+    too_old = card_with_gap(121)
+    assert too_old["oi_change_24h"] is None and too_old["oi_status"] == "missing"
+    assert too_old["oi_24h_event_time"] == AS_OF - 24 * H - timedelta(minutes=121)  # the stamp stays visible
+    cfg = CardConfig(features=FeatureConfig(oi_stale_min_minutes=180.0))
+    assert card_with_gap(150, config=cfg)["oi_change_24h"] == pytest.approx(10.0)
+    # a 60-minute period row may be 3 periods old
+    base = AS_OF - 24 * H - timedelta(minutes=170)
+    rows = [(base, base, 100.0), (AS_OF - timedelta(minutes=5), AS_OF - timedelta(minutes=5), 110.0)]
+    assert one_card(oi=oi_rows(rows, period=60), as_of=AS_OF)["oi_change_24h"] == pytest.approx(10.0)
+
+
+def test_oi_duplicate_stamp_keeps_earliest_published_copy():
+    t0, t1 = AS_OF - 24 * H - timedelta(minutes=5), AS_OF - timedelta(minutes=30)
+    rows = [(t0, t0, 100.0), (t1, t1 + timedelta(minutes=20), 200.0), (t1, t1 + timedelta(minutes=5), 103.0)]
+    card = one_card(oi=oi_rows(rows), as_of=AS_OF)
+    assert card["oi"] == 103.0 and card["oi_change_24h"] == pytest.approx(3.0)
+    assert card["oi_age_minutes"] == 25
+
+
+def test_oi_card_agrees_with_the_trade_feature():
+    # messy history: uneven publication delays, a stamp published before an older one, duplicates,
+    # zero rows and gaps; the card and features.py must report the same 24h change at every instant
+    rows = []
+    start = AS_OF - 30 * H
+    for i in range(0, 30 * 12):
+        ev = start + timedelta(minutes=5 * i)
+        if 150 <= i < 175 or 280 <= i < 300:
+            continue  # gaps of ~2h and ~1.7h
+        delay = timedelta(minutes=[1, 7, 40, 3][i % 4])
+        value = 0.0 if i % 37 == 0 else 1000.0 + (i * 7919) % 113
+        rows.append((ev, ev + delay, value))
+        if i % 11 == 0:
+            rows.append((ev, ev + delay + timedelta(minutes=30), value + 50.0))
+    oi = oi_rows(rows)
+    instants = [AS_OF - timedelta(minutes=m) for m in range(0, 6 * 60, 17)]
+    trades = pl.DataFrame({"trade_id": [f"t{i}" for i in range(len(instants))], "symbol": "BTCUSDT",
+                           "timeframe": "1h", "direction": "BULLISH", "decision_time": instants},
+                          schema_overrides={"decision_time": TS})
+    con = duckdb.connect()
+    con.register("open_interest", oi)
+    con.register("funding_rates", funding_frame([("BTCUSDT", AS_OF - 40 * H, 0.0001, 8)]))
+    con.register("klines", klines_frame("BTCUSDT", 100.0, AS_OF - 40 * H))
+    con.register("trades", trades)
+    feats = build_trade_context_features(con).sort("decision_time")
+    cards = pl.concat([context_cards(funding_frame([]), oi, None, klines_frame("BTCUSDT", 1.0), as_of=t)
+                       for t in instants]).sort("as_of")
+    assert cards["oi_24h_event_time"].to_list() == feats["oi_24h_event_time"].to_list()
+    assert cards["oi_event_time"].to_list() == feats["oi_event_time"].to_list()
+    fresh = feats["oi"].is_not_null()  # features NULL a stale current value; the card labels it instead
+    assert fresh.sum() > 10 and feats.filter(fresh)["oi_change_24h"].null_count() > 0
+    assert cards.filter(fresh)["oi_change_24h"].to_list() == pytest.approx(
+        feats.filter(fresh)["oi_change_24h"].to_list(), nan_ok=True)
+
+
 # ---------------------------------------------------------------- liquidations
 
 def test_nearest_cluster_of_either_side_near_and_far():
@@ -187,6 +295,25 @@ def test_liq_cluster_the_price_has_passed_is_ignored_and_stale_snapshot():
     assert old["liq_status"] == "stale"
     none = one_card(liq=liq_frame("BTCUSDT", AS_OF - H, [(99_000.0, 1.0, 0.0)]), as_of=AS_OF)
     assert none["liq_status"] == "none"
+
+
+def test_liq_cluster_rule_is_the_liquidation_maps():
+    liq = liq_frame("BTCUSDT", AS_OF - H, [(99_000.0, 6.0, 0.0), (97_000.0, 30.0, 0.0),
+                                           (101_500.0, 0.0, 8.0), (104_000.0, 0.0, 2.0)])
+    assert one_card(liq=liq, as_of=AS_OF)["liq_cluster_price"] == pytest.approx(99_000.0)  # 0.6% of OI
+    # the map's share threshold, not a card-only one
+    share = one_card(liq=liq, as_of=AS_OF, config=CardConfig(liq_map=LiqMapConfig(cluster_min_share_of_oi=0.007)))
+    assert (share["liq_cluster_side"], share["liq_cluster_price"]) == ("short", pytest.approx(101_500.0))
+    # the map's quantile, over the non-empty bins of each side of the snapshot separately:
+    # longs [6, 30] -> 0.5 quantile 18 (only 30 qualifies); shorts [8, 2] -> 5 (8 qualifies)
+    q = CardConfig(liq_map=LiqMapConfig(cluster_min_share_of_oi=None, cluster_quantile=0.5))
+    card = one_card(liq=liq, as_of=AS_OF, config=q)
+    assert (card["liq_cluster_side"], card["liq_cluster_price"]) == ("short", pytest.approx(101_500.0))
+    longs = one_card(liq=liq.filter(pl.col("short_liq_notional") == 0), as_of=AS_OF, config=q)
+    assert longs["liq_cluster_price"] == pytest.approx(97_000.0)
+    both = CardConfig(liq_map=LiqMapConfig(cluster_min_share_of_oi=0.01, cluster_quantile=0.5))
+    assert one_card(liq=liq.filter(pl.col("long_liq_notional") == 0), as_of=AS_OF,
+                    config=both)["liq_status"] == "none"  # 8 passes the quantile but not 1% of OI
 
 
 def test_as_of_defaults_to_latest_available_and_symbols_are_unioned():

@@ -365,10 +365,7 @@ def test_open_interest_duplicates_keep_the_earliest_copy_then_the_largest_value(
     # an older stamp published after newer ones are known: never the OI known at a time
     late_old = oi_frame([(T0 + H, 5_000.0)]).with_columns(
         pl.lit(T0 - H).cast(TS).alias("event_time"), pl.lit(T0 + 3 * H).cast(TS).alias("available_at"))
-    zero = oi_frame([(T0 + 4 * H, 0.0)]).with_columns(pl.lit(T0 + 4 * H + timedelta(minutes=1)).cast(TS)
-                                                      .alias("event_time"),
-                                                      pl.lit(T0 + 4 * H + timedelta(minutes=2)).cast(TS)
-                                                      .alias("available_at"))
+    zero = oi_frame([(T0 + 4 * H + timedelta(minutes=6), 0.0)])  # a hole, not a collapse: dropped
     m = estimate_liquidation_map(pl.concat([revised, oi, same_time, late_old, zero]),
                                  bars_frame(flat_bars(6)), ONE_TIER)
     expected = estimate_liquidation_map(oi, bars_frame(flat_bars(6)), ONE_TIER)

@@ -38,6 +38,7 @@ from typing import Any
 import polars as pl
 
 from qml_pipeline import schemas
+from qml_pipeline.timeutil import INTERVAL_MS as TIME_INTERVAL_MS
 from qml_pipeline.timeutil import utc_now
 from qml_pipeline.http_client import (
     BadResponseError,
@@ -63,11 +64,8 @@ SKIP_REASON = f"{ENV_API_KEY} is not set: Coinglass liquidation history is skipp
 DEFAULT_EXCHANGES = ("Binance", "OKX", "Bybit")
 DEFAULT_LIMIT = 1000
 
-INTERVAL_MS = {
-    "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
-    "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000, "6h": 21_600_000, "8h": 28_800_000,
-    "12h": 43_200_000, "1d": 86_400_000, "1w": 604_800_000,
-}
+# Coinglass's intervals are Binance's notation without 3d.
+INTERVAL_MS = {k: v for k, v in TIME_INTERVAL_MS.items() if k != "3d"}
 # The interval floor of each plan, for messages (Coinglass docs, liquidation endpoints, 2025).
 PLAN_FLOORS = {"Hobbyist": "4h", "Startup": "30m", "Standard": "1m", "Professional": "1m", "Enterprise": "1m"}
 # Below this a stamp is read as seconds: 1e11 ms is March 1973, 1e11 s is the year 5138.
