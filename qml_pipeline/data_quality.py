@@ -21,6 +21,7 @@ import duckdb
 import polars as pl
 
 from qml_pipeline import schemas
+from qml_pipeline.markdown import cell, markdown_table
 from qml_pipeline.schemas import DATA_QUALITY
 from qml_pipeline.timeutil import utc_now
 from qml_pipeline.warehouse import frame
@@ -107,18 +108,6 @@ def data_quality_report(con: duckdb.DuckDBPyConnection, now: datetime | None = N
     return schemas.conform(DATA_QUALITY, df)
 
 
-def _fmt(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M")
-    if isinstance(value, float):
-        return f"{value:.4f}" if value < 1 else f"{value:,.1f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value).replace("|", "\\|")
-
-
 def _duration(minutes: float | None) -> str:
     if minutes is None:
         return ""
@@ -136,18 +125,14 @@ def data_quality_markdown(df: pl.DataFrame) -> str:
     header = ["table", "symbol", "series", "sources", "rows", "first", "last", "step", "missing",
               "complete", "duplicates", "zero OI/price", "zero value/volume", "gaps", "longest gap",
               "longest gap starts", "fresh (age)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in df.iter_rows(named=True):
-        cells = [
-            r["table_name"], r["symbol"], r["series"], r["sources"], r["rows"], r["first_event_time"],
-            r["last_event_time"], _duration(r["expected_step_minutes"]), r["missing_rows"],
-            f"{r['completeness']:.2%}", r["duplicate_rows"], r["zero_rows"], r["zero_value_rows"],
-            r["gaps"], _duration(r["longest_gap_minutes"]), r["longest_gap_start"],
-            _duration(r["freshness_minutes"]),
-        ]
-        lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
+    shown = df.select(
+        "table_name", "symbol", "series", "sources", "rows", "first_event_time", "last_event_time",
+        pl.col("expected_step_minutes").map_elements(_duration, return_dtype=pl.Utf8),
+        "missing_rows", (pl.col("completeness") * 100).round(2).cast(pl.Utf8) + "%",
+        "duplicate_rows", "zero_rows", "zero_value_rows", "gaps",
+        pl.col("longest_gap_minutes").map_elements(_duration, return_dtype=pl.Utf8),
+        "longest_gap_start", pl.col("freshness_minutes").map_elements(_duration, return_dtype=pl.Utf8))
     threshold = _duration(df["gap_threshold_minutes"][0])
-    lines.append("")
-    lines.append(f"gaps: times without rows of at least {threshold}; missing: absent stamps on each "
-                 f"series' expected grid; freshness measured at {_fmt(df['as_of'][0])} UTC.")
-    return "\n".join(lines)
+    return (markdown_table(shown, max_rows=1000, header=header)
+            + f"\n\ngaps: times without rows of at least {threshold}; missing: absent stamps on each "
+              f"series' expected grid; freshness measured at {cell(df['as_of'][0])} UTC.")

@@ -207,8 +207,7 @@ LIQUIDATION_MAP = Table(
     columns=(
         Column("symbol", pl.Utf8, "VARCHAR", "", "exchange symbol"),
         Column("snapshot_time", TS, "TIMESTAMPTZ", "UTC",
-               "as-of time: uses OI rows with available_at <= snapshot_time and bars with "
-               "close_time <= snapshot_time"),
+               "as-of time: uses OI rows and bars with available_at <= snapshot_time"),
         Column("price_bin_low", pl.Float64, "DOUBLE", "USDT",
                "lower edge of the liquidation-price bin (inclusive)"),
         Column("price_bin_high", pl.Float64, "DOUBLE", "USDT", "upper edge of the bin (exclusive)"),

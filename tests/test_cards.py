@@ -233,7 +233,7 @@ def test_oi_card_agrees_with_the_trade_feature():
     # zero rows and gaps; the card and features.py must report the same 24h change at every instant
     rows = []
     start = AS_OF - 30 * H
-    for i in range(0, 30 * 12):
+    for i in range(30 * 12):
         ev = start + timedelta(minutes=5 * i)
         if 150 <= i < 175 or 280 <= i < 300:
             continue  # gaps of ~2h and ~1.7h
