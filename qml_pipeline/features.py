@@ -25,12 +25,6 @@ from qml_pipeline.schemas import TRADE_CONTEXT_FEATURES
 from qml_pipeline.timeutil import interval_values_sql
 
 HOUR_MS = 3_600_000
-# ASOF key of open interest rows: (eff_av - _KEY_BASE_MS) * _KEY_SCALE - position, a BIGINT.
-# Holds for available_at in [2017-01-01, 2051) and fewer than 2**21 rows per symbol (about 20 years of
-# 5m rows): the probe key sits half a scale above its instant, so positions must stay below that half;
-# the SQL raises an error outside that range rather than mis-ordering rows.
-_KEY_BASE_MS = 1_483_228_800_000
-_KEY_SCALE = 2**22
 DAY_MS = 86_400_000
 
 
@@ -70,32 +64,13 @@ TRADE_KLINES_CTE = """kl AS (
 )"""
 
 
-def _oi_keyed_sql(fast: bool) -> str:
-    guard = (f"CASE WHEN eff - {_KEY_BASE_MS} >= 0 AND eff - {_KEY_BASE_MS} < {2**40} AND pos < {_KEY_SCALE // 2} "
-             f"THEN (eff - {_KEY_BASE_MS}) * {_KEY_SCALE} - pos "
-             f"ELSE error('open_interest: available_at outside 2017..2051 or more than {_KEY_SCALE // 2} rows for '"
-             f" || symbol) END AS k")
-    rows = ("SELECT symbol, epoch_ms(event_time) AS ev_ms, epoch_ms(available_at) AS av_ms, "
-            "open_interest AS v, period_minutes FROM open_interest WHERE open_interest > 0")
-    if fast:
-        # available_at - event_time is constant per symbol, so available_at already orders rows by
-        # stamp; only duplicate stamps could tie (checked by oi_dup_keys, which forces the general path).
-        return f"SELECT symbol, ev_ms, v, period_minutes, {guard} FROM (SELECT *, av_ms AS eff, 0 AS pos FROM ({rows}))"
-    return f"""
-    -- One sort does dedup and "latest event known at t": walking stamps from the newest, eff is the
-    -- earliest available_at of this row or any later-stamped one. The latest-stamped row known at t
-    -- is the first row in this order with eff <= t; within a stamp the preferred duplicate (earliest
-    -- available_at, then largest value) comes first. k orders rows by (eff, position) so one ASOF
-    -- JOIN on k finds it.
-    SELECT symbol, ev_ms, v, period_minutes, {guard}
-    FROM (
-        SELECT symbol, ev_ms, v, period_minutes, min(av_ms) OVER w AS eff, row_number() OVER w AS pos
-        FROM ({rows})
-        WINDOW w AS (PARTITION BY symbol ORDER BY ev_ms DESC, av_ms ASC, v DESC, period_minutes DESC
-                     ROWS UNBOUNDED PRECEDING)
-    )"""
+# One OI row as a struct whose order is the preference among known rows: latest stamp, then the
+# earliest available_at (the first publication of a stamp), then the largest value and period.
+OI_ROW = ("struct_pack(ev := epoch_ms(event_time), nav := -epoch_ms(available_at), v := open_interest, "
+          "p := period_minutes)")
 
-
+# Whether available_at - event_time is constant per symbol (reported by the benchmark; the SQL does
+# not depend on it).
 OI_LAG_CONSTANT_SQL = """
 SELECT coalesce(bool_and(lo = hi), true) FROM (
     SELECT symbol, min(epoch_ms(available_at) - epoch_ms(event_time)) AS lo,
@@ -104,12 +79,8 @@ SELECT coalesce(bool_and(lo = hi), true) FROM (
 """
 
 
-def feature_sql(config: FeatureConfig = FeatureConfig(), oi_fast: bool = False) -> str:
-    """The single SQL statement behind build_trade_context_features.
-
-    `oi_fast` skips the open-interest sort that handles out-of-order publication and duplicate
-    stamps; only valid when OI_LAG_CONSTANT_SQL holds, and the result's `_oi_dup_keys` must be 0.
-    """
+def feature_sql(config: FeatureConfig = FeatureConfig()) -> str:
+    """The single SQL statement behind build_trade_context_features."""
     c = config
     z_win = c.funding_z_window_days * DAY_MS
     pct_win = c.oi_percentile_window_days * DAY_MS
@@ -117,15 +88,6 @@ def feature_sql(config: FeatureConfig = FeatureConfig(), oi_fast: bool = False) 
     oi_short = c.oi_change_short_hours * HOUR_MS
     oi_long = c.oi_change_long_days * DAY_MS
     bars = c.atr_period + 1
-    dup_col = ",\n    (SELECT n FROM oi_dup_keys) AS _oi_dup_keys" if oi_fast else ""
-    dup_cte = """oi_dup_keys AS (
-    SELECT count(*) AS n FROM (
-        SELECT o.symbol, o.ev_ms FROM (SELECT DISTINCT symbol, ev_ms FROM o_at WHERE ev_ms IS NOT NULL) m
-        JOIN oi_keyed o ON o.symbol = m.symbol AND o.ev_ms = m.ev_ms
-        GROUP BY o.symbol, o.ev_ms HAVING count(*) > 1)
-),
-""" if oi_fast else ""
-    oi_stale = f"greatest({c.oi_stale_periods} * o.period_minutes, {c.oi_stale_min_minutes})"
     return f"""
 WITH
 iv(interval, interval_ms) AS (VALUES {interval_values_sql()}),
@@ -178,8 +140,17 @@ f_z AS (
     GROUP BY t.trade_id
 ),
 -- open interest ------------------------------------------------------------------------------
-oi_keyed AS {"NOT MATERIALIZED" if oi_fast else "MATERIALIZED"} (
-    {_oi_keyed_sql(oi_fast)}
+oi_raw AS NOT MATERIALIZED (
+    -- b: the first whole hour (in hours since epoch) at which the row is known
+    SELECT symbol, epoch_ms(available_at) AS av_ms, (epoch_ms(available_at) + {HOUR_MS - 1}) // {HOUR_MS} AS b,
+           {OI_ROW} AS r
+    FROM open_interest WHERE open_interest > 0
+),
+oi_run AS (
+    -- r: the row known at whole hour b, the best of the rows published up to then. Rows are ranked
+    -- by (latest stamp, earliest available_at, largest value, largest period): the max of OI_ROW.
+    SELECT symbol, b, max(r) OVER (PARTITION BY symbol ORDER BY b ROWS UNBOUNDED PRECEDING) AS r
+    FROM (SELECT symbol, b, max(r) AS r FROM oi_raw GROUP BY symbol, b)
 ),
 grid AS (
     -- whole hours h whose snapshot may fall in some trade's percentile window
@@ -193,11 +164,25 @@ o_probe AS (
     UNION ALL SELECT trade_id, symbol, 2, t_ms - {oi_long} FROM t
     UNION ALL SELECT NULL, symbol, 3, at_ms FROM grid
 ),
+o_part AS (
+    -- rows published after the last whole hour before a trade's instant and by that instant
+    SELECT p.trade_id, p.k, max(o.r) AS r
+    FROM (SELECT trade_id, k, symbol, at_ms, at_ms // {HOUR_MS} + 1 AS b FROM o_probe
+          WHERE k < 3 AND at_ms % {HOUR_MS} <> 0) p
+    JOIN oi_raw o ON o.symbol = p.symbol AND o.b = p.b AND o.av_ms <= p.at_ms
+    GROUP BY p.trade_id, p.k
+),
 o_at AS MATERIALIZED (
-    SELECT p.trade_id, p.symbol, p.k, p.at_ms, o.ev_ms, (p.at_ms - o.ev_ms) / 60000.0 AS age_min,
-           o.period_minutes, CASE WHEN (p.at_ms - o.ev_ms) / 60000.0 <= {oi_stale} THEN o.v END AS v
-    FROM (SELECT *, (at_ms - {_KEY_BASE_MS}) * {_KEY_SCALE} + {_KEY_SCALE // 2} AS pk FROM o_probe) p
-    ASOF LEFT JOIN oi_keyed o ON o.symbol = p.symbol AND o.k <= p.pk
+    SELECT trade_id, symbol, k, at_ms, r.ev AS ev_ms, (at_ms - r.ev) / 60000.0 AS age_min,
+           r.p AS period_minutes,
+           CASE WHEN (at_ms - r.ev) / 60000.0 <= greatest({c.oi_stale_periods} * r.p, {c.oi_stale_min_minutes})
+                THEN r.v END AS v
+    FROM (
+        SELECT p.trade_id, p.symbol, p.k, p.at_ms, greatest(h.r, q.r) AS r
+        FROM (SELECT *, at_ms // {HOUR_MS} AS b FROM o_probe) p
+        ASOF LEFT JOIN oi_run h ON h.symbol = p.symbol AND h.b <= p.b
+        LEFT JOIN o_part q ON q.trade_id = p.trade_id AND q.k = p.k
+    )
 ),
 o_wide AS (
     SELECT trade_id,
@@ -223,7 +208,7 @@ o_pct AS (
     WHERE g.at_ms > q.t_ms - {pct_win} AND g.at_ms <= q.t_ms
     GROUP BY q.trade_id
 ),
-{dup_cte}-- klines / ATR -------------------------------------------------------------------------------
+-- klines / ATR -------------------------------------------------------------------------------
 {TRADE_KLINES_CTE},
 kl_tr AS (
     SELECT kl.*, iv.interval_ms,
@@ -283,7 +268,7 @@ SELECT
     ka.atr / ka.last_close * 100 AS atr_pct,
     ka.last_close,
     make_timestamptz(ka.ct_ms * 1000) AS atr_bar_close_time,
-    ka.age_min AS atr_age_minutes{dup_col}
+    ka.age_min AS atr_age_minutes
 FROM t
 LEFT JOIN f_wide fw ON fw.trade_id = t.trade_id
 LEFT JOIN f_z fz ON fz.trade_id = t.trade_id
@@ -301,13 +286,7 @@ def build_trade_context_features(con: duckdb.DuckDBPyConnection,
     `con` must expose views (or tables) funding_rates, open_interest, klines and trades.
     """
     try:
-        df = None
-        if con.sql(OI_LAG_CONSTANT_SQL).fetchall()[0][0]:
-            df = con.sql(feature_sql(config, oi_fast=True)).pl()
-            if df.height and df["_oi_dup_keys"][0]:
-                df = None  # duplicate stamps among the rows used: take the general path
-        if df is None:
-            df = con.sql(feature_sql(config)).pl()
+        df = con.sql(feature_sql(config)).pl()
     except duckdb.CatalogException as exc:
         raise ValueError(f"build_trade_context_features needs views funding_rates, open_interest, klines "
                          f"and trades in the connection (Warehouse.connect() or con.register): {exc}") from exc
