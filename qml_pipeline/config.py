@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from qml_pipeline.schemas import DEFAULT_FUNDING_RATE_CAP
@@ -44,7 +44,6 @@ class Settings:
     override_gates: bool = False
     model_epochs: int = 30
     model_seed: int = 0
-    extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -66,8 +65,6 @@ class Settings:
         env = dict(os.environ if env is None else env)
         kwargs: dict[str, object] = {}
         for name, f in cls.__dataclass_fields__.items():
-            if name == "extra":
-                continue
             raw = env.get(f"QML_{name.upper()}")
             if raw is None or raw == "":
                 continue

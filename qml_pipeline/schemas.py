@@ -576,12 +576,6 @@ TABLES: dict[str, Table] = {t.name: t for t in (FUNDING_RATES, OPEN_INTEREST, KL
                                                   MODEL_EVALUATION, MODEL_BACKTEST, MODEL_PREDICTIONS)}
 
 
-def register(table: Table) -> Table:
-    """Add a derived table's contract (features, trades, ...) so the catalogue and docs know it."""
-    TABLES[table.name] = table
-    return table
-
-
 def conform(table: Table, df: pl.DataFrame) -> pl.DataFrame:
     """Select and cast `df` to the table's columns and order; missing nullable columns become NULL.
 

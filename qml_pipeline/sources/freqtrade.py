@@ -24,7 +24,6 @@ from qml_pipeline.timeutil import interval_ms
 SOURCE = "freqtrade"
 _FILE = re.compile(r"^(?P<pair>[A-Z0-9]+_[A-Z0-9]+_[A-Z0-9]+)-(?P<tf>\d+[mhdw])-(?P<kind>futures|funding_rate|mark)"
                    r"\.(?P<ext>feather|parquet)$")
-QUOTES = ("USDT", "USDC", "BUSD")
 
 
 @dataclass(frozen=True)
