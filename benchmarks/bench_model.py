@@ -11,38 +11,16 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
-from datetime import UTC, datetime, timedelta
-
-import numpy as np
-import polars as pl
-
-from qml_pipeline.evaluation import evaluate_models
-from qml_pipeline.model import ModelConfig, torch, train_model
-
-TS = pl.Datetime("ms", "UTC")
+from pathlib import Path
 
 
-def synthetic(n: int, seed: int = 0) -> tuple[np.ndarray, pl.DataFrame, pl.DataFrame]:
-    rng = np.random.default_rng(seed)
-    t0 = datetime(2020, 1, 1, tzinfo=UTC)
-    step = max(1, int(5 * 365 * 24 * 60 / n))  # spread over ~5 years
-    times = [t0 + timedelta(minutes=step * i) for i in range(n)]
-    z = rng.normal(size=n)
-    d = rng.choice([-1, 1], size=n)
-    win = -d * z + rng.normal(size=n) > 0.2
-    context = pl.DataFrame({
-        "trade_id": [f"t{i}" for i in range(n)], "decision_time": times,
-        "funding_rate": z * 1e-4, "funding_rate_z30d": z, "funding_rate_change_8h": rng.normal(size=n) * 1e-5,
-        "oi_change_24h": rng.normal(size=n) * 0.03, "oi_change_7d": rng.normal(size=n) * 0.1,
-        "oi_percentile_30d": rng.uniform(0, 100, n), "distance_to_liq_cluster": [None] * n,
-        "base_confidence": rng.uniform(0.4, 0.8, n), "direction": np.where(d > 0, "BULLISH", "BEARISH"),
-    }).with_columns(pl.col("decision_time").cast(TS), pl.col("distance_to_liq_cluster").cast(pl.Float64))
-    labels = pl.DataFrame({
-        "trade_id": context["trade_id"], "outcome": np.where(win, "WIN", "LOSS"),
-        "r_multiple": np.where(win, 2.0, -1.0), "exit_time": [t + timedelta(hours=12) for t in times],
-    }).with_columns(pl.col("exit_time").cast(TS))
-    return rng.normal(size=(n, 50, 5)).astype(np.float32), context, labels
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from qml_pipeline.evaluation import evaluate_models  # noqa: E402
+from qml_pipeline.model import ModelConfig, torch, train_model  # noqa: E402
+from tests.synthetic import model_set  # noqa: E402
+
 
 
 def main() -> None:
@@ -60,7 +38,7 @@ def main() -> None:
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, load average {os.getloadavg()}")
     for i, n in enumerate(args.sizes):
         epochs = args.epochs[min(i, len(args.epochs) - 1)]
-        windows, context, labels = synthetic(n)
+        windows, context, labels = model_set(n)
         cfg = ModelConfig(epochs=epochs, batch_size=args.batch_size, num_threads=args.threads, device="cpu",
                           sequence=args.sequence,
                           patience=10 ** 6)  # run every epoch: the benchmark times them, not early stopping

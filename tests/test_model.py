@@ -30,35 +30,11 @@ from qml_pipeline.model import (
     data_fingerprint,
     train_model,
 )
+from qml_pipeline.schemas import TS
+from tests.synthetic import model_set as synthetic
 
 T0 = datetime(2021, 1, 1, tzinfo=UTC)
-TS = pl.Datetime("ms", "UTC")
 FAST = ModelConfig(epochs=15, lr=3e-3, batch_size=64, patience=5, seed=0)
-
-
-def synthetic(n: int = 600, signal: bool = True, seed: int = 0, hold_hours: float = 12.0
-              ) -> tuple[np.ndarray, pl.DataFrame, pl.DataFrame]:
-    """Trades every 6h. With signal, a trade wins when the crowd leans against it (the seed's
-    "fuel": bearish with positive funding z, bullish with negative), plus noise; otherwise labels
-    are coin flips. Windows are noise."""
-    rng = np.random.default_rng(seed)
-    times = [T0 + timedelta(hours=6 * i) for i in range(n)]
-    z = rng.normal(size=n)
-    d = rng.choice([-1, 1], size=n)
-    win = (-d * z + 0.5 * rng.normal(size=n) > 0) if signal else rng.random(n) < 0.45
-    context = pl.DataFrame({
-        "trade_id": [f"t{i}" for i in range(n)], "decision_time": times,
-        "funding_rate": z * 1e-4, "funding_rate_z30d": z, "funding_rate_change_8h": rng.normal(size=n) * 1e-5,
-        "oi_change_24h": rng.normal(size=n) * 0.03, "oi_change_7d": rng.normal(size=n) * 0.1,
-        "oi_percentile_30d": rng.uniform(0, 100, n), "distance_to_liq_cluster": [None] * n,
-        "base_confidence": rng.uniform(0.4, 0.8, n), "direction": np.where(d > 0, "BULLISH", "BEARISH"),
-    }).with_columns(pl.col("decision_time").cast(TS), pl.col("distance_to_liq_cluster").cast(pl.Float64))
-    labels = pl.DataFrame({
-        "trade_id": context["trade_id"], "outcome": np.where(win, "WIN", "LOSS"),
-        "r_multiple": np.where(win, 2.0, -1.0), "exit_time": [t + timedelta(hours=hold_hours) for t in times],
-    }).with_columns(pl.col("exit_time").cast(TS))
-    windows = rng.normal(size=(n, 50, 5)).astype(np.float32)
-    return windows, context, labels
 
 
 # --- network and training -----------------------------------------------------------------------
