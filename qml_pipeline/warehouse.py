@@ -132,6 +132,15 @@ class Warehouse:
             _atomic_write_parquet(df.sort(list(table.key)) if table.key else df, path)
         return WriteStats(table.name, df.height, old_rows, 1)
 
+    def replace_group(self, table: Table, df: pl.DataFrame, column: str, value: str) -> WriteStats:
+        """Make the rows of an unpartitioned table whose `column` equals `value` exactly `df`, keeping
+        the others (a gate's parts, a model version's results). Atomic like replace_table."""
+        bad = df.filter(pl.col(column) != value)
+        if bad.height:
+            raise ValueError(f"{table.name}: {bad.height} row(s) have {column} != {value!r}")
+        kept = self.read(table).filter(pl.col(column) != value)
+        return self.replace_table(table, pl.concat([kept, schemas.conform(table, df)]))
+
     def _stamp(self, table: Table, df: pl.DataFrame) -> pl.DataFrame:
         return schemas.conform(table, df)
 

@@ -174,3 +174,19 @@ def test_analyst_reads_while_the_pipeline_writes(tmp_path: Path) -> None:
     assert reader.returncode == 0, r_err.decode()[-2000:]
     assert int(w_out) > 5 and int(r_out) > 5
     assert wh.read(schemas.FUNDING_RATES)["event_time"].n_unique() == wh.read(schemas.FUNDING_RATES).height
+
+
+def test_replace_group_keeps_other_groups(tmp_path: Path) -> None:
+    from qml_pipeline.research import gate_rows
+    from qml_pipeline.overlay import GatePart, make_gate
+
+    wh = Warehouse(tmp_path)
+    for gate, ok in (("phase9", False), ("phase10", True)):
+        rows = gate_rows(gate, make_gate(gate, [GatePart("p", ok, 1.0, 2.0, "m")]))
+        wh.replace_group(schemas.RESEARCH_GATES, rows, "gate", gate)
+    again = gate_rows("phase9", make_gate("phase9", [GatePart("p", True, 3.0, 2.0, "m2")]))
+    wh.replace_group(schemas.RESEARCH_GATES, again, "gate", "phase9")
+    stored = wh.read(schemas.RESEARCH_GATES).sort("gate")
+    assert stored["gate"].to_list() == ["phase10", "phase9"] and stored["passed"].to_list() == [True, True]
+    with pytest.raises(ValueError, match="gate != 'phase10'"):
+        wh.replace_group(schemas.RESEARCH_GATES, again, "gate", "phase10")

@@ -26,11 +26,6 @@ from qml_pipeline.windows import load_windows
 GROUP = "research"
 
 
-def _store_gate(wh, gate: str, rows: pl.DataFrame) -> None:
-    existing = wh.read(schemas.RESEARCH_GATES)
-    wh.replace_table(schemas.RESEARCH_GATES, pl.concat([existing.filter(pl.col("gate") != gate), rows]))
-
-
 def _gate_check(name: str, gate) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name=name, passed=gate.passed, severity=dg.AssetCheckSeverity.ERROR, description=gate.message,
@@ -57,7 +52,7 @@ def context_error_analysis(warehouse: WarehouseResource) -> dg.MaterializeResult
     wh = warehouse.get()
     result = run_phase9(wh.read(schemas.TRADES), wh.read(schemas.TRADE_CONTEXT_FEATURES), wh.root / "review")
     wh.replace_table(schemas.CONTEXT_ERROR_ANALYSIS, result.stats)
-    _store_gate(wh, "phase9", gate_rows("phase9", result.gate))
+    wh.replace_group(schemas.RESEARCH_GATES, gate_rows("phase9", result.gate), "gate", "phase9")
     wh.refresh_catalog()
     shown = result.stats.select("feature", "n_win", "n_loss", "median_win", "median_loss", "cliffs_delta",
                                 "mw_p", "ks_p", "p_adj", "significant")
@@ -86,7 +81,7 @@ def context_overlay(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     wh.replace_table(schemas.CONTEXT_OVERLAY, result.overlay)
     wh.replace_table(schemas.OVERLAY_BACKTEST, result.metrics)
     wh.replace_table(schemas.OVERLAY_DIFFERENCES, result.differences)
-    _store_gate(wh, "phase10", gate_rows("phase10", result.gate))
+    wh.replace_group(schemas.RESEARCH_GATES, gate_rows("phase10", result.gate), "gate", "phase10")
     wh.refresh_catalog()
     overall = result.metrics.filter(pl.col("scope") == "overall").select(
         "period", "variant", "trades", "win_rate", "expectancy_r", "profit_factor", "sharpe", "max_drawdown_r")
@@ -123,13 +118,9 @@ def context_model(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
                           wh.read(schemas.CONTEXT_OVERLAY), trade_ids, windows)
     result = run_phase11(inputs, wh.root / "models",
                          ModelConfig(epochs=research.model_epochs, seed=research.model_seed))
-    evaluation = wh.read(schemas.MODEL_EVALUATION)
-    wh.replace_table(schemas.MODEL_EVALUATION, pl.concat(
-        [evaluation.filter(pl.col("model_version") != result.version), result.evaluation]))
+    wh.replace_group(schemas.MODEL_EVALUATION, result.evaluation, "model_version", result.version)
     wh.replace_table(schemas.MODEL_PREDICTIONS, result.predictions)
-    backtest = wh.read(schemas.MODEL_BACKTEST)
-    wh.replace_table(schemas.MODEL_BACKTEST, pl.concat(
-        [backtest.filter(pl.col("period") != result.version), result.backtest]))
+    wh.replace_group(schemas.MODEL_BACKTEST, result.backtest, "period", result.version)
     wh.refresh_catalog()
     for note in result.notes:
         context.log.info(note)
