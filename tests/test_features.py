@@ -33,9 +33,13 @@ TS_COLS = {"event_time", "available_at", "close_time", "decision_time"}
 
 # ------------------------------------------------------------------ data
 
+TEXT_COLS = {"symbol", "interval", "timeframe", "direction", "trade_id"}
+
+
 def _frame(rows: list[dict], cols: list[str]) -> pl.DataFrame:
     data = {c: [r[c] for r in rows] for c in cols}
-    df = pl.DataFrame(data, schema_overrides={c: pl.Int64 for c in cols if c in TS_COLS}, strict=False)
+    types = {c: pl.Int64 if c in TS_COLS else pl.Utf8 if c in TEXT_COLS else pl.Float64 for c in cols}
+    df = pl.DataFrame(data, schema_overrides=types, strict=False)
     return df.with_columns(pl.col(c).cast(TS) for c in cols if c in TS_COLS)
 
 
