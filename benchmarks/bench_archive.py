@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pytest_httpserver import HTTPServer
 
-from qml_pipeline.http_client import HttpClient
+from qml_pipeline.sources.http_client import HttpClient
 from qml_pipeline.sources.binance_archive import (
     KLINES_COLUMNS,
     METRICS_COLUMNS,

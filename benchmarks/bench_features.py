@@ -28,7 +28,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from typing import Self
 
-from qml_pipeline.features import (
+from qml_pipeline.features.point_in_time import (
     OI_LAG_CONSTANT_SQL,
     FeatureConfig,
     build_trade_context_features,

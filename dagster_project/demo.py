@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from dagster_project.defs.raw_market_data import RAW_ASSETS, RAW_CHECKS
     from dagster_project.partitions import range_tags
     from dagster_project.resources import SETTINGS, ResearchResource, default_resources
-    from qml_pipeline.warehouse import Warehouse
+    from qml_pipeline.store.warehouse import Warehouse
 
     if SETTINGS.source != "sample":
         print(f"QML_SOURCE={SETTINGS.source}: the demo runs on the bundled sample only; unset QML_SOURCE.")
@@ -97,7 +97,7 @@ def _print_summary(wh, checks, symbols) -> None:
     import polars as pl
 
     from dagster_project.resources import SETTINGS
-    from qml_pipeline import schemas
+    from qml_pipeline.store import schemas
     from qml_pipeline.sources.sample import SampleSource
 
     wh.refresh_catalog()

@@ -5,7 +5,7 @@ import dagster as dg
 import polars as pl
 
 from qml_pipeline.markdown import markdown_table as render_markdown_table
-from qml_pipeline.schemas import Table
+from qml_pipeline.store.schemas import Table
 
 
 def column_schema(table: Table) -> dg.TableSchema:

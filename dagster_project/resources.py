@@ -7,12 +7,12 @@ from collections.abc import Callable
 
 import dagster as dg
 
-from qml_pipeline.baseline import TradeSourceConfig
+from qml_pipeline.trades.build import TradeSourceConfig
 from qml_pipeline.config import Settings
-from qml_pipeline.ingest import MarketSource
+from qml_pipeline.sources.ingest import MarketSource
 from qml_pipeline.sources.coinglass import CoinglassClient, coinglass_from_env
 from qml_pipeline.sources.sample import SampleSource
-from qml_pipeline.warehouse import Warehouse
+from qml_pipeline.store.warehouse import Warehouse
 
 SETTINGS = Settings.from_env()
 

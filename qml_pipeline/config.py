@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from qml_pipeline.schemas import DEFAULT_FUNDING_RATE_CAP
+from qml_pipeline.store.schemas import DEFAULT_FUNDING_RATE_CAP
 from qml_pipeline.timeutil import interval_ms
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

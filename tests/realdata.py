@@ -6,8 +6,8 @@ from pathlib import Path
 
 import polars as pl
 
-from qml_pipeline.candles import resample_klines
-from qml_pipeline.schemas import TS
+from qml_pipeline.sources.candles import resample_klines
+from qml_pipeline.store.schemas import TS
 
 FREQTRADE_DIR = Path("/work/shared/data/freqtrade/binance/futures")
 

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import polars as pl
 
-from qml_pipeline.schemas import TS
+from qml_pipeline.store.schemas import TS
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 MODEL_T0 = datetime(2021, 1, 1, tzinfo=timezone.utc)

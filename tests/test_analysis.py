@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 from scipy.stats import false_discovery_control
 
-from qml_pipeline.analysis import (
+from qml_pipeline.research.phase9 import (
     AnalysisConfig,
     benjamini_hochberg,
     context_issue_share,
@@ -17,7 +17,7 @@ from qml_pipeline.analysis import (
     review_export,
     winners_vs_losers,
 )
-from qml_pipeline.overlay import OverlayConfig, join_context
+from qml_pipeline.research.overlay import OverlayConfig, join_context
 from tests.test_overlay import make_features, make_trades
 
 

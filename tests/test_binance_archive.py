@@ -9,9 +9,9 @@ from datetime import date, datetime, timedelta, timezone
 import polars as pl
 import pytest
 
-from qml_pipeline import schemas
-from qml_pipeline.http_client import HttpClient
-from qml_pipeline.ingest import ingest
+from qml_pipeline.store import schemas
+from qml_pipeline.sources.http_client import HttpClient
+from qml_pipeline.sources.ingest import ingest
 from qml_pipeline.sources.binance import BinanceSource
 from qml_pipeline.sources.binance_archive import (
     BinanceArchive,
@@ -21,7 +21,7 @@ from qml_pipeline.sources.binance_archive import (
     read_archive_csv,
 )
 from qml_pipeline.sources.binance_rest import BinanceRest
-from qml_pipeline.warehouse import Warehouse
+from qml_pipeline.store.warehouse import Warehouse
 from tests.fake_archive import METRICS_HEADER, day_range
 
 UTC = timezone.utc

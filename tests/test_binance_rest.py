@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 import polars as pl
 import pytest
 
-from qml_pipeline.funding import FundingTimeError
+from qml_pipeline.sources.funding import FundingTimeError
 
-from qml_pipeline import schemas
-from qml_pipeline.http_client import BinanceApiError, HttpClient
+from qml_pipeline.store import schemas
+from qml_pipeline.sources.http_client import BinanceApiError, HttpClient
 from qml_pipeline.sources.binance_rest import (
     FUTURES_DATA_PATH_LIMIT,
     BinanceRest,

@@ -4,17 +4,17 @@ import duckdb
 import polars as pl
 import pytest
 
-from qml_pipeline.cards import (
+from qml_pipeline.view.cards import (
     CardConfig,
     context_cards,
     context_cards_markdown,
     pattern_cards,
     pattern_cards_markdown,
 )
-from qml_pipeline.features import FeatureConfig, build_trade_context_features
-from qml_pipeline.liquidation_map import LiqMapConfig
-from qml_pipeline.overlay import apply_overlay, funding_8h_expr
-from qml_pipeline.schemas import TS
+from qml_pipeline.features.point_in_time import FeatureConfig, build_trade_context_features
+from qml_pipeline.features.liquidation_map import LiqMapConfig
+from qml_pipeline.research.overlay import apply_overlay, funding_8h_expr
+from qml_pipeline.store.schemas import TS
 
 AS_OF = datetime(2026, 1, 15, 14, 0, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -392,7 +392,7 @@ def test_pattern_cards_selection_limit_and_clamp():
     assert pattern_cards(trades, overlay, trade_ids=["c", "a"])["trade_id"].to_list() == ["c", "a"]
     with pytest.raises(ValueError, match="zzz"):
         pattern_cards(trades, overlay, trade_ids=["zzz"])
-    from qml_pipeline.overlay import OverlayConfig
+    from qml_pipeline.research.overlay import OverlayConfig
     cfg = OverlayConfig(funding_fuel_mult=1.5, oi_rising_mult=1.5)
     card = pattern_cards(trades, apply_overlay(trades, _features(), cfg), trade_ids=["a"]).row(0, named=True)
     assert card["clamped"] and card["multiplier"] == 1.5

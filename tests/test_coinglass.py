@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
-from qml_pipeline import schemas
-from qml_pipeline.http_client import HttpClient
+from qml_pipeline.store import schemas
+from qml_pipeline.sources.http_client import HttpClient
 from qml_pipeline.sources.coinglass import (
     LIQUIDATIONS,
     SKIP_REASON,

@@ -6,11 +6,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from qml_pipeline import schemas
-from qml_pipeline.context import build_context
-from qml_pipeline.ingest import fetch, ingest
+from qml_pipeline.store import schemas
+from qml_pipeline.features.context import build_context
+from qml_pipeline.sources.ingest import fetch, ingest
 from qml_pipeline.sources.sample import SampleSource
-from qml_pipeline.warehouse import Warehouse
+from qml_pipeline.store.warehouse import Warehouse
 
 UTC = timezone.utc
 SAMPLE = Path(__file__).parent.parent / "sample_data"

@@ -16,9 +16,9 @@ import qml_pipeline.sources.binance as binance_source
 from dagster_project.defs.raw_market_data import RAW_ASSETS, RAW_CHECKS
 from dagster_project.partitions import range_tags
 from dagster_project.resources import SETTINGS, MarketDataResource, WarehouseResource
-from qml_pipeline import schemas
+from qml_pipeline.store import schemas
 from qml_pipeline.timeutil import interval_ms
-from qml_pipeline.warehouse import Warehouse
+from qml_pipeline.store.warehouse import Warehouse
 from tests.fake_archive import day_range
 from tests.fake_binance import FUNDING_INFO_PATH, FUNDING_PATH, KLINES_PATH, OI_PATH
 

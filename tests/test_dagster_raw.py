@@ -13,9 +13,9 @@ from dagster_project.defs.raw_market_data import RAW_ASSETS, RAW_CHECKS
 from dagster_project.defs.schedules import daily_refresh, refresh_requests
 from dagster_project.partitions import range_tags
 from dagster_project.resources import MarketDataResource, WarehouseResource
-from qml_pipeline import schemas
+from qml_pipeline.store import schemas
 from qml_pipeline.sources.sample import SampleSource
-from qml_pipeline.warehouse import Warehouse
+from qml_pipeline.store.warehouse import Warehouse
 
 ROOT = Path(__file__).parent.parent
 UTC = timezone.utc

@@ -11,8 +11,8 @@ from dagster_project.defs.raw_market_data import RAW_ASSETS
 from dagster_project.partitions import range_tags
 from dagster_project.resources import (CoinglassResource, MarketDataResource, ResearchResource, TradeSourceResource,
                                        WarehouseResource)
-from qml_pipeline import schemas
-from qml_pipeline.warehouse import Warehouse
+from qml_pipeline.store import schemas
+from qml_pipeline.store.warehouse import Warehouse
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 

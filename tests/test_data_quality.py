@@ -9,8 +9,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from qml_pipeline import schemas
-from qml_pipeline.data_quality import DATA_QUALITY, data_quality_markdown, data_quality_report
+from qml_pipeline.store import schemas
+from qml_pipeline.store.quality import DATA_QUALITY, data_quality_markdown, data_quality_report
 from qml_pipeline.sources.sample import read_hourly_oi_csv
 
 UTC = timezone.utc

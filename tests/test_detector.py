@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests import realdata
-from qml_pipeline.candles import resample_klines
-from qml_pipeline.detector import DetectorConfig, detect_patterns
+from qml_pipeline.sources.candles import resample_klines
+from qml_pipeline.trades.detector import DetectorConfig, detect_patterns
 from tests.synthetic import T0, bars_from_closes, path
 
 # LS at bar 10 (close 110), L at bar 16 (104), H at bar 28 (116), then down one unit per bar:

@@ -1,4 +1,4 @@
-"""Point-in-time proofs for qml_pipeline.features: a slow pure-Python reference, future-row and
+"""Point-in-time proofs for qml_pipeline.features.point_in_time: a slow pure-Python reference, future-row and
 row-order invariance (hypothesis), the seed's worked example, staleness."""
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qml_pipeline.features import (
+from qml_pipeline.features.point_in_time import (
     FeatureConfig,
     build_trade_context_features,
     feature_null_counts,
 )
-from qml_pipeline.schemas import TS
+from qml_pipeline.store.schemas import TS
 from qml_pipeline.timeutil import INTERVAL_MS, UTC, to_ms
-from qml_pipeline.windows import build_ohlcv_windows, load_windows, save_windows
+from qml_pipeline.features.windows import build_ohlcv_windows, load_windows, save_windows
 
 H, M, D = 3_600_000, 60_000, 86_400_000
 T0 = to_ms(datetime(2024, 1, 1, tzinfo=UTC))
@@ -384,9 +384,9 @@ def test_windows_end_at_last_closed_bar_and_exclude_incomplete(tmp_path) -> None
 
 
 def test_view_joins_trades_with_features(tmp_path) -> None:
-    from qml_pipeline.schemas import TRADE_CONTEXT_FEATURES
-    from qml_pipeline.schemas import TRADES as trades_table
-    from qml_pipeline.warehouse import Warehouse
+    from qml_pipeline.store.schemas import TRADE_CONTEXT_FEATURES
+    from qml_pipeline.store.schemas import TRADES as trades_table
+    from qml_pipeline.store.warehouse import Warehouse
 
     data = seed_example()
     feats = build_trade_context_features(connect(data), FeatureConfig())
@@ -419,7 +419,7 @@ def test_windows_ignore_rows_published_after_decision() -> None:
 @PROPS
 @given(seed=st.integers(0, 2**32 - 1), keep_duplicates=st.booleans())
 def test_constant_lag_fast_path_matches_reference(seed: int, keep_duplicates: bool) -> None:
-    from qml_pipeline.features import OI_LAG_CONSTANT_SQL
+    from qml_pipeline.features.point_in_time import OI_LAG_CONSTANT_SQL
 
     data = random_data(seed)
     oi, seen = [], set()

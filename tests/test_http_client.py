@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from qml_pipeline.http_client import (
+from qml_pipeline.sources.http_client import (
     BadResponseError,
     BinanceApiError,
     GeoBlockedError,

@@ -7,14 +7,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from qml_pipeline.liquidation_map import (
+from qml_pipeline.features.liquidation_map import (
     FEATURE_SCHEMA,
     LIQUIDATION_MAP,
     LiqMapConfig,
     estimate_liquidation_map,
     liq_features_for_trades,
 )
-from qml_pipeline.schemas import TS
+from qml_pipeline.store.schemas import TS
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 H = timedelta(hours=1)

@@ -4,8 +4,8 @@ from datetime import datetime, timezone
 import polars as pl
 import pytest
 
-from qml_pipeline.metrics import equity_curve, summarize
-from qml_pipeline.schemas import TS
+from qml_pipeline.trades.metrics import equity_curve, summarize
+from qml_pipeline.store.schemas import TS
 
 
 def d(y, m, day):

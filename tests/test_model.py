@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qml_pipeline.evaluation import (
+from qml_pipeline.research.evaluation import (
     auc,
     brier,
     calibration_table,
@@ -21,7 +21,7 @@ from qml_pipeline.evaluation import (
     paired_bootstrap,
     walk_forward_splits,
 )
-from qml_pipeline.model import (
+from qml_pipeline.research.model import (
     ContextNormaliser,
     FusionNet,
     ModelConfig,
@@ -30,7 +30,7 @@ from qml_pipeline.model import (
     data_fingerprint,
     train_model,
 )
-from qml_pipeline.schemas import TS
+from qml_pipeline.store.schemas import TS
 from tests.synthetic import model_set as synthetic
 
 T0 = datetime(2021, 1, 1, tzinfo=UTC)
@@ -40,7 +40,7 @@ FAST = ModelConfig(epochs=15, lr=3e-3, batch_size=64, patience=5, seed=0)
 # --- network and training -----------------------------------------------------------------------
 
 def test_shapes_through_the_network() -> None:
-    import torch  # after qml_pipeline.model, which sets OpenMP's wait policy before torch loads
+    import torch  # after qml_pipeline.research.model, which sets OpenMP's wait policy before torch loads
 
     windows, context, labels = synthetic(60)
     norm = ContextNormaliser.for_frame(context).fit(context)

@@ -4,8 +4,8 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
-from qml_pipeline import overlay as ov
-from qml_pipeline.overlay import (
+from qml_pipeline.research import overlay as ov
+from qml_pipeline.research.overlay import (
     GateResult,
     OverlayConfig,
     OverlayGateConfig,
@@ -17,7 +17,7 @@ from qml_pipeline.overlay import (
     split_by_time,
     tune_and_judge,
 )
-from qml_pipeline.schemas import TS
+from qml_pipeline.store.schemas import TS
 
 T0 = datetime(2023, 1, 1, tzinfo=UTC)
 

@@ -11,11 +11,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from qml_pipeline.cards import context_cards, pattern_cards
-from qml_pipeline.metrics import equity_curve, summarize
-from qml_pipeline.overlay import GatePart, apply_overlay, make_gate
-from qml_pipeline.report import REPORT_FILE, write_report
-from qml_pipeline.schemas import TS
+from qml_pipeline.view.cards import context_cards, pattern_cards
+from qml_pipeline.trades.metrics import equity_curve, summarize
+from qml_pipeline.research.overlay import GatePart, apply_overlay, make_gate
+from qml_pipeline.view.report import REPORT_FILE, write_report
+from qml_pipeline.store.schemas import TS
 from tests.test_cards import AS_OF, H, funding_frame, klines_frame, liq_frame, oi_frame
 
 CHROMIUM = "/usr/bin/chromium"
@@ -65,7 +65,7 @@ def _inputs(tmp_path: Path) -> dict:
     values = trades.select("trade_id", "outcome").join(
         feats.with_columns((pl.col("funding_rate") * 8 / pl.col("funding_interval_hours")).alias("funding_rate_8h"))
         .drop("funding_rate", "funding_interval_hours"), on="trade_id")
-    from qml_pipeline.analysis import winners_vs_losers
+    from qml_pipeline.research.phase9 import winners_vs_losers
     wvl = winners_vs_losers(trades, feats, ["oi_change_24h", "distance_to_liq_cluster"])
     dq = pl.DataFrame({"table_name": ["open_interest", "klines"], "symbol": ["BTCUSDT", "BTCUSDT"],
                        "series": ["", "1h"], "sources": ["synthetic", "synthetic"], "rows": [25, 100],

@@ -6,9 +6,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from qml_pipeline.model import ModelConfig
-from qml_pipeline.overlay import GatePart, make_gate
-from qml_pipeline.research import GateClosedError, ModelInputs, gate_rows, require_gate, run_phase11
+from qml_pipeline.research.model import ModelConfig
+from qml_pipeline.research.overlay import GatePart, make_gate
+from qml_pipeline.research.phases import GateClosedError, ModelInputs, gate_rows, require_gate, run_phase11
 
 UTC = timezone.utc
 
@@ -67,7 +67,7 @@ def test_phase11_same_data_and_seed_give_the_same_metrics(tmp_path) -> None:
 
 
 def test_model_probability_backtest_takes_positive_expected_r_trades() -> None:
-    from qml_pipeline.research import probability_backtest
+    from qml_pipeline.research.phases import probability_backtest
 
     inputs = _inputs(n=8)
     # reward 2R: breakeven win probability 1/3

@@ -4,10 +4,10 @@ import polars as pl
 import pytest
 
 from tests import realdata
-from qml_pipeline.detector import detect_patterns
-from qml_pipeline.schemas import TS
-from qml_pipeline.simulate import SimulationConfig, reference_trades, simulate_trades
-from qml_pipeline.trades import TRADES
+from qml_pipeline.trades.detector import detect_patterns
+from qml_pipeline.store.schemas import TS
+from qml_pipeline.trades.simulate import SimulationConfig, reference_trades, simulate_trades
+from qml_pipeline.trades.contract import TRADES
 from tests.synthetic import T0, bars_from_closes, ohlc_bars
 from tests.test_detector import BEARISH
 

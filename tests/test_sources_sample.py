@@ -7,8 +7,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from qml_pipeline import schemas
-from qml_pipeline.funding import snap_funding_times, with_funding_intervals
+from qml_pipeline.store import schemas
+from qml_pipeline.sources.funding import snap_funding_times, with_funding_intervals
 from qml_pipeline.sources.freqtrade import FreqtradeDataDir
 from qml_pipeline.sources.sample import SampleSource
 

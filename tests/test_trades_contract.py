@@ -3,8 +3,8 @@ from datetime import datetime, timezone
 import polars as pl
 import pytest
 
-from qml_pipeline.schemas import TS
-from qml_pipeline.trades import TRADES, TradeInputError, read_trade_export
+from qml_pipeline.store.schemas import TS
+from qml_pipeline.trades.contract import TRADES, TradeInputError, read_trade_export
 
 HEADER = "trade_id,symbol,timeframe,direction,decision_time,entry_time,entry_price,stop_price,exit_time,exit_price,r_multiple,outcome"
 GOOD = [

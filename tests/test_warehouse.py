@@ -11,8 +11,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from qml_pipeline import schemas
-from qml_pipeline.warehouse import Warehouse
+from qml_pipeline.store import schemas
+from qml_pipeline.store.warehouse import Warehouse
 
 UTC = timezone.utc
 DAY = datetime(2024, 1, 31, tzinfo=UTC)
@@ -89,8 +89,8 @@ def test_killed_writer_leaves_previous_contents(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os, signal, polars as pl
         from datetime import datetime, timezone
-        from qml_pipeline import schemas
-        from qml_pipeline.warehouse import Warehouse
+        from qml_pipeline.store import schemas
+        from qml_pipeline.store.warehouse import Warehouse
         from tests.test_warehouse import funding_frame, DAY
         original = pl.DataFrame.write_parquet
         def write_then_die(self, path, **kw):
@@ -125,8 +125,8 @@ WRITER = """
 import sys, time
 from datetime import timedelta
 from tests.test_warehouse import funding_frame, DAY
-from qml_pipeline import schemas
-from qml_pipeline.warehouse import Warehouse
+from qml_pipeline.store import schemas
+from qml_pipeline.store.warehouse import Warehouse
 wh = Warehouse(sys.argv[1])
 deadline = time.monotonic() + float(sys.argv[2])
 i = 0
@@ -141,7 +141,7 @@ print(i)
 
 READER = """
 import sys, time
-from qml_pipeline.warehouse import open_read_only
+from qml_pipeline.store.warehouse import open_read_only
 deadline = time.monotonic() + float(sys.argv[2])
 n = 0
 while time.monotonic() < deadline:
@@ -177,8 +177,8 @@ def test_analyst_reads_while_the_pipeline_writes(tmp_path: Path) -> None:
 
 
 def test_replace_group_keeps_other_groups(tmp_path: Path) -> None:
-    from qml_pipeline.research import gate_rows
-    from qml_pipeline.overlay import GatePart, make_gate
+    from qml_pipeline.research.phases import gate_rows
+    from qml_pipeline.research.overlay import GatePart, make_gate
 
     wh = Warehouse(tmp_path)
     for gate, ok in (("phase9", False), ("phase10", True)):

@@ -9,12 +9,12 @@ import polars as pl
 
 from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.resources import SETTINGS, CoinglassResource, WarehouseResource
-from qml_pipeline import schemas
-from qml_pipeline.context import build_context, rebuild_liquidation_maps
-from qml_pipeline.features import feature_null_counts
+from qml_pipeline.store import schemas
+from qml_pipeline.features.context import build_context, rebuild_liquidation_maps
+from qml_pipeline.features.point_in_time import feature_null_counts
 from qml_pipeline.sources.coinglass import SKIP_REASON
 from qml_pipeline.timeutil import day_start, utc_now
-from qml_pipeline.windows import build_ohlcv_windows, save_windows
+from qml_pipeline.features.windows import build_ohlcv_windows, save_windows
 
 GROUP = "context"
 CORE_FEATURES = ("funding_rate", "funding_rate_z30d", "funding_rate_change_8h", "oi_change_24h", "oi_change_7d",

@@ -9,8 +9,8 @@ import polars as pl
 
 from dagster_project.metadata import table_metadata
 from dagster_project.resources import SETTINGS, MarketDataResource, WarehouseResource
-from qml_pipeline import schemas
-from qml_pipeline.data_quality import data_quality_markdown, data_quality_report
+from qml_pipeline.store import schemas
+from qml_pipeline.store.quality import data_quality_markdown, data_quality_report
 
 GROUP = "data_quality"
 RAW_TABLES = ("funding_rates", "open_interest", "klines")

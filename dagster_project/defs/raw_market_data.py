@@ -9,9 +9,9 @@ import polars as pl
 from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.partitions import RAW_PARTITIONS
 from dagster_project.resources import SETTINGS, MarketDataResource, WarehouseResource
-from qml_pipeline import schemas
-from qml_pipeline.ingest import fetch, ingest, partition_ranges
-from qml_pipeline.schemas import Table
+from qml_pipeline.store import schemas
+from qml_pipeline.sources.ingest import fetch, ingest, partition_ranges
+from qml_pipeline.store.schemas import Table
 
 RAW_GROUP = "raw_market_data"
 CONTRACT_CHECK = "contract"

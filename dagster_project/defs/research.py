@@ -10,8 +10,8 @@ from dagster_project.defs.context import (
 )
 from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.resources import ResearchResource, WarehouseResource
-from qml_pipeline import schemas
-from qml_pipeline.research import (
+from qml_pipeline.store import schemas
+from qml_pipeline.research.phases import (
     GateClosedError,
     gate_rows,
     list_model_versions,
@@ -21,7 +21,7 @@ from qml_pipeline.research import (
     run_phase10,
     run_phase11,
 )
-from qml_pipeline.windows import load_windows
+from qml_pipeline.features.windows import load_windows
 
 GROUP = "research"
 
@@ -109,7 +109,7 @@ def context_overlay(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     ])
 def context_model(context: dg.AssetExecutionContext, warehouse: WarehouseResource, research: ResearchResource):
     """Runs only past the phase 10 gate, or with QML_OVERRIDE_GATES=1 (recorded in the metadata)."""
-    from qml_pipeline.model import ModelConfig
+    from qml_pipeline.research.model import ModelConfig
 
     wh = warehouse.get()
     gate_status = _open_gate(context, wh, "phase10", research.override_gates)

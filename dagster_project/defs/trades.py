@@ -5,10 +5,10 @@ import polars as pl
 
 from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.resources import TradeSourceResource, WarehouseResource
-from qml_pipeline import schemas
-from qml_pipeline.baseline import baseline_metrics as compute_baseline_metrics
-from qml_pipeline.baseline import build_trades
-from qml_pipeline.trades import FILLED_OUTCOMES, TradeInputError
+from qml_pipeline.store import schemas
+from qml_pipeline.trades.build import baseline_metrics as compute_baseline_metrics
+from qml_pipeline.trades.build import build_trades
+from qml_pipeline.trades.contract import FILLED_OUTCOMES, TradeInputError
 
 GROUP = "trades"
 MIN_TRADES_FOR_PHASE9 = 200

@@ -3,8 +3,8 @@
 import dagster as dg
 
 from dagster_project.resources import SETTINGS, MarketDataResource, ResearchResource, WarehouseResource
-from qml_pipeline.cards import context_cards_markdown, pattern_cards_markdown
-from qml_pipeline.researcher_view import (ReportInputs, latest_context_cards, recent_pattern_cards, report_notes,
+from qml_pipeline.view.cards import context_cards_markdown, pattern_cards_markdown
+from qml_pipeline.view.build import (ReportInputs, latest_context_cards, recent_pattern_cards, report_notes,
                                           write_research_report)
 
 GROUP = "researcher_view"
@@ -13,7 +13,7 @@ GROUP = "researcher_view"
 @dg.asset(deps=["funding_rates", "open_interest", "klines", "liquidation_map"], group_name=GROUP, kinds={"markdown"})
 def context_cards(warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Per symbol: latest funding, 24h OI change and nearest estimated liquidation cluster, each with its
-    status word (rules in qml_pipeline/cards.py) and the data's age."""
+    status word (rules in qml_pipeline/view/cards.py) and the data's age."""
     cards = latest_context_cards(warehouse.get())
     return dg.MaterializeResult(metadata={"symbols": cards.height,
                                           "cards": dg.MetadataValue.md(context_cards_markdown(cards))})

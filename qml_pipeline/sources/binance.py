@@ -28,9 +28,9 @@ from pathlib import Path
 
 import polars as pl
 
-from qml_pipeline import schemas
+from qml_pipeline.store import schemas
 from qml_pipeline.config import PROJECT_ROOT
-from qml_pipeline.http_client import HttpClient
+from qml_pipeline.sources.http_client import HttpClient
 from qml_pipeline.sources.binance_archive import ArchiveReport, BinanceArchive
 from qml_pipeline.sources.binance_rest import FUNDING_LIMIT, KLINES_LIMIT, BinanceRest
 from qml_pipeline.timeutil import UTC, interval_ms, utc_now

@@ -41,10 +41,10 @@ from pathlib import Path
 
 import polars as pl
 
-from qml_pipeline import schemas
-from qml_pipeline.http_client import HttpClient
-from qml_pipeline.schemas import TS
-from qml_pipeline.funding import snap_funding_times
+from qml_pipeline.store import schemas
+from qml_pipeline.sources.http_client import HttpClient
+from qml_pipeline.store.schemas import TS
+from qml_pipeline.sources.funding import snap_funding_times
 from qml_pipeline.timeutil import UTC, interval_ms, month_starts, next_month, to_ms, utc_now
 
 SOURCE = "binance_archive"

@@ -1,7 +1,7 @@
 """Binance USD-M futures REST: funding settlements, open-interest history and klines.
 
 Each method fetches [start, end) with the fewest requests (pages at Binance's maximum size) and
-returns a frame conforming to its table in `qml_pipeline.schemas`.
+returns a frame conforming to its table in `qml_pipeline.store.schemas`.
 
 Funding intervals: most symbols settle every 8 h, some every 4 h, 2 h or 1 h, and Binance changes
 a symbol's interval from time to time. `funding_interval_hours` is therefore derived per row from
@@ -19,10 +19,10 @@ from typing import Any
 
 import polars as pl
 
-from qml_pipeline import schemas
-from qml_pipeline.funding import FUNDING_SNAP_TOLERANCE, snap_funding_times, with_funding_intervals
-from qml_pipeline.http_client import HttpClient
-from qml_pipeline.schemas import FUNDING_INTERVALS_HOURS, TS
+from qml_pipeline.store import schemas
+from qml_pipeline.sources.funding import FUNDING_SNAP_TOLERANCE, snap_funding_times, with_funding_intervals
+from qml_pipeline.sources.http_client import HttpClient
+from qml_pipeline.store.schemas import FUNDING_INTERVALS_HOURS, TS
 from qml_pipeline.timeutil import interval_ms, to_ms, utc_now
 
 SOURCE = "binance_rest"

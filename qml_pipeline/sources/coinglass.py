@@ -37,16 +37,16 @@ from typing import Any
 
 import polars as pl
 
-from qml_pipeline import schemas
+from qml_pipeline.store import schemas
 from qml_pipeline.timeutil import INTERVAL_MS as TIME_INTERVAL_MS
 from qml_pipeline.timeutil import utc_now
-from qml_pipeline.http_client import (
+from qml_pipeline.sources.http_client import (
     BadResponseError,
     HttpClient,
     HttpError,
     RateLimitedError,
 )
-from qml_pipeline.schemas import LIQUIDATIONS, TS
+from qml_pipeline.store.schemas import LIQUIDATIONS, TS
 from qml_pipeline.timeutil import to_ms
 
 SOURCE = "coinglass"

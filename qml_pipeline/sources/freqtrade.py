@@ -16,9 +16,9 @@ from pathlib import Path
 
 import polars as pl
 
-from qml_pipeline import schemas
-from qml_pipeline.candles import resample_klines
-from qml_pipeline.funding import snap_funding_times, with_funding_intervals
+from qml_pipeline.store import schemas
+from qml_pipeline.sources.candles import resample_klines
+from qml_pipeline.sources.funding import snap_funding_times, with_funding_intervals
 from qml_pipeline.timeutil import interval_ms
 
 SOURCE = "freqtrade"

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from qml_pipeline import schemas
+from qml_pipeline.store import schemas
 from qml_pipeline.sources.freqtrade import FreqtradeDataDir
 
 OI_SOURCE = "sample_archive_1h"

@@ -22,7 +22,7 @@ import polars as pl
 import xlsxwriter
 from scipy import stats as sps
 
-from qml_pipeline.overlay import (
+from qml_pipeline.research.overlay import (
     GatePart,
     GateResult,
     OverlayConfig,
@@ -32,7 +32,7 @@ from qml_pipeline.overlay import (
     rule_columns,
     with_overlay_inputs,
 )
-from qml_pipeline.trades import FILLED_OUTCOMES
+from qml_pipeline.trades.contract import FILLED_OUTCOMES
 
 __all__ = [
     "DEFAULT_FEATURES",

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 from numpy.lib.stride_tricks import sliding_window_view
 
-from qml_pipeline.schemas import TS
+from qml_pipeline.store.schemas import TS
 
 PATTERN_SCHEMA = pl.Schema({
     "symbol": pl.Utf8, "timeframe": pl.Utf8, "direction": pl.Utf8,

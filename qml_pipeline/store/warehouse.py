@@ -30,12 +30,13 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from qml_pipeline import schemas
-from qml_pipeline.schemas import Table
+from qml_pipeline.config import PROJECT_ROOT
+from qml_pipeline.store import schemas
+from qml_pipeline.store.schemas import Table
 from qml_pipeline.timeutil import month_starts, next_month
 
 CATALOG_NAME = "qml.duckdb"
-VIEWS_DIR = Path(__file__).resolve().parent.parent / "warehouse" / "views"
+VIEWS_DIR = PROJECT_ROOT / "warehouse" / "views"
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from datetime import datetime
 import numpy as np
 import polars as pl
 
-from qml_pipeline.detector import DetectorConfig, detect_patterns
-from qml_pipeline.trades import REFERENCE_SOURCE, TRADES, validate_trades
+from qml_pipeline.trades.detector import DetectorConfig, detect_patterns
+from qml_pipeline.trades.contract import REFERENCE_SOURCE, TRADES, validate_trades
 
 _MS = pl.Datetime("ms", "UTC")
 

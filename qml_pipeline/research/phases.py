@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from qml_pipeline import schemas
-from qml_pipeline.analysis import (AnalysisConfig, context_issue_share, phase9_gate, review_export,
+from qml_pipeline.store import schemas
+from qml_pipeline.research.phase9 import (AnalysisConfig, context_issue_share, phase9_gate, review_export,
                                    winners_vs_losers, with_derived_features)
-from qml_pipeline.evaluation import EvaluationReport, evaluate_models
-from qml_pipeline.metrics import summarize
-from qml_pipeline.overlay import (BacktestResult, GateResult, OverlayConfig, OverlayGateConfig, TuneResult,
+from qml_pipeline.research.evaluation import EvaluationReport, evaluate_models
+from qml_pipeline.trades.metrics import summarize
+from qml_pipeline.research.overlay import (BacktestResult, GateResult, OverlayConfig, OverlayGateConfig, TuneResult,
                                   apply_overlay, equity_curve_plot, join_context, overlay_backtest,
                                   phase10_gate, tune_and_judge)
 from qml_pipeline.timeutil import utc_now
-from qml_pipeline.trades import FILLED_OUTCOMES
+from qml_pipeline.trades.contract import FILLED_OUTCOMES
 
 DEFAULT_TUNING_GRID: dict[str, list[float]] = {
     "funding_threshold": [0.0001, 0.0002, 0.0003],   # fraction per 8h
@@ -162,7 +162,7 @@ class Phase11Result:
 
 def probability_backtest(trades: pl.DataFrame, oos: pl.DataFrame, version: str,
                          overlay_min_confidence: float = OverlayConfig().min_confidence) -> pl.DataFrame:
-    """Backtest metrics (qml_pipeline.metrics, overall and per year) on the walk-forward test trades:
+    """Backtest metrics (qml_pipeline.trades.metrics, overall and per year) on the walk-forward test trades:
     every trade, the rule overlay's filter, and the logistic / fusion probabilities as adjusted
     confidence (take a trade when its expected R is positive at that win probability)."""
     df = trades.join(oos, on="trade_id", how="inner").with_columns(
@@ -201,7 +201,7 @@ def evaluation_rows(version: str, report: EvaluationReport) -> pl.DataFrame:
 def run_phase11(inputs: ModelInputs, model_dir: Path, model_config, n_folds: int = 5) -> Phase11Result:
     """Walk-forward evaluation against baseline / logistic / overlay, then the published model trained
     on every trade, saved under `model_dir/<version>/` beside earlier versions."""
-    from qml_pipeline.model import data_fingerprint, train_model
+    from qml_pipeline.research.model import data_fingerprint, train_model
 
     if len(inputs.trade_ids) < 4 * n_folds:
         raise ValueError(f"only {len(inputs.trade_ids)} filled trades with a full OHLCV window: too few for "

@@ -250,7 +250,7 @@ _METRIC_COLUMNS = (
            nullable=True),
     Column("trades_per_year", pl.Float64, "DOUBLE", "trades/year", "trades / span in years", nullable=True),
     Column("sharpe", pl.Float64, "DOUBLE", "annualised",
-           "mean/std of per-trade R times sqrt(trades per year) (qml_pipeline/metrics.py)", nullable=True),
+           "mean/std of per-trade R times sqrt(trades per year) (qml_pipeline/trades/metrics.py)", nullable=True),
     Column("max_drawdown_r", pl.Float64, "DOUBLE", "R", "largest fall of cumulative R from its peak",
            nullable=True),
 )
@@ -498,7 +498,7 @@ OVERLAY_DIFFERENCES = Table(
     columns=(
         _c("period", pl.Utf8, "", "all, tuning or judging", nullable=False),
         _c("variant", pl.Utf8, "", "sizing or filtering", nullable=False),
-        _c("metric", pl.Utf8, "", "metric name (qml_pipeline/metrics.py)", nullable=False),
+        _c("metric", pl.Utf8, "", "metric name (qml_pipeline/trades/metrics.py)", nullable=False),
         _c("baseline", pl.Float64, "metric unit", "baseline value"),
         _c("overlay", pl.Float64, "metric unit", "overlay value"),
         _c("diff", pl.Float64, "metric unit", "overlay - baseline"),

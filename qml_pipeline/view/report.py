@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from qml_pipeline.cards import (
+from qml_pipeline.view.cards import (
     LIQ_WORDS,
     MISSING,
     NO_CLUSTER,
@@ -416,7 +416,7 @@ def _per_year_html(df: pl.DataFrame | None) -> str:
     cols = [c for c in preferred if c in df.columns] or df.columns
     return table_html(df, cols) + ('<p class="sub">win rate = wins / filled trades (a timeout is not a win); '
                                    "R after fees and funding; Sharpe: annualised trade-level "
-                                   "(qml_pipeline/metrics.py).</p>")
+                                   "(qml_pipeline/trades/metrics.py).</p>")
 
 
 def write_report(out_dir: Path, *, context_cards: pl.DataFrame | None = None,

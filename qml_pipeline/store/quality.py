@@ -20,11 +20,11 @@ from datetime import datetime, timedelta
 import duckdb
 import polars as pl
 
-from qml_pipeline import schemas
+from qml_pipeline.store import schemas
 from qml_pipeline.markdown import cell, markdown_table
-from qml_pipeline.schemas import DATA_QUALITY
+from qml_pipeline.store.schemas import DATA_QUALITY
 from qml_pipeline.timeutil import utc_now
-from qml_pipeline.warehouse import frame
+from qml_pipeline.store.warehouse import frame
 
 REPORT_SQL = """
 WITH src AS (

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import duckdb
 import polars as pl
 
-from qml_pipeline.schemas import TRADE_CONTEXT_FEATURES
+from qml_pipeline.store.schemas import TRADE_CONTEXT_FEATURES
 from qml_pipeline.timeutil import interval_values_sql
 
 HOUR_MS = 3_600_000
@@ -290,7 +290,7 @@ def build_trade_context_features(con: duckdb.DuckDBPyConnection,
     except duckdb.CatalogException as exc:
         raise ValueError(f"build_trade_context_features needs views funding_rates, open_interest, klines "
                          f"and trades in the connection (Warehouse.connect() or con.register): {exc}") from exc
-    # the liquidation and Coinglass columns of the contract are added by qml_pipeline.context
+    # the liquidation and Coinglass columns of the contract are added by qml_pipeline.features.context
     return df.select(pl.col(c.name).cast(c.dtype) for c in TRADE_CONTEXT_FEATURES.columns if c.name in df.columns)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandera.polars as pa
 import polars as pl
 
-from qml_pipeline.schemas import TRADES, TS
+from qml_pipeline.store.schemas import TRADES, TS
 from qml_pipeline.timeutil import INTERVAL_MS
 
 DIRECTIONS = ("BULLISH", "BEARISH")

@@ -5,7 +5,7 @@ Models (each gets a probability of a win per test trade):
 - baseline: the pattern's base_confidence alone;
 - logistic: L2 logistic regression on the normalised context vector (fitted per fold);
 - overlay: the phase-10 rule overlay's adjusted confidence, when supplied;
-- fusion: the FusionNet of `qml_pipeline.model`, trained per fold.
+- fusion: the FusionNet of `qml_pipeline.research.model`, trained per fold.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from scipy.optimize import minimize
 from scipy.special import expit
 from scipy.stats import rankdata
 
-from qml_pipeline.model import ContextNormaliser, ModelConfig, check_inputs, epoch_ms, targets, train_model
-from qml_pipeline.schemas import TS
+from qml_pipeline.research.model import ContextNormaliser, ModelConfig, check_inputs, epoch_ms, targets, train_model
+from qml_pipeline.store.schemas import TS
 
 EPS = 1e-7
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import polars as pl
 
-from qml_pipeline import schemas
-from qml_pipeline.detector import DetectorConfig
-from qml_pipeline.metrics import summarize
-from qml_pipeline.simulate import SimulationConfig, reference_trades
-from qml_pipeline.trades import read_trade_export, validate_trades
-from qml_pipeline.warehouse import Warehouse
+from qml_pipeline.store import schemas
+from qml_pipeline.trades.detector import DetectorConfig
+from qml_pipeline.trades.metrics import summarize
+from qml_pipeline.trades.simulate import SimulationConfig, reference_trades
+from qml_pipeline.trades.contract import read_trade_export, validate_trades
+from qml_pipeline.store.warehouse import Warehouse
 
 
 @dataclass(frozen=True)

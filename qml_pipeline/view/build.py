@@ -8,14 +8,14 @@ from pathlib import Path
 
 import polars as pl
 
-from qml_pipeline import schemas
-from qml_pipeline.cards import context_cards, pattern_cards
-from qml_pipeline.metrics import equity_curve
-from qml_pipeline.overlay import OverlayConfig
-from qml_pipeline.report import write_report
+from qml_pipeline.store import schemas
+from qml_pipeline.view.cards import context_cards, pattern_cards
+from qml_pipeline.trades.metrics import equity_curve
+from qml_pipeline.research.overlay import OverlayConfig
+from qml_pipeline.view.report import write_report
 from qml_pipeline.sources.sample import SampleSource
-from qml_pipeline.trades import FILLED_OUTCOMES
-from qml_pipeline.warehouse import Warehouse
+from qml_pipeline.trades.contract import FILLED_OUTCOMES
+from qml_pipeline.store.warehouse import Warehouse
 
 REPORT_FEATURES = ("funding_rate", "funding_rate_z30d", "funding_rate_change_8h", "oi_change_24h", "oi_change_7d",
                    "oi_percentile_30d", "distance_to_liq_cluster", "atr_pct")

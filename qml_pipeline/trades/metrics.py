@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from qml_pipeline.trades import FILLED_OUTCOMES
+from qml_pipeline.trades.contract import FILLED_OUTCOMES
 
 YEAR = "year"  # in `by`: the calendar year (UTC) of decision_time
 _YEAR_MS = 365.25 * 24 * 3600 * 1000

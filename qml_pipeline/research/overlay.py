@@ -9,7 +9,7 @@ The rules (units and defaults in `OverlayConfig`, reasons in docs/overlay.md):
 - multiplier = product, clamped to [0.5, 1.5]; adjusted_confidence = clip(base * multiplier, 0, 1).
 A rule whose input is NULL does not fire (x1.0) and is counted as 'missing'.
 
-Metrics come from `qml_pipeline.metrics` only. Two ways to use the multiplier are judged on the same
+Metrics come from `qml_pipeline.trades.metrics` only. Two ways to use the multiplier are judged on the same
 trades as the baseline: `sizing` (R scaled by the multiplier) and `filtering` (only trades with
 adjusted_confidence >= min_confidence are taken).
 """
@@ -26,9 +26,9 @@ from typing import NamedTuple
 import numpy as np
 import polars as pl
 
-from qml_pipeline.metrics import YEAR, equity_curve, summarize
-from qml_pipeline.schemas import TS
-from qml_pipeline.trades import FILLED_OUTCOMES
+from qml_pipeline.trades.metrics import YEAR, equity_curve, summarize
+from qml_pipeline.store.schemas import TS
+from qml_pipeline.trades.contract import FILLED_OUTCOMES
 
 REFERENCE_INTERVAL_HOURS = 8
 VARIANTS = ("baseline", "sizing", "filtering")

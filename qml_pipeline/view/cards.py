@@ -11,7 +11,7 @@ available_at <= as_of; a liquidation snapshot counts as available at its snapsho
   Neutral otherwise. Stale when older than its interval + funding_grace_minutes (a newer settlement
   should exist).
 - OI: percent change of open interest over `features.oi_change_short_hours` (24h), the trade
-  feature's rule (qml_pipeline/features.py): the value known at as_of vs the value known at
+  feature's rule (qml_pipeline/features/point_in_time.py): the value known at as_of vs the value known at
   as_of - 24h, where "the value known at t" is the row with the latest event_time among rows with
   available_at <= t; rows with open_interest <= 0 (or NULL) are missing data (Binance archive
   defect), never a real zero, and are dropped first; a stamp served twice keeps its earliest
@@ -32,7 +32,7 @@ available_at <= as_of; a liquidation snapshot counts as available at its snapsho
 A stale value keeps its number and age but its status word is 'stale'; a value that does not exist
 has status 'missing' (liquidations: 'none' when the map has no cluster on either side).
 
-Pattern cards: one per trade, from the overlay's itemised rule columns (qml_pipeline/overlay.py):
+Pattern cards: one per trade, from the overlay's itemised rule columns (qml_pipeline/research/overlay.py):
 each rule that changed the multiplier with its reason and size, the rules that did not (and why:
 neutral, or no data), the adjusted confidence and, when given, a model's probability.
 """
@@ -46,10 +46,10 @@ from datetime import datetime
 
 import polars as pl
 
-from qml_pipeline.features import FeatureConfig
-from qml_pipeline.liquidation_map import LiqMapConfig
-from qml_pipeline.overlay import REFERENCE_INTERVAL_HOURS, funding_8h_expr
-from qml_pipeline.schemas import TS
+from qml_pipeline.features.point_in_time import FeatureConfig
+from qml_pipeline.features.liquidation_map import LiqMapConfig
+from qml_pipeline.research.overlay import REFERENCE_INTERVAL_HOURS, funding_8h_expr
+from qml_pipeline.store.schemas import TS
 
 FUNDING_WORDS = ("High", "Neutral", "Low", "Negative")
 OI_WORDS = ("Rising", "Flat", "Falling")

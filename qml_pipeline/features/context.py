@@ -9,11 +9,11 @@ from datetime import datetime, timedelta
 
 import polars as pl
 
-from qml_pipeline import schemas
-from qml_pipeline.features import FeatureConfig, build_trade_context_features
-from qml_pipeline.liquidation_map import LiqMapConfig, estimate_liquidation_map, liq_features_for_trades
+from qml_pipeline.store import schemas
+from qml_pipeline.features.point_in_time import FeatureConfig, build_trade_context_features
+from qml_pipeline.features.liquidation_map import LiqMapConfig, estimate_liquidation_map, liq_features_for_trades
 from qml_pipeline.timeutil import utc_now
-from qml_pipeline.warehouse import Warehouse, frame
+from qml_pipeline.store.warehouse import Warehouse, frame
 
 REALISED_LIQ_SQL = """
 SELECT t.trade_id,

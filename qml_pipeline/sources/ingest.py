@@ -9,10 +9,10 @@ from typing import Protocol
 
 import polars as pl
 
-from qml_pipeline import schemas
-from qml_pipeline.schemas import Table
+from qml_pipeline.store import schemas
+from qml_pipeline.store.schemas import Table
 from qml_pipeline.timeutil import day_ranges
-from qml_pipeline.warehouse import Warehouse
+from qml_pipeline.store.warehouse import Warehouse
 
 
 class MarketSource(Protocol):

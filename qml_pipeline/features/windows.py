@@ -2,7 +2,7 @@
 
 A window ends at the last bar of the trade's timeframe known at decision_time (available_at <=
 decision_time, the bar with the latest open time among those; duplicates collapsed as in
-qml_pipeline.features). It holds `bars` consecutive bars (no gaps), all known at decision_time, and
+qml_pipeline.features.point_in_time). It holds `bars` consecutive bars (no gaps), all known at decision_time, and
 the last one closed at most `stale_bars` intervals before decision_time. Trades without such a window
 (too little history, a gap, stale data) are excluded: the returned trade_ids name the rows kept.
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from qml_pipeline.features import TRADE_KLINES_CTE
+from qml_pipeline.features.point_in_time import TRADE_KLINES_CTE
 from qml_pipeline.timeutil import interval_values_sql
 
 FEATURES = ("open", "high", "low", "close", "volume")

@@ -1,18 +1,19 @@
-"""Write warehouse/README.md from the table contracts (run: python -m qml_pipeline.tables_doc)."""
+"""Write warehouse/README.md from the table contracts (run: python -m qml_pipeline.store.tables_doc)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from qml_pipeline import schemas
-from qml_pipeline.warehouse import VIEWS_DIR
+from qml_pipeline.config import PROJECT_ROOT
+from qml_pipeline.store import schemas
+from qml_pipeline.store.warehouse import VIEWS_DIR
 
-DOC_PATH = Path(__file__).resolve().parent.parent / "warehouse" / "README.md"
+DOC_PATH = PROJECT_ROOT / "warehouse" / "README.md"
 
 INTRO = """# The warehouse
 
-Generated from `qml_pipeline/schemas.py` by `python -m qml_pipeline.tables_doc`; a test fails when
+Generated from `qml_pipeline/store/schemas.py` by `python -m qml_pipeline.store.tables_doc`; a test fails when
 this page is out of date.
 
 ## How it is stored, and why analysts never block the pipeline

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from qml_pipeline.schemas import LIQUIDATION_MAP, TS
+from qml_pipeline.store.schemas import LIQUIDATION_MAP, TS
 from qml_pipeline.timeutil import interval_ms
 
 FEATURE_SCHEMA = pl.Schema({

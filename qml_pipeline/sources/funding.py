@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import polars as pl
 
-from qml_pipeline.schemas import FUNDING_INTERVALS_HOURS
+from qml_pipeline.store.schemas import FUNDING_INTERVALS_HOURS
 
 # Binance serves fundingTime with millisecond jitter (08:00:00.005, 07:59:59.998); anything
 # further from the hourly grid than this is not jitter and is refused.
