@@ -34,22 +34,35 @@ def main(argv: list[str] | None = None) -> int:
 
     from dagster_project.definitions import RESEARCH_ASSETS, RESEARCH_CHECKS
     from dagster_project.defs.raw_market_data import RAW_ASSETS, RAW_CHECKS
-    from dagster_project.partitions import range_tags
+    from dagster_project.partitions import range_tags, sync_symbols
     from dagster_project.resources import SETTINGS, ResearchResource, default_resources
-    from qml_pipeline.store.warehouse import Warehouse
+    from qml_pipeline.sources.sample import SampleSource
+    from qml_pipeline.store.warehouse import Warehouse, restore_aside, set_aside
 
     if SETTINGS.source != "sample":
         print(f"QML_SOURCE={SETTINGS.source}: the demo runs on the bundled sample only; unset QML_SOURCE.")
         return 2
-    wh = Warehouse(SETTINGS.warehouse_dir)
-    if not args.keep:
-        shutil.rmtree(wh.data_dir, ignore_errors=True)
-        wh.catalog_path.unlink(missing_ok=True)
-        print(f"fresh warehouse at {wh.root}")
-
     first_day = args.first_day or SETTINGS.start_date
+    try:  # every input is read and checked before any warehouse is touched
+        SampleSource(SETTINGS.sample_dir).check_inputs(SETTINGS.symbols, SETTINGS.kline_intervals)
+    except (OSError, ValueError) as exc:
+        print(f"the bundled sample cannot be read, so the warehouse was left as it is:\n{exc}", file=sys.stderr)
+        return 2
+    wh = Warehouse(SETTINGS.warehouse_dir, catalog=SETTINGS.warehouse_catalog,
+                   data_path=SETTINGS.warehouse_data_path)
+    previous = None
+    if not args.keep:
+        if not wh.location.is_sqlite or SETTINGS.warehouse_data_path:
+            print("a fresh demo warehouse needs the default layout (SQLite catalog and data in QML_WAREHOUSE_DIR); "
+                  "run with --keep to add to the configured one", file=sys.stderr)
+            return 2
+        previous = set_aside(wh.root)
+        print(f"fresh warehouse at {wh.root}" + (f" (the previous one is kept in {previous} until this run "
+                                                 "succeeds)" if previous else ""))
+
     resources = default_resources()
     instance = dg.DagsterInstance.get()
+    sync_symbols(instance, SETTINGS.symbols)
     checks: list[tuple[str, str, bool]] = []
     started = time.monotonic()
     for symbol in SETTINGS.symbols:
@@ -62,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"raw market data {symbol} {first_day}..{args.last_day}: "
               f"{'ok' if result.success else 'FAILED'} in {time.monotonic() - t0:.1f}s")
         if not result.success:
-            return _fail(result)
+            return _fail(result, wh.root, previous)
     if not args.respect_gates:
         print("note: the demo runs every phase with QML_OVERRIDE_GATES=1 so each asset is built; where a gate "
               "fails (see the checks below), results past it are not evidence. --respect-gates stops there.")
@@ -77,19 +90,25 @@ def main(argv: list[str] | None = None) -> int:
                    for e in result.get_asset_check_evaluations()]
         print(f"research assets: {'ok' if result.success else 'FAILED'} in {time.monotonic() - t0:.1f}s")
         if not result.success:
-            return _fail(result)
+            return _fail(result, wh.root, previous)
 
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
     _print_summary(wh, checks, SETTINGS.symbols)
-    print(f"\ndone in {time.monotonic() - started:.1f}s. Query it: "
-          f"python -c \"import duckdb; print(duckdb.connect('{wh.catalog_path}', read_only=True)"
-          f".sql('SELECT * FROM funding_rates LIMIT 5'))\"")
+    print(f"\ndone in {time.monotonic() - started:.1f}s. Query it (read-only, never blocks the pipeline): "
+          "bash scripts/sql.sh")
     return 0
 
 
-def _fail(result) -> int:
+def _fail(result, root: Path, previous: Path | None) -> int:
+    from qml_pipeline.store.warehouse import restore_aside
+
     for event in result.all_events:
         if event.is_failure:
             print(event.message, file=sys.stderr)
+    if previous is not None:
+        failed = restore_aside(root, previous)
+        print(f"the previous warehouse was put back; this run's partial one is in {failed}", file=sys.stderr)
     return 1
 
 
@@ -100,9 +119,8 @@ def _print_summary(wh, checks, symbols) -> None:
     from qml_pipeline.store import schemas
     from qml_pipeline.sources.sample import SampleSource
 
-    wh.refresh_catalog()
     with pl.Config(tbl_rows=100, tbl_hide_dataframe_shape=True, tbl_width_chars=160):
-        print("\ntables (warehouse catalogue: %s)" % wh.catalog_path)
+        print(f"\ntables ({wh.location.describe()}; snapshot {wh.current_snapshot()})")
         print(wh.summary())
         print("\nasset checks")
         print(pl.DataFrame(checks, schema=["asset", "check", "passed"], orient="row"))

@@ -1,6 +1,7 @@
 """Dagster resources: the warehouse and the market-data source, configured from QML_* env vars."""
 
 
+import contextlib
 import os
 from pathlib import Path
 from collections.abc import Callable
@@ -18,12 +19,25 @@ SETTINGS = Settings.from_env()
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """Where the Parquet data and the analysts' DuckDB catalogue live (QML_WAREHOUSE_DIR)."""
+    """The DuckLake warehouse: its folder (QML_WAREHOUSE_DIR), catalog (QML_WAREHOUSE_CATALOG: empty = SQLite
+    in the folder, or postgres:<conninfo>) and data path (QML_WAREHOUSE_DATA_PATH)."""
 
     root: str = SETTINGS.warehouse_dir
+    catalog: str = SETTINGS.warehouse_catalog
+    data_path: str = SETTINGS.warehouse_data_path
 
     def get(self) -> Warehouse:
-        return Warehouse(self.root)
+        return Warehouse(self.root, catalog=self.catalog, data_path=self.data_path)
+
+    def for_run(self, context: dg.AssetExecutionContext | dg.OpExecutionContext) -> Warehouse:
+        """The warehouse whose snapshots carry this run's id, asset(s) and partition range."""
+        tags = {"dagster_run_id": context.run.run_id}
+        with contextlib.suppress(Exception):
+            tags["assets"] = ",".join(k.to_user_string() for k in context.selected_asset_keys)
+        if context.has_partition_key_range:
+            r = context.partition_key_range
+            tags["partitions"] = r.start if r.start == r.end else f"{r.start}...{r.end}"
+        return self.get().with_tags(**tags)
 
 
 class MarketDataResource(dg.ConfigurableResource):
@@ -36,18 +50,28 @@ class MarketDataResource(dg.ConfigurableResource):
     oi_period: str = SETTINGS.oi_period
     oi_publication_lag_seconds: int = SETTINGS.oi_publication_lag_seconds
     funding_rate_cap: float = SETTINGS.funding_rate_cap
+    known_gaps_file: str = SETTINGS.known_gaps_file
+    archive_revalidate: bool = SETTINGS.archive_revalidate
+    # fetch every window again even when the warehouse already fills it (finds re-published values)
+    refetch: bool = False
 
     def open(self, log: Callable[[str], None] | None = None, cache_dir: Path | None = None) -> MarketSource:
         """The configured source; downloaded archive files are cached under `cache_dir` (the warehouse's
         `cache/` folder when the raw assets call it)."""
         if self.source == "sample":
-            return SampleSource(self.sample_dir, self.oi_publication_lag_seconds)
+            source = SampleSource(self.sample_dir, self.oi_publication_lag_seconds)
+            if self.known_gaps_file:
+                source.use_known_gaps(self.known_gaps_file)
+            return source
         if self.source == "binance":
             from qml_pipeline.sources.binance import BinanceSource
 
-            return BinanceSource(fapi_url=self.binance_fapi_url, archive_url=self.binance_archive_url,
-                                 oi_publication_lag_s=self.oi_publication_lag_seconds, on_progress=log,
-                                 cache_dir=cache_dir or Path(SETTINGS.warehouse_dir) / "cache")
+            source = BinanceSource(fapi_url=self.binance_fapi_url, archive_url=self.binance_archive_url,
+                                   oi_publication_lag_s=self.oi_publication_lag_seconds, on_progress=log,
+                                   cache_dir=cache_dir or Path(SETTINGS.warehouse_dir) / "cache",
+                                   known_gaps_file=self.known_gaps_file or None)
+            source.archive.revalidate = self.archive_revalidate
+            return source
         raise ValueError(f"unknown market data source {self.source!r}: use 'sample' or 'binance'")
 
 

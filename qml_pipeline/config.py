@@ -22,6 +22,10 @@ class Settings:
     """Every knob the pipeline has; each field's env var is QML_<FIELD NAME IN CAPITALS>."""
 
     warehouse_dir: str = str(PROJECT_ROOT / "warehouse")
+    # DuckLake catalog: empty = an SQLite file in warehouse_dir; or postgres:<libpq conninfo>
+    warehouse_catalog: str = ""
+    # where the lake's Parquet files go: empty = <warehouse_dir>/data; or any path/URL DuckDB can write
+    warehouse_data_path: str = ""
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
     kline_intervals: tuple[str, ...] = ("1h", "4h")
     oi_period: str = "5m"
@@ -35,6 +39,11 @@ class Settings:
     # seconds added to every open-interest row's knowable time beyond its stamp + period
     oi_publication_lag_seconds: int = 0
     funding_rate_cap: float = DEFAULT_FUNDING_RATE_CAP
+    # permanent holes a source is known to have (CSV; docs/warehouse.md): their stamps don't fail the
+    # completeness check. Empty: <sample_dir>/known_gaps.csv for the sample, none for binance.
+    known_gaps_file: str = ""
+    # re-check every cached archive file against its published CHECKSUM (slow; after a suspected corruption)
+    archive_revalidate: bool = False
     # a user's backtest export (CSV or Parquet); empty: the reference detector's trades
     trades_path: str = ""
     # the export's column names mapped to the trade contract: "Entry=entry_price,Side=direction"

@@ -12,7 +12,7 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -23,6 +23,7 @@ FUNDING_PATH = "/fapi/v1/fundingRate"
 FUNDING_INFO_PATH = "/fapi/v1/fundingInfo"
 OI_PATH = "/futures/data/openInterestHist"
 KLINES_PATH = "/fapi/v1/klines"
+EXCHANGE_INFO_PATH = "/fapi/v1/exchangeInfo"
 HOUR_MS = 3_600_000
 INTERVAL_MS = {"1m": 60_000, "5m": 300_000, "15m": 900_000, "1h": HOUR_MS, "4h": 4 * HOUR_MS,
                "1d": 24 * HOUR_MS}
@@ -58,8 +59,11 @@ class FakeBinance:
         # When a window holds more OI rows than `limit`, serve the latest ones (True) or the
         # earliest (False): the client must get the same rows either way.
         self.oi_page_from_end = False
+        # symbol -> exchangeInfo row; symbols not added are listed from their earliest row in the dataset
+        self.symbols: dict[str, dict[str, Any]] = {}
         for path, handler in ((FUNDING_PATH, self._funding), (FUNDING_INFO_PATH, self._funding_info),
-                              (OI_PATH, self._oi), (KLINES_PATH, self._klines)):
+                              (OI_PATH, self._oi), (KLINES_PATH, self._klines),
+                              (EXCHANGE_INFO_PATH, self._exchange_info)):
             httpserver.expect_request(path).respond_with_handler(self._wrap(path, handler))
 
     @property
@@ -85,6 +89,16 @@ class FakeBinance:
             rows.append(row)
         rows.sort(key=lambda r: r["fundingTime"])
         return grid
+
+    def add_symbol(self, symbol: str, onboard: datetime, status: str = "TRADING",
+                   delivery: datetime | None = None) -> None:
+        """List `symbol` in exchangeInfo (a delisted one: status SETTLING or CLOSE and its delivery date)."""
+        base = symbol.removesuffix("USDT")
+        self.symbols[symbol] = {
+            "symbol": symbol, "pair": symbol, "contractType": "PERPETUAL",
+            "deliveryDate": ms(delivery) if delivery else 4133404800000, "onboardDate": ms(onboard),
+            "status": status, "baseAsset": base, "quoteAsset": "USDT", "marginAsset": "USDT",
+            "pricePrecision": 2, "quantityPrecision": 3, "underlyingType": "COIN"}
 
     def set_funding_info(self, intervals: dict[str, int]) -> None:
         self.funding_info_rows = [
@@ -192,6 +206,22 @@ class FakeBinance:
         start, end, limit = self._window(args, 500, 30)
         rows = [r for r in self.oi.get((args["symbol"], args["period"]), []) if start <= r["timestamp"] <= end]
         return (rows[-limit:] if self.oi_page_from_end else rows[:limit]), 0
+
+    def _exchange_info(self, args: dict[str, str]) -> tuple[Any, int]:
+        listed = dict(self.symbols)
+        firsts: dict[str, int] = {}
+        for symbol, rows in self.funding.items():
+            firsts[symbol] = min([r["fundingTime"] for r in rows] + [firsts.get(symbol, 2 ** 62)])
+        for (symbol, _), rows in self.oi.items():
+            firsts[symbol] = min([r["timestamp"] for r in rows] + [firsts.get(symbol, 2 ** 62)])
+        for (symbol, _), rows in self.klines.items():
+            firsts[symbol] = min([k[0] for k in rows] + [firsts.get(symbol, 2 ** 62)])
+        for symbol, first in firsts.items():
+            if symbol not in listed:
+                self.add_symbol(symbol, datetime.fromtimestamp(first / 1000, tz=timezone.utc))
+                listed[symbol] = self.symbols.pop(symbol)
+        return {"timezone": "UTC", "serverTime": 0, "futuresType": "U_MARGINED", "rateLimits": [],
+                "assets": [], "symbols": list(listed.values())}, 1
 
     def _klines(self, args: dict[str, str]) -> tuple[Any, int]:
         start, end, limit = self._window(args, 1500, 500)

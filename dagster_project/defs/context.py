@@ -23,25 +23,24 @@ MAX_NULL_SHARE = 0.5
 
 
 def windows_path(warehouse: WarehouseResource) -> Path:
-    return warehouse.get().data_dir / "ohlcv_windows" / "windows.npz"
+    return warehouse.get().root / "artifacts" / "ohlcv_windows" / "windows.npz"
 
 
-@dg.asset(deps=["open_interest", "klines"], group_name=GROUP, kinds={"parquet", "duckdb"},
+@dg.asset(deps=["open_interest", "klines"], group_name=GROUP, kinds={"ducklake", "duckdb"},
           metadata=table_metadata(schemas.LIQUIDATION_MAP))
 def liquidation_map(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Estimated liquidation notional per price bin every 4 hours, from OI increases and klines
     (an open model, not exchange data: docs/liquidation_map.md)."""
-    wh = warehouse.get()
+    wh = warehouse.for_run(context)
     rows = rebuild_liquidation_maps(wh, SETTINGS.symbols, day_start(SETTINGS.start_date))
     for symbol in (s for s, n in rows.items() if n == 0):
         context.log.warning(f"{symbol}: no open interest, so no estimated liquidation map")
-    wh.refresh_catalog()
     return dg.MaterializeResult(metadata={"rows": sum(rows.values()),
                                           "rows_per_symbol": markdown_table(pl.DataFrame(
                                               {"symbol": list(rows), "rows": list(rows.values())}))})
 
 
-@dg.asset(group_name=GROUP, kinds={"parquet", "duckdb"}, metadata=table_metadata(schemas.LIQUIDATIONS),
+@dg.asset(group_name=GROUP, kinds={"ducklake", "duckdb"}, metadata=table_metadata(schemas.LIQUIDATIONS),
           output_required=False)
 def liquidations(context: dg.AssetExecutionContext, warehouse: WarehouseResource, coinglass: CoinglassResource):
     """Realised liquidations per symbol from Coinglass (optional, paid: COINGLASS_API_KEY). Without a key
@@ -51,32 +50,29 @@ def liquidations(context: dg.AssetExecutionContext, warehouse: WarehouseResource
         context.log.warning(SKIP_REASON)
         context.log_event(dg.AssetObservation(asset_key="liquidations", metadata={"skipped": SKIP_REASON}))
         return
-    wh = warehouse.get()
+    wh = warehouse.for_run(context)
     start, end = day_start(SETTINGS.start_date), utc_now()
     total = 0
-    for symbol in SETTINGS.symbols:
-        frame = client.pair_history("Binance", symbol, client.plan_min_interval, start, end)
-        if frame.height:
-            wh.write_window(schemas.LIQUIDATIONS, frame, symbol=symbol, start=start, end=end,
-                            interval=client.plan_min_interval)
-        total += frame.height
-    wh.refresh_catalog()
+    with wh.write(f"merge liquidations (Coinglass) for {len(SETTINGS.symbols)} symbol(s)") as batch:
+        for symbol in SETTINGS.symbols:
+            frame = client.pair_history("Binance", symbol, client.plan_min_interval, start, end)
+            batch.merge(schemas.LIQUIDATIONS, frame)
+            total += frame.height
     yield dg.MaterializeResult(metadata={"rows": total, **client.metadata()})
 
 
 # Not a hard dependency on `liquidations`: that asset is skipped without a Coinglass key, and a skipped
 # upstream would skip the features too. Its rows are used whenever they are in the warehouse.
 @dg.asset(deps=["trades", "funding_rates", "open_interest", "klines", liquidation_map],
-          group_name=GROUP, kinds={"parquet", "duckdb"}, metadata=table_metadata(schemas.TRADE_CONTEXT_FEATURES),
+          group_name=GROUP, kinds={"ducklake", "duckdb"}, metadata=table_metadata(schemas.TRADE_CONTEXT_FEATURES),
           check_specs=[dg.AssetCheckSpec("feature_nulls", asset="trade_context_features",
                                          description=f"no core feature NULL for more than {MAX_NULL_SHARE:.0%} "
                                                      "of trades (NULL = missing or stale input)")])
-def trade_context_features(warehouse: WarehouseResource) -> dg.MaterializeResult:
+def trade_context_features(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Per trade, the market context as known at decision_time (available_at <= decision_time only)."""
-    wh = warehouse.get()
+    wh = warehouse.for_run(context)
     features = build_context(wh)
     wh.replace_table(schemas.TRADE_CONTEXT_FEATURES, features)
-    wh.refresh_catalog()
     nulls = feature_null_counts(features)
     n = max(features.height, 1)
     core = pl.DataFrame({"feature": list(CORE_FEATURES), "nulls": [nulls.get(f, n) for f in CORE_FEATURES]}
@@ -91,7 +87,7 @@ def trade_context_features(warehouse: WarehouseResource) -> dg.MaterializeResult
 
 
 @dg.asset(deps=["trades", "klines"], group_name=GROUP, kinds={"numpy"})
-def ohlcv_windows(warehouse: WarehouseResource) -> dg.MaterializeResult:
+def ohlcv_windows(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """The 50 bars ending at the last bar closed before each trade's decision_time, normalised
     (prices / last close - 1, volume / window mean), as float32 (n, 50, 5) in an .npz file."""
     with contextlib.closing(warehouse.get().connect()) as con:

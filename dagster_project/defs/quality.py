@@ -18,15 +18,14 @@ MIN_COMPLETENESS = 0.99
 MAX_DATA_AGE = timedelta(hours=26)  # the daily refresh runs once a day; a day and a margin
 
 
-@dg.asset(deps=list(RAW_TABLES), group_name=GROUP, kinds={"parquet", "duckdb"},
+@dg.asset(deps=list(RAW_TABLES), group_name=GROUP, kinds={"ducklake", "duckdb"},
           metadata=table_metadata(schemas.DATA_QUALITY))
-def data_quality(warehouse: WarehouseResource) -> dg.MaterializeResult:
+def data_quality(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Coverage, missing funding settlements / OI buckets / candles, duplicates, zero values, gaps, freshness."""
-    wh = warehouse.get()
+    wh = warehouse.for_run(context)
     with contextlib.closing(wh.connect()) as con:
         report = data_quality_report(con)
     wh.replace_table(schemas.DATA_QUALITY, report)
-    wh.refresh_catalog()
     return dg.MaterializeResult(metadata={
         "series": report.height, "missing_rows": int(report["missing_rows"].sum() or 0),
         "duplicate_rows": int(report["duplicate_rows"].sum() or 0),

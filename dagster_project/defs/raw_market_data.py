@@ -1,7 +1,8 @@
-"""Raw market-data assets: funding rates, open interest and klines, partitioned by symbol and day."""
+"""Raw market-data assets: funding rates, open interest and klines, partitioned by symbol and UTC month."""
 
-
+from collections import defaultdict
 from collections.abc import Iterator
+from datetime import datetime
 
 import dagster as dg
 import polars as pl
@@ -9,18 +10,44 @@ import polars as pl
 from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.partitions import RAW_PARTITIONS
 from dagster_project.resources import SETTINGS, MarketDataResource, WarehouseResource
+from qml_pipeline.sources.grid import describe_stamps
+from qml_pipeline.sources.ingest import WindowResult, ingest_symbol, month_windows, variants
 from qml_pipeline.store import schemas
-from qml_pipeline.sources.ingest import fetch, ingest, partition_ranges
 from qml_pipeline.store.schemas import Table
+from qml_pipeline.timeutil import day_start
 
 RAW_GROUP = "raw_market_data"
 CONTRACT_CHECK = "contract"
+COMPLETE_CHECK = "complete"
+WRITER_POOL = "warehouse_writer"
 
 
-def _variants(table: Table) -> list[dict[str, str]]:
-    if table is schemas.KLINES:
-        return [{"interval": i} for i in SETTINGS.kline_intervals]
-    return [{}]
+def _months_by_symbol(partition_keys: list[str]) -> dict[str, list[datetime]]:
+    """`SYMBOL|YYYY-MM-01` keys -> per symbol, its months (sorted)."""
+    months: dict[str, set[datetime]] = defaultdict(set)
+    for key in partition_keys:
+        symbol, month = str(key).split("|")
+        months[symbol].add(day_start(month))
+    return {s: sorted(m) for s, m in sorted(months.items())}
+
+
+def _partition_metadata(results: list[WindowResult]) -> dict[str, object]:
+    """What one partition (symbol, month) holds after this run: true for that partition only."""
+    stored = sum(r.stored_rows for r in results)
+    firsts = [r.first_time for r in results if r.first_time]
+    lasts = [r.last_time for r in results if r.last_time]
+    return {
+        "dagster/row_count": stored,
+        "rows_fetched": sum(r.fetched for r in results),
+        "rows_inserted": sum(r.merge.inserted for r in results if r.merge),
+        "rows_revised": sum(r.merge.revised for r in results if r.merge),
+        "first_time": str(min(firsts)) if firsts else "",
+        "last_time": str(max(lasts)) if lasts else "",
+        "missing_stamps": sum(r.stored_missing.len() for r in results),
+        "known_gap_stamps": sum(r.known_missing.len() for r in results),
+        "windows": markdown_table(pl.DataFrame([r.as_row() for r in results])),
+        "snapshot_id": next((r.snapshot_id for r in results if r.snapshot_id is not None), -1),
+    }
 
 
 def _raw_asset(table: Table, description: str) -> dg.AssetsDefinition:
@@ -30,61 +57,64 @@ def _raw_asset(table: Table, description: str) -> dg.AssetsDefinition:
         partitions_def=RAW_PARTITIONS,
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=RAW_GROUP,
-        kinds={"parquet", "duckdb"},
+        kinds={"ducklake", "duckdb"},
+        pool=WRITER_POOL,
         metadata=table_metadata(table),
-        check_specs=[dg.AssetCheckSpec(
-            CONTRACT_CHECK, asset=table.name, blocking=True,
-            description=f"fetched rows meet the {table.name} contract (pandera); bad rows are not written")],
+        check_specs=[
+            dg.AssetCheckSpec(CONTRACT_CHECK, asset=table.name, blocking=True,
+                              description=f"the rows this run fetched meet the {table.name} contract (pandera); "
+                                          "when they don't, nothing is written"),
+            dg.AssetCheckSpec(COMPLETE_CHECK, asset=table.name, blocking=True, partitions_def=RAW_PARTITIONS,
+                              description="after the merge, the partition holds every stamp its source should fill "
+                                          "(candle grid, 5-minute OI grid, funding settlements with their "
+                                          "interval), apart from known permanent gaps; missing stamps are listed")],
     )
     def raw_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                   market: MarketDataResource) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
-        wh = warehouse.get()
-        source = market.open(context.log.info, cache_dir=wh.root / "cache")
-        ranges = partition_ranges(context.partition_keys)
-        frames = []
-        for symbol, symbol_ranges in ranges.items():
-            for start, end in symbol_ranges:
-                for parts in _variants(table):
-                    context.log.info(f"fetching {table.name} {symbol} {parts or ''} [{start:%Y-%m-%d}, {end:%Y-%m-%d})")
-                    frame = fetch(source, table, symbol, start, end, oi_period=market.oi_period, **parts)
-                    failures = schemas.validation_failures(table, schemas.conform(table, frame),
-                                                           market.funding_rate_cap)
-                    if failures.height:
-                        yield dg.AssetCheckResult(
-                            check_name=CONTRACT_CHECK, passed=False,
-                            metadata={"symbol": symbol, "failures": markdown_table(failures)})
-                        raise dg.Failure(description=schemas.describe_failures(table.name, failures),
-                                         metadata={"failures": markdown_table(failures)})
-                    frames.append((symbol, start, end, parts, frame))
-        results = [ingest(wh, table, frame, symbol=symbol, start=start, end=end,
-                          funding_rate_cap=market.funding_rate_cap, **parts)
-                   for symbol, start, end, parts, frame in frames]
-        wh.refresh_catalog()
-        summary = pl.DataFrame([r.as_row() for r in results]) if results else pl.DataFrame()
-        empty = sorted({r.symbol for r in results if r.rows == 0})
-        if empty:
-            context.log.warning(f"{table.name}: source '{market.source}' has no rows for {empty} in this range")
-        stats = getattr(source, "request_stats", lambda: {})()
+        wh = warehouse.for_run(context)
+        source = market.open(context.log.info, cache_dir=wh.cache_dir)
+        incomplete: list[str] = []
+        fetched = 0
+        for symbol, months in _months_by_symbol(context.partition_keys).items():
+            windows = month_windows(table, symbol, months, variants(table, SETTINGS.kline_intervals, market.oi_period))
+            try:
+                results = ingest_symbol(wh, source, windows, refetch=market.refetch,
+                                        funding_rate_cap=market.funding_rate_cap, progress=context.log.info)
+            except schemas.ValidationError as exc:
+                yield dg.AssetCheckResult(check_name=CONTRACT_CHECK, passed=False,
+                                          metadata={"symbol": symbol, "failures": markdown_table(exc.failures)})
+                raise dg.Failure(description=str(exc), metadata={"failures": markdown_table(exc.failures)}) from None
+            fetched += sum(r.fetched for r in results)
+            per_month: dict[datetime, list[WindowResult]] = defaultdict(list)
+            for r in results:
+                per_month[r.window.start].append(r)
+            for month, month_results in per_month.items():
+                key = f"{symbol}|{month:%Y-%m-%d}"
+                context.add_asset_metadata(_partition_metadata(month_results), partition_key=key)
+                missing = [r for r in month_results if not r.complete]
+                if missing:
+                    incomplete.append(key)
+                context.log_event(dg.AssetCheckEvaluation(
+                    asset_key=context.asset_key, check_name=COMPLETE_CHECK, passed=not missing, partition=key,
+                    blocking=True, description="; ".join(r.completeness_message() for r in month_results),
+                    metadata={"missing_stamps": sum(r.stored_missing.len() for r in month_results),
+                              "missing": "; ".join(describe_stamps(r.stored_missing) for r in missing) or "none",
+                              "known_gap_stamps": sum(r.known_missing.len() for r in month_results)}))
         archive = [r.as_dict() for r in getattr(source, "archive_reports", [])]
-        archive_md = markdown_table(pl.DataFrame([
-            {k: (", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()} for r in archive]
-        )) if archive else "no archive files used"
         yield dg.MaterializeResult(
-            metadata={
-                "source": market.source,
-                "rows_fetched": sum(r.rows for r in results),
-                "rows_replaced": sum(r.rows_replaced for r in results),
-                "first_time": str(min((r.first_time for r in results if r.first_time), default="")),
-                "last_time": str(max((r.last_time for r in results if r.last_time), default="")),
-                "symbols_without_rows": ", ".join(empty) or "none",
-                "requests": stats.get("requests", 0),
-                "weight_used": stats.get("weight_used", 0),
-                "bytes_received": stats.get("bytes_received", 0),
-                "ranges": markdown_table(summary),
-                "archive_files": archive_md,
-            },
-            check_results=[dg.AssetCheckResult(check_name=CONTRACT_CHECK, passed=True,
-                                               metadata={"rows_checked": sum(r.rows for r in results)})],
+            metadata={"source": market.source, "rows_fetched_in_run": fetched,
+                      **{k: v for k, v in getattr(source, "request_stats", dict)().items()
+                         if k in ("requests", "weight_used", "bytes_received")},
+                      "archive_files": markdown_table(pl.DataFrame([
+                          {k: (", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()}
+                          for r in archive])) if archive else "no archive files used"},
+            check_results=[
+                dg.AssetCheckResult(check_name=CONTRACT_CHECK, passed=True,
+                                    metadata={"rows_checked": fetched}),
+                dg.AssetCheckResult(check_name=COMPLETE_CHECK, passed=not incomplete,
+                                    description=(f"incomplete partitions: {', '.join(incomplete)}" if incomplete
+                                                 else f"all {len(context.partition_keys)} partition(s) complete"),
+                                    metadata={"incomplete_partitions": ", ".join(incomplete) or "none"})],
         )
 
     return raw_asset
@@ -101,12 +131,13 @@ RAW_ASSETS = [funding_rates, open_interest, klines]
 
 def _stored_contract_check(table: Table) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=table.name, name="stored_rows_valid",
-                    description=f"every stored {table.name} row meets the contract, keys unique across files")
+                    description=f"every stored {table.name} row (all revisions) meets the contract; stored keys "
+                                "unique per revision")
     def check(warehouse: WarehouseResource, market: MarketDataResource) -> dg.AssetCheckResult:
-        stored = warehouse.get().read(table)
+        stored = warehouse.get().read(table, revisions=True)
         failures = schemas.validation_failures(table, stored, market.funding_rate_cap)
         return dg.AssetCheckResult(passed=failures.height == 0,
-                                   metadata={"rows": stored.height, "failures": markdown_table(failures)})
+                                   metadata={"dagster/row_count": stored.height, "failures": markdown_table(failures)})
 
     return check
 

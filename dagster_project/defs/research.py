@@ -42,18 +42,17 @@ def _open_gate(context: dg.AssetExecutionContext, wh, gate: str, override: bool)
     return status
 
 
-@dg.asset(deps=[trade_context_features], group_name=GROUP, kinds={"parquet", "duckdb"},
+@dg.asset(deps=[trade_context_features], group_name=GROUP, kinds={"ducklake", "duckdb"},
           metadata=table_metadata(schemas.CONTEXT_ERROR_ANALYSIS),
           check_specs=[dg.AssetCheckSpec("phase9_gate", asset="context_error_analysis",
                                          description="200+ trades, a feature that differs significantly "
                                                      "(BH-adjusted), 70% of losers with an identifiable context issue")])
-def context_error_analysis(warehouse: WarehouseResource) -> dg.MaterializeResult:
+def context_error_analysis(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Phase 9: winners vs losers on every context feature, the manual-review export, and the gate."""
-    wh = warehouse.get()
+    wh = warehouse.for_run(context)
     result = run_phase9(wh.read(schemas.TRADES), wh.read(schemas.TRADE_CONTEXT_FEATURES), wh.root / "review")
     wh.replace_table(schemas.CONTEXT_ERROR_ANALYSIS, result.stats)
     wh.replace_group(schemas.RESEARCH_GATES, gate_rows("phase9", result.gate), "gate", "phase9")
-    wh.refresh_catalog()
     shown = result.stats.select("feature", "n_win", "n_loss", "median_win", "median_loss", "cliffs_delta",
                                 "mw_p", "ks_p", "p_adj", "significant")
     return dg.MaterializeResult(
@@ -64,7 +63,7 @@ def context_error_analysis(warehouse: WarehouseResource) -> dg.MaterializeResult
         check_results=[_gate_check("phase9_gate", result.gate)])
 
 
-@dg.asset(deps=[context_error_analysis], group_name=GROUP, kinds={"parquet", "duckdb"},
+@dg.asset(deps=[context_error_analysis], group_name=GROUP, kinds={"ducklake", "duckdb"},
           metadata=table_metadata(schemas.CONTEXT_OVERLAY),
           check_specs=[dg.AssetCheckSpec("phase10_gate", asset="context_overlay",
                                          description="out of sample (thresholds tuned on earlier trades): win "
@@ -74,7 +73,7 @@ def context_overlay(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     """Phase 10: the seed's ContextOverlay per trade (itemised), its backtest vs the baseline (sizing,
     filtering; tuned on earlier trades, judged on later ones) and the gate. Runs only past the phase 9
     gate, or with QML_OVERRIDE_GATES=1 (recorded)."""
-    wh = warehouse.get()
+    wh = warehouse.for_run(context)
     gate_status = _open_gate(context, wh, "phase9", research.override_gates)
     plot = wh.root / "reports" / "equity_baseline_vs_overlay.png"
     result = run_phase10(wh.read(schemas.TRADES), wh.read(schemas.TRADE_CONTEXT_FEATURES), plot)
@@ -82,7 +81,6 @@ def context_overlay(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     wh.replace_table(schemas.OVERLAY_BACKTEST, result.metrics)
     wh.replace_table(schemas.OVERLAY_DIFFERENCES, result.differences)
     wh.replace_group(schemas.RESEARCH_GATES, gate_rows("phase10", result.gate), "gate", "phase10")
-    wh.refresh_catalog()
     overall = result.metrics.filter(pl.col("scope") == "overall").select(
         "period", "variant", "trades", "win_rate", "expectancy_r", "profit_factor", "sharpe", "max_drawdown_r")
     return dg.MaterializeResult(
@@ -103,7 +101,7 @@ def context_overlay(context: dg.AssetExecutionContext, warehouse: WarehouseResou
                                  "(warehouse/models/<version>/). Earlier versions are kept and listed.",
                      metadata=table_metadata(schemas.MODEL_EVALUATION)),
         dg.AssetSpec("model_predictions", deps=[context_overlay, ohlcv_windows], group_name=GROUP,
-                     kinds={"parquet", "duckdb"}, metadata=table_metadata(schemas.MODEL_PREDICTIONS),
+                     kinds={"ducklake", "duckdb"}, metadata=table_metadata(schemas.MODEL_PREDICTIONS),
                      description="Each trade's adjusted confidence from the fusion model, out of sample "
                                  "(walk-forward), with the model version."),
     ])
@@ -111,7 +109,7 @@ def context_model(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     """Runs only past the phase 10 gate, or with QML_OVERRIDE_GATES=1 (recorded in the metadata)."""
     from qml_pipeline.research.model import ModelConfig
 
-    wh = warehouse.get()
+    wh = warehouse.for_run(context)
     gate_status = _open_gate(context, wh, "phase10", research.override_gates)
     trade_ids, windows = load_windows(windows_path(warehouse))
     inputs = model_inputs(wh.read(schemas.TRADES), wh.read(schemas.TRADE_CONTEXT_FEATURES),
@@ -121,7 +119,6 @@ def context_model(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     wh.replace_group(schemas.MODEL_EVALUATION, result.evaluation, "model_version", result.version)
     wh.replace_table(schemas.MODEL_PREDICTIONS, result.predictions)
     wh.replace_group(schemas.MODEL_BACKTEST, result.backtest, "period", result.version)
-    wh.refresh_catalog()
     for note in result.notes:
         context.log.info(note)
     yield dg.MaterializeResult(asset_key="context_model", metadata={

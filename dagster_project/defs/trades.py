@@ -15,7 +15,7 @@ MIN_TRADES_FOR_PHASE9 = 200
 
 
 @dg.asset(
-    deps=["klines", "funding_rates"], group_name=GROUP, kinds={"parquet", "duckdb"},
+    deps=["klines", "funding_rates"], group_name=GROUP, kinds={"ducklake", "duckdb"},
     metadata=table_metadata(schemas.TRADES),
     check_specs=[dg.AssetCheckSpec("enough_trades_for_phase9", asset="trades",
                                    description=f"at least {MIN_TRADES_FOR_PHASE9} filled trades (seed checklist)")],
@@ -23,15 +23,14 @@ MIN_TRADES_FOR_PHASE9 = 200
 def trades(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
            trade_source: TradeSourceResource) -> dg.MaterializeResult:
     """A user's backtest export (validated; bad rows named, nothing written) or the reference detector's trades."""
-    wh = warehouse.get()
+    wh = warehouse.for_run(context)
     try:
         build = build_trades(wh, trade_source.config())
     except TradeInputError as exc:
         raise dg.Failure(description=str(exc)) from exc
     for warning in build.warnings:
         context.log.warning(warning)
-    wh.replace_table(schemas.TRADES, build.trades)
-    wh.refresh_catalog()
+    wh.replace_table(schemas.TRADES, build.trades, allow_empty=False)
     outcomes = build.trades.group_by("symbol", "timeframe", "outcome").len().sort("symbol", "timeframe", "outcome")
     filled = build.trades.filter(pl.col("outcome").is_in(FILLED_OUTCOMES)).height
     return dg.MaterializeResult(
@@ -44,14 +43,13 @@ def trades(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
     )
 
 
-@dg.asset(deps=[trades], group_name=GROUP, kinds={"parquet", "duckdb"},
+@dg.asset(deps=[trades], group_name=GROUP, kinds={"ducklake", "duckdb"},
           metadata=table_metadata(schemas.BASELINE_METRICS))
-def baseline_metrics(warehouse: WarehouseResource) -> dg.MaterializeResult:
+def baseline_metrics(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Win rate, average R, expectancy, profit factor, Sharpe, max drawdown: overall, per year, symbol, timeframe."""
-    wh = warehouse.get()
+    wh = warehouse.for_run(context)
     metrics = compute_baseline_metrics(wh.read(schemas.TRADES))
     wh.replace_table(schemas.BASELINE_METRICS, metrics)
-    wh.refresh_catalog()
     shown = metrics.select("dimension", "group", "trades", "win_rate", "expectancy_r", "profit_factor",
                            "sharpe", "max_drawdown_r")
     overall = metrics.filter(pl.col("dimension") == "overall").row(0, named=True)

@@ -30,27 +30,28 @@ GROUP BY t.trade_id
 
 def rebuild_liquidation_maps(wh: Warehouse, symbols: Sequence[str], start: datetime,
                              config: LiqMapConfig | None = None) -> dict[str, int]:
-    """Replace each symbol's estimated liquidation map from `start` on (snapshots of an earlier run or
-    model configuration do not linger); returns rows per symbol (0 without open interest)."""
-    end = utc_now() + timedelta(days=1)
+    """Replace each symbol's estimated liquidation map (a derived table: snapshots of an earlier run or model
+    configuration do not linger), keeping snapshots from `start` on; one warehouse snapshot for all symbols.
+    Returns rows per symbol (0 without open interest)."""
     rows = {}
-    for symbol in symbols:
-        snapshots = estimate_liquidation_map(wh.read(schemas.OPEN_INTEREST, symbol=symbol),
-                                             wh.read(schemas.KLINES, symbol=symbol), config)
-        wh.write_window(schemas.LIQUIDATION_MAP, snapshots.filter(pl.col("snapshot_time") >= start),
-                        symbol=symbol, start=start, end=end)
-        rows[symbol] = snapshots.height
+    with wh.write(f"rebuild liquidation_map for {len(symbols)} symbol(s)") as batch:
+        for symbol in symbols:
+            snapshots = estimate_liquidation_map(wh.read(schemas.OPEN_INTEREST, symbol=symbol, venue="binance"),
+                                                 wh.read(schemas.KLINES, symbol=symbol), config)
+            kept = snapshots.filter(pl.col("snapshot_time") >= start)
+            batch.replace_group(schemas.LIQUIDATION_MAP, kept, "symbol", symbol)
+            rows[symbol] = kept.height
     return rows
 
 
 def build_context(wh: Warehouse, feature_config: FeatureConfig | None = None,
                   liq_config: LiqMapConfig | None = None) -> pl.DataFrame:
     """One row per trade in the TRADE_CONTEXT_FEATURES shape, everything as known at decision_time."""
-    with contextlib.closing(wh.connect()) as con:
+    with contextlib.closing(wh.connect(venue="binance")) as con:
         features = build_trade_context_features(con, feature_config or FeatureConfig())
         realised = frame(con, REALISED_LIQ_SQL)
     trades = wh.read(schemas.TRADES).select("trade_id", "symbol", "direction", "decision_time")
-    liq = liq_features_for_trades(trades, wh.read(schemas.OPEN_INTEREST), wh.read(schemas.KLINES),
+    liq = liq_features_for_trades(trades, wh.read(schemas.OPEN_INTEREST, venue="binance"), wh.read(schemas.KLINES),
                                   features.select("trade_id", "atr"), liq_config)
     liq = liq.select("trade_id", "distance_to_liq_cluster",
                      pl.col("liq_cluster_notional_usd").alias("liq_cluster_size"),

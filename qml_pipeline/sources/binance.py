@@ -33,16 +33,25 @@ from qml_pipeline.config import PROJECT_ROOT
 from qml_pipeline.sources.http_client import HttpClient
 from qml_pipeline.sources.binance_archive import ArchiveReport, BinanceArchive
 from qml_pipeline.sources.binance_rest import FUNDING_LIMIT, KLINES_LIMIT, BinanceRest
+from qml_pipeline.sources.grid import Coverage, Gap, Grid, KnownGap, gaps_for, missing_on_grid, read_known_gaps
 from qml_pipeline.timeutil import UTC, interval_ms, utc_now
 
 DEFAULT_CACHE_DIR = PROJECT_ROOT / "warehouse" / "cache"
 OI_WINDOW_MARGIN = timedelta(minutes=10)
 FUNDING_ESTIMATE_HOURS = 8
+# The archive's daily metrics (5-minute open interest) start here, whatever the listing date.
+ARCHIVE_METRICS_START = datetime(2020, 9, 1, tzinfo=UTC)
+# Rows at the live edge are expected only this long after they could first exist (publication delay).
+LIVE_EDGE_GRACE = timedelta(minutes=15)
 
 
 def _day_ceil(dt: datetime) -> datetime:
     floor = datetime(dt.year, dt.month, dt.day, tzinfo=UTC)
     return floor if floor == dt else floor + timedelta(days=1)
+
+
+def _day_floor(dt: datetime) -> datetime:
+    return datetime(dt.year, dt.month, dt.day, tzinfo=UTC)
 
 
 def _month_floor(dt: datetime) -> datetime:
@@ -51,11 +60,12 @@ def _month_floor(dt: datetime) -> datetime:
 
 class BinanceSource:
     name = "binance"
+    venue = "binance"
 
     def __init__(self, fapi_url: str, archive_url: str, oi_publication_lag_s: int = 0,
                  on_progress: Callable[[str], None] | None = None,
                  cache_dir: str | os.PathLike[str] | None = None,
-                 now: Callable[[], datetime] = utc_now):
+                 now: Callable[[], datetime] = utc_now, known_gaps_file: str | os.PathLike[str] | None = None):
         self.client = HttpClient(fapi_url, on_progress=on_progress)
         self.archive_client = HttpClient(archive_url, on_progress=on_progress)
         self.rest = BinanceRest(self.client, oi_publication_lag_s, now=now)
@@ -64,6 +74,27 @@ class BinanceSource:
         self.archive_url = archive_url
         self.now = now
         self.archive_reports: list[ArchiveReport] = []
+        self._known: list[KnownGap] = read_known_gaps(known_gaps_file) if known_gaps_file else []
+
+    # ------------------------------------------------------------------ what the source should fill
+
+    def grid(self, table: str, variant: str) -> Grid | None:
+        if table in ("klines", "open_interest"):
+            return Grid(timedelta(milliseconds=interval_ms(variant)))
+        return None
+
+    def coverage(self, table: str, symbol: str, variant: str) -> Coverage:
+        """From the listing (open interest: not before the archive's first metrics day) to now less a grace
+        for publication, or to the delivery of a delisted symbol."""
+        onboard, delivery = self.rest.listing(symbol)
+        first = max(onboard, ARCHIVE_METRICS_START) if table == "open_interest" else onboard
+        end = self.now() - LIVE_EDGE_GRACE
+        if table == "open_interest":
+            end -= timedelta(milliseconds=interval_ms(variant))
+        return Coverage(first, min(end, delivery) if delivery else end)
+
+    def known_gaps(self, table: str, symbol: str, variant: str) -> list[Gap]:
+        return gaps_for(self._known, self.venue, table, symbol, variant)
 
     def request_stats(self) -> dict[str, float]:
         """Both clients' counters summed (weight_used: the higher of the two servers' reports)."""
@@ -89,6 +120,27 @@ class BinanceSource:
         key = list(table.key)
         return pl.concat([schemas.conform(table, f) for f in frames]).unique(key, keep="first").sort(key)
 
+    def _closed_day_gaps(self, rows: pl.DataFrame, table: str, symbol: str, variant: str, start: datetime,
+                         end: datetime) -> list[tuple[datetime, datetime]]:
+        """The whole UTC days in [start, min(end, today)) where `rows` lack grid stamps (REST served a
+        partial page, e.g. during maintenance): the archive may hold them."""
+        today = datetime(*self.now().timetuple()[:3], tzinfo=UTC)
+        hi = min(end, today)
+        if hi <= start:
+            return []
+        step = timedelta(milliseconds=interval_ms(variant))
+        lo_c, hi_c = self.coverage(table, symbol, variant).clip(start, hi)
+        missing = missing_on_grid(rows["event_time"], Grid(step), start, hi, Coverage(lo_c, hi_c - step + timedelta(milliseconds=1))
+                                  if table == "klines" else Coverage(lo_c, hi_c))
+        days = sorted({_day_floor(t) for t in missing})
+        ranges: list[tuple[datetime, datetime]] = []
+        for d in days:
+            if ranges and ranges[-1][1] == d:
+                ranges[-1] = (ranges[-1][0], d + timedelta(days=1))
+            else:
+                ranges.append((d, d + timedelta(days=1)))
+        return [(max(a, start), min(b, hi)) for a, b in ranges]
+
     # ------------------------------------------------------------------ open interest
 
     def oi_boundary(self) -> datetime:
@@ -103,7 +155,10 @@ class BinanceSource:
                 lambda: self.archive.open_interest(symbol, period, start, min(end, boundary)))
             frames.append(df)
         if end > boundary:
-            frames.append(self.rest.open_interest(symbol, period, max(start, boundary), end))
+            rest = self.rest.open_interest(symbol, period, max(start, boundary), end)
+            frames.append(rest)
+            for lo, hi in self._closed_day_gaps(rest, "open_interest", symbol, period, max(start, boundary), end):
+                frames.append(self._from_archive(lambda: self.archive.open_interest(symbol, period, lo, hi))[0])
         return self._concat(schemas.OPEN_INTEREST, frames)
 
     # ------------------------------------------------------------------ funding
@@ -146,6 +201,9 @@ class BinanceSource:
                 frames += [self.rest.klines(symbol, interval, lo, hi) for lo, hi in report.missing_ranges()]
                 rest_from = split
         if end > rest_from:
-            frames.append(self.rest.klines(symbol, interval, rest_from, end))
+            rest = self.rest.klines(symbol, interval, rest_from, end)
+            frames.append(rest)
+            for lo, hi in self._closed_day_gaps(rest, "klines", symbol, interval, rest_from, end):
+                frames.append(self._from_archive(lambda: self.archive.klines(symbol, interval, lo, hi))[0])
         return self._concat(schemas.KLINES, frames)
 

@@ -34,6 +34,7 @@ import io
 import os
 import uuid
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -71,7 +72,16 @@ OI_PERIODS = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
 
 
 class ChecksumError(ValueError):
-    """A downloaded archive file does not match its published sha256."""
+    """A downloaded archive file does not match its published sha256, or its CHECKSUM is unreadable."""
+
+
+class ArchiveFileError(ValueError):
+    """An archive file could not be used (no CHECKSUM beside an existing zip, a broken zip, bad CSV)."""
+
+
+# a CHECKSUM answering 404 beside an existing zip is asked again this many times before the fetch fails
+CHECKSUM_RETRIES = 2
+CHECKSUM_RETRY_PAUSE_S = 2.0
 
 
 @dataclass
@@ -208,8 +218,31 @@ def read_archive_csv(csv_bytes: bytes, columns: dict[str, pl.DataType]) -> tuple
             raise ValueError(f"headerless archive CSV has {width} columns; expected {len(columns)} "
                              f"({list(columns)})")
         schema = pl.Schema(columns)
-    df = pl.read_csv(csv_bytes, has_header=False, skip_rows=1 if header else 0, schema=schema)
+    skip = 1 if header else 0
+    try:
+        df = pl.read_csv(csv_bytes, has_header=False, skip_rows=skip, schema=schema)
+    except pl.exceptions.PolarsError as exc:
+        raise ValueError(_first_bad_value(csv_bytes, schema, skip) or f"unreadable CSV: {exc}") from None
     return df.select(list(columns)), header
+
+
+def _first_bad_value(csv_bytes: bytes, schema: pl.Schema, skip: int) -> str | None:
+    """'line N, column c: ...' for the first value that does not parse as its column's type."""
+    try:
+        text = pl.read_csv(csv_bytes, has_header=False, skip_rows=skip, new_columns=list(schema.names()),
+                           schema_overrides={n: pl.Utf8 for n in schema.names()}, infer_schema=False)
+    except pl.exceptions.PolarsError as exc:
+        return f"unreadable CSV (rows of different widths?): {exc}"
+    for name, dtype in schema.items():
+        if dtype == pl.Utf8:
+            continue
+        bad = text.with_row_index("_i").filter(
+            pl.col(name).is_not_null() & pl.col(name).str.strip_chars().cast(dtype, strict=False).is_null())
+        if bad.height:
+            line = int(bad["_i"][0]) + skip + 1
+            return (f"line {line}, column {name!r}: {bad[name][0]!r} is not a {dtype} value "
+                    f"({bad.height} such row(s))")
+    return None
 
 
 def _csv_from_zip(data: bytes, name: str) -> bytes:
@@ -270,6 +303,37 @@ class BinanceArchive:
             tmp.write_bytes(content)
             os.replace(tmp, target)
 
+    def _evict(self, path: str) -> None:
+        zpath = self._cache_path(path)
+        for p in (zpath, zpath.with_name(zpath.name + ".sha256")):
+            p.unlink(missing_ok=True)
+
+    def _checksum(self, f: ArchiveFile, report: ArchiveReport) -> str | None:
+        """The published sha256 of `f`; None when neither the CHECKSUM nor the zip exists (a gap). A zip
+        without a CHECKSUM is asked again, then refused: an unverified file is never used."""
+        url = self.client.url_for(f.path)
+        for attempt in range(CHECKSUM_RETRIES + 1):
+            report.checksum_requests += 1
+            body = self.client.get_bytes_or_none_on_404(f.path + ".CHECKSUM")
+            if body is not None:
+                try:
+                    return parse_checksum(body.decode("utf-8", "replace"), f.name)
+                except ChecksumError as exc:
+                    report.checksum_failures.append(f"{f.name}: unreadable CHECKSUM")
+                    self.last_report = report
+                    raise ChecksumError(f"{exc} (from {url}.CHECKSUM); the archive or a proxy answered something "
+                                        "else than a checksum. Nothing of this fetch was loaded.") from None
+            if attempt == 0 and self.client.get_bytes_or_none_on_404(f.path) is None:
+                return None  # neither file: the archive does not have this period
+            if attempt < CHECKSUM_RETRIES:
+                self.client.pause(CHECKSUM_RETRY_PAUSE_S, f"{f.name}.CHECKSUM answered 404 although the zip exists")
+        report.checksum_failures.append(f"{f.name}: CHECKSUM missing")
+        self.last_report = report
+        raise ArchiveFileError(
+            f"{url}.CHECKSUM answered 404 {CHECKSUM_RETRIES + 1} times although {url} exists: the file cannot be "
+            "verified, so it is not used and stored rows are left as they are. Run the partition again later "
+            "(Binance publishes the two files separately).")
+
     def _download(self, f: ArchiveFile, report: ArchiveReport) -> bytes | None:
         """The verified zip bytes of `f`, from the cache when allowed; None when the archive lacks it."""
         cached = self._cached(f.path)
@@ -277,19 +341,19 @@ class BinanceArchive:
         if cached is not None and closed_long_ago and not self.revalidate:
             report.files_from_cache += 1
             return cached[0]
-        report.checksum_requests += 1
-        checksum_body = self.client.get_bytes_or_none_on_404(f.path + ".CHECKSUM")
-        if checksum_body is None:
+        expected = self._checksum(f, report)
+        if expected is None:
             report.missing.append(f)
             return None
-        expected = parse_checksum(checksum_body.decode("utf-8", "replace"), f.name)
         if cached is not None and cached[1] == expected:
             report.files_from_cache += 1
             return cached[0]
         data = self.client.get_bytes_or_none_on_404(f.path)
         if data is None:
-            report.missing.append(f)
-            return None
+            report.checksum_failures.append(f"{f.name}: zip missing beside its CHECKSUM")
+            self.last_report = report
+            raise ArchiveFileError(f"{self.client.url_for(f.path)} answered 404 although its CHECKSUM exists; "
+                                   "stored rows are left as they are. Run the partition again later.")
         got = hashlib.sha256(data).hexdigest()
         if got != expected:
             report.checksum_failures.append(f.name)
@@ -303,6 +367,28 @@ class BinanceArchive:
         report.files_downloaded += 1
         return data
 
+    def _csv_of(self, f: ArchiveFile, data: bytes, report: ArchiveReport) -> bytes:
+        """The CSV inside `f`'s zip. A zip that does not open is evicted from the cache and downloaded once
+        more; if it still does not open, the error names the file, its URL and the cache path."""
+        try:
+            return _csv_from_zip(data, f.name)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as first:
+            self._evict(f.path)
+            again = self.client.get_bytes_or_none_on_404(f.path)
+            report.files_downloaded += again is not None
+            try:
+                if again is None:
+                    raise zipfile.BadZipFile("the file is gone (404) on the second download")
+                csv = _csv_from_zip(again, f.name)
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+                self.last_report = report
+                raise ArchiveFileError(
+                    f"{f.name} ({self.client.url_for(f.path)}) is not a readable zip, twice ({first}; then {exc}), "
+                    f"although its sha256 matches the published CHECKSUM: the archive serves a broken file. It was "
+                    f"removed from the cache ({self._cache_path(f.path)}); nothing of this fetch was loaded.") from None
+            self._store(f.path, again, hashlib.sha256(again).hexdigest())
+            return csv
+
     def _read_files(self, files: Iterable[ArchiveFile], columns: dict[str, pl.DataType],
                     report: ArchiveReport, what: str) -> pl.DataFrame | None:
         frames = []
@@ -312,7 +398,11 @@ class BinanceArchive:
             data = self._download(f, report)
             if data is None:
                 continue
-            df, header = read_archive_csv(_csv_from_zip(data, f.name), columns)
+            try:
+                df, header = read_archive_csv(self._csv_of(f, data, report), columns)
+            except (ValueError, pl.exceptions.PolarsError) as exc:
+                self.last_report = report
+                raise ArchiveFileError(f"{f.name} ({self.client.url_for(f.path)}): {exc}") from None
             report.headered_files += header
             report.headerless_files += not header
             frames.append(df.with_columns(pl.lit(f.start).cast(TS).alias("_file_start")))

@@ -23,7 +23,7 @@ from qml_pipeline.store import schemas
 from qml_pipeline.sources.funding import FUNDING_SNAP_TOLERANCE, snap_funding_times, with_funding_intervals
 from qml_pipeline.sources.http_client import HttpClient
 from qml_pipeline.store.schemas import FUNDING_INTERVALS_HOURS, TS
-from qml_pipeline.timeutil import interval_ms, to_ms, utc_now
+from qml_pipeline.timeutil import UTC, interval_ms, to_ms, utc_now
 
 SOURCE = "binance_rest"
 HOUR_MS = 3_600_000
@@ -34,6 +34,7 @@ FUNDING_PATH = "/fapi/v1/fundingRate"
 FUNDING_INFO_PATH = "/fapi/v1/fundingInfo"
 OI_PATH = "/futures/data/openInterestHist"
 KLINES_PATH = "/fapi/v1/klines"
+EXCHANGE_INFO_PATH = "/fapi/v1/exchangeInfo"
 
 FUNDING_LIMIT = 1000
 OI_LIMIT = 500
@@ -76,8 +77,30 @@ class BinanceRest:
         self.oi_publication_lag_s = oi_publication_lag_s
         self.now = now
         self._funding_info: dict[str, int] | None = None
+        self._exchange_info: dict[str, dict[str, Any]] | None = None
         client.set_path_limit(*FUNDING_PATH_LIMIT)
         client.set_path_limit(*FUTURES_DATA_PATH_LIMIT)
+
+    # ------------------------------------------------------------------ the universe
+
+    def exchange_info(self) -> dict[str, dict[str, Any]]:
+        """Symbol -> its /fapi/v1/exchangeInfo row (listed and delisted perpetuals; fetched once)."""
+        if self._exchange_info is None:
+            payload = self.client.get_json(EXCHANGE_INFO_PATH, weight=1)
+            self._exchange_info = {r["symbol"]: r for r in payload.get("symbols", [])}
+        return self._exchange_info
+
+    def listing(self, symbol: str) -> tuple[datetime, datetime | None]:
+        """(onboard time, delivery time for a delisted symbol else None); raises naming unknown symbols."""
+        info = self.exchange_info().get(symbol)
+        if info is None:
+            raise ValueError(f"{symbol} is not a Binance USD-M futures symbol (not in {EXCHANGE_INFO_PATH}); "
+                             "check QML_SYMBOLS")
+        onboard = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=int(info["onboardDate"])))
+        delisted = info.get("status") not in ("TRADING", "PENDING_TRADING", None)
+        delivery = (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=int(info["deliveryDate"]))
+                    if delisted else None)
+        return onboard, delivery
 
     # ------------------------------------------------------------------ funding
 

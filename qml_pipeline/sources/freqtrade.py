@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import polars as pl
 
 from qml_pipeline.store import schemas
 from qml_pipeline.sources.candles import resample_klines
-from qml_pipeline.sources.funding import snap_funding_times, with_funding_intervals
+from qml_pipeline.sources.funding import FUNDING_SNAP_TOLERANCE, snap_funding_times, with_funding_intervals
+from qml_pipeline.sources.grid import Coverage, Grid
 from qml_pipeline.timeutil import interval_ms
 
 SOURCE = "freqtrade"
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _FILE = re.compile(r"^(?P<pair>[A-Z0-9]+_[A-Z0-9]+_[A-Z0-9]+)-(?P<tf>\d+[mhdw])-(?P<kind>futures|funding_rate|mark)"
                    r"\.(?P<ext>feather|parquet)$")
 
@@ -55,6 +57,7 @@ class FreqtradeDataDir:
             for p in sorted(self.futures_dir.iterdir())
             if (m := _FILE.match(p.name))
         ]
+        self._spans: dict[Path, tuple[datetime, datetime]] = {}
 
     @property
     def name(self) -> str:
@@ -68,6 +71,49 @@ class FreqtradeDataDir:
                    and (timeframe is None or f.timeframe == timeframe)]
         return min(matches, key=lambda f: interval_ms(f.timeframe)) if matches else None
 
+    # -------------------------------------------------------------- what the files should fill
+
+    def grid(self, table: str, variant: str) -> Grid | None:
+        """Candles on their interval's grid; funding follows the settlement interval (no fixed grid)."""
+        if table == "klines":
+            return Grid(timedelta(milliseconds=interval_ms(variant)))
+        return None
+
+    def _base_klines(self, symbol: str, interval: str) -> FreqtradeFile | None:
+        target_ms = interval_ms(interval)
+        stored = [f for f in self.files if f.symbol == symbol and f.kind == "futures"
+                  and target_ms % interval_ms(f.timeframe) == 0]
+        return min(stored, key=lambda f: -interval_ms(f.timeframe)) if stored else None
+
+    def _span(self, f: FreqtradeFile) -> tuple[datetime, datetime]:
+        if f.path not in self._spans:
+            dates = self._read(f.path)["date"]
+            self._spans[f.path] = (dates.min(), dates.max())
+        return self._spans[f.path]
+
+    def coverage(self, table: str, symbol: str, variant: str) -> Coverage:
+        """Where the files have rows: candles from the first to the end of the last stored bar; funding from
+        the first settlement to one interval after the last; nothing for open interest (not kept)."""
+        if table == "klines":
+            base = self._base_klines(symbol, variant)
+            if base is None:
+                return Coverage(None, EPOCH)
+            first, last = self._span(base)
+            return Coverage(first, last + timedelta(milliseconds=interval_ms(base.timeframe)))
+        if table == "funding_rates":
+            f = self._find(symbol, "funding_rate")
+            if f is None:
+                return Coverage(None, EPOCH)
+            first, last = self._span(f)
+            return Coverage(first - FUNDING_SNAP_TOLERANCE, last + timedelta(hours=1))
+        return Coverage(None, EPOCH)
+
+    def data_end(self) -> datetime:
+        """The end of the newest candle or settlement in the directory."""
+        ends = [self._span(f)[1] + timedelta(milliseconds=interval_ms(f.timeframe)) if f.kind == "futures"
+                else self._span(f)[1] for f in self.files]
+        return max(ends) if ends else EPOCH
+
     @staticmethod
     def _read(path: Path) -> pl.DataFrame:
         df = pl.read_ipc(path) if path.suffix == ".feather" else pl.read_parquet(path)
@@ -78,12 +124,9 @@ class FreqtradeDataDir:
     def klines(self, symbol: str, interval: str, start: datetime, end: datetime) -> pl.DataFrame:
         """Closed candles with open time in [start, end); a missing timeframe is aggregated from the
         finest stored one that divides it (only complete groups)."""
-        target_ms = interval_ms(interval)
-        stored = [f for f in self.files if f.symbol == symbol and f.kind == "futures"
-                  and target_ms % interval_ms(f.timeframe) == 0]
-        if not stored:
+        base = self._base_klines(symbol, interval)
+        if base is None:
             return schemas.empty(schemas.KLINES)
-        base = min(stored, key=lambda f: -interval_ms(f.timeframe))
         step = pl.duration(milliseconds=interval_ms(base.timeframe))
         bars = (self._read(base.path)
                 .filter((pl.col("date") >= start) & (pl.col("date") < end))

@@ -8,16 +8,21 @@ stamp meaning changed on 2024-03-04; see the data README), i.e. from hour_end.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import polars as pl
 
-from qml_pipeline.store import schemas
 from qml_pipeline.sources.freqtrade import FreqtradeDataDir
+from qml_pipeline.sources.grid import Coverage, Gap, Grid, KnownGap, gaps_for, read_known_gaps
+from qml_pipeline.store import schemas
 
 OI_SOURCE = "sample_archive_1h"
 ARCHIVE_PERIOD = timedelta(minutes=5)
+# one row an hour, stamped hour_end - 5 min
+OI_GRID = Grid(timedelta(hours=1), timedelta(minutes=55))
+KNOWN_GAPS_FILE = "known_gaps.csv"
 
 
 def read_hourly_oi_csv(path: Path, symbol: str, publication_lag_s: int = 0) -> pl.DataFrame:
@@ -38,12 +43,68 @@ class SampleSource:
     """Offline market data: candles and funding from Freqtrade files, real OI where bundled."""
 
     name = "sample"
+    venue = "binance"
 
     def __init__(self, sample_dir: str | Path, oi_publication_lag_s: int = 0):
         self.dir = Path(sample_dir)
         self.freqtrade = FreqtradeDataDir(self.dir / "freqtrade")
         self.oi_lag_s = oi_publication_lag_s
         self._oi_cache: dict[str, pl.DataFrame] = {}
+        self._known: list[KnownGap] = read_known_gaps(self.dir / KNOWN_GAPS_FILE)
+
+    # ------------------------------------------------------------------ what the sample should fill
+
+    def grid(self, table: str, variant: str) -> Grid | None:
+        if table == "open_interest":
+            return OI_GRID
+        return self.freqtrade.grid(table, variant)
+
+    def coverage(self, table: str, symbol: str, variant: str) -> Coverage:
+        if table == "open_interest":
+            oi = self._oi(symbol)
+            if oi is None or oi.is_empty():
+                return Coverage(None, datetime(1970, 1, 1, tzinfo=timezone.utc))  # no OI for this symbol at all
+            return Coverage(oi["event_time"].min(), oi["event_time"].max() + OI_GRID.step)
+        return self.freqtrade.coverage(table, symbol, variant)
+
+    def use_known_gaps(self, path: str | Path) -> None:
+        """Read known gaps from `path` instead of the sample's own known_gaps.csv."""
+        self._known = read_known_gaps(path)
+
+    def known_gaps(self, table: str, symbol: str, variant: str) -> list[Gap]:
+        return gaps_for(self._known, self.venue, table, symbol, variant)
+
+    def check_inputs(self, symbols: Sequence[str], kline_intervals: Sequence[str]) -> None:
+        """Read every file the pipeline will read for `symbols` and check it against the raw tables'
+        contracts; raise one ValueError listing every problem (before anything is written anywhere)."""
+        everything = (datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc))
+        problems = []
+        for symbol in symbols:
+            reads = [(schemas.KLINES, f"klines {i}", lambda i=i: self.klines(symbol, i, *everything))
+                     for i in kline_intervals]
+            reads += [(schemas.FUNDING_RATES, "funding", lambda: self.funding_rates(symbol, *everything)),
+                      (schemas.OPEN_INTEREST, "open interest", lambda: self.open_interest(symbol, "5m", *everything))]
+            for table, what, read in reads:
+                try:
+                    frame = read()
+                    schemas.validate(table, schemas.conform(table, frame))
+                except (OSError, ValueError, pl.exceptions.PolarsError) as exc:
+                    problems.append(f"{symbol} {what}: {exc}")
+                    continue
+                if frame.is_empty() and table is schemas.KLINES:
+                    problems.append(f"{symbol} {what}: no candles in {self.freqtrade.futures_dir} (expected a file "
+                                    f"named like {symbol[:-4]}_USDT_USDT-1h-futures.feather)")
+        if problems:
+            raise ValueError(f"{self.dir}: {len(problems)} problem(s):\n  - " + "\n  - ".join(problems))
+
+    def data_end(self) -> datetime:
+        """The end of the newest row the sample holds (partitions end there)."""
+        ends = [self.freqtrade.data_end()]
+        for symbol in self.oi_files():
+            oi = self._oi(symbol)
+            if oi is not None and oi.height:
+                ends.append(oi["available_at"].max())
+        return max(ends)
 
     def oi_files(self) -> dict[str, Path]:
         oi_dir = self.dir / "open_interest"
@@ -63,10 +124,15 @@ class SampleSource:
     def open_interest(self, symbol: str, period: str, start: datetime, end: datetime) -> pl.DataFrame:
         """Real hourly archive OI where bundled (whatever `period` asks: the sample has one row an
         hour); empty for symbols without a file, which the caller reports."""
+        df = self._oi(symbol)
+        if df is None:
+            return schemas.empty(schemas.OPEN_INTEREST)
+        return df.filter((pl.col("event_time") >= start) & (pl.col("event_time") < end))
+
+    def _oi(self, symbol: str) -> pl.DataFrame | None:
         path = self.oi_files().get(symbol)
         if path is None:
-            return schemas.empty(schemas.OPEN_INTEREST)
+            return None
         if symbol not in self._oi_cache:
             self._oi_cache[symbol] = read_hourly_oi_csv(path, symbol, self.oi_lag_s)
-        df = self._oi_cache[symbol]
-        return df.filter((pl.col("event_time") >= start) & (pl.col("event_time") < end))
+        return self._oi_cache[symbol]

@@ -27,40 +27,45 @@ from qml_pipeline.timeutil import utc_now
 from qml_pipeline.store.warehouse import frame
 
 REPORT_SQL = """
-WITH src AS (
-    SELECT 'funding_rates' AS table_name, symbol, '' AS series, source, event_time, available_at,
+WITH all_rows AS (
+    SELECT 'funding_rates' AS table_name, venue, symbol, '' AS series, source, event_time, available_at,
            funding_interval_hours * 3600.0 AS fixed_step_s, NULL::DOUBLE AS period_s,
-           NULL::BOOLEAN AS nonpos, NULL::BOOLEAN AS nonpos_value
+           NULL::BOOLEAN AS nonpos, NULL::BOOLEAN AS nonpos_value, revision
     FROM funding_rates
     UNION ALL
-    SELECT 'open_interest', symbol, '', source, event_time, available_at,
-           NULL, period_minutes * 60.0, open_interest <= 0, open_interest_value <= 0
+    SELECT 'open_interest', venue, symbol, '', source, event_time, available_at,
+           NULL, period_minutes * 60.0, open_interest <= 0, open_interest_value <= 0, revision
     FROM open_interest
     UNION ALL
-    SELECT 'klines', symbol, "interval", source, event_time, available_at,
-           epoch(close_time) - epoch(event_time), NULL, least(open, high, low, close) <= 0, volume <= 0
+    SELECT 'klines', 'binance', symbol, "interval", source, event_time, available_at,
+           epoch(close_time) - epoch(event_time), NULL, least(open, high, low, close) <= 0, volume <= 0, revision
     FROM klines
 ),
+revised AS (
+    SELECT table_name, venue, symbol, series, count(*) AS revised_rows
+    FROM all_rows WHERE revision > 0 GROUP BY ALL
+),
+src AS (SELECT * EXCLUDE (revision) FROM all_rows WHERE revision = 0),
 per_source AS (
     SELECT *, epoch(event_time) - epoch(lag(event_time) OVER (
-               PARTITION BY table_name, symbol, series, source ORDER BY event_time)) AS source_spacing_s
+               PARTITION BY table_name, venue, symbol, series, source ORDER BY event_time)) AS source_spacing_s
     FROM src
 ),
 modal AS (
-    SELECT table_name, symbol, series, source,
+    SELECT table_name, venue, symbol, series, source,
            mode(source_spacing_s) FILTER (WHERE source_spacing_s > 0) AS modal_s
     FROM per_source GROUP BY ALL
 ),
 stepped AS (
     SELECT s.*, coalesce(s.fixed_step_s, m.modal_s, s.period_s) AS step_s
-    FROM src s JOIN modal m USING (table_name, symbol, series, source)
+    FROM src s JOIN modal m USING (table_name, venue, symbol, series, source)
 ),
 pairs AS (
     SELECT *,
            lag(event_time) OVER w AS prev_time,
            epoch(event_time) - epoch(lag(event_time) OVER w) AS spacing_s
     FROM stepped
-    WINDOW w AS (PARTITION BY table_name, symbol, series ORDER BY event_time)
+    WINDOW w AS (PARTITION BY table_name, venue, symbol, series ORDER BY event_time)
 ),
 holes AS (
     SELECT *,
@@ -70,7 +75,7 @@ holes AS (
     FROM pairs
 )
 SELECT
-    table_name, symbol, series,
+    table_name, venue, symbol, series,
     string_agg(DISTINCT source, ',' ORDER BY source) AS sources,
     count(*) AS "rows",
     min(event_time) AS first_event_time,
@@ -89,10 +94,11 @@ SELECT
     arg_max(hole_start, hole_s) AS longest_gap_start,
     max(available_at) AS last_available_at,
     (epoch(?::TIMESTAMPTZ) - epoch(max(available_at))) / 60.0 AS freshness_minutes,
-    ?::TIMESTAMPTZ AS as_of
-FROM holes
-GROUP BY table_name, symbol, series
-ORDER BY table_name, symbol, series
+    ?::TIMESTAMPTZ AS as_of,
+    coalesce(any_value(r.revised_rows), 0) AS revised_rows
+FROM holes LEFT JOIN revised r USING (table_name, venue, symbol, series)
+GROUP BY table_name, venue, symbol, series
+ORDER BY table_name, venue, symbol, series
 """
 
 
@@ -122,14 +128,14 @@ def data_quality_markdown(df: pl.DataFrame) -> str:
     """A markdown table of a data_quality_report frame, for Dagster metadata and reports."""
     if df.height == 0:
         return "_no rows in funding_rates, open_interest or klines_"
-    header = ["table", "symbol", "series", "sources", "rows", "first", "last", "step", "missing",
-              "complete", "duplicates", "zero OI/price", "zero value/volume", "gaps", "longest gap",
+    header = ["table", "venue", "symbol", "series", "sources", "rows", "first", "last", "step", "missing",
+              "complete", "duplicates", "revisions", "zero OI/price", "zero value/volume", "gaps", "longest gap",
               "longest gap starts", "fresh (age)"]
     shown = df.select(
-        "table_name", "symbol", "series", "sources", "rows", "first_event_time", "last_event_time",
+        "table_name", "venue", "symbol", "series", "sources", "rows", "first_event_time", "last_event_time",
         pl.col("expected_step_minutes").map_elements(_duration, return_dtype=pl.Utf8),
         "missing_rows", (pl.col("completeness") * 100).round(2).cast(pl.Utf8) + "%",
-        "duplicate_rows", "zero_rows", "zero_value_rows", "gaps",
+        "duplicate_rows", "revised_rows", "zero_rows", "zero_value_rows", "gaps",
         pl.col("longest_gap_minutes").map_elements(_duration, return_dtype=pl.Utf8),
         "longest_gap_start", pl.col("freshness_minutes").map_elements(_duration, return_dtype=pl.Utf8))
     threshold = _duration(df["gap_threshold_minutes"][0])

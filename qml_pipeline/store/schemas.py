@@ -31,6 +31,8 @@ class Column:
     unit: str
     doc: str
     nullable: bool = False
+    # filled in by `conform` when a frame lacks the column (e.g. venue 'binance', revision 0)
+    default: object = None
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,23 @@ class Table:
     # The column a partition's time window applies to (a day partition owns rows whose
     # time_column lies in [day, day + 1)).
     time_column: str | None = None
-    # Columns besides the month that name a file in the Parquet layout.
-    file_by: tuple[str, ...] = field(default=())
+    # The columns a re-published row is compared on: a different value is kept as a new revision (raw
+    # tables, merged by key). Empty for derived tables, which are replaced whole.
+    value_columns: tuple[str, ...] = field(default=())
 
     @property
     def names(self) -> list[str]:
         return [c.name for c in self.columns]
+
+    @property
+    def revisioned(self) -> bool:
+        """Rows are merged by key and differing re-publications kept (column `revision`)."""
+        return "revision" in self.names
+
+    @property
+    def stored_key(self) -> tuple[str, ...]:
+        """What is unique among stored rows: the key, plus the revision where revisions are kept."""
+        return (*self.key, "revision") if self.revisioned else self.key
 
     @property
     def polars_schema(self) -> pl.Schema:
@@ -58,6 +71,14 @@ class Table:
             if c.name == name:
                 return c
         raise KeyError(f"table {self.name!r} has no column {name!r}")
+
+
+VENUE = Column("venue", pl.Utf8, "VARCHAR", "",
+               "exchange the row describes: binance, bybit or okx", default="binance")
+REVISION = Column("revision", pl.Int32, "INTEGER", "",
+                  "0 for the first publication of the key; n for the n-th later re-publication with different "
+                  "values (its available_at is no earlier than when it was ingested). Features use revision 0.",
+                  default=0)
 
 
 def _lineage() -> tuple[Column, ...]:
@@ -76,7 +97,8 @@ FUNDING_RATES = Table(
     name="funding_rates",
     doc="Funding settlements of USD-M perpetuals, one row per symbol and settlement.",
     columns=(
-        Column("symbol", pl.Utf8, "VARCHAR", "", "exchange symbol, e.g. BTCUSDT"),
+        VENUE,
+        Column("symbol", pl.Utf8, "VARCHAR", "", "the project's symbol (Binance spelling), e.g. BTCUSDT"),
         Column("event_time", TS, "TIMESTAMPTZ", "UTC",
                "settlement time snapped to the hourly settlement grid"),
         Column("funding_rate", pl.Float64, "DOUBLE", "fraction per interval",
@@ -88,16 +110,19 @@ FUNDING_RATES = Table(
         Column("exchange_time", TS, "TIMESTAMPTZ", "UTC",
                "the settlement time as the source served it, with its millisecond jitter"),
         *_lineage(),
+        REVISION,
     ),
-    key=("symbol", "event_time"),
+    key=("venue", "symbol", "event_time"),
     time_column="event_time",
+    value_columns=("funding_rate",),
 )
 
 OPEN_INTEREST = Table(
     name="open_interest",
     doc="Open interest snapshots, one row per symbol and stamp.",
     columns=(
-        Column("symbol", pl.Utf8, "VARCHAR", "", "exchange symbol"),
+        VENUE,
+        Column("symbol", pl.Utf8, "VARCHAR", "", "the project's symbol (Binance spelling), e.g. BTCUSDT"),
         Column("event_time", TS, "TIMESTAMPTZ", "UTC",
                "the row's stamp as the source serves it (archive create_time, REST timestamp)"),
         Column("period_minutes", pl.Int32, "INTEGER", "minutes",
@@ -106,9 +131,11 @@ OPEN_INTEREST = Table(
         Column("open_interest_value", pl.Float64, "DOUBLE", "USDT",
                "sum of open interest value; 0 in some archive rows where data is missing", nullable=True),
         *_lineage(),
+        REVISION,
     ),
-    key=("symbol", "event_time"),
+    key=("venue", "symbol", "event_time"),
     time_column="event_time",
+    value_columns=("open_interest", "open_interest_value"),
 )
 
 KLINES = Table(
@@ -128,10 +155,11 @@ KLINES = Table(
         Column("trade_count", pl.Int64, "BIGINT", "trades", "number of trades", nullable=True),
         Column("taker_buy_volume", pl.Float64, "DOUBLE", "base asset", "taker buy volume", nullable=True),
         *_lineage(),
+        REVISION,
     ),
     key=("symbol", "interval", "event_time"),
     time_column="event_time",
-    file_by=("interval",),
+    value_columns=("open", "high", "low", "close", "volume"),
 )
 
 # ---------------------------------------------------------------- derived tables
@@ -286,10 +314,11 @@ LIQUIDATIONS = Table(
                "bucket end (event_time + interval): the earliest moment the bucket's total was known"),
         Column("source", pl.Utf8, "VARCHAR", "", "'coinglass'"),
         Column("ingested_at", TS, "TIMESTAMPTZ", "UTC", "when the pipeline wrote the row"),
+        REVISION,
     ),
     key=("symbol", "exchange", "interval", "event_time"),
     time_column="event_time",
-    file_by=("interval",),
+    value_columns=("long_liquidation_usd", "short_liquidation_usd"),
 )
 
 DATA_QUALITY = Table(
@@ -297,6 +326,7 @@ DATA_QUALITY = Table(
     doc="Per raw table, symbol and series: coverage, missing rows, duplicates, zero values, gaps, freshness.",
     columns=(
         Column("table_name", pl.Utf8, "VARCHAR", "", "raw table: funding_rates, open_interest or klines"),
+        VENUE,
         Column("symbol", pl.Utf8, "VARCHAR", "", "exchange symbol"),
         Column("series", pl.Utf8, "VARCHAR", "", "kline interval for klines; '' for the other tables"),
         Column("sources", pl.Utf8, "VARCHAR", "", "the rows' sources, comma-separated"),
@@ -328,8 +358,11 @@ DATA_QUALITY = Table(
         Column("last_available_at", TS, "TIMESTAMPTZ", "UTC", "latest available_at"),
         Column("freshness_minutes", pl.Float64, "DOUBLE", "minutes", "as_of - last_available_at"),
         Column("as_of", TS, "TIMESTAMPTZ", "UTC", "the moment freshness is measured from"),
+        Column("revised_rows", pl.Int64, "BIGINT", "rows",
+               "later re-publications with values different from the first (kept as revisions > 0; "
+               "features use the first publication)"),
     ),
-    key=("table_name", "symbol", "series"),
+    key=("table_name", "venue", "symbol", "series"),
 )
 
 
@@ -584,7 +617,8 @@ def conform(table: Table, df: pl.DataFrame) -> pl.DataFrame:
     """
     if "ingested_at" in table.names and "ingested_at" not in df.columns:
         df = df.with_columns(pl.lit(utc_now()).cast(TS).alias("ingested_at"))
-    missing = [c.name for c in table.columns if c.name not in df.columns and not c.nullable]
+    missing = [c.name for c in table.columns
+               if c.name not in df.columns and not c.nullable and c.default is None]
     if missing:
         raise ValueError(f"{table.name}: missing required columns {missing}; got {df.columns}")
     exprs = []
@@ -592,7 +626,7 @@ def conform(table: Table, df: pl.DataFrame) -> pl.DataFrame:
         if c.name in df.columns:
             exprs.append(pl.col(c.name).cast(c.dtype, strict=True))
         else:
-            exprs.append(pl.lit(None, dtype=c.dtype).alias(c.name))
+            exprs.append(pl.lit(c.default, dtype=c.dtype).alias(c.name))
     return df.select(exprs)
 
 
@@ -638,7 +672,7 @@ def _pandera_schema(table: Table, funding_rate_cap: float) -> pa.DataFrameSchema
         c.name: pa.Column(c.dtype, checks=col_checks.get(c.name, []), nullable=c.nullable)
         for c in table.columns
     }
-    return pa.DataFrameSchema(columns, checks=frame_checks, unique=list(table.key), strict=True,
+    return pa.DataFrameSchema(columns, checks=frame_checks, unique=list(table.stored_key), strict=True,
                               name=table.name)
 
 

@@ -42,7 +42,7 @@ def build_trades(wh: Warehouse, config: TradeSourceConfig) -> TradeBuild:
     klines = wh.read(schemas.KLINES)
     missing = sorted(set(config.timeframes) - set(klines["interval"].unique().to_list()))
     warnings = [f"no klines stored for timeframe(s) {missing}: add them to QML_KLINE_INTERVALS"] if missing else []
-    trades = reference_trades(klines, wh.read(schemas.FUNDING_RATES), list(config.timeframes),
+    trades = reference_trades(klines, wh.read(schemas.FUNDING_RATES, venue="binance"), list(config.timeframes),
                               config.detector, config.simulation)
     validate_trades(trades)
     return TradeBuild(trades, "reference_detector", warnings)

@@ -27,7 +27,7 @@ WHERE snapshot_time >= (SELECT max(snapshot_time) - INTERVAL 2 DAY FROM liquidat
 
 def latest_context_cards(wh: Warehouse) -> pl.DataFrame:
     """Per symbol, the latest funding, OI change and nearest estimated liquidation cluster with their ages."""
-    return context_cards(wh.read(schemas.FUNDING_RATES), wh.read(schemas.OPEN_INTEREST),
+    return context_cards(wh.read(schemas.FUNDING_RATES, venue="binance"), wh.read(schemas.OPEN_INTEREST, venue="binance"),
                          wh.query(LIQ_MAP_LOOKBACK_SQL), wh.read(schemas.KLINES))
 
 
