@@ -6,15 +6,17 @@ from __future__ import annotations
 import random
 from datetime import date, datetime, timedelta, timezone
 
+import hashlib
+
 import polars as pl
 import pytest
 
 from qml_pipeline.store import schemas
 from qml_pipeline.sources.http_client import HttpClient
-from qml_pipeline.sources.ingest import ingest
 from qml_pipeline.sources.binance import BinanceSource
 from qml_pipeline.sources.binance_archive import (
     BinanceArchive,
+    ArchiveFileError,
     ChecksumError,
     has_header,
     metrics_path,
@@ -62,8 +64,7 @@ def test_bad_checksum_raises_naming_file_and_hashes_and_loads_nothing(fake_archi
     arch = make_archive(fake_archive, fake_time, tmp_path)
     wh = Warehouse(tmp_path / "wh")
     with pytest.raises(ChecksumError) as exc:
-        df = arch.open_interest("BTCUSDT", "5m", T0, T0 + 2 * DAY)
-        ingest(wh, schemas.OPEN_INTEREST, df, symbol="BTCUSDT", start=T0, end=T0 + 2 * DAY)
+        wh.merge(schemas.OPEN_INTEREST, arch.open_interest("BTCUSDT", "5m", T0, T0 + 2 * DAY))
     msg = str(exc.value)
     name = bad.rsplit("/", 1)[-1]
     assert name in msg and "does not match the published" in msg
@@ -71,15 +72,80 @@ def test_bad_checksum_raises_naming_file_and_hashes_and_loads_nothing(fake_archi
     import hashlib
     assert hashlib.sha256(fake_archive.files[bad]).hexdigest() in msg  # got
     assert arch.last_report.checksum_failures == [name]
-    assert wh.files(schemas.OPEN_INTEREST) == []
+    assert wh.read(schemas.OPEN_INTEREST).is_empty()
     assert not (tmp_path / "binance_archive" / bad).exists()  # a bad file is never cached
 
 
-def test_malformed_checksum_file_is_a_clear_error(fake_archive, fake_time, tmp_path):
+def test_malformed_checksum_file_is_a_clear_error_and_is_counted(fake_archive, fake_time, tmp_path):
     path = fake_archive.add_metrics_day("BTCUSDT", D0)
-    fake_archive.checksums[path] = "not a checksum"
-    with pytest.raises(ChecksumError, match="CHECKSUM is not"):
+    fake_archive.checksums[path] = "<html><body>Service Unavailable</body></html>"
+    arch = make_archive(fake_archive, fake_time, tmp_path)
+    with pytest.raises(ChecksumError, match="CHECKSUM is not") as exc:
+        arch.open_interest("BTCUSDT", "5m", T0, T0 + DAY)
+    assert fake_archive.url + "/" + path + ".CHECKSUM" in str(exc.value)
+    assert arch.last_report.checksum_failures == [f"{path.rsplit('/', 1)[-1]}: unreadable CHECKSUM"]
+
+
+def test_checksum_404_beside_an_existing_zip_is_retried_then_fails_naming_the_url(fake_archive, fake_time,
+                                                                                tmp_path):
+    """Not a missing day: the zip is there, only its CHECKSUM is not (yet). Nothing unverified is used,
+    and the caller fails (never reading it as a gap whose rows could be dropped)."""
+    fake_archive.add_metrics_day("BTCUSDT", D0)
+    path = fake_archive.add_metrics_day("BTCUSDT", D0 + DAY)
+    fake_archive.checksums.pop(path)
+    arch = make_archive(fake_archive, fake_time, tmp_path)
+    with pytest.raises(ArchiveFileError) as exc:
+        arch.open_interest("BTCUSDT", "5m", T0, T0 + 2 * DAY)
+    msg = str(exc.value)
+    assert f"{fake_archive.url}/{path}.CHECKSUM answered 404 3 times although {fake_archive.url}/{path} exists" in msg
+    assert fake_archive.requests.count(path + ".CHECKSUM") == 3
+    assert fake_time.sleeps.count(2.0) == 2  # two pauses between the three attempts
+    assert arch.last_report.missing == []
+    assert arch.last_report.checksum_failures == [f"{path.rsplit('/', 1)[-1]}: CHECKSUM missing"]
+
+
+def test_checksum_that_appears_on_the_retry_is_used(fake_archive, fake_time, tmp_path):
+    path = fake_archive.add_metrics_day("BTCUSDT", D0)
+    published = fake_archive.checksums.pop(path)
+    original_sleep = fake_time.sleep
+
+    def publish_then_sleep(seconds: float) -> None:
+        fake_archive.checksums[path] = published
+        original_sleep(seconds)
+
+    fake_time.sleep = publish_then_sleep
+    df = make_archive(fake_archive, fake_time, tmp_path).open_interest("BTCUSDT", "5m", T0, T0 + DAY)
+    assert df.height == 288
+
+
+def test_broken_zip_with_a_matching_checksum_is_evicted_refetched_once_then_named(fake_archive, fake_time,
+                                                                                tmp_path):
+    path = fake_archive.add_metrics_day("BTCUSDT", D0)
+    broken = fake_archive.files[path][:40]  # a truncated zip, published with its own (matching) checksum
+    fake_archive.files[path] = broken
+    fake_archive.checksums[path] = hashlib.sha256(broken).hexdigest()
+    arch = make_archive(fake_archive, fake_time, tmp_path)
+    with pytest.raises(ArchiveFileError) as exc:
+        arch.open_interest("BTCUSDT", "5m", T0, T0 + DAY)
+    msg = str(exc.value)
+    name = path.rsplit("/", 1)[-1]
+    assert name in msg and f"{fake_archive.url}/{path}" in msg and "not a readable zip, twice" in msg
+    assert fake_archive.requests.count(path) == 2  # downloaded once more before giving up
+    cached = tmp_path / "binance_archive" / path
+    assert not cached.exists() and not cached.with_name(cached.name + ".sha256").exists()  # evicted
+    # the archive fixes the file: the next run downloads it (nothing poisoned stays in the cache)
+    fake_archive.add_metrics_day("BTCUSDT", D0)
+    assert make_archive(fake_archive, fake_time, tmp_path).open_interest("BTCUSDT", "5m", T0, T0 + DAY).height == 288
+
+
+def test_bad_csv_names_file_line_and_column(fake_archive, fake_time, tmp_path):
+    path = "data/futures/um/daily/metrics/BTCUSDT/BTCUSDT-metrics-2024-01-10.zip"
+    fake_archive.add_file(path, METRICS_HEADER + "\n2024-01-10 00:00:00,BTCUSDT,80000,4.8e9,1,1,1,1\n"
+                                                 "2024-01-10 00:05:00,BTCUSDT,n/a,4.8e9,1,1,1,1\n")
+    with pytest.raises(ArchiveFileError) as exc:
         make_archive(fake_archive, fake_time, tmp_path).open_interest("BTCUSDT", "5m", T0, T0 + DAY)
+    assert "BTCUSDT-metrics-2024-01-10.zip" in str(exc.value)
+    assert "line 3, column 'sum_open_interest': 'n/a' is not a Float64 value" in str(exc.value)
 
 
 # ------------------------------------------------------------------------------------ cache
@@ -174,7 +240,7 @@ def test_missing_day_is_a_recorded_gap(fake_archive, fake_time, tmp_path):
     rep = arch.last_report
     assert [f.path for f in rep.missing] == [metrics_path("BTCUSDT", D0 + DAY)]
     assert rep.missing_ranges() == [(T0 + DAY, T0 + 2 * DAY)]
-    assert fake_archive.count("zip") == 2  # no zip request once the CHECKSUM is 404
+    assert fake_archive.count("zip") == 3  # a CHECKSUM 404 costs one zip request: is the zip there (then retried)?
 
 
 def test_coarser_period_takes_each_buckets_last_row(fake_archive, fake_time, tmp_path):
@@ -246,9 +312,9 @@ def test_klines_monthly_404_falls_back_to_daily(fake_binance, fake_archive, fake
 # ------------------------------------------------------------------------------------ REST == archive
 
 def _stored(wh: Warehouse, table: schemas.Table) -> pl.DataFrame:
-    """The table's Parquet files as written (read directly: no catalogue views involved)."""
-    df = pl.concat([pl.read_parquet(f) for f in wh.files(table)])
-    return df.sort(list(table.key)).drop("ingested_at", "source")
+    """The table's rows as stored (every revision)."""
+    df = wh.read(table, revisions=True)
+    return df.sort(list(table.stored_key)).drop("ingested_at", "source")
 
 
 def test_same_day_from_rest_and_archive_gives_identical_warehouse_rows(fake_binance, fake_archive, fake_time,
@@ -270,12 +336,11 @@ def test_same_day_from_rest_and_archive_gives_identical_warehouse_rows(fake_bina
     stores = {}
     for name, src in (("rest", rest), ("archive", arch)):
         wh = Warehouse(tmp_path / name)
-        ingest(wh, schemas.OPEN_INTEREST, src.open_interest("BTCUSDT", "5m", day, day + DAY),
-               symbol="BTCUSDT", start=day, end=day + DAY)
-        ingest(wh, schemas.KLINES, src.klines("BTCUSDT", "1h", day, day + DAY),
-               symbol="BTCUSDT", start=day, end=day + DAY, interval="1h")
-        ingest(wh, schemas.FUNDING_RATES, src.funding_rates("BTCUSDT", jan, feb),
-               symbol="BTCUSDT", start=jan, end=feb)
+        for table, frame in ((schemas.OPEN_INTEREST, src.open_interest("BTCUSDT", "5m", day, day + DAY)),
+                             (schemas.KLINES, src.klines("BTCUSDT", "1h", day, day + DAY)),
+                             (schemas.FUNDING_RATES, src.funding_rates("BTCUSDT", jan, feb))):
+            schemas.validate(table, schemas.conform(table, frame))
+            wh.merge(table, frame)
         stores[name] = wh
     for table in (schemas.OPEN_INTEREST, schemas.KLINES, schemas.FUNDING_RATES):
         a, b = _stored(stores["rest"], table), _stored(stores["archive"], table)

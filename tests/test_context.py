@@ -8,7 +8,6 @@ import pytest
 
 from qml_pipeline.store import schemas
 from qml_pipeline.features.context import build_context
-from qml_pipeline.sources.ingest import fetch, ingest
 from qml_pipeline.sources.sample import SampleSource
 from qml_pipeline.store.warehouse import Warehouse
 
@@ -22,9 +21,9 @@ DECISION = datetime(2024, 2, 20, 14, tzinfo=UTC)
 def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Warehouse:
     wh = Warehouse(tmp_path_factory.mktemp("ctx"))
     source = SampleSource(SAMPLE)
-    for table, parts in ((schemas.FUNDING_RATES, {}), (schemas.OPEN_INTEREST, {}), (schemas.KLINES, {"interval": "1h"})):
-        frame = fetch(source, table, "BTCUSDT", START, END, **parts)
-        ingest(wh, table, frame, symbol="BTCUSDT", start=START, end=END, **parts)
+    wh.merge(schemas.FUNDING_RATES, source.funding_rates("BTCUSDT", START, END))
+    wh.merge(schemas.OPEN_INTEREST, source.open_interest("BTCUSDT", "5m", START, END))
+    wh.merge(schemas.KLINES, source.klines("BTCUSDT", "1h", START, END))
     trades = pl.DataFrame({
         "trade_id": ["bear", "bull"], "symbol": "BTCUSDT", "timeframe": "1h", "direction": ["BEARISH", "BULLISH"],
         "decision_time": [DECISION, DECISION], "entry_price": [52000.0, 51000.0], "stop_price": [53000.0, 50000.0],
@@ -51,7 +50,7 @@ def test_realised_liquidations_use_only_buckets_closed_by_the_decision(warehouse
         "long_liquidation_usd": [1.0, 10.0, 100.0, 1000.0, 10000.0],
         "short_liquidation_usd": [2.0, 20.0, 200.0, 2000.0, 20000.0],
         "available_at": [b + timedelta(hours=4) for b in buckets], "source": "coinglass"})
-    warehouse.write_window(schemas.LIQUIDATIONS, rows, symbol="BTCUSDT", interval="4h", start=START, end=END)
+    warehouse.merge(schemas.LIQUIDATIONS, rows)
     ctx = build_context(warehouse)
     # knowable at -24h (excluded: the window is (decision - 24h, decision]), -20h, -16h, 0h (included)
     # and +4h (not known at the decision): 10 + 100 + 1000

@@ -13,14 +13,13 @@ import pytest
 
 import dagster_project.resources as resources
 import qml_pipeline.sources.binance as binance_source
-from dagster_project.defs.raw_market_data import RAW_ASSETS, RAW_CHECKS
-from dagster_project.partitions import range_tags
-from dagster_project.resources import SETTINGS, MarketDataResource, WarehouseResource
+from dagster_project.resources import SETTINGS, MarketDataResource
 from qml_pipeline.store import schemas
-from qml_pipeline.timeutil import interval_ms
 from qml_pipeline.store.warehouse import Warehouse
+from qml_pipeline.timeutil import interval_ms
+from tests.dagster_runs import materialize_raw, partition_metadata
 from tests.fake_archive import day_range
-from tests.fake_binance import FUNDING_INFO_PATH, FUNDING_PATH, KLINES_PATH, OI_PATH
+from tests.fake_binance import EXCHANGE_INFO_PATH, FUNDING_INFO_PATH, FUNDING_PATH, KLINES_PATH, OI_PATH
 
 UTC = timezone.utc
 SYMBOL = "BTCUSDT"
@@ -50,9 +49,8 @@ def live(monkeypatch, tmp_path, fake_binance, fake_archive):
     assert fake_binance.url == fake_archive.url  # one local server, told apart by path
 
     fake_binance.set_funding_info({SYMBOL: 8})
-    # Settlements from a month before the range (the client's 8 h lookback) up to the last before NOW.
-    jan1 = datetime(2024, 1, 1, tzinfo=UTC)
-    fake_binance.add_funding(SYMBOL, jan1, (NOW - jan1) // timedelta(hours=8) + 1, mark_price="50000.0")
+    fake_binance.add_symbol(SYMBOL, START)  # listed at START: nothing is expected before it
+    fake_binance.add_funding(SYMBOL, START, (NOW - START) // timedelta(hours=8) + 1, mark_price="50000.0")
     fake_binance.add_oi(SYMBOL, "5m", START, (NOW - START) // FIVE_MIN)
     for interval in SETTINGS.kline_intervals:
         step = timedelta(milliseconds=interval_ms(interval))
@@ -64,14 +62,11 @@ def live(monkeypatch, tmp_path, fake_binance, fake_archive):
 
 def _materialize(root: Path, url: str, first: date = DAYS[0], last: date = DAYS[-1]) -> dg.ExecuteInProcessResult:
     market = MarketDataResource(source="binance", binance_fapi_url=url, binance_archive_url=url, oi_period="5m")
-    return dg.materialize(
-        [*RAW_ASSETS, *RAW_CHECKS], instance=dg.DagsterInstance.ephemeral(),
-        resources={"warehouse": WarehouseResource(root=str(root)), "market": market},
-        tags=range_tags(SYMBOL, first.isoformat(), last.isoformat()), raise_on_error=False)
+    return materialize_raw(root, SYMBOL, first.isoformat(), last.isoformat(), market=market)
 
 
 def _metadata(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, object]]:
-    """Per asset, the materialisation metadata (one event per partition, the same metadata on each)."""
+    """Per asset, the run's metadata (on every partition's materialisation, beside the partition's own)."""
     out: dict[str, dict[str, object]] = {}
     for event in result.get_asset_materialization_events():
         mat = event.materialization
@@ -89,7 +84,7 @@ def test_backfill_straddling_the_rest_window_reads_archive_then_rest(live, fake_
     result = _materialize(root, url)
     assert result.success
     assert all(e.passed for e in result.get_asset_check_evaluations())
-    keys = {f"{SYMBOL}|{d.isoformat()}" for d in DAYS}
+    keys = {f"{SYMBOL}|2024-0{m}-01" for m in (1, 2, 3)}
     for name in ("funding_rates", "open_interest", "klines"):
         assert {e.partition for e in result.get_asset_materialization_events()
                 if e.asset_key.to_user_string() == name} == keys, name
@@ -135,32 +130,35 @@ def test_backfill_straddling_the_rest_window_reads_archive_then_rest(live, fake_
         assert k["close_time"].max() <= NOW < k["close_time"].max() + step, interval
         assert k["source"].unique().to_list() == ["binance_rest"]
 
-    # Materialisation metadata: what was fetched and how many requests it took.
+    # Materialisation metadata: per month partition, what it holds after the run; per run, the requests.
+    for name in ("funding_rates", "open_interest", "klines"):
+        parts = partition_metadata(result, name)
+        assert sum(p["dagster/row_count"] for p in parts.values()) == stored[name].height, name
+        assert sum(p["rows_fetched"] for p in parts.values()) == stored[name].height, name
+        assert datetime.fromisoformat(parts[f"{SYMBOL}|2024-01-01"]["first_time"]) == START, name
+        assert datetime.fromisoformat(parts[f"{SYMBOL}|2024-03-01"]["last_time"]) == stored[name]["event_time"].max()
+        assert all(p["missing_stamps"] == 0 for p in parts.values()), name
     meta = _metadata(result)
     for name in ("funding_rates", "open_interest", "klines"):
         assert meta[name]["source"] == "binance"
         assert meta[name]["requests"] > 0, name
-        assert meta[name]["rows_fetched"] == stored[name].height, name
-        assert datetime.fromisoformat(meta[name]["first_time"]) == START, name
-        assert datetime.fromisoformat(meta[name]["last_time"]) == stored[name]["event_time"].max(), name
-    assert meta["open_interest"]["requests"] == fake_archive.count() + fake_binance.count(OI_PATH)
-    assert meta["funding_rates"]["requests"] == fake_binance.count(FUNDING_PATH) + fake_binance.count(FUNDING_INFO_PATH)
-    assert meta["klines"]["requests"] == fake_binance.count(KLINES_PATH)
+    listing = fake_binance.count(EXCHANGE_INFO_PATH)
+    assert listing == 3  # the listing (coverage) is asked once per asset
+    assert meta["open_interest"]["requests"] == fake_archive.count() + fake_binance.count(OI_PATH) + 1
+    assert meta["funding_rates"]["requests"] == (fake_binance.count(FUNDING_PATH) + fake_binance.count(FUNDING_INFO_PATH)
+                                                 + 1)
+    assert meta["klines"]["requests"] == fake_binance.count(KLINES_PATH) + 1
     assert meta["funding_rates"]["archive_files"] == meta["klines"]["archive_files"] == "no archive files used"
     assert "files_downloaded" in meta["open_interest"]["archive_files"]
     assert fake_archive.count("zip") == 15 and fake_archive.count("checksum") == 15
     assert (root / "cache" / "binance_archive" / "data" / "futures" / "um" / "daily" / "metrics" / SYMBOL).is_dir()
 
-    # The same backfill again: the archive files come from the cache, the rows do not change.
-    zips, archive_requests, oi_rest = fake_archive.count("zip"), fake_archive.count(), fake_binance.count(OI_PATH)
+    # The same backfill again: every partition is already complete, so nothing is fetched at all.
+    archive_requests, rest_requests = fake_archive.count(), fake_binance.count()
     again = _materialize(root, url)
     assert again.success
-    assert fake_archive.count("zip") == zips
-    # closed more than a week before NOW: trusted from the cache without even a CHECKSUM request
     assert fake_archive.count() == archive_requests
-    meta2 = _metadata(again)
-    assert meta2["open_interest"]["requests"] == fake_binance.count(OI_PATH) - oi_rest
-    assert meta2["open_interest"]["rows_fetched"] == n_oi
+    assert fake_binance.count() - rest_requests == 3  # only the listing, once per asset
     restored = _stored(root)
     for name, df in stored.items():
         assert restored[name].drop("ingested_at").equals(df.drop("ingested_at")), name
@@ -173,10 +171,10 @@ def test_rest_geo_block_fails_the_run_naming_the_location_block(live, fake_binan
     assert not result.success
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     assert {e.step_key for e in failures} == {"funding_rates", "open_interest", "klines"}
-    assert fake_binance.count() == 3  # one request per asset: a 451 is not retried
+    assert fake_binance.count() == 3  # one request per asset (the listing): a 451 is not retried
     for failure in failures:
         text = str(failure.step_failure_data.error)
         assert "GeoBlockedError" in text
         assert "refuses requests from this location (HTTP 451" in text
     wh = Warehouse(root)
-    assert all(wh.files(t) == [] for t in TABLES)
+    assert all(wh.read(t).is_empty() for t in TABLES)

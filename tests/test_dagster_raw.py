@@ -9,13 +9,12 @@ import dagster as dg
 import polars as pl
 
 from dagster_project.definitions import defs
-from dagster_project.defs.raw_market_data import RAW_ASSETS, RAW_CHECKS
 from dagster_project.defs.schedules import daily_refresh, refresh_requests
-from dagster_project.partitions import range_tags
-from dagster_project.resources import MarketDataResource, WarehouseResource
-from qml_pipeline.store import schemas
+from dagster_project.resources import MarketDataResource
 from qml_pipeline.sources.sample import SampleSource
+from qml_pipeline.store import schemas
 from qml_pipeline.store.warehouse import Warehouse
+from tests.dagster_runs import materialize_raw, partition_metadata
 
 ROOT = Path(__file__).parent.parent
 UTC = timezone.utc
@@ -36,31 +35,31 @@ def test_dagster_definitions_validate_cli() -> None:
 
 
 def _materialize(tmp_path: Path, symbol: str, first: str, last: str, market=None) -> dg.ExecuteInProcessResult:
-    return dg.materialize(
-        [*RAW_ASSETS, *RAW_CHECKS], instance=dg.DagsterInstance.ephemeral(),
-        resources={"warehouse": WarehouseResource(root=str(tmp_path)),
-                   "market": market or MarketDataResource(source="sample")},
-        tags=range_tags(symbol, first, last), raise_on_error=False)
+    return materialize_raw(tmp_path, symbol, first, last, market=market)
 
 
 def test_one_run_covers_a_symbol_range_and_is_idempotent(tmp_path: Path) -> None:
-    result = _materialize(tmp_path, "BTCUSDT", "2024-02-15", "2024-02-18")
+    result = _materialize(tmp_path, "BTCUSDT", "2024-01-15", "2024-02-18")
     assert result.success
     mats = result.get_asset_materialization_events()
     assert {m.partition for m in mats if m.asset_key.to_user_string() == "funding_rates"} == {
-        f"BTCUSDT|2024-02-{d}" for d in (15, 16, 17, 18)}
+        "BTCUSDT|2024-01-01", "BTCUSDT|2024-02-01"}
     wh = Warehouse(tmp_path)
     first = {t: wh.read(schemas.TABLES[t]).drop("ingested_at") for t in ("funding_rates", "open_interest", "klines")}
-    assert first["funding_rates"].height == 12
-    assert first["klines"].filter(pl.col("interval") == "1h").height == 96
-    assert first["klines"].filter(pl.col("interval") == "4h").height == 24
-    # the archive hole (hour_end 2024-02-16 15:00 .. 2024-02-17 00:00, 10 rows) stays a hole
-    assert first["open_interest"].height == 96 - 10
+    assert first["funding_rates"].height == (31 + 29) * 3
+    assert first["klines"].filter(pl.col("interval") == "1h").height == (31 + 29) * 24
+    assert first["klines"].filter(pl.col("interval") == "4h").height == (31 + 29) * 6
+    # the archive hole (hour_end 2024-02-16 15:00 .. 2024-02-17 00:00, 10 rows) stays a hole, a known one
+    assert first["open_interest"].height == (31 + 29) * 24 - 10
     assert all(e.passed for e in result.get_asset_check_evaluations())
-    assert _materialize(tmp_path, "BTCUSDT", "2024-02-15", "2024-02-18").success
+    feb = partition_metadata(result, "open_interest")["BTCUSDT|2024-02-01"]
+    assert feb["dagster/row_count"] == 29 * 24 - 10 and feb["known_gap_stamps"] == 10 and feb["missing_stamps"] == 0
+    again = _materialize(tmp_path, "BTCUSDT", "2024-01-15", "2024-02-18")
+    assert again.success
+    assert all(p["rows_fetched"] == 0 for p in partition_metadata(again, "klines").values())  # complete: not fetched
     for t, df in first.items():
         assert wh.read(schemas.TABLES[t]).drop("ingested_at").equals(df), t
-    assert wh.catalog_path.exists()
+    assert (tmp_path / "catalog.sqlite").exists()
 
 
 class BadSource(SampleSource):
@@ -78,7 +77,8 @@ class BadMarket(MarketDataResource):
 def test_bad_rows_fail_the_contract_check_and_are_not_written(tmp_path: Path) -> None:
     assert _materialize(tmp_path, "BTCUSDT", "2024-02-15", "2024-02-15").success
     before = Warehouse(tmp_path).read(schemas.FUNDING_RATES).drop("ingested_at")
-    result = _materialize(tmp_path, "BTCUSDT", "2024-02-15", "2024-02-15", market=BadMarket(source="sample"))
+    result = _materialize(tmp_path, "BTCUSDT", "2024-02-15", "2024-02-15",
+                          market=BadMarket(source="sample", refetch=True))
     assert not result.success
     failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
     assert failed and failed[0].check_name == "contract"
@@ -90,9 +90,12 @@ def test_bad_rows_fail_the_contract_check_and_are_not_written(tmp_path: Path) ->
 def test_daily_schedule_requests_one_run_per_symbol_range() -> None:
     requests = refresh_requests("2024-03-10", ("BTCUSDT", "ETHUSDT"))
     assert [r.tags["dagster/asset_partition_range_start"] for r in requests] == [
-        "BTCUSDT|2024-03-09", "ETHUSDT|2024-03-09"]
+        "BTCUSDT|2024-03-01", "ETHUSDT|2024-03-01"]
     assert [r.tags["dagster/asset_partition_range_end"] for r in requests] == [
-        "BTCUSDT|2024-03-10", "ETHUSDT|2024-03-10"]
+        "BTCUSDT|2024-03-01", "ETHUSDT|2024-03-01"]
+    first_of_month = refresh_requests("2024-04-01", ("BTCUSDT",))  # yesterday's month is refreshed once more
+    assert first_of_month[0].tags["dagster/asset_partition_range_start"] == "BTCUSDT|2024-03-01"
+    assert first_of_month[0].tags["dagster/asset_partition_range_end"] == "BTCUSDT|2024-04-01"
     ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2024, 3, 10, 0, 10, tzinfo=UTC))
     assert len(daily_refresh(ctx)) == 2
 

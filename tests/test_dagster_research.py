@@ -8,7 +8,7 @@ import pytest
 
 from dagster_project.definitions import RESEARCH_ASSETS, RESEARCH_CHECKS
 from dagster_project.defs.raw_market_data import RAW_ASSETS
-from dagster_project.partitions import range_tags
+from tests.dagster_runs import materialize_raw
 from dagster_project.resources import (CoinglassResource, MarketDataResource, ResearchResource, TradeSourceResource,
                                        WarehouseResource)
 from qml_pipeline.store import schemas
@@ -33,8 +33,7 @@ def _research(root: Path, override: bool, **kw) -> dg.ExecuteInProcessResult:
 @pytest.fixture(scope="module")
 def sample_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("wh")
-    result = dg.materialize(RAW_ASSETS, resources=_resources(root, False), run_config=QUIET,
-                            tags=range_tags("BTCUSDT", "2023-09-01", "2024-06-30"))
+    result = materialize_raw(root, "BTCUSDT", "2023-09-01", "2024-06-30", resources=_resources(root, False))
     assert result.success
     return root
 

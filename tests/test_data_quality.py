@@ -141,4 +141,4 @@ def test_real_sample_open_interest_hole_and_zero_rows():
     assert r["last_available_at"] == datetime(2024, 12, 5, 23, tzinfo=UTC)
     assert r["freshness_minutes"] == 60
     md = data_quality_markdown(report)
-    assert "| open_interest | BTCUSDT |" in md and "2024-02-16 14:55" in md and "10.0 h" in md
+    assert "| open_interest | binance | BTCUSDT |" in md and "2024-02-16 14:55" in md and "10.0 h" in md

@@ -42,7 +42,7 @@ FUNDING_ESTIMATE_HOURS = 8
 # The archive's daily metrics (5-minute open interest) start here, whatever the listing date.
 ARCHIVE_METRICS_START = datetime(2020, 9, 1, tzinfo=UTC)
 # Rows at the live edge are expected only this long after they could first exist (publication delay).
-LIVE_EDGE_GRACE = timedelta(minutes=15)
+LIVE_EDGE_GRACE = timedelta(minutes=2)
 
 
 def _day_ceil(dt: datetime) -> datetime:

@@ -119,7 +119,7 @@ def missing_on_grid(stamps: pl.Series, grid: Grid, start: datetime, end: datetim
     if expected.is_empty():
         return expected
     have = stamps.cast(TS).unique()
-    return expected.filter(~expected.is_in(have))
+    return expected.filter(~expected.is_in(have.implode()))
 
 
 def missing_settlements(settlements: pl.DataFrame, start: datetime, end: datetime,

@@ -161,14 +161,17 @@ def stored_rows(wh: Warehouse, source: MarketSource, window: Window) -> pl.DataF
 def plan_fetch(wh: Warehouse, source: MarketSource, window: Window, *, refetch: bool = False,
                overlap: timedelta = DEFAULT_OVERLAP) -> datetime | None:
     """Where the fetch of `window` should start (None: the window is complete in the warehouse)."""
+    first, end = source.coverage(window.table.name, window.symbol, window.variant).clip(window.start, window.end)
+    if first >= end:
+        return None  # the source has no data for this window (before the listing, after the sample's end)
     if refetch:
-        return window.start
+        return first
     missing = missing_stamps(source, window, stored_rows(wh, source, window))
     known = source.known_gaps(window.table.name, window.symbol, window.variant)
     missing, _ = without_known_gaps(missing, known)
     if missing.is_empty():
         return None
-    return max(window.start, missing.min() - overlap)
+    return max(first, missing.min() - overlap)
 
 
 def fetch_and_validate(source: MarketSource, window: Window, fetch_from: datetime,

@@ -61,7 +61,7 @@ RETRYABLE = ("database is locked", "conflict", "could not serialize", "deadlock"
              "SQLITE_BUSY")
 _ENGINE_LOCK = threading.RLock()
 _engine: tuple[int, duckdb.DuckDBPyConnection] | None = None   # (pid, the process's DuckDB instance)
-_attached: dict[str, str] = {}                                 # ATTACH statement -> alias
+_attached: dict[str, tuple[str, Path | None]] = {}              # ATTACH statement -> (alias, SQLite catalog)
 _schema_ready: set[tuple[str, str]] = set()
 
 
@@ -311,9 +311,10 @@ class Warehouse:
         statement = attach_sql(loc, read_only=read_only, alias=alias, snapshot=snapshot)
         with _ENGINE_LOCK:
             db = _instance()
-            if _attached.get(statement) != alias:
+            _detach_vanished(db)
+            if statement not in _attached:
                 db.execute(statement)
-                _attached[statement] = alias
+                _attached[statement] = (alias, Path(loc.catalog[7:]) if loc.is_sqlite else None)
         return alias
 
     def _cursor(self, read_only: bool) -> tuple[duckdb.DuckDBPyConnection, str]:
@@ -753,13 +754,24 @@ def _forget(root: Path) -> None:
     with _ENGINE_LOCK:
         if _engine is None or _engine[0] != os.getpid():
             return
-        for statement, alias in list(_attached.items()):
+        for statement, (alias, _) in list(_attached.items()):
             if str(root) in statement:
                 with contextlib.suppress(duckdb.Error):
                     _engine[1].execute(f"DETACH {alias}")
                 del _attached[statement]
         for ident in [i for i in _schema_ready if str(root) in i[0]]:
             _schema_ready.discard(ident)
+
+
+def _detach_vanished(db: duckdb.DuckDBPyConnection) -> None:
+    """Detach lakes whose SQLite catalog file is gone (a moved or deleted warehouse): DuckDB's catalog-wide
+    functions would fail on them."""
+    for statement, (alias, catalog_file) in list(_attached.items()):
+        if catalog_file is not None and not catalog_file.exists():
+            with contextlib.suppress(duckdb.Error):
+                db.execute(f"DETACH {alias}")
+            del _attached[statement]
+            _schema_ready.difference_update({i for i in _schema_ready if i[0] == f"sqlite:{catalog_file}"})
 
 
 def open_read_only(root: str | os.PathLike[str], catalog: str = "", data_path: str = "") -> duckdb.DuckDBPyConnection:
