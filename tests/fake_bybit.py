@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
-from werkzeug import Request, Response
+from werkzeug import Response
+
+try:
+    from tests.fake_server import CannedFault, RecordingServer, ms
+except ImportError:
+    from fake_server import CannedFault, RecordingServer, ms
 
 INSTRUMENTS_PATH = "/v5/market/instruments-info"
 OI_PATH = "/v5/market/open-interest"
@@ -35,42 +39,23 @@ KLINE_INTERVALS_MS = {"1": 60_000, "5": 300_000, "15": 900_000, "30": 1_800_000,
 SERVER_TIME_MS = 1_700_000_000_000
 
 
-def ms(dt: datetime) -> int:
-    return int(dt.timestamp() * 1000)
-
-
-@dataclass
-class Fault:
-    status: int
-    body: str
-    path: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
 class ParamsError(Exception):
     """A request Bybit would refuse with retCode 10001."""
 
 
-class FakeBybit:
+class FakeBybit(RecordingServer):
     """In-memory Bybit v5 market endpoints served from `httpserver`."""
 
     def __init__(self, httpserver: HTTPServer):
-        self.server = httpserver
+        super().__init__(httpserver, {path: self._serving(handler) for path, handler in (
+            (INSTRUMENTS_PATH, self._instruments), (OI_PATH, self._oi), (MARK_KLINE_PATH, self._mark_kline),
+            (FUNDING_PATH, self._funding))})
         self.instruments: dict[str, dict[str, Any]] = {}
         self.oi: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.marks: dict[tuple[str, str], list[list[str]]] = {}
         self.funding: dict[str, list[dict[str, Any]]] = {}
-        self.requests: list[tuple[str, dict[str, str]]] = []
-        self.faults: list[Fault] = []
         # Bybit may hand out a cursor on the last page too; the reader must not need it.
         self.cursor_on_last_page = True
-        for path, handler in ((INSTRUMENTS_PATH, self._instruments), (OI_PATH, self._oi),
-                              (MARK_KLINE_PATH, self._mark_kline), (FUNDING_PATH, self._funding)):
-            httpserver.expect_request(path).respond_with_handler(self._wrap(path, handler))
-
-    @property
-    def url(self) -> str:
-        return self.server.url_for("/").rstrip("/")
 
     # ------------------------------------------------------------------ dataset
 
@@ -119,28 +104,24 @@ class FakeBybit:
     def inject(self, kind: str, times: int = 1, path: str | None = None, **kw: Any) -> None:
         for _ in range(times):
             if kind == "403":
-                self.faults.append(Fault(403, "access too frequent", path))
+                self.faults.append(CannedFault(403, "access too frequent", path, content_type="text/plain"))
             elif kind == "403geo":
-                self.faults.append(Fault(403, "<html><h1>403 ERROR</h1>The Amazon CloudFront distribution is "
-                                              "configured to block access from your country.</html>", path))
+                self.faults.append(CannedFault(403, "<html><h1>403 ERROR</h1>The Amazon CloudFront distribution "
+                                                    "is configured to block access from your country.</html>",
+                                               path, content_type="text/html"))
             elif kind == "10006":
                 headers = {"X-Bapi-Limit": "10", "X-Bapi-Limit-Status": "0",
                            "X-Bapi-Limit-Reset-Timestamp": str(kw["reset_ms"])}
-                self.faults.append(Fault(200, self._body(None, 10006, "Too many visits!"), path, headers))
+                self.faults.append(CannedFault(200, self._body(None, 10006, "Too many visits!"), path, headers))
             elif kind == "10016":
-                self.faults.append(Fault(200, self._body(None, 10016, "Internal System Error."), path))
+                self.faults.append(CannedFault(200, self._body(None, 10016, "Internal System Error."), path))
             elif kind == "5xx":
-                self.faults.append(Fault(kw.get("status", 502), "<html>502 Bad Gateway</html>", path))
+                self.faults.append(CannedFault(kw.get("status", 502), "<html>502 Bad Gateway</html>", path,
+                                               content_type="text/html"))
             elif kind == "malformed":
-                self.faults.append(Fault(200, '{"retCode":0,"retMsg":"OK","result":{"list":[{"openIn', path))
+                self.faults.append(CannedFault(200, '{"retCode":0,"retMsg":"OK","result":{"list":[{"openIn', path))
             else:
                 raise ValueError(f"unknown fault {kind!r}")
-
-    def count(self, path: str | None = None) -> int:
-        return sum(1 for p, _ in self.requests if path is None or p == path)
-
-    def params(self, path: str) -> list[dict[str, str]]:
-        return [a for p, a in self.requests if p == path]
 
     # ------------------------------------------------------------------ serving
 
@@ -149,15 +130,8 @@ class FakeBybit:
         return json.dumps({"retCode": code, "retMsg": msg, "result": result if result is not None else {},
                            "retExtInfo": {}, "time": SERVER_TIME_MS})
 
-    def _wrap(self, path: str, handler: Callable[[dict[str, str]], Any]) -> Callable[[Request], Response]:
-        def respond(request: Request) -> Response:
-            args = dict(request.args)
-            self.requests.append((path, args))
-            fault = next((f for f in self.faults if f.path in (None, path)), None)
-            if fault is not None:
-                self.faults.remove(fault)
-                return Response(fault.body, status=fault.status, headers=fault.headers,
-                                content_type="application/json" if fault.status == 200 else "text/html")
+    def _serving(self, handler: Callable[[dict[str, str]], Any]) -> Callable[[dict[str, str]], Response]:
+        def respond(args: dict[str, str]) -> Response:
             try:
                 body = self._body(handler(args))
             except ParamsError as exc:

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
-from werkzeug import Request, Response
+from werkzeug import Response
+
+try:
+    from tests.fake_server import CannedFault, RecordingServer, ms
+except ImportError:
+    from fake_server import CannedFault, RecordingServer, ms
 
 INSTRUMENTS_PATH = "/api/v5/public/instruments"
 OI_PATH = "/api/v5/rubik/stat/contracts/open-interest-history"
@@ -33,41 +37,21 @@ PERIODS_MS = {"5m": 300_000, "15m": 900_000, "30m": 1_800_000, "1H": HOUR_MS, "2
 OI_ENTRIES = 1440
 
 
-def ms(dt: datetime) -> int:
-    return int(dt.timestamp() * 1000)
-
-
-@dataclass
-class Fault:
-    status: int
-    body: str
-    path: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-
 class OkxError(Exception):
     def __init__(self, status: int, code: str, msg: str):
         self.status, self.code, self.msg = status, code, msg
 
 
-class FakeOkx:
+class FakeOkx(RecordingServer):
     """In-memory OKX v5 public endpoints served from `httpserver`."""
 
     def __init__(self, httpserver: HTTPServer):
-        self.server = httpserver
+        super().__init__(httpserver, {path: self._serving(handler) for path, handler in (
+            (INSTRUMENTS_PATH, self._instruments), (OI_PATH, self._oi), (FUNDING_PATH, self._funding))})
         self.swaps: dict[str, dict[str, Any]] = {}
         self.oi: dict[tuple[str, str], list[list[str]]] = {}
         self.funding: dict[str, list[dict[str, Any]]] = {}
         self.funding_oldest: datetime | None = None
-        self.requests: list[tuple[str, dict[str, str]]] = []
-        self.faults: list[Fault] = []
-        for path, handler in ((INSTRUMENTS_PATH, self._instruments), (OI_PATH, self._oi),
-                              (FUNDING_PATH, self._funding)):
-            httpserver.expect_request(path).respond_with_handler(self._wrap(path, handler))
-
-    @property
-    def url(self) -> str:
-        return self.server.url_for("/").rstrip("/")
 
     # ------------------------------------------------------------------ dataset
 
@@ -111,24 +95,18 @@ class FakeOkx:
         for _ in range(times):
             if kind == "429":
                 ra = kw.get("retry_after")
-                self.faults.append(Fault(429, self._body([], "50011", "Too Many Requests"), path,
+                self.faults.append(CannedFault(429, self._body([], "50011", "Too Many Requests"), path,
                                          {} if ra is None else {"Retry-After": str(ra)}))
             elif kind == "50011":
-                self.faults.append(Fault(200, self._body([], "50011", "Rate limit reached. Please refer to API "
+                self.faults.append(CannedFault(200, self._body([], "50011", "Rate limit reached. Please refer to API "
                                                                      "documentation and throttle requests accordingly."),
                                          path))
             elif kind == "50026":
-                self.faults.append(Fault(500, self._body([], "50026", "System error. Try again later"), path))
+                self.faults.append(CannedFault(500, self._body([], "50026", "System error. Try again later"), path))
             elif kind == "malformed":
-                self.faults.append(Fault(200, '{"code":"0","msg":"","data":[["1701417600000","7313', path))
+                self.faults.append(CannedFault(200, '{"code":"0","msg":"","data":[["1701417600000","7313', path))
             else:
                 raise ValueError(f"unknown fault {kind!r}")
-
-    def count(self, path: str | None = None) -> int:
-        return sum(1 for p, _ in self.requests if path is None or p == path)
-
-    def params(self, path: str) -> list[dict[str, str]]:
-        return [a for p, a in self.requests if p == path]
 
     # ------------------------------------------------------------------ serving
 
@@ -136,15 +114,8 @@ class FakeOkx:
     def _body(data: Any, code: str = "0", msg: str = "") -> str:
         return json.dumps({"code": code, "msg": msg, "data": data})
 
-    def _wrap(self, path: str, handler: Callable[[dict[str, str]], Any]) -> Callable[[Request], Response]:
-        def respond(request: Request) -> Response:
-            args = dict(request.args)
-            self.requests.append((path, args))
-            fault = next((f for f in self.faults if f.path in (None, path)), None)
-            if fault is not None:
-                self.faults.remove(fault)
-                return Response(fault.body, status=fault.status, headers=fault.headers,
-                                content_type="application/json")
+    def _serving(self, handler: Callable[[dict[str, str]], Any]) -> Callable[[dict[str, str]], Response]:
+        def respond(args: dict[str, str]) -> Response:
             try:
                 return Response(self._body(handler(args)), status=200, content_type="application/json")
             except OkxError as exc:
