@@ -169,6 +169,7 @@ class VenueRules:
     ban_wait: seconds to wait when a response is the venue's own ban signal besides HTTP 418
         (a Retry-After header wins), None when it is not one.
     forbidden_hint / geo_block_hint: added to the messages of other 403s and of 451s.
+    api_error: the exception raised for any other error body.
     """
 
     name: str

@@ -23,7 +23,7 @@ from datetime import datetime
 import polars as pl
 
 from qml_pipeline.sources.funding import snap_funding_times, with_funding_intervals
-from qml_pipeline.sources.venues import check_venue, VENUES
+from qml_pipeline.sources.venues import VENUES, check_venue
 from qml_pipeline.store import schemas
 from qml_pipeline.store.schemas import FUNDING_RATES, OPEN_INTEREST, TS, Table
 from qml_pipeline.timeutil import to_ms
