@@ -14,3 +14,10 @@ try:
     from tests.fake_coinglass import fake_coinglass  # noqa: F401
 except ImportError:
     from fake_coinglass import fake_coinglass  # noqa: F401
+
+try:
+    from tests.fake_bybit import fake_bybit  # noqa: F401
+    from tests.fake_okx import fake_okx  # noqa: F401
+except ImportError:
+    from fake_bybit import fake_bybit  # noqa: F401
+    from fake_okx import fake_okx  # noqa: F401

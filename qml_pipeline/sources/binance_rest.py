@@ -20,15 +20,14 @@ from typing import Any
 import polars as pl
 
 from qml_pipeline.store import schemas
-from qml_pipeline.sources.funding import FUNDING_SNAP_TOLERANCE, snap_funding_times, with_funding_intervals
+from qml_pipeline.sources.funding import FUNDING_LOOKBACK_MS, snap_funding_times, with_funding_intervals
 from qml_pipeline.sources.http_client import HttpClient
-from qml_pipeline.store.schemas import FUNDING_INTERVALS_HOURS, TS
+from qml_pipeline.store.schemas import TS
 from qml_pipeline.timeutil import UTC, interval_ms, to_ms, utc_now
 
 SOURCE = "binance_rest"
 HOUR_MS = 3_600_000
 DEFAULT_FUNDING_INTERVAL_HOURS = 8
-FUNDING_LOOKBACK_MS = max(FUNDING_INTERVALS_HOURS) * HOUR_MS + int(FUNDING_SNAP_TOLERANCE.total_seconds() * 1000)
 
 FUNDING_PATH = "/fapi/v1/fundingRate"
 FUNDING_INFO_PATH = "/fapi/v1/fundingInfo"

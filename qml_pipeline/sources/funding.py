@@ -11,6 +11,9 @@ from qml_pipeline.store.schemas import FUNDING_INTERVALS_HOURS
 # Binance serves fundingTime with millisecond jitter (08:00:00.005, 07:59:59.998); anything
 # further from the hourly grid than this is not jitter and is refused.
 FUNDING_SNAP_TOLERANCE = timedelta(minutes=5)
+# How far before a range a reader fetches so that the range's first settlement has a predecessor
+# (its interval is the gap to it): the longest interval plus the snap tolerance.
+FUNDING_LOOKBACK_MS = max(FUNDING_INTERVALS_HOURS) * 3_600_000 + int(FUNDING_SNAP_TOLERANCE.total_seconds() * 1000)
 
 
 class FundingTimeError(ValueError):
@@ -34,8 +37,8 @@ def snap_funding_times(df: pl.DataFrame) -> pl.DataFrame:
 
 def with_funding_intervals(df: pl.DataFrame, first_interval_hours: int | None = None) -> pl.DataFrame:
     """Add `funding_interval_hours`: the gap to the previous settlement, or to the next one for the
-    first row (`first_interval_hours` when given). Gaps that are not 1, 2, 4 or 8 hours (missing
-    settlements) take the previous valid interval."""
+    first row (`first_interval_hours` when given). Gaps that are not a valid interval
+    (`FUNDING_INTERVALS_HOURS`; longer gaps are missing settlements) take the previous valid one."""
     gap_prev = (pl.col("event_time") - pl.col("event_time").shift(1)).dt.total_hours()
     gap_next = (pl.col("event_time").shift(-1) - pl.col("event_time")).dt.total_hours()
     valid = list(FUNDING_INTERVALS_HOURS)

@@ -1,7 +1,9 @@
-"""The project's one HTTP client: retries, Binance rate-limit discipline, clear errors.
+"""The project's one HTTP client: retries, rate-limit discipline, bans, clear errors.
 
-Every request to Binance (REST API and public archive) goes through `HttpClient`, so the rules live
-in one place:
+Every request to an exchange (Binance's REST API and public archive, Bybit, OKX) goes through
+`HttpClient`, so the rules live in one place. What differs between the APIs is a `VenueRules`
+value (its name for messages, how its error bodies look, which body codes mean "slow down" or "a
+passing fault", what a ban looks like); `BINANCE` is the default. The shared rules:
 
 - Weight: each response's `X-MBX-USED-WEIGHT-1M` (the IP's weight used in the current wall-clock
   minute) is remembered. When the next request would push it past `weight_headroom *
@@ -15,8 +17,12 @@ in one place:
   once: a longer ban raises `RateLimitedError` at once rather than blocking a run for hours.
 - 5xx, timeouts, connection errors: exponential backoff with full jitter
   (`uniform(0, min(cap, base * 2**attempt))`), at most `max_retries` retries, then `HttpError`.
-- 451: `GeoBlockedError` (no retry). Binance error bodies `{"code": -1121, "msg": ...}` on a 4xx,
-  or on a 200: `BinanceApiError` (no retry).
+- 451: `GeoBlockedError` (no retry). An error body (Binance `{"code": -1121, "msg": ...}`, Bybit
+  `{"retCode": 10001, "retMsg": ...}`, OKX `{"code": "51001", "msg": ...}`) on a 4xx or a 200:
+  `VenueApiError` (`BinanceApiError` for Binance; no retry), unless the venue's rules say the code
+  means "rate limited" (wait, then retry, as for a 429) or "a passing fault" (back off, retry).
+- A venue's own ban signal (Bybit: HTTP 403 "access too frequent", at least 10 minutes) is handled
+  like a 418.
 - A 200 whose body is not JSON is retried `malformed_json_retries` times (2 by default: a truncated
   body from a proxy is usually transient), then raises `BadResponseError` with the URL and the first
   200 characters of the body.
@@ -72,17 +78,25 @@ class RateLimitedError(HttpError):
         super().__init__(message, url=url, status=status)
 
 
-class BinanceApiError(HttpError):
-    """Binance answered with an error body `{"code": <negative int>, "msg": ...}`."""
+class VenueApiError(HttpError):
+    """An exchange answered with an error body (its code and message kept as served)."""
 
-    def __init__(self, code: int, msg: str, url: str, status: int | None = None):
+    def __init__(self, code: int | str, msg: str, url: str, status: int | None = None, venue: str = ""):
+        self.venue = venue
         self.code = code
         self.msg = msg
-        super().__init__(f"Binance API error {code}: {msg} (HTTP {status}, {url})", url=url, status=status)
+        super().__init__(f"{venue} API error {code}: {msg} (HTTP {status}, {url})", url=url, status=status)
+
+
+class BinanceApiError(VenueApiError):
+    """Binance answered with an error body `{"code": <negative int>, "msg": ...}`."""
+
+    def __init__(self, code: int | str, msg: str, url: str, status: int | None = None, venue: str = "Binance"):
+        super().__init__(code, msg, url, status, venue)
 
 
 class GeoBlockedError(HttpError):
-    """HTTP 451: Binance refuses requests from the caller's location."""
+    """HTTP 451: the exchange refuses requests from the caller's location."""
 
 
 class BadResponseError(HttpError):
@@ -131,6 +145,55 @@ def binance_error(payload: Any) -> tuple[int, str] | None:
     return None
 
 
+def _no_error(payload: Any) -> None:
+    return None
+
+
+def _no_ban(resp: requests.Response) -> None:
+    return None
+
+
+def _no_reset(headers: Mapping[str, str], now_s: float) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class VenueRules:
+    """What one API does differently; `HttpClient` applies the rest of its rules to every venue.
+
+    error_in_body: (code, message) when a parsed body is an error, else None.
+    rate_limit_codes / transient_codes: body codes (compared as strings) meaning "too many
+        requests" (wait, then retry) or a passing server fault (back off, then retry).
+    body_rate_limit_wait: seconds until a body rate limit resets, read from the headers
+        (None: unknown, wait `default_body_rate_limit_wait_s`).
+    ban_wait: seconds to wait when a response is the venue's own ban signal besides HTTP 418
+        (a Retry-After header wins), None when it is not one.
+    forbidden_hint / geo_block_hint: added to the messages of other 403s and of 451s.
+    api_error: the exception raised for any other error body.
+    """
+
+    name: str
+    error_in_body: Callable[[Any], tuple[int | str, str] | None] = _no_error
+    rate_limit_codes: frozenset[str] = frozenset()
+    transient_codes: frozenset[str] = frozenset()
+    body_rate_limit_wait: Callable[[Mapping[str, str], float], float | None] = _no_reset
+    default_body_rate_limit_wait_s: float = 1.0
+    ban_wait: Callable[[requests.Response], float | None] = _no_ban
+    forbidden_hint: str = ""
+    geo_block_hint: str = ""
+    api_error: type[VenueApiError] = VenueApiError
+
+
+BINANCE = VenueRules(
+    name="Binance",
+    error_in_body=binance_error,
+    forbidden_hint=" (Binance's WAF rejected the request)",
+    geo_block_hint=" Run from a location Binance serves (another host or a VPN), or use the public "
+                   "archive (data.binance.vision) or QML_SOURCE=sample.",
+    api_error=BinanceApiError,
+)
+
+
 class _PathLimit:
     """A sliding window of request times shared by every path starting with one of `prefixes`."""
 
@@ -172,6 +235,7 @@ class HttpClient:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         on_progress: Callable[[str], None] | None = None,
+        rules: VenueRules = BINANCE,
     ):
         if not 0 < weight_headroom <= 1:
             raise ValueError(f"weight_headroom={weight_headroom}: expected a fraction in (0, 1]")
@@ -190,6 +254,7 @@ class HttpClient:
         self._clock = clock
         self._rng = rng or random.Random()
         self.on_progress = on_progress
+        self.rules = rules
         self.stats = RequestStats()
         self._last_weight = 0
         self._last_weight_at: float | None = None
@@ -203,6 +268,7 @@ class HttpClient:
         """GET `path` and return its parsed JSON; `weight` is the request's Binance IP weight;
         `headers` are sent with this request only."""
         malformed_left = self.malformed_json_retries
+        body_retries = 0
         while True:
             resp, url = self._request(path, params, weight, allow_404=False, headers=headers)
             assert resp is not None
@@ -220,10 +286,32 @@ class HttpClient:
                     f"{url} answered HTTP {resp.status_code} with a body that is not JSON "
                     f"(after {self.malformed_json_retries + 1} attempts); first 200 characters: {snippet!r}",
                     url=url, status=resp.status_code) from None
-            err = binance_error(payload)
-            if err is not None:
-                raise BinanceApiError(err[0], err[1], url, resp.status_code)
-            return payload
+            err = self.rules.error_in_body(payload)
+            if err is None:
+                return payload
+            code, msg = err
+            limited = str(code) in self.rules.rate_limit_codes
+            if not limited and str(code) not in self.rules.transient_codes:
+                raise self.rules.api_error(code, msg, url, resp.status_code, venue=self.rules.name)
+            if limited:
+                wait = self.rules.body_rate_limit_wait(resp.headers, self._clock())
+                wait = self.rules.default_body_rate_limit_wait_s if wait is None or wait <= 0 else wait
+                if body_retries >= self.max_retries or wait > self.max_retry_after_s:
+                    raise RateLimitedError(
+                        f"{self.rules.name} rate limited (code {code}: {msg}) for GET {url} after "
+                        f"{body_retries + 1} attempt(s); wait {wait:.0f} s before trying again, and lower "
+                        f"the request rate", url=url, status=resp.status_code, retry_after_s=wait)
+                why = f"{self.rules.name} code {code} ({msg}): rate limited"
+            else:
+                if body_retries >= self.max_retries:
+                    raise HttpError(f"GET {url} failed with {self.rules.name} code {code} ({msg}) on all "
+                                    f"{body_retries + 1} attempts", url=url, status=resp.status_code,
+                                    body=resp.text[:1000])
+                wait = self._backoff(body_retries)
+                why = f"{self.rules.name} code {code} ({msg}): a passing fault"
+            self._wait(wait, f"{why}; retry {body_retries + 1}/{self.max_retries}")
+            body_retries += 1
+            self.stats.retries += 1
 
     def get_bytes(self, url_or_path: str, params: Mapping[str, Any] | None = None) -> bytes:
         """GET a path under the base URL, or an absolute URL, and return the body."""
@@ -313,6 +401,19 @@ class HttpClient:
         except ValueError:
             return float(self.default_retry_after_s)
 
+    def _rate_limit(self, resp: requests.Response) -> tuple[float, str] | None:
+        """(seconds to wait, what happened) when `resp` says "too many requests", else None."""
+        status = resp.status_code
+        if status == 429:
+            return self._retry_after(resp), "rate limited (429)"
+        if status == 418:
+            return self._retry_after(resp), "IP banned for ignoring rate limits (418)"
+        ban = self.rules.ban_wait(resp)
+        if ban is None:
+            return None
+        wait = self._retry_after(resp) if "Retry-After" in resp.headers else ban
+        return wait, f"IP banned for exceeding its rate limit (HTTP {status})"
+
     def _backoff(self, attempt: int) -> float:
         return self._rng.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** attempt))
 
@@ -344,15 +445,15 @@ class HttpClient:
             self.last_headers = resp.headers
             status = resp.status_code
 
-            if status in (429, 418):
-                wait = self._retry_after(resp)
-                what = "rate limited (429)" if status == 429 else "IP banned for ignoring rate limits (418)"
+            limited = self._rate_limit(resp)
+            if limited is not None:
+                wait, what = limited
                 if attempt >= self.max_retries or wait > self.max_retry_after_s:
                     raise RateLimitedError(
-                        f"Binance {what} for GET {shown}: Retry-After {wait:.0f} s after {attempt + 1} "
-                        f"attempt(s); wait that long before trying again, and lower the request rate",
-                        url=shown, status=status, retry_after_s=wait)
-                self._wait(wait, f"{what}; Retry-After {wait:.0f} s")
+                        f"{self.rules.name} {what} for GET {shown}: Retry-After {wait:.0f} s after "
+                        f"{attempt + 1} attempt(s); wait that long before trying again, and lower the "
+                        f"request rate", url=shown, status=status, retry_after_s=wait)
+                self._wait(wait, f"{self.rules.name} {what}; Retry-After {wait:.0f} s")
                 self._last_weight, self._last_weight_at = 0, None
                 attempt += 1
                 self.stats.retries += 1
@@ -370,22 +471,20 @@ class HttpClient:
 
             if status == 451:
                 raise GeoBlockedError(
-                    f"Binance refuses requests from this location (HTTP 451, unavailable for legal "
-                    f"reasons) for GET {shown}. Run from a location Binance serves (another host or "
-                    f"a VPN), or use the public archive (data.binance.vision) or QML_SOURCE=sample.",
-                    url=shown, status=status)
+                    f"{self.rules.name} refuses requests from this location (HTTP 451, unavailable for "
+                    f"legal reasons) for GET {shown}.{self.rules.geo_block_hint}", url=shown, status=status)
 
             if status == 404 and allow_404:
                 return None, shown
 
             if status >= 400:
                 try:
-                    err = binance_error(resp.json())
+                    err = self.rules.error_in_body(resp.json())
                 except ValueError:
                     err = None
                 if err is not None:
-                    raise BinanceApiError(err[0], err[1], shown, status)
-                hint = " (Binance's WAF rejected the request)" if status == 403 else ""
+                    raise self.rules.api_error(err[0], err[1], shown, status, venue=self.rules.name)
+                hint = self.rules.forbidden_hint if status == 403 else ""
                 raise HttpError(f"GET {shown} failed with HTTP {status}{hint}: {resp.text[:200]!r}",
                                 url=shown, status=status, body=resp.text[:1000])
 

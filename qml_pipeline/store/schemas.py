@@ -20,7 +20,9 @@ TS = pl.Datetime("ms", "UTC")
 # Binance's funding caps are per symbol (0.3%..3% per interval at the time of writing); a rate
 # beyond this bound is a unit error, not a market extreme. Configurable via QML_FUNDING_RATE_CAP.
 DEFAULT_FUNDING_RATE_CAP = 0.03
-FUNDING_INTERVALS_HOURS = (1, 2, 4, 8)
+# Binance and Bybit settle every 1, 2, 4 or 8 hours; OKX also every 6 hours (its funding-rate
+# history docs).
+FUNDING_INTERVALS_HOURS = (1, 2, 4, 6, 8)
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,8 @@ def _lineage() -> tuple[Column, ...]:
                "earliest moment a trader could have known this value; features use only rows with "
                "available_at <= decision_time"),
         Column("source", pl.Utf8, "VARCHAR", "",
-               "where the row came from: binance_rest, binance_archive, freqtrade, sample_archive_1h, "
-               "or a name containing 'synthetic' for generated data"),
+               "where the row came from: binance_rest, binance_archive, bybit_rest, okx_rest, freqtrade, "
+               "sample_archive_1h, or a name containing 'synthetic' for generated data"),
         Column("ingested_at", TS, "TIMESTAMPTZ", "UTC", "when the pipeline wrote the row"),
     )
 
@@ -104,7 +106,7 @@ FUNDING_RATES = Table(
         Column("funding_rate", pl.Float64, "DOUBLE", "fraction per interval",
                "rate paid by longs to shorts per interval: 0.0001 = 0.01%"),
         Column("funding_interval_hours", pl.Int16, "SMALLINT", "hours",
-               "the settlement interval in force for this settlement (8, 4, 2 or 1)"),
+               "the settlement interval in force for this settlement (8, 6, 4, 2 or 1)"),
         Column("mark_price", pl.Float64, "DOUBLE", "USDT", "mark price at settlement, when served",
                nullable=True),
         Column("exchange_time", TS, "TIMESTAMPTZ", "UTC",
