@@ -119,7 +119,7 @@ def test_oi_short_answer_reports_missing_stamps_never_pads(btc, fake_time):
 
 def test_oi_empty_answer_is_all_missing(btc, fake_time):
     cov = make_reader(btc, fake_time).open_interest("BTCUSDT", "4h", T0, T0 + 24 * H)
-    assert cov.frame.height == 0 and cov.frame.columns[-1] == "venue"
+    assert cov.frame.height == 0 and cov.frame.columns == schemas.OPEN_INTEREST.names
     assert cov.expected == 6 and len(cov.missing) == 6
     assert btc.count(MARK) == 0  # nothing to price
 

@@ -74,7 +74,7 @@ def _oi(venue: str = "okx") -> pl.DataFrame:
 
 def test_venue_column_is_last_and_validated():
     df = _oi()
-    assert df.columns == [*schemas.OPEN_INTEREST.names, "venue"]
+    assert df.columns == schemas.OPEN_INTEREST.names
     validate_with_venue(schemas.OPEN_INTEREST, df)
     with pytest.raises(ValueError, match=r"venue must be one of .* unknown \['kraken'\]"):
         validate_with_venue(schemas.OPEN_INTEREST, df.with_columns(pl.lit("kraken").alias("venue")))

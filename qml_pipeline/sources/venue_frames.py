@@ -30,9 +30,9 @@ from qml_pipeline.timeutil import to_ms
 
 
 def with_venue(table: Table, df: pl.DataFrame, venue: str) -> pl.DataFrame:
-    """`df` conformed to `table`, with `venue` appended as the last column."""
+    """`df` conformed to `table`, every row of `venue`."""
     check_venue(venue)
-    return schemas.conform(table, df).with_columns(pl.lit(venue).alias("venue"))
+    return schemas.conform(table, df.with_columns(pl.lit(venue).alias("venue")))
 
 
 def empty_with_venue(table: Table, venue: str) -> pl.DataFrame:
@@ -47,7 +47,7 @@ def validate_with_venue(table: Table, df: pl.DataFrame, **kw: float) -> None:
     if df["venue"].null_count() or unknown:
         raise ValueError(f"{table.name}: venue must be one of {VENUES} on every row; "
                          f"{df['venue'].null_count()} null, unknown {unknown}")
-    schemas.validate(table, df.drop("venue"), **kw)
+    schemas.validate(table, df, **kw)
 
 
 def open_interest_frame(venue: str, source: str, symbol: str, period_ms: int, stamps_ms: Sequence[int],
