@@ -273,7 +273,7 @@ def test_decimal_comma_file_with_a_dotted_number_names_it(tmp_path):
     (b"", "is empty (0 bytes)"),
     ((HEADER + "\n").encode(), "holds a header but no rows: an empty trade export is refused"),
     ((HEADER + "\n" + GOOD[0].replace("T1", "T\xe9") + "\n").encode("latin-1"),
-     "is not UTF-8 text: byte 0xE9 at line 2"),
+     "(line 2): is not UTF-8 text: byte 0xE9"),
 ])
 def test_file_level_refusals_name_the_file(tmp_path, content, expected):
     p = tmp_path / "export.csv"

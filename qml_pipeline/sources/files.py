@@ -134,8 +134,8 @@ def _read_csv(path: Path) -> TableFile:
         line = raw.count(b"\n", 0, exc.start) + 1
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         guess = _guess_encoding(raw)
-        raise FileInputError(path, f"is not UTF-8 text: byte 0x{raw[exc.start]:02X} at line {line}, byte {column} of "
-                             f"the line{guess}", line=line,
+        raise FileInputError(path, f"is not UTF-8 text: byte 0x{raw[exc.start]:02X}, byte {column} of the line, "
+                             f"cannot be decoded{guess}", line=line,
                              expected="UTF-8: save the file as UTF-8 (in Excel: 'CSV UTF-8')") from None
     header = text.split("\n", 1)[0]
     if not header.strip():
