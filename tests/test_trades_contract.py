@@ -308,3 +308,19 @@ def test_the_reference_detector_trades_meet_the_same_rules():
     import pandera.polars as pa
     with pytest.raises(pa.errors.SchemaErrors, match="target_side"):
         validate_trades(bad)
+
+
+def test_every_rule_is_documented_with_its_message():
+    import re
+    from pathlib import Path
+
+    import qml_pipeline.trades.contract as contract
+
+    source = Path(contract.__file__).read_text()
+    names = set(re.findall(r'(?:RowRule|Problem)\(\s*"([a-z_]+)"', source)) | {"unreadable_time", "unreadable_number"}
+    doc = (Path(__file__).parent.parent / "docs" / "input_errors.md").read_text()
+    assert len(names) >= 25
+    for name in names:
+        assert f"| `{name}`" in doc or f"`{name}` /" in doc or f"/ `{name}`" in doc, name
+    for rule in contract.ROW_RULES:
+        assert rule.message.split(" (")[0].replace("|", "\\|") in doc, rule.name
