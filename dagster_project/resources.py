@@ -13,6 +13,7 @@ from qml_pipeline.config import Settings
 from qml_pipeline.sources.ingest import MarketSource
 from qml_pipeline.sources.coinglass import CoinglassClient, coinglass_from_env
 from qml_pipeline.sources.sample import SampleSource
+from qml_pipeline.store.schemas import BarPlausibility
 from qml_pipeline.store.warehouse import Warehouse
 
 SETTINGS = Settings.from_env()
@@ -54,6 +55,13 @@ class MarketDataResource(dg.ConfigurableResource):
     archive_revalidate: bool = SETTINGS.archive_revalidate
     # fetch every window again even when the warehouse already fills it (finds re-published values)
     refetch: bool = False
+    bar_outlier_factor: float = SETTINGS.bar_outlier_factor
+    bar_outlier_min_log_move: float = SETTINGS.bar_outlier_min_log_move
+    bar_outlier_window: int = SETTINGS.bar_outlier_window
+
+    def plausibility(self) -> BarPlausibility:
+        """When a kline is implausible (QML_BAR_OUTLIER_*; schemas.BarPlausibility)."""
+        return BarPlausibility(self.bar_outlier_factor, self.bar_outlier_min_log_move, self.bar_outlier_window)
 
     def open(self, log: Callable[[str], None] | None = None, cache_dir: Path | None = None) -> MarketSource:
         """The configured source; downloaded archive files are cached under `cache_dir` (the warehouse's
@@ -84,7 +92,7 @@ class TradeSourceResource(dg.ConfigurableResource):
     timeframes: list[str] = list(SETTINGS.trade_timeframes)
 
     def config(self) -> TradeSourceConfig:
-        mapping = Settings(trades_column_map=self.column_map).column_map()
+        mapping = Settings(trades_column_map=self.column_map).column_map()  # raises SettingsError naming problems
         return TradeSourceConfig(export_path=self.export_path, column_map=mapping,
                                  timeframes=tuple(self.timeframes))
 

@@ -1,20 +1,69 @@
-"""Settings from environment variables, with defaults that run offline on the bundled sample."""
+"""Settings from environment variables, with defaults that run offline on the bundled sample.
+
+Settings are validated when they load: every problem (a symbol that is not a symbol, an unknown
+interval, a number that is not one, a column map that cannot work, ...) is collected into ONE
+`SettingsError` naming each variable, the value seen and what is allowed.
+"""
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, fields
+from datetime import date
 from pathlib import Path
 
-from qml_pipeline.store.schemas import DEFAULT_FUNDING_RATE_CAP
-from qml_pipeline.timeutil import interval_ms
+from qml_pipeline.errors import InputError
+from qml_pipeline.store.schemas import DEFAULT_FUNDING_RATE_CAP, BarPlausibility, symbol_problem
+from qml_pipeline.timeutil import INTERVAL_MS
+from qml_pipeline.trades.contract import parse_column_map
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("sample", "binance")
+# Binance's open-interest periods (REST /futures/data/openInterestHist and the archive's buckets).
+OI_PERIODS = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+_DEFAULT_BARS = BarPlausibility()
+
+
+class SettingsError(InputError):
+    """One or more settings are wrong; `problems` lists each, naming its QML_ variable."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{len(problems)} setting(s) are wrong; fix them and load again:\n"
+                         + "\n".join(f"  - {p}" for p in problems))
 
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _parse(raw: str, default: object) -> object:
+    """An environment value as the type of the field's default; ValueError says what is expected."""
+    text = raw.strip()
+    if isinstance(default, tuple):
+        return _csv(raw)
+    if isinstance(default, bool):
+        if text.lower() not in _TRUE + _FALSE:
+            raise ValueError(f"expected one of {list(_TRUE + _FALSE)}")
+        return text.lower() in _TRUE
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("expected a whole number, e.g. 30") from None
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("expected a number, e.g. 0.03") from None
+    return text
+
+
+def env_name(field_name: str) -> str:
+    return f"QML_{field_name.upper()}"
 
 
 @dataclass(frozen=True)
@@ -53,39 +102,87 @@ class Settings:
     override_gates: bool = False
     model_epochs: int = 30
     model_seed: int = 0
+    # a kline fails the contract when its move exceeds both factor x the median move of the window
+    # of bars around it and min_log_move (schemas.BarPlausibility)
+    bar_outlier_factor: float = _DEFAULT_BARS.factor
+    bar_outlier_min_log_move: float = _DEFAULT_BARS.min_log_move
+    bar_outlier_window: int = _DEFAULT_BARS.window
 
     def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise SettingsError(problems)
+
+    def problems(self) -> list[str]:
+        """Every setting that is wrong, as 'QML_X=<value>: what is allowed'."""
+        out: list[str] = []
         if self.source not in SOURCES:
-            raise ValueError(f"QML_SOURCE={self.source!r}: expected one of {SOURCES}")
-        for interval in (*self.kline_intervals, self.oi_period):
-            interval_ms(interval)
+            out.append(f"QML_SOURCE={self.source!r}: expected one of {list(SOURCES)}")
         if not self.symbols:
-            raise ValueError("QML_SYMBOLS is empty: name at least one symbol, e.g. BTCUSDT")
+            out.append("QML_SYMBOLS is empty: name at least one symbol, e.g. BTCUSDT,ETHUSDT")
+        out += [f"QML_SYMBOLS: {p}" for p in filter(None, map(symbol_problem, self.symbols))]
+        repeated = sorted({s for s in self.symbols if self.symbols.count(s) > 1})
+        if repeated:
+            out.append(f"QML_SYMBOLS names {repeated} more than once")
+        for name in ("kline_intervals", "trade_timeframes"):
+            values = getattr(self, name)
+            if not values:
+                out.append(f"{env_name(name)} is empty: name at least one interval, e.g. 1h,4h")
+            bad = [v for v in values if v not in INTERVAL_MS]
+            if bad:
+                out.append(f"{env_name(name)}: {bad} not interval(s); expected Binance notation, one of "
+                           f"{list(INTERVAL_MS)}")
+        if self.oi_period not in OI_PERIODS:
+            out.append(f"QML_OI_PERIOD={self.oi_period!r}: expected one of {list(OI_PERIODS)}")
+        for name in ("binance_fapi_url", "binance_archive_url"):
+            if not re.match(r"^https?://[^\s/]+", getattr(self, name)):
+                out.append(f"{env_name(name)}={getattr(self, name)!r}: expected an http(s) URL, e.g. "
+                           f"{getattr(Settings, name)}")
+        try:
+            date.fromisoformat(self.start_date)
+        except ValueError:
+            out.append(f"QML_START_DATE={self.start_date!r}: expected a date as YYYY-MM-DD, e.g. 2021-12-01")
+        for name, low, high, what in (
+                ("oi_publication_lag_seconds", 0, None, "seconds, 0 or more"),
+                ("funding_rate_cap", 0, 1, "a fraction per interval above 0 and at most 1 (0.03 = 3%)"),
+                ("model_epochs", 1, None, "a whole number of epochs, 1 or more"),
+                ("bar_outlier_factor", 1, None, "a multiple of the median move above 1, e.g. 50"),
+                ("bar_outlier_min_log_move", 0, None, "a log move above 0, e.g. 0.5"),
+                ("bar_outlier_window", 3, None, "a number of bars, 3 or more, e.g. 48")):
+            value = getattr(self, name)
+            strict_low = name in ("funding_rate_cap", "bar_outlier_factor", "bar_outlier_min_log_move")
+            if (not math.isfinite(value) or value < low or (strict_low and value == low)
+                    or (high is not None and value > high)):
+                out.append(f"{env_name(name)}={value!r}: expected {what}")
+        out += [f"QML_TRADES_COLUMN_MAP: {p}" for p in parse_column_map(self.trades_column_map)[1]]
+        return out
 
     def column_map(self) -> dict[str, str]:
-        pairs = [p.split("=", 1) for p in _csv(self.trades_column_map)]
-        bad = [p[0] for p in pairs if len(p) != 2]
-        if bad:
-            raise ValueError(f"QML_TRADES_COLUMN_MAP: {bad} lack '=': write file_column=contract_column pairs")
-        return {k.strip(): v.strip() for k, v in pairs}
+        """QML_TRADES_COLUMN_MAP as {file column: contract column} (validated when the settings loaded)."""
+        return parse_column_map(self.trades_column_map)[0]
+
+    def bar_plausibility(self) -> BarPlausibility:
+        return BarPlausibility(self.bar_outlier_factor, self.bar_outlier_min_log_move, self.bar_outlier_window)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "Settings":
+        """Settings from QML_* variables; raises one SettingsError listing every problem."""
         env = dict(os.environ if env is None else env)
         kwargs: dict[str, object] = {}
-        for name, f in cls.__dataclass_fields__.items():
-            raw = env.get(f"QML_{name.upper()}")
-            if raw is None or raw == "":
+        problems: list[str] = []
+        for f in fields(cls):
+            var = env_name(f.name)
+            raw = env.get(var)
+            if raw is None or raw.strip() == "":
                 continue
-            default = f.default
-            if isinstance(default, tuple):
-                kwargs[name] = _csv(raw)
-            elif isinstance(default, bool):
-                kwargs[name] = raw.lower() in ("1", "true", "yes")
-            elif isinstance(default, int):
-                kwargs[name] = int(raw)
-            elif isinstance(default, float):
-                kwargs[name] = float(raw)
-            else:
-                kwargs[name] = raw
-        return cls(**kwargs)  # type: ignore[arg-type]
+            try:
+                kwargs[f.name] = _parse(raw, f.default)
+            except ValueError as exc:
+                problems.append(f"{var}={raw!r}: {exc}")
+        try:
+            settings = cls(**kwargs)  # type: ignore[arg-type]
+        except SettingsError as exc:
+            problems += exc.problems
+        if problems:
+            raise SettingsError(problems)
+        return settings

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 import polars as pl
 import pytest
 
+from qml_pipeline.errors import InputError
 from qml_pipeline.sources.funding import FundingTimeError
 
 from qml_pipeline.store import schemas
@@ -16,6 +17,7 @@ from qml_pipeline.sources.binance_rest import (
     FUTURES_DATA_PATH_LIMIT,
     BinanceRest,
     OutOfRestWindowError,
+    ServedValueError,
 )
 from qml_pipeline.timeutil import to_ms
 
@@ -262,3 +264,53 @@ def test_progress_reported_during_long_pagination(fake_binance, fake_time):
     rest.client.on_progress = messages.append
     rest.klines("BTCUSDT", "1m", T0, T0 + timedelta(minutes=3001))
     assert len(messages) == 2 and all("klines BTCUSDT 1m" in m for m in messages)
+
+
+# ---------------------------------------------------------------------------------- bad served values
+
+def test_a_non_numeric_price_names_endpoint_field_and_time(fake_binance, fake_time):
+    fake_binance.add_klines("BTCUSDT", "1h", T0, 5)
+    fake_binance.klines[("BTCUSDT", "1h")][2][2] = "12a.5"
+    rest = make_rest(fake_binance, fake_time)
+    with pytest.raises(ServedValueError) as exc:
+        rest.klines("BTCUSDT", "1h", T0, T0 + 5 * H)
+    assert str(exc.value) == (
+        "GET /fapi/v1/klines BTCUSDT 1h: field 'high (index 2)' is not a number in 1 row(s) "
+        "(2024-01-01T02:00:00Z: '12a.5'); expected a decimal number as a JSON string, e.g. '43250.10'. "
+        "Nothing of this fetch was used.")
+    assert isinstance(exc.value, InputError)
+
+
+def test_non_numeric_funding_and_open_interest_are_named(fake_binance, fake_time):
+    fake_binance.add_funding("BTCUSDT", T0, 3)
+    fake_binance.funding["BTCUSDT"][1]["fundingRate"] = "n/a"
+    start = datetime(2024, 3, 25, tzinfo=UTC)
+    fake_binance.add_oi("BTCUSDT", "5m", start, 3)
+    fake_binance.oi[("BTCUSDT", "5m")][0]["sumOpenInterest"] = "--"
+    rest = make_rest(fake_binance, fake_time, now=NOW)
+    with pytest.raises(ServedValueError, match=r"GET /fapi/v1/fundingRate BTCUSDT: field 'fundingRate' is not a "
+                                               r"number in 1 row\(s\) \(2024-01-01T08:00:00Z: 'n/a'\)"):
+        rest.funding_rates("BTCUSDT", T0, T0 + 24 * H)
+    with pytest.raises(ServedValueError, match=r"GET /futures/data/openInterestHist BTCUSDT 5m: field "
+                                               r"'sumOpenInterest' is not a number"):
+        rest.open_interest("BTCUSDT", "5m", start, start + timedelta(minutes=15))
+
+
+def test_two_different_candles_for_one_time_are_refused(fake_binance, fake_time):
+    fake_binance.add_klines("BTCUSDT", "1h", T0, 5)
+    rows = fake_binance.klines[("BTCUSDT", "1h")]
+    twin = list(rows[3])
+    twin[4] = "999.0"
+    rows.insert(4, twin)
+    with pytest.raises(ServedValueError) as exc:
+        make_rest(fake_binance, fake_time).klines("BTCUSDT", "1h", T0, T0 + 5 * H)
+    assert "GET /fapi/v1/klines BTCUSDT 1h: 1 key(s) appear twice with different values" in str(exc.value)
+    assert "rows 4 and 5 (open_ms 1704078000000): close 104.0 vs 999.0" in str(exc.value)
+
+
+def test_funding_off_the_grid_names_the_symbol(fake_binance, fake_time):
+    fake_binance.add_funding("BTCUSDT", T0, 3, jitter_ms=lambda i: 17 * 60_000 if i == 1 else 0)
+    with pytest.raises(FundingTimeError) as exc:
+        make_rest(fake_binance, fake_time).funding_rates("BTCUSDT", T0, T0 + 24 * H)
+    assert str(exc.value).startswith("GET /fapi/v1/fundingRate BTCUSDT: 1 settlement time(s) lie more than 5 "
+                                     "minutes from the hourly settlement grid: 2024-01-01T08:17:00+00:00.")

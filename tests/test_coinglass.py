@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
+from qml_pipeline.errors import InputError
 from qml_pipeline.store import schemas
 from qml_pipeline.sources.http_client import HttpClient
 from qml_pipeline.sources.coinglass import (
@@ -19,6 +20,7 @@ from qml_pipeline.sources.coinglass import (
     CoinglassAuthError,
     CoinglassClient,
     CoinglassError,
+    CoinglassKeyError,
     CoinglassPlanError,
     CoinglassRateLimitError,
     CoinglassResponseError,
@@ -309,3 +311,23 @@ def test_from_env():
 def test_empty_key_refused():
     with pytest.raises(ValueError, match="COINGLASS_API_KEY"):
         CoinglassClient("  ")
+
+
+@pytest.mark.parametrize("bad, kind", [("\n", "a control character (U+000A)"), ("\t", "a control character (U+0009)"),
+                                       ("\x7f", "a control character (U+007F)"), (" ", "a space (U+0020)"),
+                                       ("\u00e9", "a non-ASCII character (U+00E9)")])
+def test_a_key_with_a_control_character_is_refused_before_use_and_not_echoed(fake_coinglass, fake_time, bad, kind):
+    key = FAKE_KEY[:10] + bad + FAKE_KEY[10:]
+    with pytest.raises(CoinglassKeyError) as exc:
+        make(fake_coinglass, fake_time, key=key)
+    text = _chain_text(exc.value)
+    assert f"COINGLASS_API_KEY holds {kind} at position 11 of {len(key)}" in str(exc.value)
+    assert FAKE_KEY[:10] not in text and FAKE_KEY[10:] not in text
+    assert isinstance(exc.value, InputError)
+    with pytest.raises(CoinglassKeyError):
+        coinglass_from_env({"COINGLASS_API_KEY": key})
+    assert fake_coinglass.server.log == []  # refused before any request
+
+
+def test_a_trailing_newline_is_stripped_not_refused():
+    assert isinstance(coinglass_from_env({"COINGLASS_API_KEY": FAKE_KEY + "\n"}), CoinglassClient)

@@ -92,9 +92,11 @@ def test_schema_rejects_bad_klines_with_row_numbers() -> None:
     with pytest.raises(schemas.ValidationError) as exc:
         schemas.validate(schemas.KLINES, bad)
     msg = str(exc.value)
-    assert "row 3" in msg and "high >= max(open, close)" in msg
-    assert "row 5 column open" in msg
-    assert "unique" in msg.lower() or "duplicate" in msg.lower()
+    assert ("BTCUSDT 1h event_time 2024-01-01 03:00:00+00:00: fails 'high >= max(open, close)' "
+            "(value: open=42620.5, high=1.0, close=42369.8)") in msg
+    assert "BTCUSDT 1h event_time 2024-01-01 05:00:00+00:00 column open: fails 'greater_than(0)' (value: -1.0)" in msg
+    assert ("BTCUSDT 1h event_time 2024-01-01 23:00:00+00:00: fails 'one row per key (symbol, interval, event_time)' "
+            "(value: symbol=BTCUSDT, interval=1h, event_time=2024-01-01T23:00:00+00:00)") in msg
 
 
 def test_schema_rejects_funding_beyond_the_cap_and_off_grid() -> None:

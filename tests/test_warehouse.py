@@ -167,12 +167,6 @@ def test_a_copied_warehouse_reads_its_own_files(tmp_path: Path) -> None:
     assert Warehouse(tmp_path / "copy").read(schemas.FUNDING_RATES).height == 3
 
 
-def test_a_warehouse_folder_with_glob_characters(tmp_path: Path) -> None:
-    wh = Warehouse(tmp_path / "wh[1]")
-    wh.merge(schemas.FUNDING_RATES, funding_frame(DAY, 3))
-    assert Warehouse(tmp_path / "wh[1]").read(schemas.FUNDING_RATES).height == 3
-
-
 def test_set_aside_and_restore_a_lake(tmp_path: Path) -> None:
     wh = Warehouse(tmp_path)
     wh.replace_table(schemas.TRADES, trades_frame(4))

@@ -7,6 +7,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from dagster_project.failures import input_errors_as_failures
 from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.resources import SETTINGS, CoinglassResource, WarehouseResource
 from qml_pipeline.store import schemas
@@ -45,7 +46,8 @@ def liquidation_map(context: dg.AssetExecutionContext, warehouse: WarehouseResou
 def liquidations(context: dg.AssetExecutionContext, warehouse: WarehouseResource, coinglass: CoinglassResource):
     """Realised liquidations per symbol from Coinglass (optional, paid: COINGLASS_API_KEY). Without a key
     the asset is skipped with the reason logged and recorded; the rest of the pipeline runs."""
-    client = coinglass.client()
+    with input_errors_as_failures("Coinglass: "):  # a malformed key is refused, never quoted
+        client = coinglass.client()
     if client is None:
         context.log.warning(SKIP_REASON)
         context.log_event(dg.AssetObservation(asset_key="liquidations", metadata={"skipped": SKIP_REASON}))

@@ -7,6 +7,7 @@ from datetime import datetime
 import dagster as dg
 import polars as pl
 
+from dagster_project.failures import input_errors_as_failures
 from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.partitions import RAW_PARTITIONS
 from dagster_project.resources import SETTINGS, MarketDataResource, WarehouseResource
@@ -62,8 +63,11 @@ def _raw_asset(table: Table, description: str) -> dg.AssetsDefinition:
         metadata=table_metadata(table),
         check_specs=[
             dg.AssetCheckSpec(CONTRACT_CHECK, asset=table.name, blocking=True,
-                              description=f"the rows this run fetched meet the {table.name} contract (pandera); "
-                                          "when they don't, nothing is written"),
+                              description=f"the rows this run fetched meet the {table.name} contract (pandera: types, "
+                                          "ranges, finite numbers, one row per key"
+                                          + (", plausible bars (QML_BAR_OUTLIER_*)" if table is schemas.KLINES else "")
+                                          + "); failures are named by symbol and time, and nothing of the run is "
+                                            "written"),
             dg.AssetCheckSpec(COMPLETE_CHECK, asset=table.name, blocking=True, partitions_def=RAW_PARTITIONS,
                               description="after the merge, the partition holds every stamp its source should fill "
                                           "(candle grid, 5-minute OI grid, funding settlements with their "
@@ -78,12 +82,17 @@ def _raw_asset(table: Table, description: str) -> dg.AssetsDefinition:
         for symbol, months in _months_by_symbol(context.partition_keys).items():
             windows = month_windows(table, symbol, months, variants(table, SETTINGS.kline_intervals, market.oi_period))
             try:
-                results = ingest_symbol(wh, source, windows, refetch=market.refetch,
-                                        funding_rate_cap=market.funding_rate_cap, progress=context.log.info)
-            except schemas.ValidationError as exc:
-                yield dg.AssetCheckResult(check_name=CONTRACT_CHECK, passed=False,
-                                          metadata={"symbol": symbol, "failures": markdown_table(exc.failures)})
-                raise dg.Failure(description=str(exc), metadata={"failures": markdown_table(exc.failures)}) from None
+                with input_errors_as_failures(f"{table.name} {symbol}: "):
+                    results = ingest_symbol(wh, source, windows, refetch=market.refetch,
+                                            funding_rate_cap=market.funding_rate_cap,
+                                            plausibility=market.plausibility(), progress=context.log.info)
+            except dg.Failure as failure:
+                cause = failure.__context__
+                if isinstance(cause, schemas.ValidationError):
+                    shown = markdown_table(cause.failures.drop("index"))
+                    yield dg.AssetCheckResult(check_name=CONTRACT_CHECK, passed=False,
+                                              metadata={"symbol": symbol, "failures": shown})
+                raise
             fetched += sum(r.fetched for r in results)
             per_month: dict[datetime, list[WindowResult]] = defaultdict(list)
             for r in results:
@@ -101,13 +110,16 @@ def _raw_asset(table: Table, description: str) -> dg.AssetsDefinition:
                               "missing": "; ".join(describe_stamps(r.stored_missing) for r in missing) or "none",
                               "known_gap_stamps": sum(r.known_missing.len() for r in month_results)}))
         archive = [r.as_dict() for r in getattr(source, "archive_reports", [])]
+        collapsed = getattr(source, "identical_duplicates", {})
         yield dg.MaterializeResult(
             metadata={"source": market.source, "rows_fetched_in_run": fetched,
                       **{k: v for k, v in getattr(source, "request_stats", dict)().items()
                          if k in ("requests", "weight_used", "bytes_received")},
                       "archive_files": markdown_table(pl.DataFrame([
                           {k: (", ".join(map(str, v)) if isinstance(v, list) else v) for k, v in r.items()}
-                          for r in archive])) if archive else "no archive files used"},
+                          for r in archive])) if archive else "no archive files used",
+                      "identical_duplicate_rows_collapsed": ", ".join(f"{k}: {v}" for k, v in collapsed.items())
+                      or "none"},
             check_results=[
                 dg.AssetCheckResult(check_name=CONTRACT_CHECK, passed=True,
                                     metadata={"rows_checked": fetched}),
@@ -135,9 +147,10 @@ def _stored_contract_check(table: Table) -> dg.AssetChecksDefinition:
                                 "unique per revision")
     def check(warehouse: WarehouseResource, market: MarketDataResource) -> dg.AssetCheckResult:
         stored = warehouse.get().read(table, revisions=True)
-        failures = schemas.validation_failures(table, stored, market.funding_rate_cap)
+        failures = schemas.validation_failures(table, stored, market.funding_rate_cap, market.plausibility())
         return dg.AssetCheckResult(passed=failures.height == 0,
-                                   metadata={"dagster/row_count": stored.height, "failures": markdown_table(failures)})
+                                   metadata={"dagster/row_count": stored.height,
+                                             "failures": markdown_table(failures.drop("index"))})
 
     return check
 

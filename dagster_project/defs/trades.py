@@ -3,12 +3,13 @@
 import dagster as dg
 import polars as pl
 
+from dagster_project.failures import input_errors_as_failures
 from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.resources import TradeSourceResource, WarehouseResource
 from qml_pipeline.store import schemas
 from qml_pipeline.trades.build import baseline_metrics as compute_baseline_metrics
 from qml_pipeline.trades.build import build_trades
-from qml_pipeline.trades.contract import FILLED_OUTCOMES, TradeInputError
+from qml_pipeline.trades.contract import FILLED_OUTCOMES
 
 GROUP = "trades"
 MIN_TRADES_FOR_PHASE9 = 200
@@ -24,10 +25,8 @@ def trades(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
            trade_source: TradeSourceResource) -> dg.MaterializeResult:
     """A user's backtest export (validated; bad rows named, nothing written) or the reference detector's trades."""
     wh = warehouse.for_run(context)
-    try:
+    with input_errors_as_failures():  # a refused export raises here, before the stored trades are touched
         build = build_trades(wh, trade_source.config())
-    except TradeInputError as exc:
-        raise dg.Failure(description=str(exc)) from exc
     for warning in build.warnings:
         context.log.warning(warning)
     wh.replace_table(schemas.TRADES, build.trades, allow_empty=False)

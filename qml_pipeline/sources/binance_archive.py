@@ -44,7 +44,7 @@ import polars as pl
 
 from qml_pipeline.store import schemas
 from qml_pipeline.sources.http_client import HttpClient
-from qml_pipeline.store.schemas import TS
+from qml_pipeline.store.schemas import TS, check_symbol
 from qml_pipeline.sources.funding import snap_funding_times
 from qml_pipeline.timeutil import UTC, interval_ms, month_starts, next_month, to_ms, utc_now
 
@@ -156,19 +156,26 @@ class ArchiveReport:
 
 # ---------------------------------------------------------------------------- file layout
 
+# Every path and URL is built from a checked symbol (schemas.check_symbol) and interval: a '../' or a
+# '/' in either would leave the archive's prefix and the cache directory.
+
 def metrics_path(symbol: str, day: date) -> str:
+    symbol = check_symbol(symbol)
     return f"data/futures/um/daily/metrics/{symbol}/{symbol}-metrics-{day:%Y-%m-%d}.zip"
 
 
 def funding_path(symbol: str, month: datetime) -> str:
+    symbol = check_symbol(symbol)
     return f"data/futures/um/monthly/fundingRate/{symbol}/{symbol}-fundingRate-{month:%Y-%m}.zip"
 
 
 def klines_daily_path(symbol: str, interval: str, day: date) -> str:
+    symbol, _ = check_symbol(symbol), interval_ms(interval)
     return f"data/futures/um/daily/klines/{symbol}/{interval}/{symbol}-{interval}-{day:%Y-%m-%d}.zip"
 
 
 def klines_monthly_path(symbol: str, interval: str, month: datetime) -> str:
+    symbol, _ = check_symbol(symbol), interval_ms(interval)
     return f"data/futures/um/monthly/klines/{symbol}/{interval}/{symbol}-{interval}-{month:%Y-%m}.zip"
 
 

@@ -20,8 +20,9 @@ from typing import Any
 import polars as pl
 
 from qml_pipeline.store import schemas
+from qml_pipeline.errors import InputError
 from qml_pipeline.sources.funding import FUNDING_LOOKBACK_MS, snap_funding_times, with_funding_intervals
-from qml_pipeline.sources.http_client import HttpClient
+from qml_pipeline.sources.http_client import BadResponseError, HttpClient
 from qml_pipeline.store.schemas import TS
 from qml_pipeline.timeutil import UTC, interval_ms, to_ms, utc_now
 
@@ -50,6 +51,37 @@ FUTURES_DATA_PATH_LIMIT = (("/futures/data/",), 1000, 300.0)
 
 class OutOfRestWindowError(ValueError):
     """The requested open-interest range is older than the REST API serves (the last 30 days)."""
+
+
+class ServedValueError(BadResponseError, InputError):
+    """A served field that is not what the endpoint documents (a price that is not a number, two
+    different rows for one time)."""
+
+
+def _served_numbers(df: pl.DataFrame, fields: dict[str, str], where: str, time_ms: str) -> pl.DataFrame:
+    """Cast the served text `fields` (column -> Binance field name) to Float64; a value that is not a
+    number raises ServedValueError naming `where` (endpoint and symbol), the field, the row's time and
+    the value served."""
+    out = []
+    for column, field_name in fields.items():
+        text = df[column].cast(pl.Utf8).str.strip_chars()
+        numbers = text.cast(pl.Float64, strict=False)
+        bad = (text.is_not_null() & (text != "") & numbers.is_null()).arg_true().to_list()
+        if bad:
+            shown = ", ".join(f"{_iso(df[time_ms][i])}: {df[column][i]!r}" for i in bad[:5])
+            raise ServedValueError(
+                f"{where}: field {field_name!r} is not a number in {len(bad)} row(s) ({shown}); expected a "
+                f"decimal number as a JSON string, e.g. '43250.10'. Nothing of this fetch was used.")
+        out.append(pl.when(text != "").then(numbers).alias(column))
+    return df.with_columns(out)
+
+
+def _collapse(df: pl.DataFrame, key: str, where: str) -> pl.DataFrame:
+    """Identical repeats of a served row dropped; two different rows for one time refused."""
+    try:
+        return schemas.collapse_duplicates(df, [key], what=where)[0]
+    except schemas.ConflictingRowsError as exc:
+        raise ServedValueError(str(exc)) from None
 
 
 def klines_weight(limit: int) -> int:
@@ -141,8 +173,11 @@ class BinanceRest:
             "funding_rate": [r["fundingRate"] for r in rows],
             "mark_price": [r.get("markPrice") for r in rows],
         }, schema={"exchange_ms": pl.Int64, "funding_rate": pl.Utf8, "mark_price": pl.Utf8})
-        df = snap_funding_times(served.unique("exchange_ms", keep="first").with_columns(
-            _ms("exchange_ms").alias("exchange_time")))
+        where = f"GET {FUNDING_PATH} {symbol}"
+        served = _served_numbers(_collapse(served, "exchange_ms", where),
+                                 {"funding_rate": "fundingRate", "mark_price": "markPrice"}, where, "exchange_ms")
+        df = snap_funding_times(served.with_columns(_ms("exchange_ms").alias("exchange_time")).drop("exchange_ms"),
+                                symbol, what=f"GET {FUNDING_PATH}")
         # Only a settlement with no predecessor in the fetch needs today's listed interval.
         first_in_range = df["event_time"][0] >= start
         first_hours = (self.funding_info().get(symbol, DEFAULT_FUNDING_INTERVAL_HOURS)
@@ -153,10 +188,9 @@ class BinanceRest:
             .select(
                 pl.lit(symbol).alias("symbol"),
                 "event_time",
-                pl.col("funding_rate").cast(pl.Float64),
+                "funding_rate",
                 "funding_interval_hours",
-                pl.when(pl.col("mark_price") == "").then(None).otherwise(pl.col("mark_price"))
-                .cast(pl.Float64).alias("mark_price"),
+                "mark_price",
                 "exchange_time",
                 pl.col("event_time").alias("available_at"),
                 pl.lit(SOURCE).alias("source"),
@@ -204,21 +238,25 @@ class BinanceRest:
             return schemas.empty(schemas.OPEN_INTEREST)
         lag_ms = period_ms + self.oi_publication_lag_s * 1000
         ingested_at = self.now()
+        where = f"GET {OI_PATH} {symbol} {period}"
+        served = pl.DataFrame({
+            "ts": [int(r["timestamp"]) for r in rows],
+            "open_interest": [r["sumOpenInterest"] for r in rows],
+            "open_interest_value": [r.get("sumOpenInterestValue") for r in rows],
+        }, schema={"ts": pl.Int64, "open_interest": pl.Utf8, "open_interest_value": pl.Utf8})
+        served = _served_numbers(_collapse(served.filter(pl.col("ts").is_between(start_ms, end_ms, closed="left")),
+                                           "ts", where),
+                                 {"open_interest": "sumOpenInterest", "open_interest_value": "sumOpenInterestValue"},
+                                 where, "ts")
         out = (
-            pl.DataFrame({
-                "ts": [int(r["timestamp"]) for r in rows],
-                "open_interest": [r["sumOpenInterest"] for r in rows],
-                "open_interest_value": [r.get("sumOpenInterestValue") for r in rows],
-            }, schema={"ts": pl.Int64, "open_interest": pl.Utf8, "open_interest_value": pl.Utf8})
-            .filter(pl.col("ts").is_between(start_ms, end_ms, closed="left"))
-            .unique("ts", keep="first")
+            served
             .sort("ts")
             .select(
                 pl.lit(symbol).alias("symbol"),
                 _ms("ts").alias("event_time"),
                 pl.lit(period_ms // 60_000).alias("period_minutes"),
-                pl.col("open_interest").cast(pl.Float64),
-                pl.col("open_interest_value").cast(pl.Float64),
+                "open_interest",
+                "open_interest_value",
                 (pl.col("ts") + lag_ms).cast(TS).alias("available_at"),
                 pl.lit(SOURCE).alias("source"),
                 pl.lit(ingested_at).cast(TS).alias("ingested_at"),
@@ -252,20 +290,22 @@ class BinanceRest:
         now_ms = to_ms(now)
         cols = ("open_ms", "open", "high", "low", "close", "volume", "close_ms", "quote_volume",
                 "trade_count", "taker_buy_volume")
-        raw = pl.DataFrame([r[:10] for r in rows], schema=list(cols), orient="row", strict=False)
+        raw = pl.DataFrame([[str(v) if v is not None else None for v in r[:10]] for r in rows],
+                           schema={c: pl.Utf8 for c in cols}, orient="row")
+        where = f"GET {KLINES_PATH} {symbol} {interval}"
+        raw = _served_numbers(raw.with_columns(pl.col("open_ms").cast(pl.Int64)),
+                              {c: f"{c} (index {i})" for i, c in enumerate(cols)
+                               if c not in ("open_ms", "close_ms")}, where, "open_ms")
         out = (
-            raw.with_columns(pl.col("open_ms").cast(pl.Int64))
-            .filter(pl.col("open_ms").is_between(start_ms, end_ms, closed="left")
-                    & (pl.col("open_ms") + step <= now_ms))
-            .unique("open_ms", keep="first")
+            _collapse(raw.filter(pl.col("open_ms").is_between(start_ms, end_ms, closed="left")
+                                 & (pl.col("open_ms") + step <= now_ms)), "open_ms", where)
             .sort("open_ms")
             .select(
                 pl.lit(symbol).alias("symbol"),
                 pl.lit(interval).alias("interval"),
                 _ms("open_ms").alias("event_time"),
                 (pl.col("open_ms") + step).cast(TS).alias("close_time"),
-                *(pl.col(c).cast(pl.Utf8).cast(pl.Float64)
-                  for c in ("open", "high", "low", "close", "volume", "quote_volume", "taker_buy_volume")),
+                "open", "high", "low", "close", "volume", "quote_volume", "taker_buy_volume",
                 pl.col("trade_count").cast(pl.Int64),
                 (pl.col("open_ms") + step).cast(TS).alias("available_at"),
                 pl.lit(SOURCE).alias("source"),

@@ -37,6 +37,7 @@ from typing import Any
 
 import polars as pl
 
+from qml_pipeline.errors import InputError
 from qml_pipeline.store import schemas
 from qml_pipeline.timeutil import INTERVAL_MS as TIME_INTERVAL_MS
 from qml_pipeline.timeutil import utc_now
@@ -148,6 +149,25 @@ def _plans_allowing(interval: str) -> list[str]:
     return [plan for plan, floor in PLAN_FLOORS.items() if interval_ms(interval) >= interval_ms(floor)]
 
 
+class CoinglassKeyError(CoinglassError, InputError):
+    """The API key cannot be sent as a header value; the message never quotes the key."""
+
+
+def check_api_key(key: str) -> None:
+    """Refuse a key holding a control character (a newline, a tab, ...), a space or a non-ASCII
+    character before it is used: such a key would end up quoted in an HTTP library's error. The
+    message gives the position and the kind of character, never the key."""
+    for position, char in enumerate(key, 1):
+        if not ("!" <= char <= "~"):
+            kind = ("a control character" if ord(char) < 32 or 127 <= ord(char) < 160
+                    else "a space" if char.isspace() else "a non-ASCII character")
+            raise CoinglassKeyError(
+                f"{ENV_API_KEY} holds {kind} (U+{ord(char):04X}) at position {position} of {len(key)}: a "
+                f"Coinglass API key is printable ASCII without spaces. Set the variable again from the "
+                f"key as Coinglass shows it (e.g. without a line break pasted inside it); the key itself "
+                f"is not shown here.")
+
+
 def _as_ms(t: datetime | float) -> int:
     """A time as epoch milliseconds: a timezone-aware datetime, or a number in seconds or ms."""
     if isinstance(t, datetime):
@@ -168,6 +188,7 @@ class CoinglassClient:
                  rate_limit_headroom: float = 0.9, rate_limit_period_s: float = 60.0):
         if not api_key or not api_key.strip():
             raise ValueError(f"empty Coinglass API key: set {ENV_API_KEY}, or skip Coinglass")
+        check_api_key(api_key.strip())
         interval_ms(plan_min_interval)
         if limit < 1:
             raise ValueError(f"limit={limit}: expected a positive number of buckets per request")

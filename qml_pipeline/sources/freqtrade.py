@@ -5,6 +5,10 @@ Layout read: `<dir>/<exchange>/futures/<BASE>_<QUOTE>_<SETTLE>-<timeframe>-<kind
 with kind `futures` (candles), `funding_rate` (one row per settlement, the rate in `open`) and `mark`
 (mark-price candles). Older Freqtrade names the funding and mark files `-8h-`, newer ones `-1h-`:
 both are read. `date` is the candle's open time (UTC).
+
+Every file is read through `sources.files` (a truncated or corrupt file is named, with what was
+expected). Two rows of one file with the same `date`: identical ones are collapsed and counted in
+`identical_duplicates` (file name -> rows dropped); different ones are refused, naming both rows.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import polars as pl
 
 from qml_pipeline.store import schemas
 from qml_pipeline.sources.candles import resample_klines
+from qml_pipeline.sources.files import FileInputError, read_table, require_columns, times_or_raise
 from qml_pipeline.sources.funding import FUNDING_SNAP_TOLERANCE, snap_funding_times, with_funding_intervals
 from qml_pipeline.sources.grid import Coverage, Grid
 from qml_pipeline.timeutil import interval_ms
 
 SOURCE = "freqtrade"
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+FILE_COLUMNS = ("date", "open", "high", "low", "close", "volume")
 _FILE = re.compile(r"^(?P<pair>[A-Z0-9]+_[A-Z0-9]+_[A-Z0-9]+)-(?P<tf>\d+[mhdw])-(?P<kind>futures|funding_rate|mark)"
                    r"\.(?P<ext>feather|parquet)$")
 
@@ -58,6 +64,7 @@ class FreqtradeDataDir:
             if (m := _FILE.match(p.name))
         ]
         self._spans: dict[Path, tuple[datetime, datetime]] = {}
+        self.identical_duplicates: dict[str, int] = {}
 
     @property
     def name(self) -> str:
@@ -114,10 +121,20 @@ class FreqtradeDataDir:
                 else self._span(f)[1] for f in self.files]
         return max(ends) if ends else EPOCH
 
-    @staticmethod
-    def _read(path: Path) -> pl.DataFrame:
-        df = pl.read_ipc(path) if path.suffix == ".feather" else pl.read_parquet(path)
-        return df.with_columns(pl.col("date").dt.convert_time_zone("UTC").dt.cast_time_unit("ms"))
+    def _read(self, path: Path) -> pl.DataFrame:
+        """One Freqtrade file as (date UTC ms, open, high, low, close, volume), one row per date."""
+        table = read_table(path, what="Freqtrade data file", allow_empty=True)
+        require_columns(table, FILE_COLUMNS, "a Freqtrade data file")
+        for col in FILE_COLUMNS[1:]:
+            if not table.frame.schema[col].is_numeric():
+                raise FileInputError(path, "a price or volume column that is not numeric", column=col,
+                                     seen=f"type {table.frame.schema[col]}", expected="float numbers")
+        df = table.frame.select(FILE_COLUMNS).with_columns(times_or_raise(table, "date"),
+                                                           pl.col(FILE_COLUMNS[1:]).cast(pl.Float64))
+        df, dropped = schemas.collapse_duplicates(df, ["date"], what=str(path))
+        if dropped:
+            self.identical_duplicates[path.name] = dropped
+        return df
 
     # -------------------------------------------------------------- klines
 
@@ -130,7 +147,7 @@ class FreqtradeDataDir:
         step = pl.duration(milliseconds=interval_ms(base.timeframe))
         bars = (self._read(base.path)
                 .filter((pl.col("date") >= start) & (pl.col("date") < end))
-                .unique("date", keep="last").sort("date")
+                .sort("date")
                 .select(pl.lit(symbol).alias("symbol"), pl.lit(base.timeframe).alias("interval"),
                         pl.col("date").alias("event_time"), (pl.col("date") + step).alias("close_time"),
                         "open", "high", "low", "close", "volume"))
@@ -148,7 +165,7 @@ class FreqtradeDataDir:
         if f is None:
             return schemas.empty(schemas.FUNDING_RATES)
         df = self._read(f.path).select(pl.col("date").alias("exchange_time"), pl.col("open").alias("funding_rate"))
-        df = snap_funding_times(df)
+        df = snap_funding_times(df, symbol, what=str(f.path))
         mark = self._find(symbol, "mark")
         if mark is not None:
             marks = self._read(mark.path).select(pl.col("date").alias("event_time"), pl.col("open").alias("mark_price"))

@@ -175,7 +175,8 @@ def plan_fetch(wh: Warehouse, source: MarketSource, window: Window, *, refetch: 
 
 
 def fetch_and_validate(source: MarketSource, window: Window, fetch_from: datetime,
-                       funding_rate_cap: float = schemas.DEFAULT_FUNDING_RATE_CAP) -> tuple[pl.DataFrame, pl.Series]:
+                       funding_rate_cap: float = schemas.DEFAULT_FUNDING_RATE_CAP,
+                       plausibility: schemas.BarPlausibility | None = None) -> tuple[pl.DataFrame, pl.Series]:
     """The source's answer for [fetch_from, window end), validated (schemas.ValidationError names the rows;
     nothing is written then), and the grid stamps it lacks."""
     part = Window(window.table, window.symbol, fetch_from, window.end, window.variant)
@@ -191,7 +192,7 @@ def fetch_and_validate(source: MarketSource, window: Window, fetch_from: datetim
             key = list(window.table.key)
             frame = pl.concat([frame, again]).unique(key, keep="first", maintain_order=True).sort(key)
             answer_missing = without_known_gaps(missing_stamps(source, window, frame, start=fetch_from), known)[0]
-    schemas.validate(window.table, frame, funding_rate_cap)
+    schemas.validate(window.table, frame, funding_rate_cap, plausibility)
     return frame, answer_missing
 
 
@@ -220,6 +221,7 @@ def measure_stored(wh: Warehouse, source: MarketSource, result: WindowResult) ->
 
 def ingest_symbol(wh: Warehouse, source: MarketSource, windows: Iterable[Window], *, refetch: bool = False,
                   overlap: timedelta = DEFAULT_OVERLAP, funding_rate_cap: float = schemas.DEFAULT_FUNDING_RATE_CAP,
+                  plausibility: schemas.BarPlausibility | None = None,
                   progress: Callable[[str], None] | None = None) -> list[WindowResult]:
     """Fetch, validate, merge (one snapshot for all `windows`) and measure. Raises before writing anything
     when a window's answer breaks its table's contract."""
@@ -231,7 +233,7 @@ def ingest_symbol(wh: Warehouse, source: MarketSource, windows: Iterable[Window]
             if progress:
                 progress(f"fetching {window.label()} from {result.fetched_from:%Y-%m-%d %H:%M}")
             frame, result.answer_missing = fetch_and_validate(source, window, result.fetched_from,
-                                                              funding_rate_cap)
+                                                              funding_rate_cap, plausibility)
             result.fetched = frame.height
             frames.append((result, frame))
         results.append(result)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
+from qml_pipeline.sources.files import numbers_or_raise, raise_for_rows, read_table, require_columns, times_or_raise
 from qml_pipeline.sources.freqtrade import FreqtradeDataDir
 from qml_pipeline.sources.grid import Coverage, Gap, Grid, KnownGap, gaps_for, read_known_gaps
 from qml_pipeline.store import schemas
@@ -25,15 +26,31 @@ OI_GRID = Grid(timedelta(hours=1), timedelta(minutes=55))
 KNOWN_GAPS_FILE = "known_gaps.csv"
 
 
+OI_FILE_COLUMNS = ("hour_end_ms", "sum_open_interest_value", "sum_open_interest")
+
+
 def read_hourly_oi_csv(path: Path, symbol: str, publication_lag_s: int = 0) -> pl.DataFrame:
-    df = pl.read_csv(path, schema_overrides={"hour_end_ms": pl.Int64})
-    hour_end = pl.from_epoch("hour_end_ms", time_unit="ms").dt.replace_time_zone("UTC")
+    """The hourly OI file as OPEN_INTEREST rows; a bad file, value or duplicate hour is named (file,
+    line, column, value seen, what is expected)."""
+    table = read_table(path, what="open-interest file")
+    require_columns(table, OI_FILE_COLUMNS, "an hourly open-interest file")
+    df = pl.DataFrame([
+        times_or_raise(table, "hour_end_ms").alias("hour_end"),
+        numbers_or_raise(table, "sum_open_interest", "a number of base-asset units, e.g. 59287.999"),
+        numbers_or_raise(table, "sum_open_interest_value", "a USDT amount, e.g. 3416622719.65"),
+    ])
+    for column, source_column in (("hour_end", "hour_end_ms"), ("sum_open_interest", "sum_open_interest")):
+        if df[column].null_count():
+            raise_for_rows(table, source_column, "empty values", df[column].is_null(), "a value in every row")
+    df, _ = schemas.collapse_duplicates(df, ["hour_end"], what=str(path), row_label="line",
+                                     first_position=2)
+    hour_end = pl.col("hour_end")
     return schemas.conform(schemas.OPEN_INTEREST, df.select(
         pl.lit(symbol).alias("symbol"),
         (hour_end - ARCHIVE_PERIOD).alias("event_time"),
         pl.lit(5).alias("period_minutes"),
-        pl.col("sum_open_interest").cast(pl.Float64).alias("open_interest"),
-        pl.col("sum_open_interest_value").cast(pl.Float64).alias("open_interest_value"),
+        pl.col("sum_open_interest").alias("open_interest"),
+        pl.col("sum_open_interest_value").alias("open_interest_value"),
         (hour_end + pl.duration(seconds=publication_lag_s)).alias("available_at"),
         pl.lit(OI_SOURCE).alias("source"),
     ).sort("event_time"))
@@ -105,6 +122,11 @@ class SampleSource:
             if oi is not None and oi.height:
                 ends.append(oi["available_at"].max())
         return max(ends)
+
+    @property
+    def identical_duplicates(self) -> dict[str, int]:
+        """Identical repeated rows collapsed per file (Freqtrade files)."""
+        return self.freqtrade.identical_duplicates
 
     def oi_files(self) -> dict[str, Path]:
         oi_dir = self.dir / "open_interest"

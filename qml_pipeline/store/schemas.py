@@ -6,13 +6,17 @@ from `TABLES`. Timestamps are UTC, timezone-aware, millisecond precision everywh
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import pandera.polars as pa
 import polars as pl
 
+from qml_pipeline.errors import InputError
 from qml_pipeline.timeutil import utc_now
 
 TS = pl.Datetime("ms", "UTC")
@@ -638,32 +642,99 @@ def empty(table: Table) -> pl.DataFrame:
 
 # ---------------------------------------------------------------- validation (pandera, polars)
 
+# An exchange symbol as the pipeline accepts it anywhere it becomes a partition key, a URL or a path.
+SYMBOL_PATTERN = r"^[A-Z0-9]{2,30}$"
+SYMBOL_RULE = "2 to 30 capital letters or digits (^[A-Z0-9]{2,30}$), e.g. BTCUSDT"
+
+
+def symbol_problem(symbol: object) -> str | None:
+    """Why `symbol` is not a symbol, or None when it is one."""
+    if isinstance(symbol, str) and re.fullmatch(SYMBOL_PATTERN, symbol):
+        return None
+    return f"{symbol!r} is not a symbol: expected {SYMBOL_RULE}"
+
+
+def check_symbol(symbol: object) -> str:
+    """`symbol` unchanged; raises InputError before it can reach a URL, a path or a partition key."""
+    problem = symbol_problem(symbol)
+    if problem:
+        raise InputError(problem)
+    return symbol  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class BarPlausibility:
+    """When a kline is implausible (a unit error or a corrupt row, not a market move).
+
+    A bar fails when its close-to-close move |ln(close / previous close)| or its range ln(high / low)
+    exceeds both `factor` times the median of the same measure over the `window` bars centred on it
+    (same symbol and interval) and `min_log_move` (0.5 = a 65% rise or a 39% fall). Settings:
+    QML_BAR_OUTLIER_FACTOR, QML_BAR_OUTLIER_MIN_LOG_MOVE, QML_BAR_OUTLIER_WINDOW.
+    """
+
+    factor: float = 50.0
+    min_log_move: float = 0.5
+    window: int = 48
+
+    def check_name(self, measure: str) -> str:
+        return (f"plausible bar: {measure} <= max({self.factor:g} x its median over {self.window} bars, "
+                f"{self.min_log_move:g})")
+
+    def ok(self, measure: pl.Expr) -> pl.Expr:
+        """True where `measure` (a per-bar log move, NULL/NaN/inf where undefined) is plausible; bars
+        are compared within their symbol and interval, in event_time order."""
+        median = measure.rolling_median(window_size=self.window, center=True, min_samples=1)
+        plausible = measure <= pl.max_horizontal(median * self.factor, pl.lit(self.min_log_move))
+        return (~measure.is_finite().fill_null(False) | plausible).over(["symbol", "interval"],
+                                                                         order_by="event_time")
+
+    @staticmethod
+    def jump() -> pl.Expr:
+        return (pl.col("close").log() - pl.col("close").log().shift(1)).abs()
+
+    @staticmethod
+    def range() -> pl.Expr:
+        return (pl.col("high") / pl.col("low")).log()
+
+
 def _frame_check(expr: pl.Expr, name: str) -> pa.Check:
     return pa.Check(lambda data: data.lazyframe.select(expr), name=name)
 
 
-def _pandera_schema(table: Table, funding_rate_cap: float) -> pa.DataFrameSchema:
-    col_checks: dict[str, list[pa.Check]] = {}
+def _column_check(expr: pl.Expr, name: str) -> pa.Check:
+    """A check of one column that may look at the whole frame (its failure case is the column's value)."""
+    return pa.Check(lambda data: data.lazyframe.select(expr), name=name)
+
+
+FINITE = pa.Check(lambda data: data.lazyframe.select(pl.col(data.key).is_finite()), name="finite number")
+
+
+def _pandera_schema(table: Table, funding_rate_cap: float,
+                    plausibility: BarPlausibility | None = None) -> pa.DataFrameSchema:
+    col_checks: dict[str, list[pa.Check]] = {c.name: [FINITE] for c in table.columns if c.dtype == pl.Float64}
     frame_checks: list[pa.Check] = [
         _frame_check(pl.col("available_at") >= pl.col("event_time"), "available_at >= event_time"),
     ]
     if table.name == "funding_rates":
-        col_checks["funding_rate"] = [pa.Check.in_range(-funding_rate_cap, funding_rate_cap)]
+        col_checks["funding_rate"] += [pa.Check.in_range(-funding_rate_cap, funding_rate_cap)]
         col_checks["funding_interval_hours"] = [pa.Check.isin(list(FUNDING_INTERVALS_HOURS))]
-        col_checks["mark_price"] = [pa.Check.gt(0)]
+        col_checks["mark_price"] += [pa.Check.gt(0)]
         frame_checks.append(_frame_check(
             pl.col("event_time") == pl.col("event_time").dt.truncate("1h"), "event_time on the hourly grid"))
     elif table.name == "open_interest":
-        col_checks["open_interest"] = [pa.Check.ge(0)]
-        col_checks["open_interest_value"] = [pa.Check.ge(0)]
+        col_checks["open_interest"] += [pa.Check.ge(0)]
+        col_checks["open_interest_value"] += [pa.Check.ge(0)]
         col_checks["period_minutes"] = [pa.Check.gt(0)]
         frame_checks.append(_frame_check(pl.col("available_at") > pl.col("event_time"),
                                          "available_at > event_time"))
     elif table.name == "klines":
+        bars = plausibility or BarPlausibility()
         for price in ("open", "high", "low", "close"):
-            col_checks[price] = [pa.Check.gt(0)]
+            col_checks[price] += [pa.Check.gt(0)]
         for vol in ("volume", "quote_volume", "taker_buy_volume"):
-            col_checks[vol] = [pa.Check.ge(0)]
+            col_checks[vol] += [pa.Check.ge(0)]
+        col_checks["close"].append(_column_check(bars.ok(bars.jump()), bars.check_name("|ln(close / previous close)|")))
+        col_checks["high"].append(_column_check(bars.ok(bars.range()), bars.check_name("ln(high / low)")))
         frame_checks += [
             _frame_check(pl.col("high") >= pl.max_horizontal("open", "close"), "high >= max(open, close)"),
             _frame_check(pl.col("low") <= pl.min_horizontal("open", "close"), "low <= min(open, close)"),
@@ -678,8 +749,8 @@ def _pandera_schema(table: Table, funding_rate_cap: float) -> pa.DataFrameSchema
                               name=table.name)
 
 
-class ValidationError(ValueError):
-    """Rows broke a table's contract. `failures` lists (check, column, row index, value)."""
+class ValidationError(InputError):
+    """Rows broke a table's contract. `failures` lists (check, column, index, failure_case, row)."""
 
     def __init__(self, table: str, failures: pl.DataFrame):
         self.table = table
@@ -688,36 +759,117 @@ class ValidationError(ValueError):
 
 
 def describe_failures(table: str, failures: pl.DataFrame, limit: int = 20) -> str:
+    """One line per failure naming the row by its key (symbol, interval, time), the column, the
+    check and the value seen."""
     lines = [f"{table}: {failures.height} value(s) break the table's contract"]
     for row in failures.head(limit).iter_rows(named=True):
-        where = f"row {row['index']}" if row["index"] is not None else "table"
-        col = f" column {row['column']}" if row["column"] else ""
-        lines.append(f"  - {where}{col}: fails '{row['check']}' (value: {row['failure_case']})")
+        where = row.get("row") or (f"row {row['index']}" if row["index"] is not None else "table")
+        col = f" column {row['column']}" if row["column"] and row["column"] != table else ""
+        lines.append(f"  - {where}{col}: fails '{row['check']}' (value: {_seen(row['failure_case'], row['check'])})")
     if failures.height > limit:
         lines.append(f"  ... and {failures.height - limit} more")
     return "\n".join(lines)
 
 
+def _seen(failure_case: str | None, check: str) -> str | None:
+    """A frame check's failure case is the whole row as JSON: keep the columns its check names."""
+    if not failure_case or not failure_case.startswith("{"):
+        return failure_case
+    try:
+        values = json.loads(failure_case)
+    except ValueError:
+        return failure_case
+    named = {k: v for k, v in values.items() if re.search(rf"\b{re.escape(k)}\b", check)}
+    return ", ".join(f"{k}={v}" for k, v in (named or values).items())
+
+
+_FAILURES_SCHEMA = {"check": pl.Utf8, "column": pl.Utf8, "index": pl.Int64, "failure_case": pl.Utf8,
+                    "row": pl.Utf8}
+
+
 def validation_failures(table: Table, df: pl.DataFrame,
-                        funding_rate_cap: float = DEFAULT_FUNDING_RATE_CAP) -> pl.DataFrame:
-    """Every contract violation in `df` as a frame (check, column, index, failure_case); empty if valid."""
-    schema = _pandera_schema(table, funding_rate_cap)
+                        funding_rate_cap: float = DEFAULT_FUNDING_RATE_CAP,
+                        plausibility: BarPlausibility | None = None) -> pl.DataFrame:
+    """Every contract violation in `df` as a frame (check, column, index, failure_case, row); empty if
+    valid. `index` is the 0-based position in `df`; `row` names the row by its key (e.g.
+    'BTCUSDT 1h event_time 2024-03-01 08:00:00+00:00'), which is what a user can look up."""
+    schema = _pandera_schema(table, funding_rate_cap, plausibility)
     try:
         schema.validate(df, lazy=True)
     except pa.errors.SchemaErrors as exc:
-        fc = exc.failure_cases
-        return fc.select(
-            pl.col("check").cast(pl.Utf8),
+        unique = f"one row per key ({', '.join(table.key)})"
+        fc = exc.failure_cases.select(
+            pl.col("check").cast(pl.Utf8).replace({"multiple_fields_uniqueness": unique, "field_uniqueness": unique}),
             pl.col("column").cast(pl.Utf8),
             pl.col("index").cast(pl.Int64),
             pl.col("failure_case").cast(pl.Utf8),
         )
-    return pl.DataFrame(schema={"check": pl.Utf8, "column": pl.Utf8, "index": pl.Int64,
-                                "failure_case": pl.Utf8})
+        return fc.join(_row_names(table, df), on="index", how="left")
+    return pl.DataFrame(schema=_FAILURES_SCHEMA)
 
 
-def validate(table: Table, df: pl.DataFrame, funding_rate_cap: float = DEFAULT_FUNDING_RATE_CAP) -> None:
-    """Raise ValidationError (offending rows named) unless `df` meets the table's contract."""
-    failures = validation_failures(table, df, funding_rate_cap)
+def _row_names(table: Table, df: pl.DataFrame) -> pl.DataFrame:
+    """index -> the row's key as text, e.g. 'BTCUSDT 1h event_time 2024-03-01 08:00:00+00:00'."""
+    named = [c for c in table.key if c in df.columns and c != table.time_column]
+    parts = [pl.col(c).cast(pl.Utf8).fill_null("NULL") for c in named]
+    if table.time_column and table.time_column in df.columns:
+        parts.append(pl.lit(f"{table.time_column} ") + pl.col(table.time_column).dt.to_string("%Y-%m-%d %H:%M:%S%:z")
+                     .fill_null("NULL"))
+    label = pl.concat_str(parts, separator=" ") if parts else pl.lit(None, dtype=pl.Utf8)
+    return df.select(label.alias("row")).with_row_index("index").with_columns(pl.col("index").cast(pl.Int64))
+
+
+def validate(table: Table, df: pl.DataFrame, funding_rate_cap: float = DEFAULT_FUNDING_RATE_CAP,
+             plausibility: BarPlausibility | None = None) -> None:
+    """Raise ValidationError (offending rows named by key) unless `df` meets the table's contract."""
+    failures = validation_failures(table, df, funding_rate_cap, plausibility)
     if failures.height:
         raise ValidationError(table.name, failures)
+
+
+# ---------------------------------------------------------------- duplicates within one batch
+
+class ConflictingRowsError(InputError):
+    """Two rows of one batch share a key but differ in value: which is right cannot be decided."""
+
+
+def collapse_duplicates(df: pl.DataFrame, key: list[str], *, what: str, ignore: tuple[str, ...] = (),
+                        row_label: str = "row", first_position: int = 1) -> tuple[pl.DataFrame, int]:
+    """`df` with identical repeats of a key collapsed (the first kept), and how many were dropped.
+
+    Rows are identical when they agree on every column but `ignore` (e.g. a served time's jitter).
+    Raises ConflictingRowsError naming both rows of each conflicting key (their positions in `df`
+    counted from `first_position` and called `row_label`: 'row' from 1, or a CSV's 'line' from 2)
+    with the columns that differ: keeping either one would silently pick a value.
+    """
+    if df.height == 0:
+        return df, 0
+    indexed = df.with_row_index("_pos", offset=first_position)
+    compared = [c for c in df.columns if c not in ignore]
+    distinct = indexed.unique(subset=compared, keep="first", maintain_order=True)
+    conflicts = distinct.filter(pl.len().over(key) > 1)
+    if conflicts.height:
+        lines = []
+        groups = conflicts.group_by(key, maintain_order=True).agg(pl.all())
+        for group in groups.head(5).iter_rows(named=True):
+            a, b = group["_pos"][:2]
+            keys = ", ".join(f"{k} {_show(group[k])}" for k in key)
+            diffs = ", ".join(f"{c} {_show(group[c][0])} vs {_show(group[c][1])}" for c in compared
+                              if c not in key and group[c][0] != group[c][1] and not _both_nan(group[c][:2]))
+            lines.append(f"  - {row_label}s {a} and {b} ({keys}): {diffs}")
+        more = f"\n  ... and {groups.height - 5} more key(s)" if groups.height > 5 else ""
+        raise ConflictingRowsError(
+            f"{what}: {groups.height} key(s) appear twice with different values; which is right cannot be "
+            f"decided, so nothing of this batch is used. Fix or remove one row of each:\n" + "\n".join(lines) + more)
+    collapsed = distinct.unique(subset=key, keep="first", maintain_order=True).drop("_pos")
+    return collapsed, df.height - collapsed.height
+
+
+def _show(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _both_nan(values: list[object]) -> bool:
+    return all(isinstance(v, float) and math.isnan(v) for v in values)

@@ -11,7 +11,7 @@ from qml_pipeline.store import schemas
 from qml_pipeline.trades.detector import DetectorConfig
 from qml_pipeline.trades.metrics import summarize
 from qml_pipeline.trades.simulate import SimulationConfig, reference_trades
-from qml_pipeline.trades.contract import read_trade_export, validate_trades
+from qml_pipeline.trades.contract import MarketCoverage, read_trade_export, validate_trades
 from qml_pipeline.store.warehouse import Warehouse
 
 
@@ -33,11 +33,19 @@ class TradeBuild:
     warnings: list[str]
 
 
+def market_coverage(wh: Warehouse) -> MarketCoverage:
+    """The klines the warehouse holds, per symbol and interval: first open time, last close time."""
+    return MarketCoverage.from_frame(wh.query(
+        "SELECT symbol, interval, min(event_time) AS first_time, max(close_time) AS last_time "
+        "FROM klines GROUP BY symbol, interval"))
+
+
 def build_trades(wh: Warehouse, config: TradeSourceConfig) -> TradeBuild:
-    """Read the user's export (validated; raises TradeInputError naming rows) or run the detector."""
+    """Read the user's export or run the detector. Nothing is written here: a refused export raises
+    (FileInputError, TradeInputError: both InputError) before the caller could replace stored trades."""
     if config.export_path:
-        known = set(wh.query("SELECT DISTINCT symbol FROM klines")["symbol"].to_list())
-        trades, warnings = read_trade_export(Path(config.export_path), config.column_map or None, known)
+        trades, warnings = read_trade_export(Path(config.export_path), config.column_map or None,
+                                             market_coverage(wh))
         return TradeBuild(trades, f"user_export:{Path(config.export_path).name}", warnings)
     klines = wh.read(schemas.KLINES)
     missing = sorted(set(config.timeframes) - set(klines["interval"].unique().to_list()))

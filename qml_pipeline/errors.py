@@ -1,0 +1,12 @@
+"""The one base class of bad input: a file, row, setting or served value the user must fix.
+
+Every subclass's message names the thing to fix (file, line or row or time, column, what was seen,
+what is expected). The Dagster layer shows such an error as its message alone (`dg.Failure`), not as
+a stack of framework frames; any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Bad input, named in the message; nothing derived from it was written."""
