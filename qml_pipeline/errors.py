@@ -9,4 +9,7 @@ from __future__ import annotations
 
 
 class InputError(ValueError):
-    """Bad input, named in the message; nothing derived from it was written."""
+    """Bad input, named in the message; nothing derived from it was written. `where` names what was being
+    read when it was refused (e.g. 'klines BTCUSDT 1h [2024-02-01, 2024-03-01)'), when the reader knows."""
+
+    where: str = ""

@@ -20,6 +20,7 @@ from dagster_project.resources import (CoinglassResource, MarketDataResource, Tr
                                        WarehouseResource)
 from qml_pipeline.store import schemas
 from qml_pipeline.store.warehouse import Warehouse
+from tests.dagster_runs import instance_with
 
 UTC = timezone.utc
 SAMPLE = Path(__file__).parent.parent / "sample_data"
@@ -43,12 +44,12 @@ def edit_feather(path: Path, edit) -> None:
     edit(df).with_columns(pl.col("date").cast(df.schema["date"])).write_ipc(path)
 
 
-def materialize_raw(warehouse: Path, sample: Path, asset: str) -> dg.ExecuteInProcessResult:
+def materialize_raw(warehouse: Path, sample: Path, asset: str, refetch: bool = False) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        [*RAW_ASSETS, *RAW_CHECKS], instance=dg.DagsterInstance.ephemeral(), raise_on_error=False, run_config=QUIET,
+        [*RAW_ASSETS, *RAW_CHECKS], instance=instance_with(["BTCUSDT"]), raise_on_error=False, run_config=QUIET,
         selection=dg.AssetSelection.assets(asset) | dg.AssetSelection.checks_for_assets(asset),
         resources={"warehouse": WarehouseResource(root=str(warehouse)),
-                   "market": MarketDataResource(source="sample", sample_dir=str(sample))},
+                   "market": MarketDataResource(source="sample", sample_dir=str(sample), refetch=refetch)},
         tags=range_tags("BTCUSDT", DAY, DAY))
 
 
@@ -69,11 +70,11 @@ def test_funding_off_the_grid_fails_with_the_readable_message(tmp_path):
     edit_feather(path, lambda df: df.with_columns(
         pl.when(pl.col("date") == datetime(2024, 2, 15, 8, tzinfo=UTC)).then(pl.col("date") + timedelta(minutes=17))
         .otherwise(pl.col("date")).alias("date")))
-    result = materialize_raw(tmp_path / "wh", sample, "funding_rates")
+    result = materialize_raw(tmp_path / "wh", sample, "funding_rates", refetch=True)  # complete: asked to re-read
     assert not result.success
     description, _ = failure_of(result)
     assert description == (
-        f"funding_rates BTCUSDT [2024-02-15, 2024-02-16): {path} BTCUSDT: 1 settlement time(s) lie more than 5 "
+        f"funding_rates BTCUSDT [2024-02-01, 2024-03-01): {path} BTCUSDT: 1 settlement time(s) lie more than 5 "
         "minutes from the hourly settlement grid: 2024-02-15T08:17:00+00:00. That is not millisecond jitter, so "
         "they are not snapped; expected settlements on the hour (e.g. 08:00:00, served as 07:59:59.998 or "
         "08:00:00.005)")
@@ -87,7 +88,7 @@ def test_two_different_candles_for_one_hour_fail_naming_both_rows(tmp_path):
                                              .with_columns(pl.col("close") * 1.1)]))
     result = materialize_raw(tmp_path / "wh", sample, "klines")
     description, _ = failure_of(result)
-    assert description.startswith(f"klines BTCUSDT 1h [2024-02-15, 2024-02-16): {path}: 1 key(s) appear twice with "
+    assert description.startswith(f"klines BTCUSDT 1h [2024-02-01, 2024-03-01): {path}: 1 key(s) appear twice with "
                                   "different values")
     assert "rows 19354 and 26391 (date 2024-02-15T09:00:00+00:00): close 52199.2 vs 57419.12" in description
     assert Warehouse(tmp_path / "wh").read(schemas.KLINES).height == 0

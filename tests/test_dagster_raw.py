@@ -84,7 +84,7 @@ def test_bad_rows_fail_the_contract_check_and_are_not_written(tmp_path: Path) ->
     assert failed and failed[0].check_name == "contract"
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     description = failure.step_failure_data.user_failure_data.description
-    assert ("BTCUSDT event_time 2024-02-15 08:00:00+00:00 column funding_rate: fails 'in_range(-0.03, 0.03)' "
+    assert ("binance BTCUSDT event_time 2024-02-01 08:00:00+00:00 column funding_rate: fails 'in_range(-0.03, 0.03)' "
             "(value: 0.5)") in description
     assert "row 1" not in description
     assert Warehouse(tmp_path).read(schemas.FUNDING_RATES).drop("ingested_at").equals(before)

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import polars as pl
 
+from qml_pipeline.errors import InputError
 from qml_pipeline.sources.grid import (Coverage, Gap, Grid, describe_stamps, missing_on_grid,
                                        missing_settlements, without_known_gaps)
 from qml_pipeline.store import schemas
@@ -65,7 +66,7 @@ class Window:
 
     def label(self) -> str:
         extra = f" {self.variant}" if self.variant else ""
-        return f"{self.table.name} {self.symbol}{extra} [{self.start:%Y-%m-%d %H:%M}, {self.end:%Y-%m-%d %H:%M})"
+        return f"{self.table.name} {self.symbol}{extra} [{_when(self.start)}, {_when(self.end)})"
 
 
 @dataclass
@@ -110,6 +111,10 @@ class WindowResult:
                 f"({describe_stamps(self.stored_missing)}); the source's answer lacked "
                 f"{self.answer_missing.len()}. Stored rows were kept; re-run the partition once the source "
                 f"serves them, or acknowledge a permanent hole in the known-gaps file (docs/warehouse.md)")
+
+
+def _when(t: datetime) -> str:
+    return f"{t:%Y-%m-%d}" if (t.hour, t.minute, t.second, t.microsecond) == (0, 0, 0, 0) else f"{t:%Y-%m-%d %H:%M}"
 
 
 def fetch(source: MarketSource, window: Window) -> pl.DataFrame:
@@ -228,14 +233,18 @@ def ingest_symbol(wh: Warehouse, source: MarketSource, windows: Iterable[Window]
     results, frames = [], []
     for window in windows:
         result = WindowResult(window)
-        result.fetched_from = plan_fetch(wh, source, window, refetch=refetch, overlap=overlap)
-        if result.fetched_from is not None:
-            if progress:
-                progress(f"fetching {window.label()} from {result.fetched_from:%Y-%m-%d %H:%M}")
-            frame, result.answer_missing = fetch_and_validate(source, window, result.fetched_from,
-                                                              funding_rate_cap, plausibility)
-            result.fetched = frame.height
-            frames.append((result, frame))
+        try:
+            result.fetched_from = plan_fetch(wh, source, window, refetch=refetch, overlap=overlap)
+            if result.fetched_from is not None:
+                if progress:
+                    progress(f"fetching {window.label()} from {result.fetched_from:%Y-%m-%d %H:%M}")
+                frame, result.answer_missing = fetch_and_validate(source, window, result.fetched_from,
+                                                                  funding_rate_cap, plausibility)
+                result.fetched = frame.height
+                frames.append((result, frame))
+        except InputError as exc:
+            exc.where = exc.where or window.label()
+            raise
         results.append(result)
     if frames:
         symbols = sorted({r.window.symbol for r, _ in frames})
