@@ -8,6 +8,7 @@ from dagster_project.defs.context import (
                                           ohlcv_windows,
                                           trade_context_features,
 )
+from dagster_project.defs.maintenance import warehouse_maintenance
 from dagster_project.defs.quality import data_quality, raw_data_quality
 from dagster_project.defs.raw_market_data import RAW_ASSETS, RAW_CHECKS
 from dagster_project.defs.research import (
@@ -27,7 +28,7 @@ RESEARCH_ASSETS = [data_quality, trades, baseline_metrics, liquidation_map, liqu
 RESEARCH_CHECKS = [raw_data_quality, model_beats_chance]
 
 defs = dg.Definitions(
-    assets=[*RAW_ASSETS, *RESEARCH_ASSETS],
+    assets=[*RAW_ASSETS, *RESEARCH_ASSETS, warehouse_maintenance],
     asset_checks=[*RAW_CHECKS, *RESEARCH_CHECKS],
     jobs=JOBS,
     schedules=SCHEDULES,

@@ -28,7 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster_home"))
-    Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    home = Path(os.environ["DAGSTER_HOME"])
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():  # the project's instance settings (pools, run monitoring)
+        shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
 
     import dagster as dg
 
@@ -63,15 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     resources = default_resources()
     instance = dg.DagsterInstance.get()
     sync_symbols(instance, SETTINGS.symbols)
-    checks: list[tuple[str, str, bool]] = []
+    checks: list[tuple[str, str, bool, str]] = []
     started = time.monotonic()
     for symbol in SETTINGS.symbols:
         t0 = time.monotonic()
         result = dg.materialize([*RAW_ASSETS, *RAW_CHECKS], instance=instance, resources=resources,
                                 tags=range_tags(symbol, first_day, args.last_day), raise_on_error=False,
                                 run_config=QUIET)
-        checks += [(e.asset_key.to_user_string(), f"{e.check_name} ({symbol})", e.passed)
-                   for e in result.get_asset_check_evaluations()]
+        checks += [(e.asset_key.to_user_string(), f"{e.check_name} ({symbol})", e.passed, e.description or "")
+                   for e in result.get_asset_check_evaluations() if e.partition is None]
         print(f"raw market data {symbol} {first_day}..{args.last_day}: "
               f"{'ok' if result.success else 'FAILED'} in {time.monotonic() - t0:.1f}s")
         if not result.success:
@@ -86,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                                 resources=resources, raise_on_error=False, run_config=QUIET,
                                 selection=dg.AssetSelection.assets(*RESEARCH_ASSETS)
                                 | dg.AssetSelection.checks(*RESEARCH_CHECKS))
-        checks += [(e.asset_key.to_user_string(), e.check_name, e.passed)
-                   for e in result.get_asset_check_evaluations()]
+        checks += [(e.asset_key.to_user_string(), e.check_name, e.passed, (e.description or "")[:80])
+                   for e in result.get_asset_check_evaluations() if e.partition is None]
         print(f"research assets: {'ok' if result.success else 'FAILED'} in {time.monotonic() - t0:.1f}s")
         if not result.success:
             return _fail(result, wh.root, previous)
@@ -123,7 +126,7 @@ def _print_summary(wh, checks, symbols) -> None:
         print(f"\ntables ({wh.location.describe()}; snapshot {wh.current_snapshot()})")
         print(wh.summary())
         print("\nasset checks")
-        print(pl.DataFrame(checks, schema=["asset", "check", "passed"], orient="row"))
+        print(pl.DataFrame(checks, schema=["asset", "check", "passed", "says"], orient="row"))
     gates = wh.read(schemas.RESEARCH_GATES)
     if gates.height:
         print("\nresearch gates (the seed's decision checklist)")

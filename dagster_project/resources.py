@@ -26,6 +26,7 @@ class WarehouseResource(dg.ConfigurableResource):
     root: str = SETTINGS.warehouse_dir
     catalog: str = SETTINGS.warehouse_catalog
     data_path: str = SETTINGS.warehouse_data_path
+    retention_days: int = SETTINGS.warehouse_retention_days
 
     def get(self) -> Warehouse:
         return Warehouse(self.root, catalog=self.catalog, data_path=self.data_path)

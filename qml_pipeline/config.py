@@ -75,6 +75,8 @@ class Settings:
     warehouse_catalog: str = ""
     # where the lake's Parquet files go: empty = <warehouse_dir>/data; or any path/URL DuckDB can write
     warehouse_data_path: str = ""
+    # snapshots older than this many days are expired by the weekly maintenance (time travel reaches back so far)
+    warehouse_retention_days: int = 30
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
     kline_intervals: tuple[str, ...] = ("1h", "4h")
     oi_period: str = "5m"

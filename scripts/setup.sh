@@ -11,6 +11,9 @@ if [ ! -f "$stamp" ]; then
   [ -x .venv/bin/python ] || "$PY" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[dev,model]'
+  # DuckLake and its catalog scanners from the pinned PyPI packages into DuckDB's extension folder, so the
+  # duckdb CLI (scripts/sql.sh) and any new process load them offline
+  .venv/bin/python -c "import duckdb; from qml_pipeline.store.warehouse import load_extensions; load_extensions(duckdb.connect())"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi

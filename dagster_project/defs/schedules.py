@@ -16,7 +16,7 @@ raw_refresh_job = dg.define_asset_job(
     description="Raw market data for one symbol and a range of UTC days (one run per symbol-range).")
 
 research_job = dg.define_asset_job(
-    "research", selection=dg.AssetSelection.all() - dg.AssetSelection.groups(RAW_GROUP),
+    "research", selection=dg.AssetSelection.all() - dg.AssetSelection.groups(RAW_GROUP, "maintenance"),
     description="Everything downstream of the raw tables: trades, features, analysis, model, report.")
 
 

@@ -782,5 +782,8 @@ def open_read_only(root: str | os.PathLike[str], catalog: str = "", data_path: s
 def analyst_init_sql(root: str | os.PathLike[str], catalog: str = "", data_path: str = "") -> str:
     """SQL that attaches the lake read-only in a DuckDB CLI session (scripts/sql.sh feeds it to -init)."""
     loc = location(root, catalog, data_path)
-    return (f"LOAD ducklake;\nSET TimeZone = 'UTC';\n{attach_sql(loc, read_only=True, alias=LAKE)};\nUSE {LAKE};\n"
+    if loc.is_sqlite and not Path(loc.catalog[7:]).exists():
+        raise FileNotFoundError(f"no warehouse at {loc.root}: run the pipeline first (bash scripts/demo.sh)")
+    return (f".bail on\nLOAD ducklake;\nSET TimeZone = 'UTC';\n{attach_sql(loc, read_only=True, alias=LAKE)};\n"
+            f"USE {LAKE};\n.bail off\n"
             f"SELECT '{loc.describe()}: attached read-only as {LAKE}' AS warehouse;\n")
