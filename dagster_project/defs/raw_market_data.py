@@ -44,6 +44,7 @@ def _partition_metadata(results: list[WindowResult]) -> dict[str, object]:
         "rows_revised": sum(r.merge.revised for r in results if r.merge),
         "first_time": str(min(firsts)) if firsts else "",
         "last_time": str(max(lasts)) if lasts else "",
+        "answer_missing_stamps": sum(r.answer_missing.len() for r in results),
         "missing_stamps": sum(r.stored_missing.len() for r in results),
         "known_gap_stamps": sum(r.known_missing.len() for r in results),
         "windows": markdown_table(pl.DataFrame([r.as_row() for r in results])),
