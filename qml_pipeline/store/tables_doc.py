@@ -14,35 +14,34 @@ DOC_PATH = PROJECT_ROOT / "warehouse" / "README.md"
 INTRO = """# The warehouse
 
 Generated from `qml_pipeline/store/schemas.py` by `python -m qml_pipeline.store.tables_doc`; a test fails when
-this page is out of date.
+this page is out of date. How the lake works (snapshots, revisions, restore, maintenance, the team
+configuration): [`docs/warehouse.md`](../docs/warehouse.md).
 
-## How it is stored, and why analysts never block the pipeline
+## How it is stored
 
-- Data: Parquet under `data/<table>/symbol=<SYMBOL>/[interval=<I>/]<YYYY-MM>.parquet` (raw tables,
-  one file per symbol and month) or `data/<table>/all.parquet` (derived tables).
-- Every write builds the new file beside the old one and renames it into place (atomic on POSIX);
-  writers of one file are serialised by a lock file. A run that fails or is killed midway leaves
-  every file it had not yet swapped in as it was. Writing a day partition twice gives the same rows
-  (only `ingested_at` changes).
-- `qml.duckdb` holds views only (over the Parquet globs, plus the SQL in `views/`). The pipeline
-  rebuilds it as a new file and renames it into place, so no pipeline write ever takes DuckDB's
-  single-writer lock: open it read-only from the duckdb CLI (`duckdb -readonly warehouse/qml.duckdb`)
-  or Python (`duckdb.connect("warehouse/qml.duckdb", read_only=True)`) at any time, including during
-  a backfill. A session opened before new files arrive still sees them (the views read the globs).
-- Formulas, windows and staleness rules of the per-trade features: `docs/features.md`; the
-  liquidation model: `docs/liquidation_map.md`; the detector and trade simulation:
-  `docs/detector.md`; phases 9 and 10 and the gates: `docs/overlay.md`.
-- Time: every timestamp is `TIMESTAMP WITH TIME ZONE`, UTC, millisecond precision. `available_at`
-  is the earliest moment a trader could have known a row; features use only rows with
-  `available_at <= decision_time`.
+- A DuckLake lake: the catalog `catalog.sqlite` (or a PostgreSQL database) and Parquet data files under `data/`,
+  tables with a symbol and a time partitioned by symbol and year. Every write is one ACID snapshot whose commit
+  message and extra info name the Dagster run, asset and partitions.
+- Raw tables (`revision` column) only grow: a source's answer is merged by key, rows it did not return stay, a
+  differing re-publication becomes a new revision known no earlier than it was ingested. Derived tables are
+  replaced whole per run.
+- Analysts attach the lake read-only and never block the pipeline: `bash scripts/sql.sh` (DuckDB CLI) or, in
+  Python, `qml_pipeline.store.warehouse.open_read_only("warehouse")`.
+- Formulas, windows and staleness rules of the per-trade features: `docs/features.md`; the liquidation model:
+  `docs/liquidation_map.md`; the detector and trade simulation: `docs/detector.md`; phases 9 and 10 and the
+  gates: `docs/overlay.md`.
+- Time: every timestamp is `TIMESTAMP WITH TIME ZONE`, UTC, millisecond precision. `available_at` is the
+  earliest moment a trader could have known a row; features use only rows with `available_at <= decision_time`.
 """
 
 
 def render() -> str:
     parts = [INTRO, "## Tables\n"]
     for table in schemas.TABLES.values():
-        parts.append(f"### `{table.name}`\n\n{table.doc}\n\nKey: `({', '.join(table.key)})`"
-                     + (f"; partitioned by `symbol`, day of `{table.time_column}`" if table.time_column else "")
+        key = f"Key: `({', '.join(table.key)})`" + (" plus `revision`" if table.revisioned else "")
+        files = ("; files partitioned by `symbol` and year of " + f"`{table.time_column}`"
+                 if table.time_column and "symbol" in table.names else "")
+        parts.append(f"### `{table.name}`\n\n{table.doc}\n\n{key}{files}"
                      + "\n\n| column | type | unit | meaning |\n|---|---|---|---|")
         for c in table.columns:
             null = " (nullable)" if c.nullable else ""
