@@ -17,7 +17,7 @@ import pytest
 
 from qml_pipeline.store import schemas
 from qml_pipeline.store.warehouse import (EmptyReplacementError, Warehouse, WarehouseBusyError, analyst_init_sql,
-                                          open_read_only, restore_aside, set_aside)
+                                          attach_sql, location, open_read_only, restore_aside, set_aside)
 
 UTC = timezone.utc
 DAY = datetime(2024, 1, 31, tzinfo=UTC)
@@ -233,13 +233,13 @@ def test_killed_writer_leaves_the_last_snapshot_and_maintenance_removes_its_orph
 def test_an_analyst_session_holding_a_write_lock_delays_the_pipeline_then_fails_it_clearly(tmp_path: Path) -> None:
     wh = Warehouse(tmp_path, commit_attempts=3, retry_base_s=0.05)
     wh.replace_table(schemas.TRADES, trades_frame(2))
-    init = analyst_init_sql(tmp_path).replace("READ_ONLY, ", "")  # an analyst who attached for writing
+    attach = attach_sql(location(tmp_path), read_only=False, alias="qml")  # an analyst who attached for writing
     analyst = _python(f"""
         import duckdb, sys, time
         con = duckdb.connect()
-        for stmt in {init!r}.split(';\\n'):
-            if stmt.strip():
-                con.execute(stmt)
+        con.execute("LOAD ducklake")
+        con.execute({attach!r})
+        con.execute("USE qml")
         con.execute("BEGIN")
         con.execute("CREATE TABLE scratch AS SELECT 1 AS x")
         con.execute("COMMIT")
@@ -277,3 +277,18 @@ def test_read_only_analyst_connection_cannot_write(tmp_path: Path) -> None:
     assert con.execute("SELECT count(*) FROM trades").fetchone()[0] == 2
     with pytest.raises(duckdb.Error, match="read-only|READ_ONLY|attached in read-only"):
         con.execute("DELETE FROM trades")
+
+
+def test_the_analyst_session_sql_attaches_read_only(tmp_path: Path) -> None:
+    Warehouse(tmp_path).replace_table(schemas.TRADES, trades_frame(2))
+    init = analyst_init_sql(tmp_path)
+    assert "READ_ONLY" in init and "OVERRIDE_DATA_PATH" in init
+    init_file = tmp_path / "init.sql"
+    init_file.write_text(init)
+    proc = subprocess.run([str(Path(sys.executable).parent / "duckdb"), "-csv", "-init", str(init_file), "-c",
+                           "SELECT count(*) AS n FROM trades"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-2:] == ["n", "2"]
+    denied = subprocess.run([str(Path(sys.executable).parent / "duckdb"), "-init", str(init_file), "-c",
+                             "DELETE FROM trades"], capture_output=True, text=True, timeout=120)
+    assert "read-only" in (denied.stdout + denied.stderr).lower()
