@@ -5,9 +5,10 @@ every trade of a drawn cluster enters with it; the statistic sees a weight per t
 times it was drawn) and computes every model or variant on the same resample, so differences are
 paired. Clusters (`cluster_labels`):
 - trade: each trade alone: the classical independent bootstrap, kept as the comparison;
-- overlap: trades whose lives [decision_time, exit_time] overlap, chained (a connected component
-  of the overlap graph): trades open at the same time share the market's path, funding
-  settlements and near-duplicate patterns (1h and 4h), so they are resampled together;
+- overlap: trades whose lives [decision_time, exit_time) overlap, chained (a connected component
+  of the overlap graph; a trade decided when another exits does not overlap it): trades open at
+  the same time share the market's path, funding settlements and near-duplicate patterns (1h and
+  4h), so they are resampled together;
 - day: trades decided on the same UTC calendar day.
 
 The interval is the percentile interval of the resampled statistic. A resample where the statistic
@@ -46,7 +47,7 @@ def cluster_labels(trades: pl.DataFrame, by: str = "overlap") -> np.ndarray:
     exits = np.where(np.isfinite(exits), exits, decision).astype(np.float64)
     order = np.argsort(decision, kind="stable")
     reach = np.maximum.accumulate(exits[order])
-    starts = np.r_[True, decision[order][1:] > reach[:-1]]
+    starts = np.r_[True, decision[order][1:] >= reach[:-1]]  # decided when the previous life ended: apart
     labels = np.empty(n, dtype=np.int64)
     labels[order] = np.cumsum(starts) - 1
     return labels

@@ -630,7 +630,7 @@ def _gain_part(judged: BacktestResult, name: str, variant: str, control: str, me
     passed = gain > threshold and beats_null
     msg = f"{variant} vs {label}: {what} {shown}: {gain:{fmt}}{u}, need > {threshold:{fmt}}{u}"
     if gain <= threshold:
-        msg += f" ({threshold - gain:.3g}{u} short)"
+        msg += f" ({threshold - gain:{fmt.lstrip('+')}}{u} short)"
     if row["null_percentile"] is not None:
         msg += (f" and above chance of the same size (95th percentile {p95:{fmt}}{u}; this gain is at "
                 f"percentile {row['null_percentile']:.0f})")
