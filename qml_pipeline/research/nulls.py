@@ -3,10 +3,11 @@ are random but its size is not.
 
 - `random_subsets`: keep the same number of trades, chosen at random (the null of a filter
   judged against every trade);
-- `random_swaps`: from the control's kept trades drop as many at random as the rule dropped, and
-  add as many of the control's rejected trades at random as the rule added (the null of a filter
-  judged against the same filter without the rule);
-- `permuted`: the same multipliers dealt to the trades at random (the null of sizing).
+- `permuted`: the same multipliers dealt to the trades at random: the null of sizing, and of the
+  context filter judged against the same filter without context (base_confidence x a random
+  multiplier >= min_confidence). Dealing the multipliers, rather than dropping random trades of
+  the control, keeps what any multiplier does near the confidence threshold: a multiplier below 1
+  drops the least confident trades first, which is a confidence effect, not a context effect.
 
 Every draw is seeded and vectorised: an array (n_draws, n) of weights for metrics.batch_metrics.
 """
@@ -37,17 +38,6 @@ def _pick(eligible: np.ndarray, count: int, n_draws: int, rng: np.random.Generat
 def random_subsets(n: int, k: int, n_draws: int = 2000, seed: int = 0) -> np.ndarray:
     """(n_draws, n) bool masks, each keeping exactly k of the n trades at random."""
     return _pick(np.ones(n, dtype=bool), k, n_draws, np.random.default_rng(seed))
-
-
-def random_swaps(control_kept: np.ndarray, n_removed: int, n_added: int, n_draws: int = 2000,
-                 seed: int = 0) -> np.ndarray:
-    """(n_draws, n) bool masks: the control's kept set minus n_removed of its trades plus n_added
-    of the trades it rejected, both chosen at random."""
-    kept = np.asarray(control_kept, dtype=bool)
-    rng = np.random.default_rng(seed)
-    removed = _pick(kept, n_removed, n_draws, rng)
-    added = _pick(~kept, n_added, n_draws, rng)
-    return (kept[None, :] & ~removed) | added
 
 
 def permuted(values: np.ndarray, n_draws: int = 2000, seed: int = 0) -> np.ndarray:

@@ -27,7 +27,7 @@ import polars as pl
 
 from qml_pipeline.research.bootstrap import CLUSTER_BY, bootstrap_distribution, cluster_labels, interval
 from qml_pipeline.research.gates import GatePart, GateResult, make_gate, power_text
-from qml_pipeline.research.nulls import null_position, permuted, random_subsets, random_swaps
+from qml_pipeline.research.nulls import null_position, permuted, random_subsets
 from qml_pipeline.research.power import mde_from_se
 from qml_pipeline.store.schemas import TS
 from qml_pipeline.trades.contract import FILLED_OUTCOMES
@@ -349,9 +349,11 @@ def _paired_differences(arrays: TradeArrays, keeps: dict, sizes: dict):
     return statistic
 
 
-def _null_gains(arrays: TradeArrays, keeps: dict, sizes: dict, control_values: dict, n_null: int,
-                seed: int) -> dict[tuple[str, str], dict[str, np.ndarray]]:
-    """Per comparison: each metric's gain over the control when the variant's choices are random."""
+def _null_gains(arrays: TradeArrays, df: pl.DataFrame, keeps: dict, sizes: dict, control_values: dict,
+                config: OverlayConfig, n_null: int, seed: int) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    """Per comparison: each metric's gain over the control when the variant's choices are random
+    (nulls.py): sizing and the context filter against confidence alone get the same multipliers
+    dealt at random; a filter against every trade gets as many trades kept at random."""
     out = {}
     for i, (variant, control) in enumerate(COMPARISONS):
         s = seed + 1000 * (i + 1)
@@ -360,9 +362,9 @@ def _null_gains(arrays: TradeArrays, keeps: dict, sizes: dict, control_values: d
         elif control == "baseline":
             values = batch_metrics(arrays, random_subsets(arrays.n, int(keeps[variant].sum()), n_null, s))
         else:
-            kept, base = keeps[variant], keeps[control]
-            masks = random_swaps(base, int((base & ~kept).sum()), int((kept & ~base).sum()), n_null, s)
-            values = batch_metrics(arrays, masks)
+            base = df["base_confidence"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+            dealt = permuted(sizes["sizing"], n_null, s)
+            values = batch_metrics(arrays, (base[None, :] * dealt >= config.min_confidence).astype(np.float64))
         out[(variant, control)] = {m: values[m] - control_values[(control, m)] for m in BOOT_METRICS}
     return out
 
@@ -449,7 +451,7 @@ def overlay_backtest(trades: pl.DataFrame, overlay: pl.DataFrame, config: Overla
         boot_cluster = bootstrap_distribution(statistic, labels, n_resamples, seed)
     elif n_resamples > 0:
         notes.append(f"{df.height} filled trade(s) in {n_clusters} {cluster_by} cluster(s): no dependence-aware interval")
-    nulls = _null_gains(arrays, keeps, sizes, control_values, max(n_null, 1), seed)
+    nulls = _null_gains(arrays, df, keeps, sizes, control_values, config, max(n_null, 1), seed)
     differences = _difference_rows(metrics, boot_cluster, boot_trade, nulls, n_clusters)
 
     counted = overlay.join(df.select("trade_id"), on="trade_id", how="semi")
