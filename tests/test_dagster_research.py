@@ -79,7 +79,9 @@ def test_override_runs_every_phase_and_says_so(sample_warehouse: Path) -> None:
     assert set(wh.read(schemas.MODEL_EVALUATION)["model"]) == {"base_rate", "confidence", "logistic", "overlay",
                                                                 "fusion"}
     gates = wh.read(schemas.RESEARCH_GATES).filter(pl.col("gate") == "phase10")
-    assert gates.height == 4 and gates["null_p95"].null_count() == 0 and gates["mde"].null_count() == 0
+    assert gates.height == 4 and gates["null_p95"].null_count() == 0
+    # an MDE wherever the filter differs from its control (on this slice the rules may change no decision)
+    assert gates.filter(pl.col("part").str.ends_with("_vs_unfiltered"))["mde"].null_count() == 0
     tuned = wh.read(schemas.OVERLAY_TUNING)
     assert tuned.filter(pl.col("chosen"))["parameter"].to_list() == ["funding_threshold", "oi_change_threshold"]
     for table in (schemas.SENSITIVITY_OI_LAG, schemas.SENSITIVITY_TIMEOUTS, schemas.SENSITIVITY_THRESHOLDS,

@@ -119,4 +119,4 @@ def test_mde_of_two_shares_has_about_80_percent_power_with_fishers_test():
 
 def test_mde_from_the_bootstrap_se():
     assert mde_from_se(1.0) == pytest.approx(sps.norm.ppf(0.95) + sps.norm.ppf(0.80))
-    assert mde_from_se(None) is None and mde_from_se(float("nan")) is None
+    assert mde_from_se(None) is None and mde_from_se(float("nan")) is None and mde_from_se(0.0) is None

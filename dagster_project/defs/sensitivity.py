@@ -11,6 +11,7 @@ from dagster_project.resources import MarketDataResource, ResearchResource, Ware
 from qml_pipeline.research.phase9 import AnalysisConfig
 from qml_pipeline.research.phases import Phase10Settings
 from qml_pipeline.research.sensitivity import (
+    PLOTTED_FEATURE,
     SensitivityInputs,
     oi_lag_sensitivity,
     regime_sensitivity,
@@ -31,10 +32,11 @@ def _inputs(wh: Warehouse, research: ResearchResource) -> SensitivityInputs:
                              Phase10Settings(timeout_as=research.timeout_as))
 
 
-def _publish(wh: Warehouse, table: Table, rows: pl.DataFrame, title: str) -> dg.MaterializeResult:
+def _publish(wh: Warehouse, table: Table, rows: pl.DataFrame, title: str,
+             feature: str = PLOTTED_FEATURE) -> dg.MaterializeResult:
     wh.replace_table(table, schemas.conform(table, rows))
     wh.refresh_catalog()
-    plot = sensitivity_plot(rows, wh.root / "reports" / f"{table.name}.png", title)
+    plot = sensitivity_plot(rows, wh.root / "reports" / f"{table.name}.png", title, feature)
     gates = (rows.filter(pl.col("gate") != "phase9_features")
              .select("setting", "gate", "part", "passed", "value", "threshold", "null_p95", "mde", "p_value"))
     verdicts = rows.group_by("setting", "gate", maintain_order=True).agg(pl.col("gate_passed").first()).filter(
@@ -53,7 +55,7 @@ def sensitivity_oi_lag(warehouse: WarehouseResource, research: ResearchResource,
     wh = warehouse.get()
     rows = oi_lag_sensitivity(_inputs(wh, research), wh.read(schemas.KLINES), wh.read(schemas.FUNDING_RATES),
                               wh.read(schemas.OPEN_INTEREST), stored_lag_seconds=market.oi_publication_lag_seconds)
-    return _publish(wh, schemas.SENSITIVITY_OI_LAG, rows, "OI publication lag")
+    return _publish(wh, schemas.SENSITIVITY_OI_LAG, rows, "OI publication lag", "oi_change_24h")
 
 
 @dg.asset(deps=[context_error_analysis], group_name=GROUP, kinds={"parquet", "duckdb"},

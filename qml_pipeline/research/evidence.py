@@ -108,13 +108,13 @@ def _sensitivity(name: str, rows: pl.DataFrame | None, ev: Evidence) -> None:
         if v.height:
             passed = v.filter(pl.col("gate_passed"))["setting"].to_list()
             bits.append(f"{gate} passes under {', '.join(passed)}" if passed else f"{gate} fails under every setting")
-    fuel = rows.filter((pl.col("gate") == "phase9_features") & (pl.col("part") == "funding_fuel_8h"))
-    text = f"{name.capitalize()} ({rows['setting'].n_unique()} settings): " + "; ".join(bits) + "."
-    if fuel.height:
-        lo, hi = fuel["value"].min(), fuel["value"].max()
-        mde = fuel["mde"].drop_nulls()
-        text += (f" The funding 'fuel' Cliff's delta ranges {lo:+.2f} to {hi:+.2f} across them"
-                 + (f", against MDEs of {mde.min():.2f} to {mde.max():.2f}." if mde.len() else "."))
+    text = f"{name[0].upper()}{name[1:]} ({rows['setting'].n_unique()} settings): " + "; ".join(bits) + "."
+    for feature, label in (("funding_fuel_8h", "funding 'fuel'"), ("oi_change_24h", "OI 24h change")):
+        f = rows.filter((pl.col("gate") == "phase9_features") & (pl.col("part") == feature))
+        if f.height:
+            mde = f["mde"].drop_nulls()
+            text += (f" The {label} Cliff's delta ranges {f['value'].min():+.2f} to {f['value'].max():+.2f}"
+                     + (f" (MDEs {mde.min():.2f} to {mde.max():.2f})." if mde.len() else "."))
     ev.can.append(text)
 
 

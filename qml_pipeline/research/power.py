@@ -17,8 +17,10 @@ def _z(q: float) -> float:
 
 def mde_from_se(se: float | None, alpha: float = 0.05, power: float = POWER) -> float | None:
     """The smallest true gain a one-sided test at level alpha finds with probability `power` when its
-    estimate has standard error `se` (a bootstrap SE): (z_{1-alpha} + z_power) * se."""
-    if se is None or not math.isfinite(se):
+    estimate has standard error `se` (a bootstrap SE): (z_{1-alpha} + z_power) * se. None when the
+    SE is 0: the variant never differs from its control on any resample (e.g. the rules changed no
+    decision), so no effect of any size could have been seen."""
+    if se is None or not math.isfinite(se) or se <= 0:
         return None
     return (_z(1 - alpha) + _z(power)) * se
 
