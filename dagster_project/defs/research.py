@@ -26,6 +26,7 @@ from qml_pipeline.research.phases import (
     run_phase11,
 )
 from qml_pipeline.store import schemas
+from qml_pipeline.trades.metrics import apply_timeout_policy
 
 GROUP = "research"
 
@@ -140,7 +141,8 @@ def context_model(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     wh = warehouse.get()
     gate_status = _open_gate(context, wh, "phase10", research.override_gates)
     trade_ids, windows = load_windows(windows_path(warehouse))
-    trades, features = wh.read(schemas.TRADES), wh.read(schemas.TRADE_CONTEXT_FEATURES)
+    trades = apply_timeout_policy(wh.read(schemas.TRADES), research.timeout_as)
+    features = wh.read(schemas.TRADE_CONTEXT_FEATURES)
     tuned = config_from_tuning(wh.read(schemas.OVERLAY_TUNING))
     inputs = model_inputs(trades, features, apply_overlay(trades, features, tuned), trade_ids, windows)
     result = run_phase11(inputs, wh.root / "models",
