@@ -18,13 +18,14 @@ from dagster_project.defs.research import (
                                           model_beats_chance,
 )
 from dagster_project.defs.schedules import JOBS, SCHEDULES, SENSORS
+from dagster_project.defs.sensitivity import SENSITIVITY_ASSETS
 from dagster_project.defs.trades import baseline_metrics, trades
 from dagster_project.defs.view import context_cards, pattern_cards, research_report
 from dagster_project.resources import default_resources
 
 RESEARCH_ASSETS = [data_quality, trades, baseline_metrics, liquidation_map, liquidations, trade_context_features,
-                   ohlcv_windows, context_error_analysis, context_overlay, context_model, context_cards,
-                   pattern_cards, research_report]
+                   ohlcv_windows, context_error_analysis, context_overlay, context_model, *SENSITIVITY_ASSETS,
+                   context_cards, pattern_cards, research_report]
 RESEARCH_CHECKS = [raw_data_quality, model_beats_chance]
 
 defs = dg.Definitions(

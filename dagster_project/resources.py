@@ -99,9 +99,12 @@ class TradeSourceResource(dg.ConfigurableResource):
 
 
 class ResearchResource(dg.ConfigurableResource):
-    """Research settings: the gate override (QML_OVERRIDE_GATES) and the model's epochs and seed."""
+    """Research settings: the gate override (QML_OVERRIDE_GATES), the timeout label policy (loss: the
+    seed's meaning; exclude; r_sign: by the sign of R; see qml_pipeline/trades/metrics.py) and the
+    model's epochs and seed."""
 
     override_gates: bool = SETTINGS.override_gates
+    timeout_as: str = "loss"
     model_epochs: int = SETTINGS.model_epochs
     model_seed: int = SETTINGS.model_seed
 

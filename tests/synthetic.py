@@ -71,3 +71,44 @@ def model_set(n: int = 600, signal: bool = True, seed: int = 0, hold_hours: floa
     }).with_columns(pl.col("exit_time").cast(TS))
     windows = rng.normal(size=(n, 50, 5)).astype(np.float32)
     return windows, context, labels
+
+
+CONTEXT_T0 = datetime(2023, 1, 1, tzinfo=timezone.utc)
+
+
+def context_trade_set(n: int = 300, context_effect: bool = False, seed: int = 0
+                      ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(trades, features) for the phase 9 / 10 gates: one trade every 14h, held 10h (no overlap).
+
+    context_effect=False: the pattern's base_confidence (0.3..0.8) decides the win probability
+    (0.1..0.8) and funding / OI are noise. context_effect=True: funding decides it: the crowd against
+    the trade's side (the overlay's x0.8 rule) wins 2%, neutral 40%, fuel 70%; base_confidence
+    (0.55..0.62) is noise and high enough that only the x0.8 rule pulls a trade below 0.5.
+    A win is +2R (+-0.2), a loss -1R."""
+    rng = np.random.default_rng(seed)
+    decided = [CONTEXT_T0 + timedelta(hours=14 * i) for i in range(n)]
+    bearish = rng.random(n) < 0.5
+    crowd_side = np.where(bearish, 1.0, -1.0)   # funding sign that is fuel for the trade
+    if context_effect:
+        state = rng.choice(["against", "neutral", "fuel"], size=n, p=[0.55, 0.10, 0.35])
+        p_win = np.select([state == "against", state == "neutral"], [0.02, 0.40], 0.70)
+        base = rng.uniform(0.55, 0.62, n)
+    else:
+        state = rng.choice(["against", "neutral", "fuel"], size=n, p=[0.3, 0.4, 0.3])
+        base = rng.uniform(0.3, 0.8, n)
+        p_win = 0.1 + 0.7 * (base - 0.3) / 0.5
+    funding = np.select([state == "against", state == "fuel"], [-0.0005 * crowd_side, 0.0005 * crowd_side],
+                        rng.uniform(-0.00005, 0.00005, n))
+    win = rng.random(n) < p_win
+    r = np.where(win, 2.0 + rng.uniform(-0.2, 0.2, n), -1.0)
+    trades = pl.DataFrame({
+        "trade_id": [f"c{i:04d}" for i in range(n)], "symbol": ["BTCUSDT"] * n, "timeframe": ["1h"] * n,
+        "direction": np.where(bearish, "BEARISH", "BULLISH"), "decision_time": decided,
+        "exit_time": [d + timedelta(hours=10) for d in decided], "outcome": np.where(win, "WIN", "LOSS"),
+        "r_multiple": r, "gross_r_multiple": r, "base_confidence": base,
+    }).with_columns(pl.col("decision_time", "exit_time").cast(TS))
+    features = pl.DataFrame({
+        "trade_id": trades["trade_id"], "funding_rate": funding, "funding_interval_hours": [8] * n,
+        "oi_change_24h": rng.normal(0, 3, n), "distance_to_liq_cluster": [None] * n,
+    }, schema_overrides={"funding_interval_hours": pl.Int16, "distance_to_liq_cluster": pl.Float64})
+    return trades, features

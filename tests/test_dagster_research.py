@@ -52,12 +52,16 @@ def test_failed_gate_stops_the_next_phase(sample_warehouse: Path) -> None:
     assert status["context_error_analysis"] == "STEP_SUCCESS"
     gates = Warehouse(sample_warehouse).read(schemas.RESEARCH_GATES)
     phase9 = gates.filter(pl.col("gate") == "phase9")
-    assert phase9.height == 3 and not phase9["gate_passed"][0]  # the sample's honest answer
+    assert phase9.height == 4 and not phase9["gate_passed"][0]  # the sample's honest answer
+    assert phase9.filter(pl.col("part") == "issue_discriminates")["p_value"][0] is not None
     assert status["context_overlay"] == "STEP_FAILURE"
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     assert "phase9 gate FAILED" in str(failure.step_failure_data.user_failure_data.description)
     assert "QML_OVERRIDE_GATES=1" in str(failure.step_failure_data.user_failure_data.description)
     assert status.get("context_model") in ("STEP_SKIPPED", None)
+    # the sensitivity runs explain the verdicts, so they run whatever the gates say
+    for name in ("sensitivity_oi_lag", "sensitivity_timeouts", "sensitivity_thresholds", "sensitivity_regimes"):
+        assert status[name] == "STEP_SUCCESS", name
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["phase9_gate"] is False
 
@@ -71,12 +75,25 @@ def test_override_runs_every_phase_and_says_so(sample_warehouse: Path) -> None:
     assert str(overlay_mat.materialization.metadata["phase9_gate"].value).startswith("OVERRIDDEN")
     predictions = wh.read(schemas.MODEL_PREDICTIONS)
     assert predictions.height > 0 and predictions["probability"].drop_nulls().is_between(0, 1).all()
-    assert set(wh.read(schemas.MODEL_EVALUATION)["model"]) == {"baseline", "logistic", "overlay", "fusion"}
+    assert set(wh.read(schemas.MODEL_EVALUATION)["model"]) == {"base_rate", "confidence", "logistic", "overlay",
+                                                                "fusion"}
+    gates = wh.read(schemas.RESEARCH_GATES).filter(pl.col("gate") == "phase10")
+    assert gates.height == 4 and gates["null_p95"].null_count() == 0
+    # an MDE wherever the filter differs from its control (on this slice the rules may change no decision)
+    assert gates.filter(pl.col("part").str.ends_with("_vs_unfiltered"))["mde"].null_count() == 0
+    tuned = wh.read(schemas.OVERLAY_TUNING)
+    assert tuned.filter(pl.col("chosen"))["parameter"].to_list() == ["funding_threshold", "oi_change_threshold"]
+    for table in (schemas.SENSITIVITY_OI_LAG, schemas.SENSITIVITY_TIMEOUTS, schemas.SENSITIVITY_THRESHOLDS,
+                  schemas.SENSITIVITY_REGIMES):
+        assert wh.read(table).height > 0, table.name
+        assert (wh.root / "reports" / f"{table.name}.png").exists()
+    assert set(wh.read(schemas.SENSITIVITY_OI_LAG)["setting"]) == {"0 s", "60 s", "300 s", "900 s"}
     report = (wh.root / "reports" / "report.html").read_text()
     assert "QML_OVERRIDE_GATES=1" in report and "data:image/png;base64" in report
+    assert "What this evidence can and cannot say" in report and "cannot be ruled out" in report
     assert wh.read(schemas.CONTEXT_OVERLAY).height == wh.read(schemas.TRADES).height
     variants = set(wh.read(schemas.MODEL_BACKTEST)["variant"])
-    assert variants == {"baseline", "overlay_filter", "logistic_filter", "model_filter"}
+    assert variants == {"baseline", "confidence_filter", "overlay_filter", "logistic_filter", "model_filter"}
     skipped = [e for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"
                and e.asset_key.to_user_string() == "liquidations"]
     assert "is not set" in str(skipped[0].event_specific_data.asset_observation.metadata["skipped"].value)

@@ -16,9 +16,10 @@ from qml_pipeline.research.evaluation import (
     brier,
     calibration_table,
     evaluate_models,
+    compare_models,
     fit_logistic,
     log_loss,
-    paired_bootstrap,
+    platt,
     walk_forward_splits,
 )
 from qml_pipeline.research.model import (
@@ -64,15 +65,18 @@ def test_shapes_through_the_network() -> None:
 
 
 def test_context_signal_is_learned_out_of_sample() -> None:
-    windows, context, labels = synthetic(600, signal=True)
+    windows, context, labels = synthetic(600, signal=True, hold_hours=5)
     report = evaluate_models(windows, context, labels, config=FAST, n_folds=3, n_bootstrap=200)
     by_model = dict(zip(report.overall["model"], report.overall["auc"]))
     assert by_model["fusion"] > 0.75
     assert by_model["logistic"] > 0.75
-    assert 0.35 < by_model["baseline"] < 0.65
-    vs_baseline = report.bootstrap.filter(pl.col("other") == "baseline").row(0, named=True)
-    assert vs_baseline["auc_beyond_noise"] and vs_baseline["auc_ci_low"] > 0
-    assert "beyond noise" in report.verdict
+    assert 0.35 < by_model["confidence"] < 0.65
+    best = report.best_model
+    vs_conf = report.bootstrap.filter((pl.col("model") == best) & (pl.col("reference") == "confidence")).row(0, named=True)
+    assert vs_conf["auc_beyond_noise"] and vs_conf["auc_ci_low"] > 0 and vs_conf["auc_ci_low_independent"] > 0
+    vs_rate = report.bootstrap.filter((pl.col("model") == "logistic") & (pl.col("reference") == "base_rate")).row(0, named=True)
+    assert vs_rate["brier_beyond_noise"]
+    assert "beyond noise" in report.verdict and "judged only against the probability baselines" in report.verdict
 
 
 def test_random_labels_give_chance_auc() -> None:
@@ -256,16 +260,52 @@ def test_logistic_regression_recovers_a_linear_rule() -> None:
     assert m.coef == pytest.approx([2, -1, 0], abs=0.25) and m.intercept == pytest.approx(0.5, abs=0.2)
 
 
-def test_paired_bootstrap_separates_signal_from_noise() -> None:
+def test_compare_models_separates_signal_from_noise_by_cluster_and_trade() -> None:
     rng = np.random.default_rng(0)
     y = (rng.random(400) < 0.5).astype(float)
     good = np.clip(0.5 + 0.4 * (y - 0.5) + 0.1 * rng.normal(size=400), 0, 1)
     noise_a, noise_b = rng.random(400), rng.random(400)
-    real = paired_bootstrap(y, good, noise_a, 300, seed=1)
-    assert real["auc_ci_low"] > 0 and real["brier_ci_low"] > 0
-    none = paired_bootstrap(y, noise_a, noise_b, 300, seed=1)
-    assert none["auc_ci_low"] < 0 < none["auc_ci_high"]
-    assert paired_bootstrap(y, good, noise_a, 300, seed=1) == real  # seeded
+    preds = {"good": good, "a": noise_a, "b": noise_b}
+    clusters = np.arange(400) // 4
+    res = compare_models(y, preds, [("good", "a"), ("a", "b")], clusters, 300, seed=1)
+    real, none = res.row(0, named=True), res.row(1, named=True)
+    assert real["auc_ci_low"] > 0 and real["brier_ci_low"] > 0 and real["log_loss_ci_low"] > 0
+    assert real["auc_gain"] == pytest.approx(auc(y, good) - auc(y, noise_a))
+    assert real["brier_gain"] == pytest.approx(brier(y, noise_a) - brier(y, good))
+    assert none["auc_ci_low"] < 0 < none["auc_ci_high"] and real["n_clusters"] == 100
+    assert compare_models(y, preds, [("good", "a"), ("a", "b")], clusters, 300, seed=1).equals(res)  # seeded
+    # one cluster: no dependence-aware interval, the independent one stays
+    single = compare_models(y, preds, [("good", "a")], np.zeros(400, dtype=np.int64), 100, seed=1).row(0, named=True)
+    assert single["auc_ci_low"] is None and single["auc_ci_low_independent"] > 0
+
+
+def test_platt_is_fitted_on_training_trades_only() -> None:
+    rng = np.random.default_rng(2)
+    score = rng.uniform(0.4, 0.8, 300)
+    y = (rng.random(300) < 0.15 + 0.3 * (score - 0.4)).astype(float)   # a score, not a probability
+    p = platt(score[:200], y[:200], score[200:])
+    assert 0 < p.min() and p.max() < 0.5 and abs(p.mean() - y[:200].mean()) < 0.05
+    flipped = y.copy()
+    flipped[200:] = 1 - flipped[200:]
+    assert np.array_equal(platt(score[:200], flipped[:200], score[200:]), p)  # test labels never reach the fit
+    assert np.all(platt(score[:10], np.zeros(10), score[10:20]) == 0.0)       # one class: its rate
+    missing = platt(score[:200], y[:200], np.array([np.nan, 0.6]))
+    assert missing[0] == pytest.approx(y[:200].mean())
+
+
+def test_raw_confidence_loses_to_the_base_rate_but_its_calibration_does_not() -> None:
+    """The issue's finding: a score that is not a probability (mean 0.57 at a 26% win rate) makes
+    any model look well calibrated; the calibrated version is the fair baseline."""
+    windows, context, labels = synthetic(400, signal=False, seed=5, hold_hours=5)
+    report = evaluate_models(windows, context, labels, include_fusion=False, n_folds=4, n_bootstrap=100)
+    y = (labels["outcome"] == "WIN").to_numpy().astype(float)
+    tested = report.predictions["trade_id"].to_list()
+    raw = context.filter(pl.col("trade_id").is_in(tested))["base_confidence"].to_numpy()
+    yt = report.predictions["y"].to_numpy()
+    by = dict(zip(report.overall["model"], report.overall["brier"]))
+    assert brier(yt, raw) > by["base_rate"] + 0.01
+    assert by["confidence"] < by["base_rate"] + 0.01
+    assert set(report.overall["model"]) == {"base_rate", "confidence", "logistic"} and y.size == 400
 
 
 def test_evaluation_accepts_overlay_and_reports_per_year() -> None:
@@ -278,11 +318,11 @@ def test_evaluation_accepts_overlay_and_reports_per_year() -> None:
     overlay = context["base_confidence"].to_numpy() * np.where(fuel > 1, 1.5, 1.0)  # some values > 1
     report = evaluate_models(windows, context, labels, overlay_confidence=overlay, include_fusion=False,
                              n_folds=4, n_bootstrap=100)
-    assert set(report.overall["model"]) == {"baseline", "logistic", "overlay"}
+    assert set(report.overall["model"]) == {"base_rate", "confidence", "logistic", "overlay"}
     assert sorted(set(report.per_year["year"])) == [2021, 2022]
-    assert report.per_fold.height == 4 * 3
+    assert report.per_fold.height == 4 * 4
     assert (report.calibration.group_by("model").agg(pl.col("count").sum())["count"] == report.overall["n"][0]).all()
-    assert report.best_model == "logistic" and "outside [0, 1]" in report.verdict
+    assert report.best_model == "logistic"
     assert report.predictions.height == report.overall["n"][0]
     with pytest.raises(ValueError, match="overlay_confidence has shape"):
         evaluate_models(windows, context, labels, overlay_confidence=overlay[:-1], include_fusion=False)

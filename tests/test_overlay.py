@@ -6,6 +6,7 @@ import pytest
 
 from qml_pipeline.research import overlay as ov
 from qml_pipeline.research.overlay import (
+    VARIANTS,
     GateResult,
     OverlayConfig,
     OverlayGateConfig,
@@ -182,29 +183,36 @@ def hand_set():
 
 def test_backtest_differences_by_hand():
     t, f = hand_set()
-    res = overlay_backtest(t, apply_overlay(t, f), OverlayConfig(), n_resamples=200)
+    res = overlay_backtest(t, apply_overlay(t, f), OverlayConfig(), n_resamples=200, n_null=2000)
     assert res.n_trades == 4 and res.n_filtered_in == 3
     tpy = 365.25  # 4 trades from 2023-01-01 (first decision) to 2023-01-05 (last exit)
     base = res.overall("baseline")
     assert base["win_rate"] == 0.5 and base["total_r"] == pytest.approx(2.0)
-    assert base["sharpe"] == pytest.approx(0.5 / math.sqrt(3) * math.sqrt(tpy))
+    assert base["sharpe_per_trade"] == pytest.approx(0.5 / math.sqrt(3))
+    assert base["sharpe_trade_count_dependent"] == pytest.approx(0.5 / math.sqrt(3) * math.sqrt(tpy))
 
     sized = [2.4, -0.8, -0.8, 2.0]
     mean = sum(sized) / 4
     std = math.sqrt(sum((x - mean) ** 2 for x in sized) / 3)
     assert res.difference("sizing", "total_r")["diff"] == pytest.approx(0.8)
     assert res.difference("sizing", "win_rate")["diff"] == 0.0
-    assert res.difference("sizing", "sharpe")["diff"] == pytest.approx(
-        mean / std * math.sqrt(tpy) - 0.5 / math.sqrt(3) * math.sqrt(tpy))
+    assert res.difference("sizing", "sharpe_per_trade")["diff"] == pytest.approx(mean / std - 0.5 / math.sqrt(3))
     assert res.difference("sizing", "win_rate")["ci_low"] == 0.0 == res.difference("sizing", "win_rate")["ci_high"]
 
     filt = res.difference("filtering", "win_rate")
-    assert filt["overlay"] == pytest.approx(2 / 3) and filt["diff"] == pytest.approx(2 / 3 - 0.5)
+    assert filt["variant_value"] == pytest.approx(2 / 3) and filt["diff"] == pytest.approx(2 / 3 - 0.5)
     assert res.difference("filtering", "trades")["diff"] == -1
-    assert res.difference("filtering", "sharpe")["overlay"] == pytest.approx(
+    assert res.difference("filtering", "sharpe_trade_count_dependent")["variant_value"] == pytest.approx(
         1 / math.sqrt(3) * math.sqrt(3 / (4 / 365.25)))
+    # every base confidence is >= 0.5: confidence alone keeps every trade, so the control is the baseline
+    assert res.difference("filtering", "win_rate", "confidence_only")["control_value"] == 0.5
+    assert res.difference("confidence_only", "win_rate")["diff"] == 0.0
+    # chance of the same size: 3 of 4 trades at random drop a winner or a loser half the time each,
+    # so a gain of +1/6 is the best a random filter can do: percentile 75 (ties count half)
+    assert filt["null_mean"] == pytest.approx(0.0, abs=0.02) and filt["null_p95"] == pytest.approx(1 / 6)
+    assert filt["null_percentile"] == pytest.approx(75, abs=2)
     per_year = res.metrics.filter(pl.col("scope") == "group")
-    assert per_year["year"].to_list() == [2023, 2023, 2023]
+    assert per_year["year"].to_list() == [2023] * 4 and set(per_year["variant"]) == set(VARIANTS)
 
     counts = {(r["rule"], r["branch"], r["mult"]): r["trades"] for r in res.rule_counts.iter_rows(named=True)}
     assert counts[("funding", "crowded_longs", 1.2)] == 1 and counts[("funding", "crowded_longs", 0.8)] == 2
@@ -222,7 +230,10 @@ def test_bootstrap_is_paired_seeded_and_brackets_the_estimate():
     assert a.differences.equals(b.differences)
     wr = a.difference("filtering", "win_rate")
     assert wr["ci_low"] <= wr["diff"] <= wr["ci_high"]
-    assert 0 <= wr["share_not_better"] <= 1
+    assert wr["ci_low_independent"] <= wr["diff"] <= wr["ci_high_independent"]
+    assert 0 <= wr["share_not_better"] <= 1 and wr["mde"] > 0
+    # one trade a day, each closed when the next is decided: every trade is its own cluster
+    assert a.n_clusters == 60 and wr["ci_low"] == wr["ci_low_independent"]
 
 
 def test_backtest_refuses_an_overlay_of_other_trades():
@@ -284,7 +295,7 @@ def test_tune_picks_the_threshold_that_filters_the_mild_losers():
     res = tune_and_judge(t, f, GRID, split_fraction=0.6, n_resamples=50)
     # 0.0001 also catches the -0.00015 losers; min_confidence 0.5 vs 0.55 filters the same trades
     assert res.config.funding_threshold == 0.0001 and res.config.min_confidence == 0.5
-    assert res.judging.difference("filtering", "win_rate")["overlay"] == 1.0
+    assert res.judging.difference("filtering", "win_rate")["variant_value"] == 1.0
 
 
 def test_split_rejects_empty_sides():
@@ -295,12 +306,15 @@ def test_split_rejects_empty_sides():
 
 def test_phase10_gate_passes_and_fails_with_messages():
     t, f = series(50)
-    res = tune_and_judge(t, f, GRID, split_fraction=0.6, n_resamples=50)
+    res = tune_and_judge(t, f, GRID, split_fraction=0.6, n_resamples=200)
     gate = phase10_gate(res)
     assert isinstance(gate, GateResult) and gate.passed, gate.message
-    assert [p.name for p in gate.parts] == ["win_rate_gain", "sharpe_gain"]
+    assert [p.name for p in gate.parts] == ["win_rate_gain", "sharpe_gain", "win_rate_gain_vs_unfiltered",
+                                            "sharpe_gain_vs_unfiltered"]
     wr = gate.parts[0]
     assert wr.value == pytest.approx(50.0) and wr.threshold == 5.0   # 50% -> 100%
+    assert wr.control.startswith("confidence alone") and wr.null_p95 < 50 and wr.null_percentile > 95
+    assert wr.mde is not None and wr.ci_low is not None and wr.ci_low_independent is not None
 
     strict = phase10_gate(res, OverlayGateConfig(min_win_rate_gain_points=60.0))
     assert not strict.passed and strict.failed_parts[0].name == "win_rate_gain"
@@ -309,11 +323,12 @@ def test_phase10_gate_passes_and_fails_with_messages():
     # nothing fires with an enormous threshold: no gain at all
     none = overlay_backtest(t, apply_overlay(t, f, OverlayConfig(funding_threshold=0.01)), n_resamples=20)
     g = phase10_gate(none)
-    assert not g.passed and len(g.failed_parts) == 2
-    assert "+0.00 points, need > +5.00 (5.00 points short)" in g.parts[0].message
+    assert not g.passed and len(g.failed_parts) == 4
+    assert "+0.00 points, need > +5.00 points (5.00 points short)" in g.parts[0].message
     assert "(0.200 short)" in g.parts[1].message
+    # sizing with every multiplier 1 cannot beat chance (the same multipliers dealt at random), however low the bar
     sizing = phase10_gate(none, OverlayGateConfig(variant="sizing", min_win_rate_gain_points=-1, min_sharpe_gain=-1))
-    assert sizing.passed
+    assert [p.name for p in sizing.parts] == ["win_rate_gain", "sharpe_gain"] and not sizing.passed
 
 
 def test_equity_curve_plot_writes_a_png(tmp_path):

@@ -72,11 +72,19 @@ def _inputs(tmp_path: Path) -> dict:
                        "missing_rows": [3, 0], "completeness": [0.9, 1.0], "duplicate_rows": [0, 0],
                        "zero_rows": [1, 0], "gaps": [1, 0], "longest_gap_minutes": [180.0, None],
                        "freshness_minutes": [5.0, 0.0]})
-    gates = [make_gate("phase 9 gate", [GatePart("min_trades", False, 60, 200, "60 filled trades, need >= 200")]).as_dict(),
-             make_gate("phase 10 gate", [GatePart("sharpe_gain", True, 0.3, 0.2, "+0.300, need > +0.200")]).as_dict()]
+    g9 = make_gate("phase 9 gate", [GatePart("min_trades", False, 60, 200, "60 filled trades, need >= 200")])
+    g10 = make_gate("phase 10 gate", [GatePart("win_rate_gain", True, 6.0, 5.0, "+6.00 points, need > +5.00",
+                                               control="confidence alone", n=60, null_percentile=70.0, null_p95=4.0,
+                                               mde=9.5, ci_low=-6.0, ci_high=9.0),
+                                      GatePart("sharpe_gain", True, 0.3, 0.2, "+0.300, need > +0.200")])
+    gates = [g9.as_dict(), g10.as_dict()]
+    from qml_pipeline.research.evidence import evidence
+    from qml_pipeline.research.phases import gate_rows
+    ev = evidence(pl.concat([gate_rows("phase9", g9), gate_rows("phase10", g10)]))
     return {"context_cards": ctx, "pattern_cards": cards, "equity_curves": curves, "winners_vs_losers": wvl,
             "feature_values": values, "per_year_metrics": per_year, "data_quality": dq, "gates": gates,
             "model_summary": "fusion model m1: AUC 0.55 out of sample (synthetic)",
+            "evidence_can": ev.can, "evidence_cannot": ev.cannot, "evidence_parts": ev.parts,
             "notes": ["ETHUSDT has no open interest in the sample", "synthetic data: not a market result"]}
 
 
@@ -119,6 +127,8 @@ def test_report_is_self_contained_with_cards_and_embedded_images(report: Path):
     assert "FAILED" in doc and "PASSED" in doc and "60 filled trades, need &gt;= 200" in doc
     assert "ETHUSDT has no open interest in the sample" in doc
     assert "oi_change_24h" in doc and "win_rate" in doc and "open_interest" in doc
+    assert "What this evidence can and cannot say" in doc and "win-rate gains below 9.50 points" in doc
+    assert "null_p95" in doc and "ci_low_independent" in doc
     assert "not available yet" not in doc
 
 
@@ -130,7 +140,8 @@ def test_report_with_missing_inputs_says_not_available(tmp_path: Path):
     _assert_offline(doc)
     assert "<img" not in doc
     for section in ("Context cards", "Pattern cards", "Equity curves", "Per-year metrics", "Model summary",
-                    "Data freshness and gaps", "Decision gates", "Feature distributions"):
+                    "Data freshness and gaps", "Decision gates", "Feature distributions",
+                    "What this evidence can and cannot say"):
         assert f"{section}: not available yet" in doc
 
 

@@ -51,7 +51,8 @@ def _inputs(n: int = 120, seed: int = 1) -> ModelInputs:
     windows = rng.normal(size=(n, 50, 5)).astype(np.float32)
     trades = labels.with_columns(context["decision_time"], direction=pl.lit("BULLISH"), entry_price=pl.lit(100.0),
                                  stop_price=pl.lit(99.0), target_price=pl.lit(102.0),
-                                 gross_r_multiple=pl.col("r_multiple"))
+                                 gross_r_multiple=pl.col("r_multiple"),
+                                 base_confidence=pl.Series(np.where(np.arange(n) % 2 == 0, 0.6, 0.4)))
     return ModelInputs(context["trade_id"].to_list(), windows, context, labels, np.full(n, 0.5), trades)
 
 
@@ -75,4 +76,5 @@ def test_model_probability_backtest_takes_positive_expected_r_trades() -> None:
                         "logistic": [0.5] * 8, "fusion": [0.34, 0.33, 0.9, 0.1, 0.5, 0.2, 0.4, 0.3]})
     bt = probability_backtest(inputs.trades, oos, "v1").filter(pl.col("scope") == "overall")
     trades = dict(zip(bt["variant"], bt["trades"]))
-    assert trades == {"baseline": 8, "overlay_filter": 4, "logistic_filter": 8, "model_filter": 4}
+    assert trades == {"baseline": 8, "confidence_filter": 4, "overlay_filter": 4, "logistic_filter": 8,
+                      "model_filter": 4}

@@ -10,10 +10,14 @@ from dagster_project.defs.context import (
 )
 from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.resources import ResearchResource, WarehouseResource
-from qml_pipeline.store import schemas
+from qml_pipeline.features.windows import load_windows
+from qml_pipeline.research.overlay import apply_overlay, config_from_tuning
+from qml_pipeline.research.phase9 import AnalysisConfig
 from qml_pipeline.research.phases import (
     GateClosedError,
+    Phase10Settings,
     gate_rows,
+    gate_summary,
     list_model_versions,
     model_inputs,
     require_gate,
@@ -21,7 +25,8 @@ from qml_pipeline.research.phases import (
     run_phase10,
     run_phase11,
 )
-from qml_pipeline.features.windows import load_windows
+from qml_pipeline.store import schemas
+from qml_pipeline.trades.metrics import apply_timeout_policy
 
 GROUP = "research"
 
@@ -29,7 +34,8 @@ GROUP = "research"
 def _gate_check(name: str, gate) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name=name, passed=gate.passed, severity=dg.AssetCheckSeverity.ERROR, description=gate.message,
-        metadata={p.name: dg.MetadataValue.text(("PASS " if p.passed else "FAIL ") + p.message) for p in gate.parts})
+        metadata={"parts": markdown_table(gate_summary(gate)),
+                  **{p.name: dg.MetadataValue.text(("PASS " if p.passed else "FAIL ") + p.message) for p in gate.parts}})
 
 
 def _open_gate(context: dg.AssetExecutionContext, wh, gate: str, override: bool) -> str:
@@ -46,18 +52,28 @@ def _open_gate(context: dg.AssetExecutionContext, wh, gate: str, override: bool)
           metadata=table_metadata(schemas.CONTEXT_ERROR_ANALYSIS),
           check_specs=[dg.AssetCheckSpec("phase9_gate", asset="context_error_analysis",
                                          description="200+ trades, a feature that differs significantly "
-                                                     "(BH-adjusted), 70% of losers with an identifiable context issue")])
-def context_error_analysis(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """Phase 9: winners vs losers on every context feature, the manual-review export, and the gate."""
+                                                     "(BH-adjusted), 70% of losers with an identifiable context issue "
+                                                     "(the seed's literal part) and losers with an issue more often "
+                                                     "than winners (Fisher's exact test)")])
+def context_error_analysis(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                           research: ResearchResource) -> dg.MaterializeResult:
+    """Phase 9: winners vs losers on every context feature (with the minimum detectable effect), the
+    identifiable-issue shares of losers and winners under each definition, the manual-review export,
+    and the gate."""
     wh = warehouse.for_run(context)
-    result = run_phase9(wh.read(schemas.TRADES), wh.read(schemas.TRADE_CONTEXT_FEATURES), wh.root / "review")
+    result = run_phase9(wh.read(schemas.TRADES), wh.read(schemas.TRADE_CONTEXT_FEATURES), wh.root / "review",
+                        AnalysisConfig(timeout_as=research.timeout_as))
     wh.replace_table(schemas.CONTEXT_ERROR_ANALYSIS, result.stats)
+    wh.replace_table(schemas.CONTEXT_ISSUE_SHARES, result.issue_sensitivity)
     wh.replace_group(schemas.RESEARCH_GATES, gate_rows("phase9", result.gate), "gate", "phase9")
     shown = result.stats.select("feature", "n_win", "n_loss", "median_win", "median_loss", "cliffs_delta",
-                                "mw_p", "ks_p", "p_adj", "significant")
+                                "mw_p", "ks_p", "p_adj", "significant", "mde_cliffs_delta")
     return dg.MaterializeResult(
         metadata={"filled_trades": result.n_trades, "losers_with_context_issue": result.issue["share"],
+                  "winners_with_context_issue": result.issue["winner_share"],
+                  "issue_fisher_p": result.issue["fisher_p"], "timeout_as": research.timeout_as,
                   "winners_vs_losers": markdown_table(shown),
+                  "issue_shares_by_definition": markdown_table(result.issue_sensitivity),
                   "review_sheet": dg.MetadataValue.path(str(result.review_files["combined"])),
                   "review_workbook": dg.MetadataValue.path(str(result.review_files["workbook"]))},
         check_results=[_gate_check("phase9_gate", result.gate)])
@@ -66,27 +82,38 @@ def context_error_analysis(context: dg.AssetExecutionContext, warehouse: Warehou
 @dg.asset(deps=[context_error_analysis], group_name=GROUP, kinds={"ducklake", "duckdb"},
           metadata=table_metadata(schemas.CONTEXT_OVERLAY),
           check_specs=[dg.AssetCheckSpec("phase10_gate", asset="context_overlay",
-                                         description="out of sample (thresholds tuned on earlier trades): win "
-                                                     "rate up > 5 points and Sharpe up > 0.2")])
+                                         description="out of sample (thresholds tuned on earlier trades): win rate up "
+                                                     "> 5 points and per-trade Sharpe up > 0.2 (annualised at the "
+                                                     "control's trade rate), against confidence alone and against "
+                                                     "every trade, each above chance of the same size")])
 def context_overlay(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                     research: ResearchResource) -> dg.MaterializeResult:
     """Phase 10: the seed's ContextOverlay per trade (itemised), its backtest vs the baseline (sizing,
-    filtering; tuned on earlier trades, judged on later ones) and the gate. Runs only past the phase 9
-    gate, or with QML_OVERRIDE_GATES=1 (recorded)."""
+    filtering and its control confidence_only; tuned on earlier trades, judged on later ones) with
+    nulls, cluster bootstrap intervals and minimum detectable effects, and the gate. Runs only past
+    the phase 9 gate, or with QML_OVERRIDE_GATES=1 (recorded)."""
     wh = warehouse.for_run(context)
     gate_status = _open_gate(context, wh, "phase9", research.override_gates)
     plot = wh.root / "reports" / "equity_baseline_vs_overlay.png"
-    result = run_phase10(wh.read(schemas.TRADES), wh.read(schemas.TRADE_CONTEXT_FEATURES), plot)
+    result = run_phase10(wh.read(schemas.TRADES), wh.read(schemas.TRADE_CONTEXT_FEATURES), plot,
+                         Phase10Settings(timeout_as=research.timeout_as))
     wh.replace_table(schemas.CONTEXT_OVERLAY, result.overlay)
     wh.replace_table(schemas.OVERLAY_BACKTEST, result.metrics)
     wh.replace_table(schemas.OVERLAY_DIFFERENCES, result.differences)
+    wh.replace_table(schemas.OVERLAY_TUNING, result.tuning)
     wh.replace_group(schemas.RESEARCH_GATES, gate_rows("phase10", result.gate), "gate", "phase10")
     overall = result.metrics.filter(pl.col("scope") == "overall").select(
-        "period", "variant", "trades", "win_rate", "expectancy_r", "profit_factor", "sharpe", "max_drawdown_r")
+        "period", "variant", "trades", "win_rate", "expectancy_r", "profit_factor", "sharpe_per_trade",
+        "sharpe_daily", "sharpe_trade_count_dependent", "max_drawdown_r")
+    judged = result.differences.filter(
+        (pl.col("period") == "judging") & pl.col("metric").is_in(["win_rate", "sharpe_per_trade", "sharpe_daily"])
+    ).select("variant", "control", "metric", "control_value", "variant_value", "diff", "ci_low", "ci_high",
+             "ci_low_independent", "ci_high_independent", "null_p95", "null_percentile", "mde")
     return dg.MaterializeResult(
         metadata={"phase9_gate": gate_status, "metrics": markdown_table(overall),
+                  "judged_differences": markdown_table(judged),
                   "rules_fired": markdown_table(result.backtest.rule_counts),
-                  "tuned_thresholds": str(result.tuned.config),
+                  "tuned_thresholds": str(result.tuned.config), "tuning_objective": result.tuned.objective,
                   "equity_curve": dg.MetadataValue.md(f"![equity curve](file://{result.plot})"),
                   "equity_curve_path": dg.MetadataValue.path(str(result.plot))},
         check_results=[_gate_check("phase10_gate", result.gate)])
@@ -96,9 +123,10 @@ def context_overlay(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     specs=[
         dg.AssetSpec("context_model", deps=[context_overlay, ohlcv_windows], group_name=GROUP, kinds={"pytorch"},
                      description="Phase 11: the fusion network (50-bar OHLCV CNN + LSTM, context dense, fused "
-                                 "head), judged by purged walk-forward against the baseline, a logistic regression "
-                                 "and the rule overlay, then trained on every trade and saved as a new version "
-                                 "(warehouse/models/<version>/). Earlier versions are kept and listed.",
+                                 "head), judged by purged walk-forward against the probability baselines (base rate, "
+                                 "base_confidence calibrated per fold), a logistic regression and the rule overlay "
+                                 "with phase 10's tuned thresholds, then trained on every trade and saved as a new "
+                                 "version (warehouse/models/<version>/). Earlier versions are kept and listed.",
                      metadata=table_metadata(schemas.MODEL_EVALUATION)),
         dg.AssetSpec("model_predictions", deps=[context_overlay, ohlcv_windows], group_name=GROUP,
                      kinds={"ducklake", "duckdb"}, metadata=table_metadata(schemas.MODEL_PREDICTIONS),
@@ -112,10 +140,13 @@ def context_model(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     wh = warehouse.for_run(context)
     gate_status = _open_gate(context, wh, "phase10", research.override_gates)
     trade_ids, windows = load_windows(windows_path(warehouse))
-    inputs = model_inputs(wh.read(schemas.TRADES), wh.read(schemas.TRADE_CONTEXT_FEATURES),
-                          wh.read(schemas.CONTEXT_OVERLAY), trade_ids, windows)
+    trades = apply_timeout_policy(wh.read(schemas.TRADES), research.timeout_as)
+    features = wh.read(schemas.TRADE_CONTEXT_FEATURES)
+    tuned = config_from_tuning(wh.read(schemas.OVERLAY_TUNING))
+    inputs = model_inputs(trades, features, apply_overlay(trades, features, tuned), trade_ids, windows)
     result = run_phase11(inputs, wh.root / "models",
-                         ModelConfig(epochs=research.model_epochs, seed=research.model_seed))
+                         ModelConfig(epochs=research.model_epochs, seed=research.model_seed),
+                         overlay_min_confidence=tuned.min_confidence)
     wh.replace_group(schemas.MODEL_EVALUATION, result.evaluation, "model_version", result.version)
     wh.replace_table(schemas.MODEL_PREDICTIONS, result.predictions)
     wh.replace_group(schemas.MODEL_BACKTEST, result.backtest, "period", result.version)
@@ -123,12 +154,14 @@ def context_model(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
         context.log.info(note)
     yield dg.MaterializeResult(asset_key="context_model", metadata={
         "version": result.version, "phase10_gate": gate_status, "verdict": result.report.verdict,
+        "overlay_thresholds": str(tuned),
         "out_of_sample": markdown_table(result.report.overall),
         "per_year": markdown_table(result.report.per_year),
         "bootstrap": markdown_table(result.report.bootstrap),
         "calibration": markdown_table(result.report.calibration),
         "backtest_with_probabilities": markdown_table(result.backtest.filter(pl.col("scope") == "overall").select(
-            "variant", "trades", "win_rate", "expectancy_r", "profit_factor", "sharpe", "max_drawdown_r")),
+            "variant", "trades", "win_rate", "expectancy_r", "profit_factor", "sharpe_per_trade", "sharpe_daily",
+            "max_drawdown_r")),
         "versions": markdown_table(list_model_versions(wh.root / "models")),
         "path": dg.MetadataValue.path(str(result.path))})
     predicted = result.predictions.filter(pl.col("probability").is_not_null()).height

@@ -50,8 +50,9 @@ def baseline_metrics(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     metrics = compute_baseline_metrics(wh.read(schemas.TRADES))
     wh.replace_table(schemas.BASELINE_METRICS, metrics)
     shown = metrics.select("dimension", "group", "trades", "win_rate", "expectancy_r", "profit_factor",
-                           "sharpe", "max_drawdown_r")
+                           "sharpe_per_trade", "sharpe_daily", "max_drawdown_r")
     overall = metrics.filter(pl.col("dimension") == "overall").row(0, named=True)
     return dg.MaterializeResult(metadata={
         "trades": overall["trades"], "win_rate": overall["win_rate"], "expectancy_r": overall["expectancy_r"],
-        "sharpe": overall["sharpe"], "metrics": markdown_table(shown)})
+        "sharpe_per_trade": overall["sharpe_per_trade"], "sharpe_daily": overall["sharpe_daily"],
+        "metrics": markdown_table(shown)})

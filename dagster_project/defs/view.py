@@ -29,12 +29,14 @@ def pattern_cards(warehouse: WarehouseResource) -> dg.MaterializeResult:
                                           "cards": dg.MetadataValue.md(pattern_cards_markdown(cards))})
 
 
-@dg.asset(deps=["context_error_analysis", "baseline_metrics", "data_quality", context_cards], group_name=GROUP,
+@dg.asset(deps=["context_error_analysis", "baseline_metrics", "data_quality", context_cards, "sensitivity_oi_lag",
+                "sensitivity_timeouts", "sensitivity_thresholds", "sensitivity_regimes"], group_name=GROUP,
           kinds={"html"})
 def research_report(warehouse: WarehouseResource, market: MarketDataResource,
                     research: ResearchResource) -> dg.MaterializeResult:
     """A static HTML report (no server, no network): cards, equity curves baseline vs overlay, winners vs
-    losers distributions, per-year metrics, data freshness and gaps, the gates and the model's verdict.
+    losers distributions, per-year metrics, data freshness and gaps, the gates, the model's verdict and
+    what this evidence can and cannot say (from the gates and the sensitivity tables).
 
     It depends on phase 9 only, so it is written even when a gate stops phases 10 and 11; their
     sections show what the warehouse holds from their last successful run (gate times are shown)."""

@@ -1,11 +1,19 @@
-"""Phase 11 judged out of sample: purged walk-forward folds, four models compared on the same test
-trades, metrics overall / per fold / per calendar year, calibration, and paired bootstrap intervals.
+"""Phase 11 judged out of sample: purged walk-forward folds, the models compared on the same test
+trades, metrics overall / per fold / per calendar year, calibration, and paired bootstrap intervals
+(by cluster of overlapping trades and by independent trade: qml_pipeline.research.bootstrap).
 
-Models (each gets a probability of a win per test trade):
-- baseline: the pattern's base_confidence alone;
-- logistic: L2 logistic regression on the normalised context vector (fitted per fold);
-- overlay: the phase-10 rule overlay's adjusted confidence, when supplied;
-- fusion: the FusionNet of `qml_pipeline.research.model`, trained per fold.
+Models (each gets a probability of a win per test trade, every parameter fitted on the fold's
+training trades only):
+- base_rate: the training trades' win rate, the same for every test trade (a probability baseline);
+- confidence: the pattern's base_confidence calibrated by Platt scaling (a logistic fit of the win on
+  base_confidence) on the fold's training trades (the other probability baseline). The raw
+  base_confidence is a score, not a probability (its mean is far from the win rate), so its Brier
+  and log loss say nothing about context;
+- logistic: L2 logistic regression on the normalised context vector;
+- overlay: the phase-10 rule overlay's adjusted confidence (with the thresholds phase 10 tuned),
+  Platt-calibrated the same way, when supplied;
+- fusion: the FusionNet of `qml_pipeline.research.model`.
+Brier and log-loss verdicts are only ever against the two probability baselines.
 """
 
 from __future__ import annotations
@@ -18,12 +26,13 @@ import numpy as np
 import polars as pl
 from scipy.optimize import minimize
 from scipy.special import expit
-from scipy.stats import rankdata
 
+from qml_pipeline.research.bootstrap import bootstrap_distribution, cluster_labels, interval
 from qml_pipeline.research.model import ContextNormaliser, ModelConfig, check_inputs, epoch_ms, targets, train_model
 from qml_pipeline.store.schemas import TS
 
 EPS = 1e-7
+PROBABILITY_BASELINES = ("base_rate", "confidence")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,23 +82,26 @@ def walk_forward_splits(decision_times: pl.Series | np.ndarray | list, exit_time
 # Metrics
 # ---------------------------------------------------------------------------------------------
 
-def auc(y: np.ndarray, p: np.ndarray) -> float:
-    """Area under the ROC curve by the Mann-Whitney rank formula (ties get average ranks)."""
-    y = np.asarray(y).astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(p)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def _auc_rows(y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """AUC of each row of (B, n) arrays y, p."""
-    ranks = rankdata(p, axis=1)
-    n_pos = y.sum(axis=1)
-    n_neg = y.shape[1] - n_pos
+def weighted_auc(y: np.ndarray, p: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """AUC for each row of weights (B, n): P(p_win > p_loss) + P(tie) / 2 over weighted pairs of a
+    winner and a loser (weights = how often a bootstrap drew each trade). NaN with one class only."""
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    if y.size == 0:
+        return np.full(w.shape[0], np.nan)
+    order = np.argsort(p, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(p[order]) != 0])
+    pos = np.add.reduceat(w[:, order] * y[order], starts, axis=1)
+    neg = np.add.reduceat(w[:, order] * (1 - y[order]), starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
     with np.errstate(invalid="ignore", divide="ignore"):
-        return ((ranks * y).sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+        return (pos * (below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
+
+
+def auc(y: np.ndarray, p: np.ndarray) -> float:
+    """Area under the ROC curve (ties count half)."""
+    return float(weighted_auc(y, p, np.ones((1, len(y))))[0])
 
 
 def log_loss(y: np.ndarray, p: np.ndarray) -> float:
@@ -153,35 +165,90 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0) -> LogisticModel
     return LogisticModel(coef=res.x[:k], intercept=float(res.x[k]))
 
 
+def platt(score_train: np.ndarray, y_train: np.ndarray, score_test: np.ndarray) -> np.ndarray:
+    """Platt scaling: P(win) = expit(a * score + b) fitted on the training trades only. A missing
+    score (NaN), or training trades of one class or without scores, gets the training win rate."""
+    rate = float(np.mean(y_train)) if len(y_train) else 0.5
+    ok = np.isfinite(score_train)
+    out = np.full(len(score_test), rate)
+    if ok.sum() < 2 or len(np.unique(y_train[ok])) < 2:
+        return out
+    model = fit_logistic(score_train[ok, None], y_train[ok])
+    known = np.isfinite(score_test)
+    out[known] = model.predict(score_test[known, None])
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Bootstrap and verdict
 # ---------------------------------------------------------------------------------------------
 
-def paired_bootstrap(y: np.ndarray, p_best: np.ndarray, p_other: np.ndarray, n_resamples: int = 1000,
-                     seed: int = 0, chunk: int = 100) -> dict:
-    """Resample test trades with replacement (the same draw for both models). Returns the observed
-    AUC gain (best - other) and Brier gain (other - best), each positive when `best` is better,
-    with 2.5% / 97.5% percentile intervals."""
-    rng = np.random.default_rng(seed)
-    n = len(y)
-    auc_d, brier_d = [], []
-    pb, po = np.clip(p_best, 0, 1), np.clip(p_other, 0, 1)
-    for start in range(0, n_resamples, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_resamples - start), n))
-        yy = y[idx]
-        auc_d.append(_auc_rows(yy, p_best[idx]) - _auc_rows(yy, p_other[idx]))
-        brier_d.append(((po[idx] - yy) ** 2).mean(axis=1) - ((pb[idx] - yy) ** 2).mean(axis=1))
-    a, b = np.concatenate(auc_d), np.concatenate(brier_d)
-    a = a[np.isfinite(a)]
-    return {
-        "auc_gain": auc(y, p_best) - auc(y, p_other),
-        "auc_ci_low": float(np.percentile(a, 2.5)) if a.size else float("nan"),
-        "auc_ci_high": float(np.percentile(a, 97.5)) if a.size else float("nan"),
-        "brier_gain": brier(y, p_other) - brier(y, p_best),
-        "brier_ci_low": float(np.percentile(b, 2.5)),
-        "brier_ci_high": float(np.percentile(b, 97.5)),
-        "n_resamples": int(n_resamples),
-    }
+BOOT_COLUMNS = ("auc", "brier", "log_loss")
+
+
+def _pairs(models: list[str], best: str) -> list[tuple[str, str]]:
+    """(model, reference) pairs: the best-ranked model against each other (ranking), and every model
+    that is not a probability baseline against each probability baseline (probability quality)."""
+    pairs = [(best, m) for m in models if m != best]
+    pairs += [(m, b) for m in models if m not in PROBABILITY_BASELINES for b in PROBABILITY_BASELINES
+              if b in models and (m, b) not in pairs]
+    return pairs
+
+
+def compare_models(y: np.ndarray, predictions: dict[str, np.ndarray], pairs: list[tuple[str, str]],
+                   clusters: np.ndarray, n_resamples: int = 1000, seed: int = 0) -> pl.DataFrame:
+    """Paired bootstrap of model vs reference on the same test trades, by cluster (`clusters`) and
+    by independent trade. Gains are positive when `model` is better: auc_gain = AUC(model) -
+    AUC(reference), brier_gain and log_loss_gain = reference's - model's. Columns per measure:
+    gain, ci_low/ci_high (cluster), ci_low_independent/ci_high_independent."""
+    y = np.asarray(y, dtype=np.float64)
+    probs = {m: np.clip(np.asarray(p, dtype=np.float64), 0, 1) for m, p in predictions.items()}
+    logs = {m: -(y * np.log(np.clip(p, EPS, 1 - EPS)) + (1 - y) * np.log(np.clip(1 - p, EPS, 1 - EPS)))
+            for m, p in probs.items()}
+
+    def statistic(w: np.ndarray) -> np.ndarray:
+        total = w.sum(axis=1)
+        aucs = {m: weighted_auc(y, predictions[m], w) for m in {m for pair in pairs for m in pair}}
+        out = []
+        for m, ref in pairs:
+            out.append(aucs[m] - aucs[ref])
+            out.append((w @ ((probs[ref] - y) ** 2) - w @ ((probs[m] - y) ** 2)) / total)
+            out.append((w @ logs[ref] - w @ logs[m]) / total)
+        return np.stack(out)
+
+    observed = statistic(np.ones((1, len(y))))[:, 0]
+    n_clusters = int(clusters.max()) + 1 if len(clusters) else 0
+    # one cluster (every test trade overlapping the next) leaves no dependence-aware interval
+    by_cluster = bootstrap_distribution(statistic, clusters, n_resamples, seed) if n_clusters >= 2 else None
+    by_trade = bootstrap_distribution(statistic, np.arange(len(y)), n_resamples, seed)
+    rows = []
+    for i, (m, ref) in enumerate(pairs):
+        row = {"model": m, "reference": ref, "n_resamples": n_resamples, "n_clusters": n_clusters}
+        for j, measure in enumerate(BOOT_COLUMNS):
+            k = 3 * i + j
+            ind = interval(by_trade[k])
+            clus = interval(by_cluster[k]) if by_cluster is not None else interval(np.array([np.nan]))
+            row.update({f"{measure}_gain": float(observed[k]), f"{measure}_ci_low": clus.low,
+                        f"{measure}_ci_high": clus.high, f"{measure}_ci_low_independent": ind.low,
+                        f"{measure}_ci_high_independent": ind.high})
+        rows.append(row)
+    return pl.DataFrame(rows, infer_schema_length=None).with_columns(
+        pl.col("^.*_ci_.*$").cast(pl.Float64)).with_columns(
+        (pl.col("auc_ci_low") > 0).fill_null(False).alias("auc_beyond_noise"),
+        (pl.col("brier_ci_low") > 0).fill_null(False).alias("brier_beyond_noise"))
+
+
+def _ci(row: dict, measure: str, fmt: str) -> str:
+    low, high = row[f"{measure}_ci_low"], row[f"{measure}_ci_high"]
+    return "n/a: one cluster" if low is None else f"{low:{fmt}} to {high:{fmt}}"
+
+
+def _noise(low: float | None, high: float | None, better: str, worse: str) -> str:
+    if low is not None and low > 0:
+        return better
+    if high is not None and high < 0:
+        return worse
+    return "within noise"
 
 
 def _verdict(overall: pl.DataFrame, boot: pl.DataFrame, per_year: pl.DataFrame, n_folds: int,
@@ -192,17 +259,22 @@ def _verdict(overall: pl.DataFrame, boot: pl.DataFrame, per_year: pl.DataFrame, 
              f"log loss {best['log_loss']:.4f}).")]
     if not best["auc"] > 0.5:
         lines.append("No model separates winners from losers better than chance.")
-    for r in boot.iter_rows(named=True):
-        auc_beyond = r["auc_ci_low"] > 0
-        brier_beyond = r["brier_ci_low"] > 0
-        brier_worse = r["brier_ci_high"] < 0
-        lines.append(
-            f"Versus '{r['other']}': AUC {r['auc_gain']:+.3f} (95% CI {r['auc_ci_low']:+.3f} to "
-            f"{r['auc_ci_high']:+.3f}), " + ("beyond noise" if auc_beyond else "within noise")
-            + f"; Brier improvement {r['brier_gain']:+.4f} (95% CI {r['brier_ci_low']:+.4f} to "
-            f"{r['brier_ci_high']:+.4f}), "
-            + ("beyond noise." if brier_beyond else
-               "significantly worse calibrated." if brier_worse else "within noise."))
+    ranking = boot.filter(pl.col("model") == best["model"])
+    for r in ranking.iter_rows(named=True):
+        lines.append(f"AUC versus '{r['reference']}': {r['auc_gain']:+.3f} (95% CI by cluster {_ci(r, 'auc', '+.3f')}), "
+                     + _noise(r["auc_ci_low"], r["auc_ci_high"], "beyond noise", "worse beyond noise") + ".")
+    rates = dict(zip(overall["model"], overall["brier"]))
+    base = [b for b in PROBABILITY_BASELINES if b in rates]
+    if base:
+        lines.append("Probabilities (Brier, log loss) are judged only against the probability baselines: "
+                     + ", ".join(f"'{b}' Brier {rates[b]:.4f}" for b in base) + ".")
+    for r in boot.filter(pl.col("reference").is_in(list(PROBABILITY_BASELINES))
+                         & ~pl.col("model").is_in(list(PROBABILITY_BASELINES))).iter_rows(named=True):
+        lines.append(f"'{r['model']}' vs '{r['reference']}': Brier improvement {r['brier_gain']:+.4f} (95% CI "
+                     f"{_ci(r, 'brier', '+.4f')}), "
+                     + _noise(r["brier_ci_low"], r["brier_ci_high"], "better probabilities beyond noise",
+                              "worse probabilities beyond noise")
+                     + f"; log loss improvement {r['log_loss_gain']:+.4f}.")
     years = per_year.filter(pl.col("model") == best["model"]).select("year", "auc")
     others = per_year.filter(pl.col("model") != best["model"]).group_by("year").agg(pl.col("auc").max().alias("rival"))
     yr = years.join(others, on="year", how="inner").filter(pl.col("auc").is_not_nan() & pl.col("rival").is_not_nan())
@@ -210,14 +282,13 @@ def _verdict(overall: pl.DataFrame, boot: pl.DataFrame, per_year: pl.DataFrame, 
         wins = int((yr["auc"] > yr["rival"]).sum())
         lines.append(f"By calendar year it has the highest AUC in {wins} of {yr.height} years "
                      "(regime dependence: see per_year).")
-    if not boot.height:
-        pass
-    elif all(r["auc_ci_low"] > 0 for r in boot.iter_rows(named=True)):
-        lines.append(f"Verdict: '{best['model']}' beats every alternative beyond noise.")
-    else:
-        tied = [r["other"] for r in boot.iter_rows(named=True) if not r["auc_ci_low"] > 0]
-        lines.append(f"Verdict: '{best['model']}' is not distinguishable from {', '.join(repr(t) for t in tied)} "
-                     "on these trades; prefer the simpler model.")
+    if ranking.height:
+        tied = [r["reference"] for r in ranking.iter_rows(named=True) if not (r["auc_ci_low"] or 0) > 0]
+        if not tied:
+            lines.append(f"Verdict: '{best['model']}' ranks trades better than every alternative beyond noise.")
+        else:
+            lines.append(f"Verdict: '{best['model']}' is not distinguishable from "
+                         f"{', '.join(repr(t) for t in tied)} on these trades; prefer the simpler model.")
     return " ".join(lines + notes)
 
 
@@ -245,11 +316,12 @@ def evaluate_models(windows: np.ndarray, context: pl.DataFrame, labels: pl.DataF
                     splits: list[tuple[np.ndarray, np.ndarray]] | None = None,
                     include_fusion: bool = True, logistic_l2: float = 1.0,
                     n_bootstrap: int = 1000, bootstrap_seed: int = 0) -> EvaluationReport:
-    """Compare baseline, logistic, overlay (if given) and fusion (if include_fusion) on the same
-    purged walk-forward test trades. Rows of windows, context and labels are the same trades in the
-    same order; labels need outcome and exit_time. `overlay_confidence` is one value per trade or a
-    function of the context frame returning them; values outside [0, 1] keep their ranking for AUC
-    and are clipped for log loss, Brier and calibration."""
+    """Compare base_rate, confidence, logistic, overlay (if given) and fusion (if include_fusion) on
+    the same purged walk-forward test trades. Rows of windows, context and labels are the same trades
+    in the same order; labels need outcome and exit_time. `overlay_confidence` is one score per trade
+    (or a function of the context frame returning them), Platt-calibrated per fold like
+    base_confidence. Bootstrap intervals: by cluster of trades overlapping in time (decision to
+    exit) and by independent trade."""
     config = config or ModelConfig()
     if config.head != "classification":
         raise ValueError("evaluate_models compares win probabilities; use a classification head")
@@ -270,29 +342,26 @@ def evaluate_models(windows: np.ndarray, context: pl.DataFrame, labels: pl.DataF
             raise ValueError(f"overlay_confidence has shape {overlay.shape}, expected ({context.height},)")
         if not np.isfinite(overlay).all():
             raise ValueError("overlay_confidence has NaN/inf values")
-        outside = int(((overlay < 0) | (overlay > 1)).sum())
-        if outside:
-            notes.append(f"Note: {outside} overlay confidences lay outside [0, 1] and were clipped for "
-                         "log loss, Brier and calibration.")
     if splits is None:
         splits = walk_forward_splits(context["decision_time"], labels["exit_time"], n_folds, min_train, gap)
     tested = np.concatenate([test for _, test in splits])
     if len(np.unique(tested)) != len(tested):
         raise ValueError("test sets of the given splits overlap; each trade may be tested once")
 
-    models = ["baseline", "logistic"] + (["overlay"] if overlay is not None else []) + (["fusion"] if include_fusion else [])
+    models = [*PROBABILITY_BASELINES, "logistic"] + (["overlay"] if overlay is not None else []) + \
+        (["fusion"] if include_fusion else [])
     pred_rows, fold_rows, fold_training = [], [], []
     dt = context["decision_time"]
     years = dt.dt.year().to_numpy()
     for k, (train, test) in enumerate(splits):
         preds: dict[str, np.ndarray] = {}
-        base_rate = float(y[train].mean())
-        preds["baseline"] = np.where(np.isfinite(base[test]), base[test], base_rate)
+        preds["base_rate"] = np.full(len(test), float(y[train].mean()))
+        preds["confidence"] = platt(base[train], y[train], base[test])
         norm = ContextNormaliser.for_frame(context).fit(context[train])
         lr = fit_logistic(norm.transform(context[train]), y[train], logistic_l2)
         preds["logistic"] = lr.predict(norm.transform(context[test]))
         if overlay is not None:
-            preds["overlay"] = overlay[test]
+            preds["overlay"] = platt(overlay[train], y[train], overlay[test])
         if include_fusion:
             trained = train_model(windows[train], context[train], labels[train], config)
             preds["fusion"] = trained.predict(windows[test], context[test])
@@ -317,14 +386,10 @@ def evaluate_models(windows: np.ndarray, context: pl.DataFrame, labels: pl.DataF
     calibration = pl.concat([
         calibration_table(yt, pred[m].to_numpy()).select(pl.lit(m).alias("model"), pl.all()) for m in models])
     best = overall["model"][0]
-    boot = pl.DataFrame([
-        {"best": best, "other": m, **paired_bootstrap(yt, pred[best].to_numpy(), pred[m].to_numpy(),
-                                                        n_bootstrap, bootstrap_seed)}
-        for m in models if m != best])
-    if boot.height:
-        boot = boot.with_columns(
-            (pl.col("auc_ci_low") > 0).alias("auc_beyond_noise"),
-            (pl.col("brier_ci_low") > 0).alias("brier_beyond_noise"))
+    rows = pred["row"].to_numpy()
+    clusters = cluster_labels(pl.DataFrame({"decision_time": dt.gather(rows), "exit_time": labels["exit_time"].gather(rows)}))
+    boot = compare_models(yt, {m: pred[m].to_numpy() for m in models}, _pairs(models, best), clusters,
+                          n_bootstrap, bootstrap_seed)
     predictions = pl.concat([
         context.select("trade_id", "decision_time")[pred["row"].to_list()],
         pred.drop("row", "year"),

@@ -21,57 +21,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import polars as pl
 
-from qml_pipeline.trades.metrics import YEAR, equity_curve, summarize
+from qml_pipeline.research.bootstrap import CLUSTER_BY, bootstrap_distribution, cluster_labels, interval
+from qml_pipeline.research.gates import GatePart, GateResult, make_gate, power_text
+from qml_pipeline.research.nulls import null_position, permuted, random_subsets
+from qml_pipeline.research.power import mde_from_se
 from qml_pipeline.store.schemas import TS
 from qml_pipeline.trades.contract import FILLED_OUTCOMES
+from qml_pipeline.trades.metrics import YEAR, TradeArrays, batch_metrics, equity_curve, summarize, trade_calendar
 
 REFERENCE_INTERVAL_HOURS = 8
-VARIANTS = ("baseline", "sizing", "filtering")
+VARIANTS = ("baseline", "sizing", "filtering", "confidence_only")
+# (variant, control): every comparison the backtest reports. The filtering variant's control is the
+# same filter with every multiplier 1 (confidence alone); "baseline" is every trade, unfiltered.
+COMPARISONS = (("sizing", "baseline"), ("filtering", "confidence_only"), ("filtering", "baseline"),
+               ("confidence_only", "baseline"))
+CONTROL_LABELS = {"baseline": "unfiltered (every trade at size 1)",
+                  "confidence_only": "confidence alone (the same filter, every multiplier 1)"}
 OVERLAY_INPUTS = {"funding_rate": pl.Float64, "funding_interval_hours": pl.Float64,
                   "oi_change_24h": pl.Float64, "distance_to_liq_cluster": pl.Float64}
-
-
-# ---------------------------------------------------------------- gates (shared with phase 9)
-
-class GatePart(NamedTuple):
-    """One condition of a gate. `value` and `threshold` are in the unit the message names."""
-
-    name: str
-    passed: bool
-    value: float | None
-    threshold: float
-    message: str
-
-
-@dataclass(frozen=True)
-class GateResult:
-    """A decision gate: passed only if every part passed; `message` names each failing part."""
-
-    gate: str
-    passed: bool
-    parts: list[GatePart]
-
-    @property
-    def failed_parts(self) -> list[GatePart]:
-        return [p for p in self.parts if not p.passed]
-
-    @property
-    def message(self) -> str:
-        head = f"{self.gate}: {'PASSED' if self.passed else 'FAILED'}"
-        return "\n".join([head] + [f"  - [{'ok' if p.passed else 'FAIL'}] {p.name}: {p.message}"
-                                   for p in self.parts])
-
-    def as_dict(self) -> dict:
-        return {"gate": self.gate, "passed": self.passed, "parts": [p._asdict() for p in self.parts]}
-
-
-def make_gate(gate: str, parts: list[GatePart]) -> GateResult:
-    return GateResult(gate=gate, passed=all(p.passed for p in parts), parts=parts)
 
 
 # ---------------------------------------------------------------- configuration
@@ -131,15 +102,25 @@ class OverlayConfig:
 @dataclass(frozen=True)
 class OverlayGateConfig:
     """Phase 10 gate (seed: win rate +5%, Sharpe +0.2), judged out of sample on one variant chosen in
-    advance. `filtering` by default: sizing scales R and cannot change which trades win."""
+    advance. `filtering` by default: sizing scales R and cannot change which trades win.
+
+    Each part compares the variant with a control: for `filtering`, the same filter with every
+    multiplier 1 (confidence alone: the control) and every trade (unfiltered: the seed's literal
+    comparison); for `sizing`, every trade at size 1. A part passes when the gain exceeds its
+    threshold AND the 95th percentile of chance of the same size (nulls.py).
+
+    min_sharpe_gain is on the seed's annualised scale: the per-trade Sharpe gain times
+    sqrt(the control's trades per year), a rate that does not move with the variant's trade count
+    (docs/overlay.md, "Which Sharpe").
+    """
 
     min_win_rate_gain_points: float = 5.0   # percentage points, strictly more than
-    min_sharpe_gain: float = 0.2            # metrics.summarize's annualised trade Sharpe, strictly more
+    min_sharpe_gain: float = 0.2            # per-trade Sharpe gain x sqrt(control trades/year), strictly more
     variant: str = "filtering"
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS[1:]:
-            raise ValueError(f"OverlayGateConfig.variant must be one of {VARIANTS[1:]}, got {self.variant!r}")
+        if self.variant not in ("sizing", "filtering"):
+            raise ValueError(f"OverlayGateConfig.variant must be 'sizing' or 'filtering', got {self.variant!r}")
 
 
 # ---------------------------------------------------------------- the rules
@@ -287,15 +268,22 @@ def rule_counts(overlay: pl.DataFrame) -> pl.DataFrame:
 
 # ---------------------------------------------------------------- backtest
 
+# Metrics with a bootstrap interval and a null; the others get the point difference only.
+BOOT_METRICS = ("win_rate", "expectancy_r", "sharpe_per_trade", "sharpe_daily", "sharpe_trade_count_dependent")
+DIFF_METRICS = (*BOOT_METRICS, "total_r", "max_drawdown_r", "profit_factor", "trades")
+
+
 @dataclass(frozen=True)
 class BacktestResult:
     """Baseline vs overlay on the same trades.
 
-    metrics: metrics.summarize per variant (column `variant`), overall and per calendar year.
-    differences: per overlay variant and metric: baseline, overlay, diff (overlay - baseline), and for
-      win_rate and sharpe a paired bootstrap 95% interval (ci_low, ci_high), the share of resamples
-      where the overlay was not better (share_not_better), and resamples where the metric was
-      undefined (n_undefined).
+    metrics: metrics.summarize per variant (column `variant`), overall and per calendar year, all on
+      the baseline's calendar.
+    differences: per comparison (variant, control; COMPARISONS) and metric: control_value,
+      variant_value, diff (variant - control); for BOOT_METRICS a paired bootstrap by cluster
+      (ci_low, ci_high, se, share_not_better, n_undefined) and by independent trade
+      (ci_low_independent, ci_high_independent, se_independent), the null of the same size
+      (null_mean, null_p95, null_percentile) and the minimum detectable effect at 80% power (mde).
     rule_counts: how often each rule fired on the filled trades.
     """
 
@@ -308,20 +296,26 @@ class BacktestResult:
     n_filtered_in: int
     n_without_confidence: int
     n_resamples: int
+    n_null: int = 0
+    cluster_by: str = "overlap"
+    n_clusters: int = 0
     notes: list[str] = field(default_factory=list)
 
     def overall(self, variant: str) -> dict:
         rows = self.metrics.filter((pl.col("variant") == variant) & (pl.col("scope") == "overall"))
         return rows.row(0, named=True)
 
-    def difference(self, variant: str, metric: str) -> dict:
-        rows = self.differences.filter((pl.col("variant") == variant) & (pl.col("metric") == metric))
+    def difference(self, variant: str, metric: str, control: str = "baseline") -> dict:
+        rows = self.differences.filter((pl.col("variant") == variant) & (pl.col("control") == control)
+                                       & (pl.col("metric") == metric))
+        if rows.is_empty():
+            raise KeyError(f"no difference {variant} vs {control} for {metric}; comparisons: {COMPARISONS}")
         return rows.row(0, named=True)
 
 
-DIFF_METRICS = ("win_rate", "sharpe", "expectancy_r", "total_r", "max_drawdown_r", "profit_factor", "trades")
-BOOT_METRICS = ("win_rate", "sharpe")
-_MAX_BOOT_ROWS = 2_000_000
+def control_of(variant: str) -> str:
+    """The control a variant is judged against: the same procedure without the context rules."""
+    return "confidence_only" if variant == "filtering" else "baseline"
 
 
 def _sized(df: pl.DataFrame, variant: str, config: OverlayConfig) -> tuple[pl.DataFrame, str | None]:
@@ -329,44 +323,97 @@ def _sized(df: pl.DataFrame, variant: str, config: OverlayConfig) -> tuple[pl.Da
         return df, "multiplier"
     if variant == "filtering":
         return df.filter(pl.col("adjusted_confidence") >= config.min_confidence), None
+    if variant == "confidence_only":
+        return df.filter(pl.col("base_confidence") >= config.min_confidence), None
     return df, None
 
 
-def _bootstrap(df: pl.DataFrame, config: OverlayConfig, n_resamples: int, seed: int) -> pl.DataFrame:
-    """Paired bootstrap: the same resample of filled trades feeds the baseline and each variant;
-    every metric is computed by metrics.summarize, per resample (grouped by `_boot`)."""
+def _keeps_and_sizes(df: pl.DataFrame, config: OverlayConfig) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray | None]]:
+    """Per variant: which of df's rows it takes (bool) and their size (None = 1)."""
     n = df.height
-    empty = pl.DataFrame(schema={"variant": pl.Utf8, "metric": pl.Utf8, "diff": pl.Float64})
-    if n == 0 or n_resamples <= 0:
-        return empty
-    rng = np.random.default_rng(seed)
-    per_batch = max(1, _MAX_BOOT_ROWS // n)
-    out = []
-    for start in range(0, n_resamples, per_batch):
-        b = min(per_batch, n_resamples - start)
-        idx = rng.integers(0, n, size=(b, n))
-        sample = df[idx.ravel()].with_columns(
-            pl.Series("_boot", np.repeat(np.arange(start, start + b), n)))
-        base = summarize(sample, by=["_boot"]).filter(pl.col("scope") == "group")
-        for variant in VARIANTS[1:]:
-            frame, size = _sized(sample, variant, config)
-            other = summarize(frame, by=["_boot"], size_col=size).filter(pl.col("scope") == "group")
-            joined = base.select("_boot", *BOOT_METRICS).join(
-                other.select("_boot", *BOOT_METRICS), on="_boot", how="left", suffix="_o")
-            for m in BOOT_METRICS:
-                out.append(joined.select(pl.lit(variant).alias("variant"), pl.lit(m).alias("metric"),
-                                         (pl.col(f"{m}_o") - pl.col(m)).cast(pl.Float64).alias("diff")))
-    return pl.concat(out) if out else empty
+    every = np.ones(n, dtype=bool)
+    keeps = {"baseline": every, "sizing": every,
+             "filtering": df["adjusted_confidence"].fill_null(-1.0).to_numpy() >= config.min_confidence,
+             "confidence_only": df["base_confidence"].cast(pl.Float64).fill_null(-1.0).to_numpy()
+             >= config.min_confidence}
+    sizes = {v: None for v in VARIANTS}
+    sizes["sizing"] = df["multiplier"].cast(pl.Float64).to_numpy()
+    return keeps, sizes
+
+
+def _paired_differences(arrays: TradeArrays, keeps: dict, sizes: dict):
+    """statistic(weights) -> (len(COMPARISONS) * len(BOOT_METRICS), b) differences, variant - control."""
+    def statistic(weights: np.ndarray) -> np.ndarray:
+        per = {v: batch_metrics(arrays, weights * keeps[v], sizes[v]) for v in VARIANTS}
+        return np.stack([per[v][m] - per[c][m] for v, c in COMPARISONS for m in BOOT_METRICS])
+    return statistic
+
+
+def _null_gains(arrays: TradeArrays, df: pl.DataFrame, keeps: dict, sizes: dict, control_values: dict,
+                config: OverlayConfig, n_null: int, seed: int) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    """Per comparison: each metric's gain over the control when the variant's choices are random
+    (nulls.py): sizing and the context filter against confidence alone get the same multipliers
+    dealt at random; a filter against every trade gets as many trades kept at random."""
+    out = {}
+    for i, (variant, control) in enumerate(COMPARISONS):
+        s = seed + 1000 * (i + 1)
+        if variant == "sizing":
+            values = batch_metrics(arrays, np.ones((n_null, arrays.n)), permuted(sizes["sizing"], n_null, s))
+        elif control == "baseline":
+            values = batch_metrics(arrays, random_subsets(arrays.n, int(keeps[variant].sum()), n_null, s))
+        else:
+            base = df["base_confidence"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+            dealt = permuted(sizes["sizing"], n_null, s)
+            values = batch_metrics(arrays, (base[None, :] * dealt >= config.min_confidence).astype(np.float64))
+        out[(variant, control)] = {m: values[m] - control_values[(control, m)] for m in BOOT_METRICS}
+    return out
+
+
+def _difference_rows(metrics: pl.DataFrame, boot_cluster: np.ndarray | None, boot_trade: np.ndarray | None,
+                     nulls: dict, n_clusters: int) -> pl.DataFrame:
+    overall = {r["variant"]: r for r in metrics.filter(pl.col("scope") == "overall").iter_rows(named=True)}
+    rows = []
+    for i, (variant, control) in enumerate(COMPARISONS):
+        for m in DIFF_METRICS:
+            c, v = overall[control][m], overall[variant][m]
+            diff = v - c if c is not None and v is not None else None
+            row = {"variant": variant, "control": control, "metric": m, "control_value": _f(c),
+                   "variant_value": _f(v), "diff": _f(diff), "n_clusters": None}
+            if m in BOOT_METRICS:
+                j = i * len(BOOT_METRICS) + BOOT_METRICS.index(m)
+                if boot_cluster is not None:
+                    clus = interval(boot_cluster[j])
+                    row.update(ci_low=clus.low, ci_high=clus.high, se=clus.se, share_not_better=clus.share_not_better,
+                               n_undefined=clus.n_undefined, mde=mde_from_se(clus.se), n_clusters=n_clusters)
+                if boot_trade is not None:
+                    ind = interval(boot_trade[j])
+                    row.update(ci_low_independent=ind.low, ci_high_independent=ind.high, se_independent=ind.se)
+                pos = null_position(row["diff"], nulls[(variant, control)][m])
+                row.update(null_mean=pos.mean, null_p95=pos.p95, null_percentile=pos.percentile)
+            rows.append(row)
+    return pl.DataFrame(rows, schema=DIFFERENCES_SCHEMA)
+
+
+DIFFERENCES_SCHEMA = {
+    "variant": pl.Utf8, "control": pl.Utf8, "metric": pl.Utf8, "control_value": pl.Float64,
+    "variant_value": pl.Float64, "diff": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64,
+    "se": pl.Float64, "share_not_better": pl.Float64, "n_undefined": pl.Int64, "ci_low_independent": pl.Float64,
+    "ci_high_independent": pl.Float64, "se_independent": pl.Float64, "n_clusters": pl.Int64,
+    "null_mean": pl.Float64, "null_p95": pl.Float64, "null_percentile": pl.Float64, "mde": pl.Float64}
 
 
 def overlay_backtest(trades: pl.DataFrame, overlay: pl.DataFrame, config: OverlayConfig | None = None,
-                     n_resamples: int = 2000, seed: int = 0) -> BacktestResult:
+                     n_resamples: int = 2000, seed: int = 0, n_null: int = 2000,
+                     cluster_by: str = "overlap") -> BacktestResult:
     """Baseline vs the overlay (from `apply_overlay` with the same config) on the same trades.
 
     Only filled trades (WIN/LOSS/TIMEOUT with an r_multiple) are judged. Raises ValueError when the
-    overlay lacks a row for one of them.
+    overlay lacks a row for one of them. Intervals: paired bootstrap (bootstrap.py) by `cluster_by`
+    clusters and by independent trade; nulls: nulls.py, `n_null` seeded draws per comparison.
     """
     config = config or OverlayConfig()
+    if cluster_by not in CLUSTER_BY:
+        raise ValueError(f"cluster_by must be one of {CLUSTER_BY}, got {cluster_by!r}")
     filled = trades.filter(pl.col("outcome").is_in(FILLED_OUTCOMES) & pl.col("r_multiple").is_not_null())
     ov = overlay.select("trade_id", "multiplier", "adjusted_confidence").unique("trade_id", keep="first")
     df = filled.drop([c for c in ("multiplier", "adjusted_confidence") if c in filled.columns]).join(
@@ -375,51 +422,47 @@ def overlay_backtest(trades: pl.DataFrame, overlay: pl.DataFrame, config: Overla
     if lacking.height:
         raise ValueError(f"the overlay has no row for {lacking.height} filled trade(s) (e.g. "
                          f"{lacking['trade_id'].head(3).to_list()}): run apply_overlay on the same trades")
-    if "gross_r_multiple" not in df.columns:
-        df = df.with_columns(pl.lit(None, dtype=pl.Float64).alias("gross_r_multiple"))
+    for col in ("gross_r_multiple", "base_confidence"):
+        if col not in df.columns:
+            df = df.with_columns(pl.lit(None, dtype=pl.Float64).alias(col))
     df = df.sort("decision_time", "trade_id")
+    calendar = trade_calendar(df)
 
     metric_frames, equity = [], {}
     for variant in VARIANTS:
         frame, size = _sized(df, variant, config)
-        metric_frames.append(summarize(frame, by=[YEAR], size_col=size)
+        metric_frames.append(summarize(frame, by=[YEAR], size_col=size, calendar=calendar)
                              .with_columns(pl.lit(variant).alias("variant")))
         equity[variant] = equity_curve(frame, size_col=size)
     metrics = pl.concat(metric_frames, how="diagonal_relaxed").select("variant", pl.exclude("variant"))
 
-    boot = _bootstrap(df, config, n_resamples, seed)
-    base = metrics.filter((pl.col("variant") == "baseline") & (pl.col("scope") == "overall")).row(0, named=True)
-    rows = []
-    for variant in VARIANTS[1:]:
-        other = metrics.filter((pl.col("variant") == variant) & (pl.col("scope") == "overall")).row(0, named=True)
-        for m in DIFF_METRICS:
-            b, o = base[m], other[m]
-            diff = o - b if b is not None and o is not None else None
-            row = {"variant": variant, "metric": m, "baseline": _f(b), "overlay": _f(o), "diff": _f(diff),
-                   "ci_low": None, "ci_high": None, "share_not_better": None, "n_undefined": None}
-            if m in BOOT_METRICS and boot.height:
-                d = boot.filter((pl.col("variant") == variant) & (pl.col("metric") == m))["diff"]
-                ok = d.drop_nulls().drop_nans().to_numpy()
-                row["n_undefined"] = int(d.len() - ok.size)
-                if ok.size:
-                    row["ci_low"], row["ci_high"] = (float(v) for v in np.percentile(ok, [2.5, 97.5]))
-                    row["share_not_better"] = float((ok <= 0).mean())
-            rows.append(row)
-    differences = pl.DataFrame(rows, schema={
-        "variant": pl.Utf8, "metric": pl.Utf8, "baseline": pl.Float64, "overlay": pl.Float64,
-        "diff": pl.Float64, "ci_low": pl.Float64, "ci_high": pl.Float64, "share_not_better": pl.Float64,
-        "n_undefined": pl.Int64})
+    arrays = TradeArrays.from_frame(df, calendar)
+    keeps, sizes = _keeps_and_sizes(df, config)
+    overall = {r["variant"]: r for r in metrics.filter(pl.col("scope") == "overall").iter_rows(named=True)}
+    control_values = {(v, m): np.nan if overall[v][m] is None else overall[v][m] for v in VARIANTS for m in BOOT_METRICS}
+    labels = cluster_labels(df, cluster_by)
+    n_clusters = int(labels.max()) + 1 if labels.size else 0
+    boot_cluster = boot_trade = None
+    notes = []
+    statistic = _paired_differences(arrays, keeps, sizes)
+    if n_resamples > 0 and df.height >= 2:
+        boot_trade = bootstrap_distribution(statistic, cluster_labels(df, "trade"), n_resamples, seed)
+    if n_resamples > 0 and n_clusters >= 2:
+        boot_cluster = bootstrap_distribution(statistic, labels, n_resamples, seed)
+    elif n_resamples > 0:
+        notes.append(f"{df.height} filled trade(s) in {n_clusters} {cluster_by} cluster(s): no dependence-aware interval")
+    nulls = _null_gains(arrays, df, keeps, sizes, control_values, config, max(n_null, 1), seed)
+    differences = _difference_rows(metrics, boot_cluster, boot_trade, nulls, n_clusters)
 
     counted = overlay.join(df.select("trade_id"), on="trade_id", how="semi")
-    n_no_conf = int(df["adjusted_confidence"].is_null().sum())
-    notes = []
+    n_no_conf = int(df["base_confidence"].is_null().sum())
     if n_no_conf:
         notes.append(f"{n_no_conf} of {df.height} filled trades have no base_confidence: the filtering "
-                     "variant never takes them")
-    n_in = int((df["adjusted_confidence"] >= config.min_confidence).sum())
+                     "variants never take them")
     return BacktestResult(metrics=metrics, differences=differences, rule_counts=rule_counts(counted),
-                          equity=equity, config=config, n_trades=df.height, n_filtered_in=n_in,
-                          n_without_confidence=n_no_conf, n_resamples=n_resamples, notes=notes)
+                          equity=equity, config=config, n_trades=df.height, n_filtered_in=int(keeps["filtering"].sum()),
+                          n_without_confidence=n_no_conf, n_resamples=n_resamples, n_null=n_null,
+                          cluster_by=cluster_by, n_clusters=n_clusters, notes=notes)
 
 
 def _f(v: object) -> float | None:
@@ -484,18 +527,31 @@ def grid_configs(grid: Mapping[str, Sequence], base: OverlayConfig) -> list[Over
     return [replace(base, **dict(zip(keys, values))) for values in itertools.product(*(grid[k] for k in keys))]
 
 
+def _objective(trades: pl.DataFrame, overlay: pl.DataFrame, variant: str, config: OverlayConfig) -> float | None:
+    """The gate's measure on these trades: per-trade Sharpe of the variant minus its control's."""
+    df = trades.join(overlay.select("trade_id", "multiplier", "adjusted_confidence"), on="trade_id", how="left")
+    values = []
+    for v in (variant, control_of(variant)):
+        frame, size = _sized(df, v, config)
+        values.append(summarize(frame, size_col=size)["sharpe_per_trade"][0])
+    return None if None in values else values[0] - values[1]
+
+
 def tune_and_judge(trades: pl.DataFrame, features: pl.DataFrame, grid: Mapping[str, Sequence],
                    split_time: datetime | None = None, split_fraction: float = 0.6,
                    base_config: OverlayConfig | None = None, objective_variant: str = "filtering",
-                   n_resamples: int = 2000, seed: int = 0) -> TuneResult:
+                   n_resamples: int = 2000, seed: int = 0, n_null: int = 2000,
+                   cluster_by: str = "overlap") -> TuneResult:
     """Pick thresholds on the earlier trades, report them on both periods.
 
-    The objective is the Sharpe (metrics.summarize) of `objective_variant` on the tuning trades:
-    'filtering' by default because that is the variant the phase 10 gate judges (sizing cannot
-    change win rate); candidates with an undefined Sharpe rank last; ties keep grid order.
+    The objective is the gate's own measure on the tuning trades: the per-trade Sharpe of
+    `objective_variant` ('filtering' by default: the variant the gate judges) minus that of its
+    control (the same filter with every multiplier 1; for sizing, every trade). A per-trade Sharpe
+    cannot be raised by trading less. Candidates with an undefined objective rank last; ties keep
+    grid order.
     """
-    if objective_variant not in VARIANTS[1:]:
-        raise ValueError(f"objective_variant must be one of {VARIANTS[1:]}, got {objective_variant!r}")
+    if objective_variant not in ("sizing", "filtering"):
+        raise ValueError(f"objective_variant must be 'sizing' or 'filtering', got {objective_variant!r}")
     base_config = base_config or OverlayConfig()
     tuning, judging, split_time, straddling = split_by_time(trades, split_time, split_fraction)
     split = pl.lit(split_time).cast(TS)
@@ -506,11 +562,8 @@ def tune_and_judge(trades: pl.DataFrame, features: pl.DataFrame, grid: Mapping[s
     candidates = grid_configs(grid, base_config)
     scored = []
     for i, cand in enumerate(candidates):
-        ov = apply_overlay(tuning, tune_features, cand)
-        frame, size = _sized(tuning.join(ov.select("trade_id", "multiplier", "adjusted_confidence"),
-                                         on="trade_id", how="left"), objective_variant, cand)
-        sharpe = summarize(frame, size_col=size)["sharpe"][0]
-        scored.append({"candidate": i, **{k: getattr(cand, k) for k in grid}, "objective": sharpe})
+        objective = _objective(tuning, apply_overlay(tuning, tune_features, cand), objective_variant, cand)
+        scored.append({"candidate": i, **{k: getattr(cand, k) for k in grid}, "objective": objective})
     table = pl.DataFrame(scored, infer_schema_length=None).with_columns(
         pl.col("objective").cast(pl.Float64)).sort(
         pl.col("objective").is_null(), pl.col("objective"), pl.col("candidate"),
@@ -518,46 +571,99 @@ def tune_and_judge(trades: pl.DataFrame, features: pl.DataFrame, grid: Mapping[s
     chosen = candidates[table["candidate"][0]]
 
     judge_features = features.join(judging.select("trade_id"), on="trade_id", how="semi")
-    tuned = overlay_backtest(tuning, apply_overlay(tuning, tune_features, chosen), chosen, n_resamples, seed)
-    judged = overlay_backtest(judging, apply_overlay(judging, judge_features, chosen), chosen, n_resamples, seed)
+    kw = {"n_resamples": n_resamples, "seed": seed, "n_null": n_null, "cluster_by": cluster_by}
+    tuned = overlay_backtest(tuning, apply_overlay(tuning, tune_features, chosen), chosen, **kw)
+    judged = overlay_backtest(judging, apply_overlay(judging, judge_features, chosen), chosen, **kw)
     return TuneResult(config=chosen, grid=table, split_time=split_time, tuning=tuned, judging=judged,
                       tuning_trade_ids=tuning["trade_id"].to_list(),
                       judging_trade_ids=judging["trade_id"].to_list(), n_straddling=straddling,
-                      objective=f"sharpe of the {objective_variant} variant on the tuning trades")
+                      objective=f"per-trade Sharpe of the {objective_variant} variant minus its control's, "
+                                "on the tuning trades")
+
+
+def tuning_rows(result: TuneResult) -> pl.DataFrame:
+    """The grid in long form (candidate, parameter, value, objective, chosen) for the warehouse."""
+    params = [c for c in result.grid.columns if c not in ("candidate", "objective")]
+    chosen = result.grid["candidate"][0]
+    return (result.grid.unpivot(index=["candidate", "objective"], on=params, variable_name="parameter",
+                                value_name="value")
+            .with_columns(pl.col("value").cast(pl.Float64), (pl.col("candidate") == chosen).alias("chosen"))
+            .sort("candidate", "parameter"))
+
+
+def config_from_tuning(rows: pl.DataFrame, base: OverlayConfig | None = None) -> OverlayConfig:
+    """The chosen OverlayConfig from `tuning_rows` (as stored in overlay_tuning); `base` without rows."""
+    base = base or OverlayConfig()
+    chosen = rows.filter(pl.col("chosen")) if rows.height else rows
+    return replace(base, **{r["parameter"]: r["value"] for r in chosen.iter_rows(named=True)})
 
 
 # ---------------------------------------------------------------- gate and plot
 
+def _judged(result: BacktestResult | TuneResult) -> BacktestResult:
+    return result.judging if isinstance(result, TuneResult) else result
+
+
+def _gain_part(judged: BacktestResult, name: str, variant: str, control: str, metric: str,
+               threshold: float) -> GatePart:
+    """One gain part: scaled to its unit (points, or Sharpe at the control's trade rate), passed when
+    above the threshold and above the null's 95th percentile."""
+    row = judged.difference(variant, metric, control)
+    if metric == "win_rate":
+        scale, unit, fmt, what = 100.0, "points", "+.2f", "win rate"
+        shown = f"{_pctf(row['variant_value'])} vs {_pctf(row['control_value'])}"
+    else:
+        rate = judged.overall(control)["trades_per_year"]
+        scale = float(np.sqrt(rate)) if rate else float("nan")
+        unit, fmt, what = "", "+.3f", "per-trade Sharpe"
+        shown = (f"{_num(row['variant_value'])} vs {_num(row['control_value'])} per trade, gain"
+                 + (f" x sqrt({rate:.0f} trades/yr of the control)" if rate else ""))
+
+    def scaled(v: float | None) -> float | None:
+        return None if v is None or not np.isfinite(v * scale) else v * scale
+
+    gain, p95, mde = scaled(row["diff"]), scaled(row["null_p95"]), scaled(row["mde"])
+    label = CONTROL_LABELS[control]
+    u = f" {unit}" if unit else ""
+    if gain is None:
+        msg = f"{variant} vs {label}: {what} undefined ({shown})"
+        return GatePart(name, False, None, threshold, msg, control=label, n=judged.n_trades)
+    beats_null = p95 is not None and gain > p95
+    passed = gain > threshold and beats_null
+    msg = f"{variant} vs {label}: {what} {shown}: {gain:{fmt}}{u}, need > {threshold:{fmt}}{u}"
+    if gain <= threshold:
+        msg += f" ({threshold - gain:{fmt.lstrip('+')}}{u} short)"
+    if row["null_percentile"] is not None:
+        msg += (f" and above chance of the same size (95th percentile {p95:{fmt}}{u}; this gain is at "
+                f"percentile {row['null_percentile']:.0f})")
+    if row["ci_low"] is not None:
+        msg += (f"; 95% CI [{row['ci_low'] * scale:{fmt}}, {row['ci_high'] * scale:{fmt}}] by {judged.cluster_by} "
+                f"cluster ({judged.n_clusters} clusters)")
+    if row["ci_low_independent"] is not None:
+        msg += (f", [{row['ci_low_independent'] * scale:{fmt}}, {row['ci_high_independent'] * scale:{fmt}}] "
+                "by independent trade")
+    msg += power_text(mde, not passed, fmt.lstrip("+"), unit)
+    return GatePart(name, passed, gain, threshold, msg, control=label, n=judged.n_trades,
+                    null_percentile=row["null_percentile"], null_p95=p95, mde=mde,
+                    ci_low=scaled(row["ci_low"]), ci_high=scaled(row["ci_high"]),
+                    ci_low_independent=scaled(row["ci_low_independent"]),
+                    ci_high_independent=scaled(row["ci_high_independent"]))
+
+
 def phase10_gate(result: BacktestResult | TuneResult, config: OverlayGateConfig | None = None) -> GateResult:
     """Out-of-sample (a TuneResult's judging period; a BacktestResult as given) improvement of the
-    configured variant over the baseline: win rate by more than N points and Sharpe by more than S."""
+    configured variant: win rate by more than N points and per-trade Sharpe (on the seed's annualised
+    scale) by more than S, each against its control and above chance of the same size. For the
+    filtering variant the seed's literal comparison with every trade stays as two more parts."""
     config = config or OverlayGateConfig()
-    judged = result.judging if isinstance(result, TuneResult) else result
+    judged = _judged(result)
     v = config.variant
+    controls = [(control_of(v), "")] + ([("baseline", "_vs_unfiltered")] if control_of(v) != "baseline" else [])
     parts = []
-    wr = judged.difference(v, "win_rate")
-    gain = None if wr["diff"] is None else wr["diff"] * 100
-    need = config.min_win_rate_gain_points
-    if gain is None:
-        msg = f"{v} win rate undefined (no filled trades taken)"
-    else:
-        msg = (f"{v} win rate {_pctf(wr['overlay'])} vs baseline {_pctf(wr['baseline'])}: "
-               f"{gain:+.2f} points, need > {need:+.2f}")
-        if gain <= need:
-            msg += f" ({need - gain:.2f} points short)"
-        msg += _ci_text(wr, 100, "points")
-    parts.append(GatePart("win_rate_gain", gain is not None and gain > need, gain, need, msg))
-
-    sh = judged.difference(v, "sharpe")
-    gain_s, need_s = sh["diff"], config.min_sharpe_gain
-    if gain_s is None:
-        msg = f"{v} Sharpe undefined (baseline {sh['baseline']}, overlay {sh['overlay']})"
-    else:
-        msg = f"{v} Sharpe {sh['overlay']:.3f} vs baseline {sh['baseline']:.3f}: {gain_s:+.3f}, need > {need_s:+.3f}"
-        if gain_s <= need_s:
-            msg += f" ({need_s - gain_s:.3f} short)"
-        msg += _ci_text(sh, 1, "")
-    parts.append(GatePart("sharpe_gain", gain_s is not None and gain_s > need_s, gain_s, need_s, msg))
+    for control, suffix in controls:
+        parts.append(_gain_part(judged, f"win_rate_gain{suffix}", v, control, "win_rate",
+                                config.min_win_rate_gain_points))
+        parts.append(_gain_part(judged, f"sharpe_gain{suffix}", v, control, "sharpe_per_trade", config.min_sharpe_gain))
     return make_gate("phase 10 overlay gate (out of sample)", parts)
 
 
@@ -565,11 +671,8 @@ def _pctf(v: float | None) -> str:
     return "n/a" if v is None else f"{v * 100:.1f}%"
 
 
-def _ci_text(row: dict, scale: float, unit: str) -> str:
-    if row.get("ci_low") is None:
-        return ""
-    u = f" {unit}" if unit else ""
-    return f"; 95% bootstrap CI [{row['ci_low'] * scale:+.2f}, {row['ci_high'] * scale:+.2f}]{u}"
+def _num(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:+.3f}"
 
 
 def equity_curve_plot(baseline_curve: pl.DataFrame, overlay_curve: pl.DataFrame, path: str | Path,

@@ -13,16 +13,17 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from qml_pipeline.store import schemas
-from qml_pipeline.research.phase9 import (AnalysisConfig, context_issue_share, phase9_gate, review_export,
-                                   winners_vs_losers, with_derived_features)
 from qml_pipeline.research.evaluation import EvaluationReport, evaluate_models
-from qml_pipeline.trades.metrics import summarize
-from qml_pipeline.research.overlay import (BacktestResult, GateResult, OverlayConfig, OverlayGateConfig, TuneResult,
-                                  apply_overlay, equity_curve_plot, join_context, overlay_backtest,
-                                  phase10_gate, tune_and_judge)
+from qml_pipeline.research.gates import GateResult
+from qml_pipeline.research.overlay import (BacktestResult, OverlayConfig, OverlayGateConfig, TuneResult, apply_overlay,
+                                           equity_curve_plot, join_context, overlay_backtest, phase10_gate,
+                                           tune_and_judge, tuning_rows)
+from qml_pipeline.research.phase9 import (AnalysisConfig, context_issue_share, issue_sensitivity, label_trades,
+                                          phase9_gate, review_export, winners_vs_losers, with_derived_features)
+from qml_pipeline.store import schemas
 from qml_pipeline.timeutil import utc_now
 from qml_pipeline.trades.contract import FILLED_OUTCOMES
+from qml_pipeline.trades.metrics import apply_timeout_policy, summarize, trade_calendar
 
 DEFAULT_TUNING_GRID: dict[str, list[float]] = {
     "funding_threshold": [0.0001, 0.0002, 0.0003],   # fraction per 8h
@@ -36,10 +37,16 @@ class GateClosedError(RuntimeError):
 
 def gate_rows(gate: str, result: GateResult, evaluated_at: datetime | None = None) -> pl.DataFrame:
     at = evaluated_at or utc_now()
-    rows = [{"gate": gate, "part": p.name, "passed": p.passed, "gate_passed": result.passed,
-             "value": p.value, "threshold": p.threshold, "message": p.message, "evaluated_at": at}
+    rows = [{**p._asdict(), "gate": gate, "part": p.name, "gate_passed": result.passed, "evaluated_at": at}
             for p in result.parts]
     return schemas.conform(schemas.RESEARCH_GATES, pl.DataFrame(rows))
+
+
+def gate_summary(result: GateResult) -> pl.DataFrame:
+    """One row per part (without the message): what it compared, chance, power and intervals."""
+    return gate_rows("-", result).select("part", "passed", "value", "threshold", "control", "n", "p_value",
+                                         "null_percentile", "null_p95", "mde", "ci_low", "ci_high",
+                                         "ci_low_independent", "ci_high_independent")
 
 
 def require_gate(gates: pl.DataFrame, gate: str, override: bool) -> str:
@@ -64,21 +71,28 @@ def require_gate(gates: pl.DataFrame, gate: str, override: bool) -> str:
 class Phase9Result:
     stats: pl.DataFrame
     issue: dict
+    issue_sensitivity: pl.DataFrame
     gate: GateResult
     n_trades: int
     review_files: dict[str, Path]
 
 
-def run_phase9(trades: pl.DataFrame, features: pl.DataFrame, review_dir: Path,
+def run_phase9(trades: pl.DataFrame, features: pl.DataFrame, review_dir: Path | None,
                config: AnalysisConfig | None = None, overlay_config: OverlayConfig | None = None) -> Phase9Result:
+    """Winners vs losers, the identifiable-issue shares (every definition), the gate, and (with a
+    `review_dir`) the manual-review export."""
     config = config or AnalysisConfig()
     stats = winners_vs_losers(trades, features, config=config)
     judged = with_derived_features(join_context(trades, features))
-    issue = context_issue_share(judged, overlay_config, timeout_as=config.timeout_as)
-    n_trades = trades.filter(pl.col("outcome").is_in(FILLED_OUTCOMES)).height
-    gate = phase9_gate(stats, issue["share"], n_trades, config)
-    files = review_export(trades, features, review_dir, overlay_config=overlay_config, timeout_as=config.timeout_as)
-    return Phase9Result(schemas.conform(schemas.CONTEXT_ERROR_ANALYSIS, stats), issue, gate, n_trades, files)
+    sensitivity = issue_sensitivity(judged, overlay_config, config.timeout_as, config.alpha, config.issue_definition)
+    issue = context_issue_share(judged, overlay_config, config.timeout_as, config.issue_definition, config.alpha)
+    n_trades = label_trades(trades, config.timeout_as).height
+    gate = phase9_gate(stats, issue, n_trades, config, sensitivity)
+    files = {} if review_dir is None else review_export(
+        trades, features, review_dir, overlay_config=overlay_config, timeout_as=config.timeout_as,
+        definition=config.issue_definition)
+    return Phase9Result(schemas.conform(schemas.CONTEXT_ERROR_ANALYSIS, stats), issue,
+                        schemas.conform(schemas.CONTEXT_ISSUE_SHARES, sensitivity), gate, n_trades, files)
 
 
 # ------------------------------------------------------------------------------ phase 10
@@ -91,31 +105,50 @@ class Phase10Result:
     gate: GateResult
     metrics: pl.DataFrame
     differences: pl.DataFrame
-    plot: Path
+    tuning: pl.DataFrame
+    plot: Path | None
 
 
-def run_phase10(trades: pl.DataFrame, features: pl.DataFrame, plot_path: Path,
-                config: OverlayConfig | None = None, gate_config: OverlayGateConfig | None = None,
-                grid: Mapping[str, Sequence[float]] | None = None, split_fraction: float = 0.6) -> Phase10Result:
-    config = config or OverlayConfig()
-    overlay = apply_overlay(trades, features, config)
-    backtest = overlay_backtest(trades, overlay, config)
-    tuned = tune_and_judge(trades, features, grid or DEFAULT_TUNING_GRID, split_fraction=split_fraction,
-                           base_config=config)
-    gate = phase10_gate(tuned, gate_config)
+@dataclass(frozen=True)
+class Phase10Settings:
+    """How phase 10 is run: the overlay's base thresholds, the gate, the tuning grid and split, the
+    timeout policy (metrics.TIMEOUT_POLICIES), the bootstrap / null sizes and the clusters."""
+
+    config: OverlayConfig = field(default_factory=OverlayConfig)
+    gate: OverlayGateConfig = field(default_factory=OverlayGateConfig)
+    grid: Mapping[str, Sequence[float]] = field(default_factory=lambda: dict(DEFAULT_TUNING_GRID))
+    split_fraction: float = 0.6
+    timeout_as: str = "loss"
+    n_resamples: int = 2000
+    n_null: int = 2000
+    cluster_by: str = "overlap"
+    seed: int = 0
+
+
+def run_phase10(trades: pl.DataFrame, features: pl.DataFrame, plot_path: Path | None,
+                settings: Phase10Settings | None = None) -> Phase10Result:
+    """The overlay with the base thresholds on every trade (period 'all'), thresholds tuned on the
+    earlier trades and judged on the later ones, and the gate on the judging period."""
+    settings = settings or Phase10Settings()
+    trades = apply_timeout_policy(trades, settings.timeout_as)
+    kw = {"n_resamples": settings.n_resamples, "seed": settings.seed, "n_null": settings.n_null,
+          "cluster_by": settings.cluster_by}
+    overlay = apply_overlay(trades, features, settings.config)
+    backtest = overlay_backtest(trades, overlay, settings.config, **kw)
+    tuned = tune_and_judge(trades, features, settings.grid, split_fraction=settings.split_fraction,
+                           base_config=settings.config, objective_variant=settings.gate.variant, **kw)
+    gate = phase10_gate(tuned, settings.gate)
     periods = {"all": backtest, "tuning": tuned.tuning, "judging": tuned.judging}
     metrics = pl.concat([r.metrics.with_columns(pl.lit(p).alias("period")) for p, r in periods.items()],
                         how="diagonal_relaxed")
     differences = pl.concat([r.differences.with_columns(pl.lit(p).alias("period")) for p, r in periods.items()],
                             how="diagonal_relaxed")
-    plot = equity_curve_plot(backtest.equity["baseline"], backtest.equity[gate_variant(gate_config)], plot_path)
+    plot = None if plot_path is None else equity_curve_plot(
+        backtest.equity["baseline"], backtest.equity[settings.gate.variant], plot_path)
     return Phase10Result(schemas.conform(schemas.CONTEXT_OVERLAY, overlay), backtest, tuned, gate,
                          schemas.conform(schemas.OVERLAY_BACKTEST, metrics),
-                         schemas.conform(schemas.OVERLAY_DIFFERENCES, differences), plot)
-
-
-def gate_variant(gate_config: OverlayGateConfig | None) -> str:
-    return (gate_config or OverlayGateConfig()).variant
+                         schemas.conform(schemas.OVERLAY_DIFFERENCES, differences),
+                         schemas.conform(schemas.OVERLAY_TUNING, tuning_rows(tuned)), plot)
 
 
 # ------------------------------------------------------------------------------ phase 11
@@ -162,20 +195,26 @@ class Phase11Result:
 
 def probability_backtest(trades: pl.DataFrame, oos: pl.DataFrame, version: str,
                          overlay_min_confidence: float = OverlayConfig().min_confidence) -> pl.DataFrame:
-    """Backtest metrics (qml_pipeline.trades.metrics, overall and per year) on the walk-forward test trades:
-    every trade, the rule overlay's filter, and the logistic / fusion probabilities as adjusted
-    confidence (take a trade when its expected R is positive at that win probability)."""
+    """Backtest metrics (qml_pipeline.trades.metrics, overall and per year, on the baseline's calendar)
+    on the walk-forward test trades: every trade; the rule overlay's filter (raw adjusted confidence
+    `overlay` >= its min_confidence) and its control, the same filter on base_confidence alone
+    (confidence_filter); and the logistic / fusion probabilities as adjusted confidence (take a
+    trade when its expected R is positive at that win probability)."""
     df = trades.join(oos, on="trade_id", how="inner").with_columns(
         ((pl.col("target_price") - pl.col("entry_price")).abs()
          / (pl.col("entry_price") - pl.col("stop_price")).abs()).alias("_reward_r"))
+    if "base_confidence" not in df.columns:
+        df = df.with_columns(pl.lit(None, dtype=pl.Float64).alias("base_confidence"))
 
     def positive_ev(col: str) -> pl.Expr:
         return pl.col(col) * pl.col("_reward_r") - (1 - pl.col(col)) > 0
 
-    variants = {"baseline": pl.lit(True), "overlay_filter": pl.col("overlay") >= overlay_min_confidence,
+    variants = {"baseline": pl.lit(True), "confidence_filter": pl.col("base_confidence") >= overlay_min_confidence,
+                "overlay_filter": pl.col("overlay") >= overlay_min_confidence,
                 "logistic_filter": positive_ev("logistic"), "model_filter": positive_ev("fusion")}
-    frames = [summarize(df.filter(keep.fill_null(False)), by=["year"]).with_columns(pl.lit(name).alias("variant"))
-              for name, keep in variants.items()]
+    calendar = trade_calendar(df)
+    frames = [summarize(df.filter(keep.fill_null(False)), by=["year"], calendar=calendar)
+              .with_columns(pl.lit(name).alias("variant")) for name, keep in variants.items()]
     out = pl.concat(frames, how="diagonal_relaxed").with_columns(pl.lit(version).alias("period"))
     return schemas.conform(schemas.MODEL_BACKTEST, out)
 
@@ -198,9 +237,12 @@ def evaluation_rows(version: str, report: EvaluationReport) -> pl.DataFrame:
                            pl.concat(parts, how="diagonal_relaxed").with_columns(pl.lit(version).alias("model_version")))
 
 
-def run_phase11(inputs: ModelInputs, model_dir: Path, model_config, n_folds: int = 5) -> Phase11Result:
-    """Walk-forward evaluation against baseline / logistic / overlay, then the published model trained
-    on every trade, saved under `model_dir/<version>/` beside earlier versions."""
+def run_phase11(inputs: ModelInputs, model_dir: Path, model_config, n_folds: int = 5,
+                overlay_min_confidence: float = OverlayConfig().min_confidence) -> Phase11Result:
+    """Walk-forward evaluation against the probability baselines (base rate, calibrated confidence),
+    logistic and the overlay (its scores from `inputs`, i.e. with the thresholds phase 10 tuned),
+    then the published model trained on every trade, saved under `model_dir/<version>/` beside
+    earlier versions."""
     from qml_pipeline.research.model import data_fingerprint, train_model
 
     if len(inputs.trade_ids) < 4 * n_folds:
@@ -219,8 +261,10 @@ def run_phase11(inputs: ModelInputs, model_dir: Path, model_config, n_folds: int
     predictions = (pl.DataFrame({"trade_id": inputs.trade_ids})
                    .join(oos, on="trade_id", how="left").with_columns(pl.lit(version).alias("model_version")))
     notes = [f"{inputs.dropped} filled trade(s) without a full 50-bar window were left out"] if inputs.dropped else []
-    backtest = probability_backtest(inputs.trades, report.predictions.select(
-        "trade_id", "overlay", "logistic", "fusion"), version)
+    scores = pl.DataFrame({"trade_id": inputs.trade_ids, "overlay": inputs.overlay_confidence})
+    backtest = probability_backtest(
+        inputs.trades, report.predictions.select("trade_id", "logistic", "fusion").join(scores, on="trade_id"),
+        version, overlay_min_confidence)
     return Phase11Result(version, path, report, evaluation_rows(version, report),
                          schemas.conform(schemas.MODEL_PREDICTIONS, predictions), backtest, notes)
 

@@ -283,8 +283,16 @@ _METRIC_COLUMNS = (
     Column("profit_factor", pl.Float64, "DOUBLE", "ratio", "sum of positive R / |sum of negative R|",
            nullable=True),
     Column("trades_per_year", pl.Float64, "DOUBLE", "trades/year", "trades / span in years", nullable=True),
-    Column("sharpe", pl.Float64, "DOUBLE", "annualised",
-           "mean/std of per-trade R times sqrt(trades per year) (qml_pipeline/trades/metrics.py)", nullable=True),
+    Column("sharpe_per_trade", pl.Float64, "DOUBLE", "per trade, not annualised",
+           "mean/std of per-trade R: cannot be moved by taking fewer trades at random "
+           "(qml_pipeline/trades/metrics.py); the one the phase 10 gate compares", nullable=True),
+    Column("sharpe_daily", pl.Float64, "DOUBLE", "annualised (sqrt 365)",
+           "mean/std of the R realised per calendar day, days without an exit counted as 0, on one calendar "
+           "(comparisons use the baseline's); shrinks towards 0 when fewer trades are taken", nullable=True),
+    Column("sharpe_trade_count_dependent", pl.Float64, "DOUBLE", "annualised by trade count",
+           "TRADE-COUNT DEPENDENT: mean/std of per-trade R times sqrt(trades per year); a random half of the "
+           "trades shrinks it by sqrt(2) towards 0, so never compare variants with it", nullable=True),
+    Column("calendar_days", pl.Int64, "BIGINT", "days", "days of the calendar behind sharpe_daily", nullable=True),
     Column("max_drawdown_r", pl.Float64, "DOUBLE", "R", "largest fall of cumulative R from its peak",
            nullable=True),
 )
@@ -480,6 +488,8 @@ CONTEXT_ERROR_ANALYSIS = Table(
         _c("cliffs_delta", pl.Float64, "-1..1", "effect size: P(win > loss) - P(win < loss)"),
         _c("p_adj", pl.Float64, "probability", "Mann-Whitney p adjusted by Benjamini-Hochberg across features"),
         _c("significant", pl.Boolean, "", "p_adj < alpha (default 0.05)"),
+        _c("mde_cliffs_delta", pl.Float64, "0..1", "minimum detectable |Cliff's delta| at 80% power for this "
+           "feature's n_win / n_loss after BH over the features tested (research/power.py)"),
     ),
     key=("feature",),
 )
@@ -522,8 +532,9 @@ OVERLAY_BACKTEST = Table(
     columns=(
         _c("period", pl.Utf8, "", "all (default thresholds), tuning (earlier trades) or judging (later, out of "
            "sample, thresholds chosen on tuning)", nullable=False),
-        _c("variant", pl.Utf8, "", "baseline, sizing (R * multiplier) or filtering (adjusted_confidence >= "
-           "min_confidence)", nullable=False),
+        _c("variant", pl.Utf8, "", "baseline, sizing (R * multiplier), filtering (adjusted_confidence >= "
+           "min_confidence) or confidence_only (base_confidence >= min_confidence: filtering's control)",
+           nullable=False),
         _c("scope", pl.Utf8, "", "overall or group (a calendar year)", nullable=False),
         _c("year", pl.Int32, "year", "calendar year of decision_time; NULL for overall"),
         *_METRIC_COLUMNS,
@@ -533,33 +544,71 @@ OVERLAY_BACKTEST = Table(
 
 OVERLAY_DIFFERENCES = Table(
     name="overlay_differences",
-    doc="Phase 10: overlay minus baseline per metric, with paired bootstrap 95% intervals (win rate, Sharpe).",
+    doc="Phase 10: each variant minus its control per metric, with paired bootstrap 95% intervals by cluster of "
+        "overlapping trades and by independent trade, chance of the same size (null) and the minimum detectable "
+        "effect. docs/overlay.md, docs/evidence.md.",
     columns=(
         _c("period", pl.Utf8, "", "all, tuning or judging", nullable=False),
-        _c("variant", pl.Utf8, "", "sizing or filtering", nullable=False),
+        _c("variant", pl.Utf8, "", "sizing, filtering or confidence_only", nullable=False),
+        _c("control", pl.Utf8, "", "what the variant is measured against: baseline (every trade, unfiltered) or "
+           "confidence_only (the same filter with every multiplier 1: the control of filtering)", nullable=False),
         _c("metric", pl.Utf8, "", "metric name (qml_pipeline/trades/metrics.py)", nullable=False),
-        _c("baseline", pl.Float64, "metric unit", "baseline value"),
-        _c("overlay", pl.Float64, "metric unit", "overlay value"),
-        _c("diff", pl.Float64, "metric unit", "overlay - baseline"),
-        _c("ci_low", pl.Float64, "metric unit", "bootstrap 2.5% quantile of the difference"),
-        _c("ci_high", pl.Float64, "metric unit", "bootstrap 97.5% quantile of the difference"),
-        _c("share_not_better", pl.Float64, "fraction", "resamples where the overlay was not better"),
-        _c("n_undefined", pl.Int64, "resamples", "resamples where the metric was undefined"),
+        _c("control_value", pl.Float64, "metric unit", "the control's value"),
+        _c("variant_value", pl.Float64, "metric unit", "the variant's value"),
+        _c("diff", pl.Float64, "metric unit", "variant - control"),
+        _c("ci_low", pl.Float64, "metric unit", "2.5% quantile of the difference, bootstrap by cluster of trades "
+           "overlapping in time (dependence-aware)"),
+        _c("ci_high", pl.Float64, "metric unit", "97.5% quantile, bootstrap by cluster"),
+        _c("se", pl.Float64, "metric unit", "bootstrap standard error by cluster"),
+        _c("share_not_better", pl.Float64, "fraction", "cluster resamples where the variant was not better"),
+        _c("n_undefined", pl.Int64, "resamples", "cluster resamples where the metric was undefined"),
+        _c("ci_low_independent", pl.Float64, "metric unit", "2.5% quantile, bootstrap by independent trade (the "
+           "comparison that ignores dependence)"),
+        _c("ci_high_independent", pl.Float64, "metric unit", "97.5% quantile, bootstrap by independent trade"),
+        _c("se_independent", pl.Float64, "metric unit", "bootstrap standard error by independent trade"),
+        _c("n_clusters", pl.Int64, "clusters", "clusters the cluster bootstrap resampled"),
+        _c("null_mean", pl.Float64, "metric unit", "mean gain when the variant's choices are random but its size "
+           "is not (same number of trades kept; same multipliers dealt at random)"),
+        _c("null_p95", pl.Float64, "metric unit", "95th percentile of that null: a gate part must beat it"),
+        _c("null_percentile", pl.Float64, "percentile 0..100", "where the observed diff lies in the null"),
+        _c("mde", pl.Float64, "metric unit", "minimum detectable gain at 80% power, one-sided 5%, from the "
+           "cluster bootstrap SE"),
     ),
-    key=("period", "variant", "metric"),
+    key=("period", "variant", "control", "metric"),
 )
 
-RESEARCH_GATES = Table(
-    name="research_gates",
-    doc="The seed's decision gates (phase 9, phase 10), part by part, as last evaluated.",
-    columns=(
-        _c("gate", pl.Utf8, "", "phase9 or phase10", nullable=False),
-        _c("part", pl.Utf8, "", "the condition", nullable=False),
+
+def _gate_part_columns() -> tuple[Column, ...]:
+    return (
+        _c("part", pl.Utf8, "", "the condition (or, in sensitivity tables, a phase 9 feature)", nullable=False),
         _c("passed", pl.Boolean, "", "this part passed", nullable=False),
         _c("gate_passed", pl.Boolean, "", "every part of the gate passed", nullable=False),
         _c("value", pl.Float64, "part's unit", "measured value"),
         _c("threshold", pl.Float64, "part's unit", "required value"),
+        _c("control", pl.Utf8, "", "what the value is measured against"),
+        _c("n", pl.Int64, "trades", "trades behind the value"),
+        _c("p_value", pl.Float64, "probability", "the part's test p-value (BH-adjusted for features; Fisher's "
+           "exact for the issue shares)"),
+        _c("null_percentile", pl.Float64, "percentile 0..100", "where the value lies among gains of chance of the "
+           "same size"),
+        _c("null_p95", pl.Float64, "part's unit", "95th percentile of that null"),
+        _c("mde", pl.Float64, "part's unit", "minimum detectable effect at 80% power for this n: a FAIL rules out "
+           "effects larger than this, not smaller ones"),
+        _c("ci_low", pl.Float64, "part's unit", "95% bootstrap interval by cluster (dependence-aware), low"),
+        _c("ci_high", pl.Float64, "part's unit", "95% bootstrap interval by cluster, high"),
+        _c("ci_low_independent", pl.Float64, "part's unit", "95% bootstrap interval by independent trade, low"),
+        _c("ci_high_independent", pl.Float64, "part's unit", "95% bootstrap interval by independent trade, high"),
         _c("message", pl.Utf8, "", "what passed or failed, and by how much"),
+    )
+
+
+RESEARCH_GATES = Table(
+    name="research_gates",
+    doc="The seed's decision gates (phase 9, phase 10), part by part, as last evaluated, with each part's "
+        "control, chance of the same size, minimum detectable effect and intervals.",
+    columns=(
+        _c("gate", pl.Utf8, "", "phase9 or phase10", nullable=False),
+        *_gate_part_columns(),
         _c("evaluated_at", TS, "UTC", "when the gate was evaluated", nullable=False),
     ),
     key=("gate", "part"),
@@ -569,19 +618,22 @@ MODEL_BACKTEST = dataclasses.replace(
     OVERLAY_BACKTEST, name="model_backtest",
     doc="Phase 11: the phase 10 backtest metrics on the walk-forward test trades when a probability is used "
         "as the adjusted confidence: baseline (every test trade), overlay_filter (rule overlay's adjusted "
-        "confidence >= its min_confidence), logistic_filter and model_filter (take a trade when its predicted "
+        "confidence >= its min_confidence), confidence_filter (its control: base_confidence >= the same "
+        "min_confidence), logistic_filter and model_filter (take a trade when its predicted "
         "win probability p gives a positive expected R: p * reward_R - (1 - p) > 0, reward_R = |target - entry| / "
         "|entry - stop|). period = model version.")
 
 MODEL_EVALUATION = Table(
     name="model_evaluation",
-    doc="Phase 11: out-of-sample (purged walk-forward) comparison of baseline, logistic regression, the rule "
-        "overlay and the fusion network, overall, per fold and per calendar year.",
+    doc="Phase 11: out-of-sample (purged walk-forward) comparison of the probability baselines (base_rate, "
+        "confidence = base_confidence Platt-calibrated on each fold's training trades), logistic regression, the "
+        "rule overlay (tuned thresholds, calibrated the same way) and the fusion network, overall, per fold and per "
+        "calendar year.",
     columns=(
         _c("model_version", pl.Utf8, "", "the context_model version evaluated", nullable=False),
         _c("scope", pl.Utf8, "", "overall, fold or year", nullable=False),
         _c("group", pl.Utf8, "", "fold number or year; 'all' for overall", nullable=False),
-        _c("model", pl.Utf8, "", "baseline, logistic, overlay or fusion", nullable=False),
+        _c("model", pl.Utf8, "", "base_rate, confidence, logistic, overlay or fusion", nullable=False),
         _c("n", pl.Int64, "trades", "test trades"),
         _c("win_rate", pl.Float64, "fraction", "observed win rate"),
         _c("mean_predicted", pl.Float64, "fraction", "mean predicted win probability"),
@@ -608,11 +660,79 @@ MODEL_PREDICTIONS = Table(
 )
 
 
+CONTEXT_ISSUE_SHARES = Table(
+    name="context_issue_shares",
+    doc="Phase 9: losers and winners with an identifiable context issue under each definition (narrow, seed, "
+        "broad: docs/overlay.md), with Fisher's exact test of the difference; `gate` marks the gate's definition.",
+    columns=(
+        _c("definition", pl.Utf8, "", "narrow, seed or broad", nullable=False),
+        _c("share", pl.Float64, "fraction", "losers with an issue / losers"),
+        _c("losers", pl.Int64, "trades", "losers judged"),
+        _c("with_issue", pl.Int64, "trades", "losers with an issue"),
+        _c("without_context", pl.Int64, "trades", "losers with neither funding nor OI context"),
+        _c("winner_share", pl.Float64, "fraction", "winners with an issue / winners (the control group)"),
+        _c("winners", pl.Int64, "trades", "winners judged"),
+        _c("winners_with_issue", pl.Int64, "trades", "winners with an issue"),
+        _c("difference", pl.Float64, "fraction", "share - winner_share"),
+        _c("odds_ratio", pl.Float64, "ratio", "Fisher's sample odds ratio (losers vs winners)"),
+        _c("fisher_p", pl.Float64, "probability", "Fisher's exact test, one-sided: losers have an issue more often"),
+        _c("mde", pl.Float64, "fraction", "difference detectable with 80% power at alpha (research/power.py)"),
+        _c("gate", pl.Boolean, "", "the definition the phase 9 gate uses"),
+        _c("timeout_as", pl.Utf8, "", "timeout label policy (trades/metrics.py)"),
+    ),
+    key=("definition",),
+)
+
+OVERLAY_TUNING = Table(
+    name="overlay_tuning",
+    doc="Phase 10: every threshold candidate scored on the tuning trades (the gate's measure: per-trade Sharpe "
+        "of the variant minus its control's); `chosen` marks the thresholds the judging period and phase 11 use.",
+    columns=(
+        _c("candidate", pl.Int64, "", "candidate number in grid order", nullable=False),
+        _c("parameter", pl.Utf8, "", "OverlayConfig field", nullable=False),
+        _c("value", pl.Float64, "the field's unit", "the candidate's value (research/overlay.py OverlayConfig)"),
+        _c("objective", pl.Float64, "per-trade Sharpe", "objective on the tuning trades (NULL: undefined)"),
+        _c("chosen", pl.Boolean, "", "the best candidate", nullable=False),
+    ),
+    key=("candidate", "parameter"),
+)
+
+_SENSITIVITY_DOC = ("The phase 9 and phase 10 gates re-evaluated under each {what} (one row per setting and gate "
+                    "part, plus phase 9's per-feature Cliff's delta as gate 'phase9_features'). docs/evidence.md.")
+SENSITIVITY_OI_LAG = Table(
+    name="sensitivity_oi_lag",
+    doc=_SENSITIVITY_DOC.format(what="open-interest publication lag (0 / 60 / 300 / 900 s added to each OI row's "
+                                     "event time + period; features recomputed)"),
+    columns=(
+        _c("setting", pl.Utf8, "", "the setting's value", nullable=False),
+        _c("gate", pl.Utf8, "", "phase9, phase10 or phase9_features", nullable=False),
+        *_gate_part_columns(),
+    ),
+    key=("setting", "gate", "part"),
+)
+SENSITIVITY_TIMEOUTS = dataclasses.replace(
+    SENSITIVITY_OI_LAG, name="sensitivity_timeouts",
+    doc=_SENSITIVITY_DOC.format(what="timeout label policy (loss: the seed's meaning and the default; exclude; "
+                                     "r_sign: a timeout with positive R is a win)"))
+SENSITIVITY_THRESHOLDS = dataclasses.replace(
+    SENSITIVITY_OI_LAG, name="sensitivity_thresholds",
+    doc=_SENSITIVITY_DOC.format(what="overlay thresholds on the judging period: the defaults (the seed's intent, "
+                                     "untuned) and those tuned on the earlier trades"))
+SENSITIVITY_REGIMES = dataclasses.replace(
+    SENSITIVITY_OI_LAG, name="sensitivity_regimes",
+    doc=_SENSITIVITY_DOC.format(what="market regime: calendar year, and a trend/volatility regime from candles "
+                                     "only, known at decision time (90-day return sign x 30-day volatility tercile "
+                                     "within the trailing year); default thresholds, every trade of the regime"))
+
+
 TABLES: dict[str, Table] = {t.name: t for t in (FUNDING_RATES, OPEN_INTEREST, KLINES, TRADES, TRADE_CONTEXT_FEATURES, LIQUIDATION_MAP,
                                                   LIQUIDATIONS, BASELINE_METRICS,
                                                   DATA_QUALITY, CONTEXT_ERROR_ANALYSIS, CONTEXT_OVERLAY,
                                                   OVERLAY_BACKTEST, OVERLAY_DIFFERENCES, RESEARCH_GATES,
-                                                  MODEL_EVALUATION, MODEL_BACKTEST, MODEL_PREDICTIONS)}
+                                                  MODEL_EVALUATION, MODEL_BACKTEST, MODEL_PREDICTIONS,
+                                                  CONTEXT_ISSUE_SHARES, OVERLAY_TUNING, SENSITIVITY_OI_LAG,
+                                                  SENSITIVITY_TIMEOUTS, SENSITIVITY_THRESHOLDS,
+                                                  SENSITIVITY_REGIMES)}
 
 
 def conform(table: Table, df: pl.DataFrame) -> pl.DataFrame:

@@ -11,6 +11,7 @@ import polars as pl
 from qml_pipeline.store import schemas
 from qml_pipeline.view.cards import context_cards, pattern_cards
 from qml_pipeline.trades.metrics import equity_curve
+from qml_pipeline.research.evidence import evidence
 from qml_pipeline.research.overlay import OverlayConfig
 from qml_pipeline.view.report import write_report
 from qml_pipeline.sources.sample import SampleSource
@@ -91,12 +92,19 @@ def write_research_report(wh: Warehouse, out_dir: Path, inputs: ReportInputs) ->
     feature_values = filled.select("trade_id", "outcome").join(
         features.select("trade_id", *[c for c in REPORT_FEATURES if c in features.columns]), on="trade_id",
         how="left")
+    gates = wh.read(schemas.RESEARCH_GATES)
+    stats = wh.read(schemas.CONTEXT_ERROR_ANALYSIS)
+    ev = evidence(gates, wh.read(schemas.OVERLAY_DIFFERENCES), stats, wh.read(schemas.CONTEXT_ISSUE_SHARES),
+                  {"OI publication lag": wh.read(schemas.SENSITIVITY_OI_LAG),
+                   "timeout policy": wh.read(schemas.SENSITIVITY_TIMEOUTS),
+                   "thresholds": wh.read(schemas.SENSITIVITY_THRESHOLDS),
+                   "regime": wh.read(schemas.SENSITIVITY_REGIMES)})
     backtest = wh.read(schemas.OVERLAY_BACKTEST)
     per_year = (backtest.filter((pl.col("period") == "all") & (pl.col("scope") == "group"))
                 if backtest.height else wh.read(schemas.BASELINE_METRICS).filter(pl.col("dimension") == "year"))
     return write_report(
         out_dir, context_cards=latest_context_cards(wh), pattern_cards=recent_pattern_cards(wh),
-        equity_curves=curves, winners_vs_losers=wh.read(schemas.CONTEXT_ERROR_ANALYSIS),
+        equity_curves=curves, winners_vs_losers=stats,
         feature_values=feature_values, per_year_metrics=per_year, data_quality=wh.read(schemas.DATA_QUALITY),
-        gates=gate_dicts(wh.read(schemas.RESEARCH_GATES), inputs.override_gates),
-        model_summary=latest_model_summary(wh.root / "models"), notes=inputs.notes)
+        gates=gate_dicts(gates, inputs.override_gates), model_summary=latest_model_summary(wh.root / "models"),
+        evidence_can=ev.can, evidence_cannot=ev.cannot, evidence_parts=ev.parts, notes=inputs.notes)

@@ -385,11 +385,12 @@ def _wvl_html(stats: pl.DataFrame | None, feature_values: pl.DataFrame | None) -
     parts = []
     if stats is not None and stats.height:
         cols = ["feature", "n_win", "n_loss", "median_win", "median_loss", "cliffs_delta", "mw_p", "p_adj",
-                "significant"]
+                "significant", "mde_cliffs_delta"]
         parts.append(table_html(stats, cols))
         parts.append('<p class="sub">Values in each feature\'s stored unit (docs/features.md). Mann-Whitney U, '
                      "Benjamini-Hochberg adjusted across features; Cliff's delta = P(winner &gt; loser) - "
-                     "P(winner &lt; loser).</p>")
+                     "P(winner &lt; loser); mde_cliffs_delta: the smallest |Cliff's delta| found with 80% power at "
+                     "this feature's n after the correction.</p>")
     else:
         parts.append(_na("Winners-vs-losers statistics"))
     if feature_values is not None and feature_values.height:
@@ -411,12 +412,31 @@ def _per_year_html(df: pl.DataFrame | None) -> str:
     if df is None or df.height == 0:
         return _na("Per-year metrics")
     preferred = ["variant", "scope", "year", "dimension", "group", "patterns", "trades", "wins", "losses",
-                 "timeouts", "win_rate", "expectancy_r", "total_r", "profit_factor", "sharpe", "max_drawdown_r",
-                 "trades_per_year"]
+                 "timeouts", "win_rate", "expectancy_r", "total_r", "profit_factor", "sharpe_per_trade",
+                 "sharpe_daily", "max_drawdown_r", "trades_per_year"]
     cols = [c for c in preferred if c in df.columns] or df.columns
     return table_html(df, cols) + ('<p class="sub">win rate = wins / filled trades (a timeout is not a win); '
-                                   "R after fees and funding; Sharpe: annualised trade-level "
+                                   "R after fees and funding; sharpe_per_trade: mean / std of R per trade; "
+                                   "sharpe_daily: per calendar day, idle days as 0, x sqrt(365) "
                                    "(qml_pipeline/trades/metrics.py).</p>")
+
+
+def evidence_html(can: Sequence[str], cannot: Sequence[str], parts: pl.DataFrame | None) -> str:
+    """'What this evidence can and cannot say': two lists of sentences and the gate parts' numbers."""
+    if not can and not cannot:
+        return _na("What this evidence can and cannot say")
+    out = ""
+    if can:
+        out += "<h3>Can say</h3><ul>" + "".join(f"<li>{_e(c)}</li>" for c in can) + "</ul>"
+    if cannot:
+        out += "<h3>Cannot say</h3><ul>" + "".join(f"<li>{_e(c)}</li>" for c in cannot) + "</ul>"
+    if parts is not None and parts.height:
+        out += table_html(parts) + ('<p class="sub">Per gate part: value and threshold in the part\'s unit; control: '
+                                    "what it is measured against; null_percentile / null_p95: chance of the same "
+                                    "size; mde: the smallest effect found with 80% power at this n; ci_*: 95% "
+                                    "bootstrap interval by cluster of overlapping trades and by independent trade "
+                                    "(docs/evidence.md).</p>")
+    return out
 
 
 def write_report(out_dir: Path, *, context_cards: pl.DataFrame | None = None,
@@ -428,6 +448,9 @@ def write_report(out_dir: Path, *, context_cards: pl.DataFrame | None = None,
                  data_quality: pl.DataFrame | None = None,
                  gates: list[dict] | None = None,
                  model_summary: str | None = None,
+                 evidence_can: Sequence[str] = (),
+                 evidence_cannot: Sequence[str] = (),
+                 evidence_parts: pl.DataFrame | None = None,
                  notes: Sequence[str] = (),
                  title: str = "QML context report",
                  generated_at: datetime | None = None) -> Path:
@@ -435,7 +458,8 @@ def write_report(out_dir: Path, *, context_cards: pl.DataFrame | None = None,
 
     equity_curves: name -> `metrics.equity_curve` frame (exit_time, cum_r). feature_values: trade_id,
     outcome (WIN / LOSS / TIMEOUT, or label win / loss) and numeric feature columns. gates:
-    `GateResult.as_dict()` dicts. Every input may be None or empty: its section says so.
+    `GateResult.as_dict()` dicts. evidence_*: research.evidence.Evidence's sentences and gate parts.
+    Every input may be None or empty: its section says so.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -459,6 +483,7 @@ def write_report(out_dir: Path, *, context_cards: pl.DataFrame | None = None,
          + '<p class="sub">Adjustments are the rule overlay\'s multiplicative factors (docs/overlay.md); '
            'adjusted confidence = base x multiplier, clipped to [0, 100%].</p>'),
         ("Decision gates", _gates_html(gates)),
+        ("What this evidence can and cannot say", evidence_html(evidence_can, evidence_cannot, evidence_parts)),
         ("Equity: baseline vs overlay", equity_html),
         ("Winners vs losers", _wvl_html(winners_vs_losers, feature_values)),
         ("Metrics per year", _per_year_html(per_year_metrics)),
