@@ -129,3 +129,24 @@ def test_bad_trade_export_names_rows_and_writes_nothing(sample_warehouse: Path, 
     message = str(failure.step_failure_data.user_failure_data.description)
     assert "SIDEWAYS" in message or "direction" in message
     assert wh.read(schemas.TRADES).equals(before)
+
+
+def test_a_past_verdict_is_reproduced_from_its_snapshot(sample_warehouse: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from qml_pipeline.research.reproduce import reproduce
+
+    root = tmp_path / "wh"
+    shutil.copytree(sample_warehouse, root)  # a copy reads its own files
+    _research(root, override=False)  # phase 9 runs and stores its gate; phase 10 stops there
+    wh = Warehouse(root)
+    snapshot = wh.current_snapshot()
+    stored = wh.read(schemas.RESEARCH_GATES).filter(pl.col("gate") == "phase9")
+    # later the trades change (a new export, a fix): the warehouse's current state no longer gives that verdict
+    wh.replace_table(schemas.TRADES, wh.read(schemas.TRADES).head(60))
+    table = reproduce(wh, snapshot)
+    phase9 = table.filter(pl.col("gate") == "phase9")
+    assert phase9.height == stored.height and phase9["same_value"].all()
+    assert phase9.filter(pl.col("part") == "min_trades")["value"][0] == stored.filter(
+        pl.col("part") == "min_trades")["value"][0]
+    assert wh.read(schemas.TRADES).height == 60  # reproducing wrote nothing
