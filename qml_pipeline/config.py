@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from qml_pipeline.store.schemas import DEFAULT_FUNDING_RATE_CAP
+from qml_pipeline.store.schemas import DEFAULT_FUNDING_RATE_CAP, VENUES
 from qml_pipeline.timeutil import interval_ms
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +35,16 @@ class Settings:
     sample_dir: str = str(PROJECT_ROOT / "sample_data")
     binance_fapi_url: str = "https://fapi.binance.com"
     binance_archive_url: str = "https://data.binance.vision"
+    # the venues whose open interest and funding the pipeline reads (docs/venues.md). Binance always: the
+    # trades, candles and Binance features come from it; bybit and okx are read live from their APIs, so
+    # "binance,bybit,okx" goes with QML_SOURCE=binance (the bundled sample is Binance only).
+    venues: tuple[str, ...] = ("binance",)
+    bybit_url: str = "https://api.bybit.com"
+    okx_url: str = "https://www.okx.com"
+    # venue_divergence flags a venue whose OI change differs from the other venues' median by more than
+    # this many PERCENTAGE POINTS over 1h / over 24h
+    venue_divergence_1h_points: float = 3.0
+    venue_divergence_24h_points: float = 10.0
     start_date: str = "2021-12-01"
     # seconds added to every open-interest row's knowable time beyond its stamp + period
     oi_publication_lag_seconds: int = 0
@@ -61,6 +71,15 @@ class Settings:
             interval_ms(interval)
         if not self.symbols:
             raise ValueError("QML_SYMBOLS is empty: name at least one symbol, e.g. BTCUSDT")
+        unknown = [v for v in self.venues if v not in VENUES]
+        if unknown or "binance" not in self.venues or len(set(self.venues)) != len(self.venues):
+            raise ValueError(f"QML_VENUES={','.join(self.venues)!r}: expected distinct venues among {VENUES}, "
+                             "binance included (the trades, candles and Binance features come from it), e.g. "
+                             "'binance' or 'binance,bybit,okx'")
+        for name in ("venue_divergence_1h_points", "venue_divergence_24h_points"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"QML_{name.upper()}={getattr(self, name)}: expected a positive number of "
+                                 "percentage points")
 
     def column_map(self) -> dict[str, str]:
         pairs = [p.split("=", 1) for p in _csv(self.trades_column_map)]

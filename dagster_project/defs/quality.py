@@ -7,18 +7,20 @@ from datetime import timedelta
 import dagster as dg
 import polars as pl
 
+from dagster_project.defs.raw_market_data import raw_asset_name, venue_tables
 from dagster_project.metadata import table_metadata
 from dagster_project.resources import SETTINGS, MarketDataResource, WarehouseResource
 from qml_pipeline.store import schemas
 from qml_pipeline.store.quality import data_quality_markdown, data_quality_report
 
 GROUP = "data_quality"
-RAW_TABLES = ("funding_rates", "open_interest", "klines")
+# (asset, table, venue) of every configured venue's raw assets
+RAW_SERIES = [(raw_asset_name(t, v), t.name, v) for v in SETTINGS.venues for t in venue_tables(v)]
 MIN_COMPLETENESS = 0.99
 MAX_DATA_AGE = timedelta(hours=26)  # the daily refresh runs once a day; a day and a margin
 
 
-@dg.asset(deps=list(RAW_TABLES), group_name=GROUP, kinds={"ducklake", "duckdb"},
+@dg.asset(deps=[asset for asset, _, _ in RAW_SERIES], group_name=GROUP, kinds={"ducklake", "duckdb"},
           metadata=table_metadata(schemas.DATA_QUALITY))
 def data_quality(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Coverage, missing funding settlements / OI buckets / candles, duplicates, zero values, gaps, freshness."""
@@ -33,23 +35,25 @@ def data_quality(context: dg.AssetExecutionContext, warehouse: WarehouseResource
 
 
 def _quality_specs() -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec(f"quality_{symbol}", asset=table, additional_deps=[data_quality],
-                              description=f"{table} {symbol}: >= {MIN_COMPLETENESS:.0%} complete, no duplicates, "
-                                          f"fresh within {MAX_DATA_AGE} (live sources)")
-            for table in RAW_TABLES for symbol in SETTINGS.symbols]
+    return [dg.AssetCheckSpec(f"quality_{symbol}", asset=asset, additional_deps=[data_quality],
+                              description=f"{venue} {table} {symbol}: >= {MIN_COMPLETENESS:.0%} complete, no "
+                                          f"duplicates, fresh within {MAX_DATA_AGE} (live sources)")
+            for asset, table, venue in RAW_SERIES for symbol in SETTINGS.symbols]
 
 
 @dg.multi_asset_check(specs=_quality_specs(), can_subset=True)
 def raw_data_quality(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource,
                      market: MarketDataResource):
     report = warehouse.get().read(schemas.DATA_QUALITY)
+    series = {asset: (table, venue) for asset, table, venue in RAW_SERIES}
     for key in context.selected_asset_check_keys:
-        table, symbol = key.asset_key.to_user_string(), key.name.removeprefix("quality_")
-        rows = report.filter((pl.col("table_name") == table) & (pl.col("symbol") == symbol))
+        (table, venue), symbol = series[key.asset_key.to_user_string()], key.name.removeprefix("quality_")
+        rows = report.filter((pl.col("table_name") == table) & (pl.col("venue") == venue)
+                             & (pl.col("symbol") == symbol))
         if rows.is_empty():
             yield dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=False,
                                       severity=dg.AssetCheckSeverity.WARN,
-                                      metadata={"reason": f"no {table} rows for {symbol}"})
+                                      metadata={"reason": f"no {venue} {table} rows for {symbol}"})
             continue
         worst = rows.sort("completeness").row(0, named=True)
         problems = []
@@ -57,7 +61,7 @@ def raw_data_quality(context: dg.AssetCheckExecutionContext, warehouse: Warehous
             problems.append(f"{worst['series'] or table} only {worst['completeness']:.2%} complete")
         if rows["duplicate_rows"].sum():
             problems.append(f"{rows['duplicate_rows'].sum()} duplicate rows")
-        live = market.source != "sample"
+        live = market.source != "sample" or venue != "binance"
         age = timedelta(minutes=float(rows["freshness_minutes"].max()))
         if live and age > MAX_DATA_AGE:
             problems.append(f"stale: newest row is {age} old")
