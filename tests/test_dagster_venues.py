@@ -5,6 +5,10 @@ without deleting anything, and a second run fetching nothing."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -13,6 +17,7 @@ import polars as pl
 import pytest
 
 from dagster_project.resources import MarketDataResource
+from qml_pipeline.config import Settings
 from qml_pipeline.sources import bybit, okx
 from qml_pipeline.store import schemas
 from qml_pipeline.store.warehouse import Warehouse
@@ -21,6 +26,7 @@ from tests.fake_bybit import FUNDING_PATH as BYBIT_FUNDING, OI_PATH as BYBIT_OI
 from tests.fake_okx import OI_PATH as OKX_OI
 
 UTC = timezone.utc
+ROOT = Path(__file__).parent.parent
 SYMBOL = "BTCUSDT"
 NOW = datetime(2024, 3, 15, 12, 0, tzinfo=UTC)
 LAUNCH = datetime(2024, 2, 26, tzinfo=UTC)  # Bybit's listing: nothing is expected before it
@@ -139,3 +145,31 @@ def test_missing_settlement_fails_the_complete_check_and_deletes_nothing(tmp_pat
     # the other venue's assets are unaffected
     assert all(e.passed for e in result.get_asset_check_evaluations()
                if e.asset_key.to_user_string().startswith("bybit_"))
+
+
+def test_qml_venues_is_parsed_and_checked():
+    assert Settings.from_env({}).venues == ("binance",)
+    assert Settings.from_env({"QML_VENUES": "binance, bybit,okx"}).venues == ("binance", "bybit", "okx")
+    for bad in ("bybit,okx", "binance,kraken", "binance,binance"):
+        with pytest.raises(ValueError, match="QML_VENUES=.*binance included"):
+            Settings.from_env({"QML_VENUES": bad})
+
+
+def test_venue_assets_exist_only_for_configured_venues_and_join_the_refresh():
+    """The definitions as Dagster loads them with QML_VENUES set (a fresh process: settings are read at import)."""
+    script = ("import json; from dagster_project.definitions import defs; r = defs.get_repository_def(); "
+              "g = r.asset_graph; job = r.get_job('raw_refresh').asset_layer.executable_asset_keys; "
+              "print(json.dumps({'job': sorted(k.to_user_string() for k in job), "
+              "'features': sorted(k.to_user_string() for k in g.get(dg.AssetKey('trade_context_features')).parent_keys), "
+              "'aggregate': sorted(k.to_user_string() for k in g.get(dg.AssetKey('open_interest_aggregate')).parent_keys), "
+              "'partitions': [str(g.get(dg.AssetKey(k)).partitions_def) for k in ('okx_open_interest', 'open_interest')]}))")
+    env = {**os.environ, "QML_VENUES": "binance,okx", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-c", "import dagster as dg; " + script], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["job"] == ["funding_rates", "klines", "okx_funding_rates", "okx_open_interest", "open_interest"]
+    assert {"okx_funding_rates", "open_interest_aggregate", "funding_rates"} <= set(got["features"])
+    assert got["aggregate"] == ["okx_open_interest", "open_interest"]
+    okx_partitions, binance_partitions = got["partitions"]
+    assert okx_partitions == binance_partitions and "symbols" in okx_partitions  # the same symbol x month

@@ -35,7 +35,7 @@ def open_interest_aggregate(context: dg.AssetExecutionContext, warehouse: Wareho
     in time, with per-venue shares and which venues were present (docs/venues.md)."""
     wh = warehouse.for_run(context)
     with contextlib.closing(wh.connect()) as con:
-        aggregate = build_open_interest_aggregate(con, SETTINGS.venues)
+        aggregate = build_open_interest_aggregate(con, SETTINGS.venues, until=utc_now())
     wh.replace_table(schemas.OPEN_INTEREST_AGGREGATE, aggregate)
     coverage = (aggregate.group_by("symbol", "venues_present").agg(pl.len().alias("instants"),
                                                                     pl.col("event_time").min().alias("first"),

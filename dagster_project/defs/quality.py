@@ -86,7 +86,7 @@ DIVERGENCE_CHECK = "venues_agree"
           metadata=table_metadata(schemas.VENUE_DIVERGENCE),
           check_specs=[dg.AssetCheckSpec(
               DIVERGENCE_CHECK, asset="venue_divergence",
-              description=f"no venue's OI change differs from the other venues' median by more than "
+              description=f"no venue's OI change differs from the median of the venues' changes by more than "
                           f"{SETTINGS.venue_divergence_1h_points:g} points over 1h or "
                           f"{SETTINGS.venue_divergence_24h_points:g} points over 24h (a warning: a venue's "
                           "data error or a venue-specific move; the hours are listed)")])

@@ -1,13 +1,14 @@
 """Open interest and funding across venues, point in time, in DuckDB SQL (definitions: docs/venues.md).
 
 `open_interest_aggregate` (a derived table, `build_open_interest_aggregate`): per symbol, at every
-5-minute instant t from the first moment any configured venue's row was known to the last, each venue's
-newest row known at t: among its rows with `available_at <= t` (revision 0, `open_interest` and
+5-minute instant t from the first moment any configured venue's row was known until the build's time
+(`until`, the moment it is built) or until every venue's last row has gone stale, if earlier; each
+venue's newest row known at t: among its rows with `available_at <= t` (revision 0, `open_interest` and
 `open_interest_value` > 0), the one with the latest `event_time`. It counts while fresh (t - event_time
 within the open-interest staleness limit of `FeatureConfig`, the Binance features' rule); a venue without
 a fresh row is listed in `venues_missing`, its columns NULL, never a zero in the sum. Every value at t
 uses rows available by t only, so appending rows that become available after t never changes the row
-at t.
+at t; and no row lies after the build's time, so none is ever computed before its instant.
 
 Features (`aggregate_features`), per probe (a trade at its decision_time, or a card at its as_of), from
 the aggregate row at the probe's 5-minute instant (t floored to the grid) and the funding rows:
@@ -25,6 +26,7 @@ Every one is NULL unless another venue beside Binance (two venues for the OI fea
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 import duckdb
 import polars as pl
@@ -32,6 +34,7 @@ import polars as pl
 from qml_pipeline.features.point_in_time import FeatureConfig
 from qml_pipeline.store import schemas
 from qml_pipeline.store.schemas import OPEN_INTEREST_AGGREGATE, VENUES
+from qml_pipeline.timeutil import to_ms
 
 STEP_MS = 5 * 60_000
 HOUR_MS = 3_600_000
@@ -64,9 +67,11 @@ def _newest_known(rows_sql: str) -> str:
                                         ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING), {MAX_MS})"""
 
 
-def aggregate_sql(venues: Sequence[str] = VENUES, config: FeatureConfig = FeatureConfig()) -> str:
+def aggregate_sql(venues: Sequence[str] = VENUES, config: FeatureConfig = FeatureConfig(),
+                  until: datetime | None = None) -> str:
     """The SELECT behind open_interest_aggregate, over the `open_interest` table of a connection: one ASOF
-    join per configured venue (a venue not configured has NULL columns)."""
+    join per configured venue (a venue not configured has NULL columns); no instant after `until`."""
+    until_ms = MAX_MS if until is None else to_ms(until)
     configured = sorted(set(venues))
     joins = "\n".join(f"ASOF LEFT JOIN (SELECT * FROM known WHERE venue = '{v}') {v} "
                        f"ON {v}.symbol = i.symbol AND {v}.av <= i.t" for v in configured)
@@ -89,12 +94,14 @@ v(venue) AS (VALUES {_venue_values(venues)}),
 known AS ({_newest_known(f'''
     SELECT venue, symbol, epoch_ms(event_time) AS ev, epoch_ms(available_at) AS av,
            open_interest AS coins, open_interest_value AS usd,
-           greatest({config.oi_stale_periods} * period_minutes, {config.oi_stale_min_minutes}) * 60000 AS limit_ms
+           CAST(greatest({config.oi_stale_periods} * period_minutes, {config.oi_stale_min_minutes}) * 60000 AS BIGINT)
+               AS limit_ms
     FROM open_interest
     WHERE revision = 0 AND open_interest > 0 AND open_interest_value > 0 AND venue IN (SELECT venue FROM v)''')}),
 instants AS (
+    -- from the first row known to the build's time, or to when the last row goes stale
     SELECT symbol, unnest(range((min(av) + {STEP_MS - 1}) // {STEP_MS} * {STEP_MS},
-                                max(av) // {STEP_MS} * {STEP_MS} + 1, {STEP_MS})) AS t
+                                least(max(ev + limit_ms), {until_ms}) // {STEP_MS} * {STEP_MS} + 1, {STEP_MS})) AS t
     FROM known GROUP BY symbol
 ),
 at_instants AS (
@@ -115,10 +122,10 @@ FROM at_instants ORDER BY symbol, t
 
 
 def build_open_interest_aggregate(con: duckdb.DuckDBPyConnection, venues: Sequence[str] = VENUES,
-                                  config: FeatureConfig = FeatureConfig()) -> pl.DataFrame:
+                                  config: FeatureConfig = FeatureConfig(), until: datetime | None = None) -> pl.DataFrame:
     """The OPEN_INTEREST_AGGREGATE rows from the `open_interest` table of `con` (every venue's rows visible:
-    `Warehouse.connect()` without a venue)."""
-    df = _run(con, aggregate_sql(venues, config))
+    `Warehouse.connect()` without a venue), up to `until` (the pipeline passes the time of the build)."""
+    df = _run(con, aggregate_sql(venues, config, until))
     return schemas.conform(OPEN_INTEREST_AGGREGATE, df) if df.height else schemas.empty(OPEN_INTEREST_AGGREGATE)
 
 

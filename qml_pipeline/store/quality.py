@@ -14,10 +14,11 @@ the stamp where it starts (the first missing stamp). Duplicates are rows beyond 
 
 Across venues (`compare_venues`, the table venue_divergence): at every whole UTC hour h, each venue's open
 interest (coins) is its newest row stamped at or before h, if at most `max_age_minutes` old; its change over
-a window is (value at h / value at h - window - 1) * 100. A venue is flagged at h when its change differs
-from the median change of the other venues present at both instants by more than the window's threshold
-(percentage points). With two venues each is compared with the other, so both are flagged; with three or
-more the median of the others singles out the odd one.
+a window is (value at h / value at h - window - 1) * 100. Where two or more venues have a change for the
+same hour and window, each is compared with the median of those changes (its own included) and flagged
+when it differs by more than the window's threshold (percentage points). With three or more venues the
+median is a well-behaved venue's change, so only the odd one is flagged; with two the median is their
+mean, so both are flagged, each by half the gap: two venues cannot tell which one is wrong.
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ HOUR_MS = 3_600_000
 class DivergenceConfig:
     """When one venue's open-interest change is out of line with the other venues'."""
 
-    # (window in HOURS, threshold in PERCENTAGE POINTS of |change - median of the others' changes|)
+    # (window in HOURS, threshold in PERCENTAGE POINTS of |change - median of the venues' changes|)
     window_thresholds: tuple[tuple[int, float], ...] = ((1, 3.0), (24, 10.0))
     # a venue's value at an hour is its newest row stamped at most this many MINUTES before it
     max_age_minutes: float = 120.0
@@ -202,14 +203,16 @@ changes AS (
     FROM (SELECT *, h - window_hours * {HOUR_MS} AS ago_h FROM value_at CROSS JOIN w WHERE coins IS NOT NULL) cur
     JOIN value_at ago ON ago.symbol = cur.symbol AND ago.venue = cur.venue AND ago.h = cur.ago_h
     WHERE ago.coins IS NOT NULL
+),
+per_hour AS (
+    SELECT symbol, h, window_hours, median(change_pct) AS median_pct, list(venue) AS venues
+    FROM changes GROUP BY symbol, h, window_hours HAVING count(*) >= 2
 )
 SELECT c.venue, c.symbol, make_timestamptz(c.h * 1000) AS event_time, c.window_hours, c.change_pct,
-       median(o.change_pct) AS others_median_pct, c.change_pct - median(o.change_pct) AS deviation_points,
-       c.threshold AS threshold_points, array_to_string(list_sort(list(o.venue)), ',') AS other_venues,
+       p.median_pct, c.change_pct - p.median_pct AS deviation_points, c.threshold AS threshold_points,
+       array_to_string(list_sort(list_filter(p.venues, lambda x: x <> c.venue)), ',') AS other_venues,
        c.coins AS open_interest
-FROM changes c
-JOIN changes o ON o.symbol = c.symbol AND o.h = c.h AND o.window_hours = c.window_hours AND o.venue <> c.venue
-GROUP BY c.venue, c.symbol, c.h, c.window_hours, c.change_pct, c.threshold, c.coins
+FROM changes c JOIN per_hour p USING (symbol, h, window_hours)
 ORDER BY c.symbol, c.h, c.window_hours, c.venue
 """
 

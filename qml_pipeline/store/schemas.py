@@ -672,7 +672,7 @@ OPEN_INTEREST_AGGREGATE = Table(
 VENUE_DIVERGENCE = Table(
     name="venue_divergence",
     doc="Data quality across venues: hours where one venue's open-interest change over a window differs from "
-        "the median change of the other venues by more than the window's threshold (docs/venues.md).",
+        "the median change of the venues compared by more than the window's threshold (docs/venues.md).",
     columns=(
         VENUE,
         Column("symbol", pl.Utf8, "VARCHAR", "", "the project's symbol (Binance spelling), e.g. BTCUSDT"),
@@ -681,9 +681,9 @@ VENUE_DIVERGENCE = Table(
         Column("window_hours", pl.Int32, "INTEGER", "hours", "the change's window"),
         Column("change_pct", pl.Float64, "DOUBLE", "percent",
                "(the venue's open_interest at event_time / at event_time - window - 1) * 100 (coins)"),
-        Column("others_median_pct", pl.Float64, "DOUBLE", "percent",
-               "median of the other venues' change_pct over the same window and hour"),
-        Column("deviation_points", pl.Float64, "DOUBLE", "percentage points", "change_pct - others_median_pct"),
+        Column("median_pct", pl.Float64, "DOUBLE", "percent",
+               "median of the change_pct of every venue compared at that hour and window (this one included)"),
+        Column("deviation_points", pl.Float64, "DOUBLE", "percentage points", "change_pct - median_pct"),
         Column("threshold_points", pl.Float64, "DOUBLE", "percentage points",
                "the window's threshold that |deviation_points| exceeded"),
         Column("other_venues", pl.Utf8, "VARCHAR", "", "the venues compared with, comma-separated"),
