@@ -5,6 +5,7 @@ without deleting anything, and a second run fetching nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -16,7 +17,9 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from dagster_project.resources import MarketDataResource
+import dagster_project.defs.context as context_defs
+import dagster_project.defs.quality as quality_defs
+from dagster_project.resources import SETTINGS, MarketDataResource, WarehouseResource
 from qml_pipeline.config import Settings
 from qml_pipeline.sources import bybit, okx
 from qml_pipeline.store import schemas
@@ -126,6 +129,29 @@ def test_venue_assets_write_their_venue_with_the_binance_checks(tmp_path, venues
     assert (fake_bybit.count(BYBIT_OI), fake_okx.count(OKX_OI), fake_bybit.count(BYBIT_FUNDING)) == before
     for asset in VENUE_ASSETS:
         assert all(p["rows_fetched"] == 0 for p in partition_metadata(again, asset).values()), asset
+
+
+def test_aggregate_and_divergence_assets_over_the_venues_rows(tmp_path, venues, monkeypatch):
+    fake_bybit, fake_okx = venues
+    _okx_funding(fake_okx)
+    assert _materialize(tmp_path, fake_bybit.url).success
+    every_venue = dataclasses.replace(SETTINGS, venues=("binance", "bybit", "okx"))
+    monkeypatch.setattr(context_defs, "SETTINGS", every_venue)
+    monkeypatch.setattr(quality_defs, "SETTINGS", every_venue)
+    result = dg.materialize([context_defs.open_interest_aggregate, quality_defs.venue_divergence],
+                            resources={"warehouse": WarehouseResource(root=str(tmp_path))},
+                            run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}})
+    assert result.success
+    agg = Warehouse(tmp_path).read(schemas.OPEN_INTEREST_AGGREGATE)
+    okx_from = NOW - 1439 * M5 + M5  # OKX's oldest row served, known one period later
+    before, after = agg.filter(pl.col("event_time") < okx_from), agg.filter(pl.col("event_time") >= okx_from)
+    # before OKX's depth its absence is visible, never a zero in the total; Binance holds no rows here at all
+    assert set(before["venues_present"]) == {"bybit"} and set(before["venues_missing"]) == {"binance,okx"}
+    assert (before["oi_usd_total"] == before["bybit_oi_usd"]).all() and before["okx_share"].null_count() == before.height
+    assert set(after["venues_present"]) == {"bybit,okx"}
+    assert (after["bybit_share"] + after["okx_share"] - 1).abs().max() < 1e-12
+    divergence = next(e for e in result.get_asset_check_evaluations() if e.check_name == "venues_agree")
+    assert divergence.passed and divergence.metadata["comparisons"].value > 0  # the fakes' OI grows alike
 
 
 def test_missing_settlement_fails_the_complete_check_and_deletes_nothing(tmp_path, venues):
