@@ -44,6 +44,8 @@ class FixedClockBybit(bybit.BybitSource):
 
 
 class FixedClockOkx(okx.OkxSource):
+    path_limits = ()  # OKX's 10 requests / 2 s throttle: tests/test_okx.py
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, now=lambda: NOW, **kwargs)
 
@@ -53,7 +55,6 @@ def venues(monkeypatch, fake_bybit, fake_okx):
     """Bybit from its launch, OKX as deep as it serves; one local server for both, told apart by path."""
     monkeypatch.setattr(bybit, "BybitSource", FixedClockBybit)
     monkeypatch.setattr(okx, "OkxSource", FixedClockOkx)
-    monkeypatch.setattr(okx, "PATH_LIMITS", ())  # OKX's 10 requests / 2 s throttle: tests/test_okx.py
     assert fake_bybit.url == fake_okx.url
     fake_bybit.add_instrument(SYMBOL, LAUNCH)
     n_oi = (NOW - LAUNCH) // M5

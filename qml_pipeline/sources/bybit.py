@@ -28,8 +28,7 @@ limit) wait, then retry; 10016 (internal error) backs off and retries; any other
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -41,7 +40,7 @@ from qml_pipeline.sources.http_client import HttpClient, VenueRules
 from qml_pipeline.sources.venue_frames import funding_frame, open_interest_frame
 from qml_pipeline.sources.venue_source import VenueSource
 from qml_pipeline.sources.venues import Instrument, UnknownSymbolError, split_symbol, venue_period
-from qml_pipeline.timeutil import from_ms, interval_ms, to_ms, utc_now
+from qml_pipeline.timeutil import from_ms, interval_ms, to_ms
 
 VENUE = "bybit"
 SOURCE = "bybit_rest"
@@ -111,14 +110,8 @@ class BybitSource(VenueSource):
 
     name = VENUE
     venue = VENUE
-
-    def __init__(self, client: HttpClient, oi_publication_lag_s: int = 0, now: Callable[[], datetime] = utc_now,
-                 known_gaps_file: str | os.PathLike[str] | None = None):
-        if client.rules is not RULES:
-            raise ValueError("BybitSource needs an HttpClient made with bybit.RULES (bybit.make_client)")
-        super().__init__(client, oi_publication_lag_s, now, known_gaps_file)
-        self._instruments: dict[str, Instrument] = {}
-        client.set_path_limit(*IP_LIMIT)
+    rules = RULES
+    path_limits = (IP_LIMIT,)
 
     # ------------------------------------------------------------------ instruments
 

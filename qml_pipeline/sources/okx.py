@@ -32,8 +32,6 @@ endpoint and parameters (51001: the instrument does not exist).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -51,7 +49,7 @@ from qml_pipeline.sources.venues import (
     venue_period,
     venue_symbol,
 )
-from qml_pipeline.timeutil import UTC, from_ms, interval_ms, to_ms, utc_now
+from qml_pipeline.timeutil import UTC, from_ms, interval_ms, to_ms
 
 VENUE = "okx"
 SOURCE = "okx_rest"
@@ -101,15 +99,9 @@ class OkxSource(VenueSource):
 
     name = VENUE
     venue = VENUE
-
-    def __init__(self, client: HttpClient, oi_publication_lag_s: int = 0, now: Callable[[], datetime] = utc_now,
-                 known_gaps_file: str | os.PathLike[str] | None = None):
-        if client.rules is not RULES:
-            raise ValueError("OkxSource needs an HttpClient made with okx.RULES (okx.make_client)")
-        super().__init__(client, oi_publication_lag_s, now, known_gaps_file)
-        self._swaps: dict[str, dict[str, Any]] | None = None
-        for limit in PATH_LIMITS:
-            client.set_path_limit(*limit)
+    rules = RULES
+    path_limits = PATH_LIMITS
+    _swaps: dict[str, dict[str, Any]] | None = None  # every swap by instId, fetched once
 
     # ------------------------------------------------------------------ instruments
 

@@ -23,7 +23,8 @@ from datetime import datetime, timedelta
 import polars as pl
 
 from qml_pipeline.sources.grid import Coverage, Gap, Grid, KnownGap, gaps_for, read_known_gaps
-from qml_pipeline.sources.http_client import HttpClient
+from qml_pipeline.sources.http_client import HttpClient, VenueRules
+from qml_pipeline.sources.venues import Instrument
 from qml_pipeline.timeutil import EPOCH, interval_ms, utc_now
 
 # Rows at the live edge are expected only this long after they could first exist: both venues publish
@@ -36,19 +37,29 @@ class NotServedError(ValueError):
 
 
 class VenueSource:
-    """Base of `bybit.BybitSource` and `okx.OkxSource`. `now` is injectable so that the live edge and the
+    """Base of `bybit.BybitSource` and `okx.OkxSource`: a client made with the venue's `rules` (its module's
+    `make_client`), throttled by its `path_limits`. `now` is injectable so that the live edge and the
     history depth are testable."""
 
     name: str
     venue: str
+    rules: VenueRules
+    # (path prefixes, requests, window in seconds): sliding windows kept by the client
+    path_limits: tuple[tuple[tuple[str, ...], int, float], ...] = ()
 
     def __init__(self, client: HttpClient, oi_publication_lag_s: int = 0, now: Callable[[], datetime] = utc_now,
                  known_gaps_file: str | os.PathLike[str] | None = None):
+        if client.rules is not self.rules:
+            raise ValueError(f"{type(self).__name__} needs an HttpClient made with {self.venue}.RULES "
+                             f"({self.venue}.make_client)")
         self.client = client
         self.oi_publication_lag_s = oi_publication_lag_s
         self.now = now
         self.notes: list[str] = []
         self._known: list[KnownGap] = read_known_gaps(known_gaps_file) if known_gaps_file else []
+        self._instruments: dict[str, Instrument] = {}  # by project symbol, fetched once
+        for limit in self.path_limits:
+            client.set_path_limit(*limit)
 
     def history_start(self, table: str, symbol: str, variant: str) -> datetime | None:
         """The oldest time the venue serves `table` for `symbol` (None: unbounded)."""

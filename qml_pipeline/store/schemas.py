@@ -371,6 +371,12 @@ DATA_QUALITY = Table(
 )
 
 
+def _c(name: str, dtype: pl.DataType, unit: str, doc: str, nullable: bool = True) -> Column:
+    duck = {pl.Utf8: "VARCHAR", pl.Float64: "DOUBLE", pl.Int64: "BIGINT", pl.Int32: "INTEGER",
+            pl.Int16: "SMALLINT", pl.Boolean: "BOOLEAN"}.get(dtype, "TIMESTAMPTZ")
+    return Column(name, dtype, duck, unit, doc, nullable)
+
+
 TRADE_CONTEXT_FEATURES = Table(
     name="trade_context_features",
     doc="Derivatives context of each trade at its decision_time (point-in-time; docs/features.md).",
@@ -447,36 +453,24 @@ TRADE_CONTEXT_FEATURES = Table(
         Column("atr_age_minutes", pl.Float64, "DOUBLE", "minutes", "decision_time - atr_bar_close_time",
                nullable=True),
         # across venues (qml_pipeline/features/aggregate.py; docs/venues.md): NULL unless two venues are known
-        Column("oi_agg_change_24h", pl.Float64, "DOUBLE", "percent",
-               "(USD OI summed over the venues known at t / the same sum at t - 24h - 1) * 100, from "
-               "open_interest_aggregate; NULL unless the same two or more venues are present at both instants",
-               nullable=True),
-        Column("oi_agg_change_7d", pl.Float64, "DOUBLE", "percent",
-               "the same with t - 7d", nullable=True),
-        Column("oi_agg_percentile_30d", pl.Float64, "DOUBLE", "percent (0-100)",
-               "share of the hourly aggregate totals in (t - 30d, t] over the same venues that are <= the total "
-               "at t, times 100; NULL with fewer than two venues or too few hourly totals", nullable=True),
-        Column("oi_binance_share", pl.Float64, "DOUBLE", "fraction 0..1",
-               "Binance's USD OI / the aggregate's at t; NULL unless another venue is present beside Binance",
-               nullable=True),
-        Column("oi_agg_venues", pl.Utf8, "VARCHAR", "",
-               "venues in the aggregate at t, comma-separated ('' when none is fresh); NULL without an "
-               "aggregate row at t", nullable=True),
-        Column("funding_spread_8h", pl.Float64, "DOUBLE", "fraction per 8h",
-               "Binance's last settled rate known at t scaled to 8h minus the mean of the other venues' (each "
-               "scaled to 8h, each with the funding staleness rule); NULL without Binance's or another "
-               "venue's rate", nullable=True),
-        Column("funding_spread_venues", pl.Utf8, "VARCHAR", "",
-               "the other venues whose rates the spread averages, comma-separated", nullable=True),
+        _c("oi_agg_change_24h", pl.Float64, "percent",
+           "(USD OI summed over the venues known at t / the same sum at t - 24h - 1) * 100, from "
+           "open_interest_aggregate; NULL unless the same two or more venues are present at both instants"),
+        _c("oi_agg_change_7d", pl.Float64, "percent", "the same with t - 7d"),
+        _c("oi_agg_percentile_30d", pl.Float64, "percent (0-100)",
+           "share of the hourly aggregate totals in (t - 30d, t] over the same venues that are <= the total at t, "
+           "times 100; NULL with fewer than two venues or too few hourly totals"),
+        _c("oi_binance_share", pl.Float64, "fraction 0..1",
+           "Binance's USD OI / the aggregate's at t; NULL unless another venue is present beside Binance"),
+        _c("oi_agg_venues", pl.Utf8, "", "venues in the aggregate at t, comma-separated ('' when none is fresh); "
+           "NULL without an aggregate row at t"),
+        _c("funding_spread_8h", pl.Float64, "fraction per 8h",
+           "Binance's last settled rate known at t scaled to 8h minus the mean of the other venues' (each scaled "
+           "to 8h, each with the funding staleness rule); NULL without Binance's or another venue's rate"),
+        _c("funding_spread_venues", pl.Utf8, "", "the other venues whose rates the spread averages, comma-separated"),
     ),
     key=("trade_id",),
 )
-
-
-def _c(name: str, dtype: pl.DataType, unit: str, doc: str, nullable: bool = True) -> Column:
-    duck = {pl.Utf8: "VARCHAR", pl.Float64: "DOUBLE", pl.Int64: "BIGINT", pl.Int32: "INTEGER",
-            pl.Int16: "SMALLINT", pl.Boolean: "BOOLEAN"}.get(dtype, "TIMESTAMPTZ")
-    return Column(name, dtype, duck, unit, doc, nullable)
 
 
 CONTEXT_ERROR_ANALYSIS = Table(
@@ -675,19 +669,20 @@ VENUE_DIVERGENCE = Table(
         "the median change of the venues compared by more than the window's threshold (docs/venues.md).",
     columns=(
         VENUE,
-        Column("symbol", pl.Utf8, "VARCHAR", "", "the project's symbol (Binance spelling), e.g. BTCUSDT"),
-        Column("event_time", TS, "TIMESTAMPTZ", "UTC",
-               "the whole hour compared: each venue's newest stamp at or before it (if fresh)"),
-        Column("window_hours", pl.Int32, "INTEGER", "hours", "the change's window"),
-        Column("change_pct", pl.Float64, "DOUBLE", "percent",
-               "(the venue's open_interest at event_time / at event_time - window - 1) * 100 (coins)"),
-        Column("median_pct", pl.Float64, "DOUBLE", "percent",
-               "median of the change_pct of every venue compared at that hour and window (this one included)"),
-        Column("deviation_points", pl.Float64, "DOUBLE", "percentage points", "change_pct - median_pct"),
-        Column("threshold_points", pl.Float64, "DOUBLE", "percentage points",
-               "the window's threshold that |deviation_points| exceeded"),
-        Column("other_venues", pl.Utf8, "VARCHAR", "", "the venues compared with, comma-separated"),
-        Column("open_interest", pl.Float64, "DOUBLE", "base asset (e.g. BTC)", "the venue's value at event_time"),
+        _c("symbol", pl.Utf8, "", "the project's symbol (Binance spelling), e.g. BTCUSDT", nullable=False),
+        _c("event_time", TS, "UTC", "the whole hour compared: each venue's newest stamp at or before it (if fresh)",
+           nullable=False),
+        _c("window_hours", pl.Int32, "hours", "the change's window", nullable=False),
+        _c("change_pct", pl.Float64, "percent",
+           "(the venue's open_interest at event_time / at event_time - window - 1) * 100 (coins)", nullable=False),
+        _c("median_pct", pl.Float64, "percent",
+           "median of the change_pct of every venue compared at that hour and window (this one included)",
+           nullable=False),
+        _c("deviation_points", pl.Float64, "percentage points", "change_pct - median_pct", nullable=False),
+        _c("threshold_points", pl.Float64, "percentage points", "the window's threshold that |deviation_points| "
+           "exceeded", nullable=False),
+        _c("other_venues", pl.Utf8, "", "the venues compared with, comma-separated", nullable=False),
+        _c("open_interest", pl.Float64, "base asset (e.g. BTC)", "the venue's value at event_time", nullable=False),
     ),
     key=("venue", "symbol", "event_time", "window_hours"),
     time_column="event_time",
