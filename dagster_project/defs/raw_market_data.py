@@ -19,7 +19,7 @@ from qml_pipeline.sources.grid import Coverage, describe_stamps
 from qml_pipeline.sources.ingest import WindowResult, ingest_symbol, month_windows, variants
 from qml_pipeline.store import schemas
 from qml_pipeline.store.schemas import Table
-from qml_pipeline.timeutil import day_start
+from qml_pipeline.timeutil import EPOCH, day_start
 
 RAW_GROUP = "raw_market_data"
 CONTRACT_CHECK = "contract"
@@ -50,8 +50,8 @@ def venue_tables(venue: str) -> tuple[Table, ...]:
 
 def _span(coverage: Coverage) -> str:
     """Where the source serves data, e.g. '[2024-05-27 00:00, 2024-06-01 11:53)' (UTC)."""
-    if coverage.first and coverage.end and coverage.first >= coverage.end:
-        return "nothing"
+    if coverage.end is not None and (coverage.end <= EPOCH or (coverage.first and coverage.first >= coverage.end)):
+        return "nothing"  # e.g. the sample without open interest for a symbol
     first = f"{coverage.first:%Y-%m-%d %H:%M}" if coverage.first else "the start"
     end = f"{coverage.end:%Y-%m-%d %H:%M}" if coverage.end else "now"
     return f"[{first}, {end})"
