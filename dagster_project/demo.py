@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     if SETTINGS.source != "sample":
         print(f"QML_SOURCE={SETTINGS.source}: the demo runs on the bundled sample only; unset QML_SOURCE.")
         return 2
+    if SETTINGS.venues != ("binance",):
+        print(f"QML_VENUES={','.join(SETTINGS.venues)}: the bundled sample is Binance only (no other venue's public "
+              "history can be bundled, and the demo invents none); unset QML_VENUES.")
+        return 2
     first_day = args.first_day or SETTINGS.start_date
     try:  # every input is read and checked before any warehouse is touched
         SampleSource(SETTINGS.sample_dir).check_inputs(SETTINGS.symbols, SETTINGS.kline_intervals)

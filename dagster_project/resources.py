@@ -43,12 +43,15 @@ class WarehouseResource(dg.ConfigurableResource):
 
 
 class MarketDataResource(dg.ConfigurableResource):
-    """Which market data feeds the raw assets (QML_SOURCE: sample | binance) and its settings."""
+    """Which market data feeds the raw assets (QML_SOURCE: sample | binance for Binance's rows; Bybit and
+    OKX are read from their APIs, QML_BYBIT_URL and QML_OKX_URL) and its settings."""
 
     source: str = SETTINGS.source
     sample_dir: str = SETTINGS.sample_dir
     binance_fapi_url: str = SETTINGS.binance_fapi_url
     binance_archive_url: str = SETTINGS.binance_archive_url
+    bybit_url: str = SETTINGS.bybit_url
+    okx_url: str = SETTINGS.okx_url
     oi_period: str = SETTINGS.oi_period
     oi_publication_lag_seconds: int = SETTINGS.oi_publication_lag_seconds
     funding_rate_cap: float = SETTINGS.funding_rate_cap
@@ -64,9 +67,21 @@ class MarketDataResource(dg.ConfigurableResource):
         """When a kline is implausible (QML_BAR_OUTLIER_*; schemas.BarPlausibility)."""
         return BarPlausibility(self.bar_outlier_factor, self.bar_outlier_min_log_move, self.bar_outlier_window)
 
-    def open(self, log: Callable[[str], None] | None = None, cache_dir: Path | None = None) -> MarketSource:
-        """The configured source; downloaded archive files are cached under `cache_dir` (the warehouse's
-        `cache/` folder when the raw assets call it)."""
+    def open(self, log: Callable[[str], None] | None = None, cache_dir: Path | None = None,
+             venue: str = "binance") -> MarketSource:
+        """The configured source of `venue`'s rows; downloaded archive files are cached under `cache_dir` (the
+        warehouse's `cache/` folder when the raw assets call it)."""
+        if venue in ("bybit", "okx"):
+            from qml_pipeline.sources import bybit, okx
+
+            module = bybit if venue == "bybit" else okx
+            url = self.bybit_url if venue == "bybit" else self.okx_url
+            source_class = bybit.BybitSource if venue == "bybit" else okx.OkxSource
+            return source_class(module.make_client(url, on_progress=log),
+                                oi_publication_lag_s=self.oi_publication_lag_seconds,
+                                known_gaps_file=self.known_gaps_file or None)
+        if venue != "binance":
+            raise ValueError(f"no source for venue {venue!r}: expected binance, bybit or okx")
         if self.source == "sample":
             source = SampleSource(self.sample_dir, self.oi_publication_lag_seconds)
             if self.known_gaps_file:

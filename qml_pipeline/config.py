@@ -15,7 +15,7 @@ from datetime import date
 from pathlib import Path
 
 from qml_pipeline.errors import InputError
-from qml_pipeline.store.schemas import DEFAULT_FUNDING_RATE_CAP, BarPlausibility, symbol_problem
+from qml_pipeline.store.schemas import DEFAULT_FUNDING_RATE_CAP, VENUES, BarPlausibility, symbol_problem
 from qml_pipeline.timeutil import INTERVAL_MS
 from qml_pipeline.trades.contract import parse_column_map
 
@@ -86,6 +86,16 @@ class Settings:
     sample_dir: str = str(PROJECT_ROOT / "sample_data")
     binance_fapi_url: str = "https://fapi.binance.com"
     binance_archive_url: str = "https://data.binance.vision"
+    # the venues whose open interest and funding the pipeline reads (docs/venues.md). Binance always: the
+    # trades, candles and Binance features come from it; bybit and okx are read live from their APIs, so
+    # "binance,bybit,okx" goes with QML_SOURCE=binance (the bundled sample is Binance only).
+    venues: tuple[str, ...] = ("binance",)
+    bybit_url: str = "https://api.bybit.com"
+    okx_url: str = "https://www.okx.com"
+    # venue_divergence flags a venue whose OI change differs from the other venues' median by more than
+    # this many PERCENTAGE POINTS over 1h / over 24h
+    venue_divergence_1h_points: float = 3.0
+    venue_divergence_24h_points: float = 10.0
     start_date: str = "2021-12-01"
     # seconds added to every open-interest row's knowable time beyond its stamp + period
     oi_publication_lag_seconds: int = 0
@@ -156,6 +166,15 @@ class Settings:
             if (not math.isfinite(value) or value < low or (strict_low and value == low)
                     or (high is not None and value > high)):
                 out.append(f"{env_name(name)}={value!r}: expected {what}")
+        unknown = [v for v in self.venues if v not in VENUES]
+        if unknown or "binance" not in self.venues or len(set(self.venues)) != len(self.venues):
+            out.append(f"QML_VENUES={','.join(self.venues)!r}: expected distinct venues among {VENUES}, binance "
+                       "included (the trades, candles and Binance features come from it), e.g. 'binance' or "
+                       "'binance,bybit,okx'")
+        for name in ("venue_divergence_1h_points", "venue_divergence_24h_points"):
+            if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
+                out.append(f"{env_name(name)}={getattr(self, name)!r}: expected a positive number of percentage "
+                           "points")
         out += [f"QML_TRADES_COLUMN_MAP: {p}" for p in parse_column_map(self.trades_column_map)[1]]
         return out
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from dagster_project.defs.raw_market_data import RAW_ASSETS, RAW_CHECKS
+from dagster_project.defs.raw_market_data import RAW_ASSETS, RAW_CHECKS, raw_assets, raw_checks
 from dagster_project.partitions import range_tags, sync_symbols
 from dagster_project.resources import MarketDataResource, WarehouseResource
 
@@ -22,10 +22,13 @@ def instance_with(symbols: Iterable[str] = ("BTCUSDT", "ETHUSDT")) -> dg.Dagster
 
 def materialize_raw(root: Path, symbol: str, first_day: str, last_day: str, *,
                     market: MarketDataResource | None = None, instance: dg.DagsterInstance | None = None,
-                    resources: Mapping[str, object] | None = None) -> dg.ExecuteInProcessResult:
-    """The raw assets and their checks for `symbol` over the months holding first_day .. last_day."""
+                    resources: Mapping[str, object] | None = None,
+                    venues: tuple[str, ...] | None = None) -> dg.ExecuteInProcessResult:
+    """The raw assets and their checks (the configured venues', or `venues`') for `symbol` over the months
+    holding first_day .. last_day."""
+    assets = [*RAW_ASSETS, *RAW_CHECKS] if venues is None else [*raw_assets(venues), *raw_checks(venues)]
     return dg.materialize(
-        [*RAW_ASSETS, *RAW_CHECKS], instance=instance or instance_with([symbol]),
+        assets, instance=instance or instance_with([symbol]),
         resources={"warehouse": WarehouseResource(root=str(root)),
                    "market": market or MarketDataResource(source="sample"), **(resources or {})},
         tags=range_tags(symbol, first_day, last_day), raise_on_error=False, run_config=QUIET)

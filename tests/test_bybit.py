@@ -1,5 +1,5 @@
-"""BybitRest against the fake Bybit server: pagination, units, available_at, rate limits, errors,
-and short answers reported against the grid."""
+"""BybitSource against the fake Bybit server: pagination, units, available_at, rate limits, errors,
+and short answers measured against the grid and coverage of the MarketSource protocol."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from qml_pipeline.sources import bybit
-from qml_pipeline.sources.bybit import BybitRest
+from qml_pipeline.sources.bybit import BybitSource
 from qml_pipeline.sources.http_client import HttpClient, HttpError, RateLimitedError, VenueApiError
-from qml_pipeline.sources.venue_frames import validate_with_venue
+from qml_pipeline.sources.venue_source import LIVE_EDGE_GRACE, NotServedError
 from qml_pipeline.sources.venues import UnknownSymbolError
 from qml_pipeline.store import schemas
 from qml_pipeline.timeutil import to_ms
+from tests.venue_helpers import expected_stamps, missing
 
 UTC = timezone.utc
 OI = "/v5/market/open-interest"
@@ -28,10 +29,10 @@ H = timedelta(hours=1)
 M5 = timedelta(minutes=5)
 
 
-def make_reader(fake, fake_time, now: datetime = NOW, lag_s: int = 0, **kw) -> BybitRest:
+def make_reader(fake, fake_time, now: datetime = NOW, lag_s: int = 0, **kw) -> BybitSource:
     client = bybit.make_client(fake.url, sleep=fake_time.sleep, clock=fake_time.clock, rng=random.Random(3),
                                timeout_s=(2, 5), **kw)
-    return BybitRest(client, oi_publication_lag_s=lag_s, now=lambda: now)
+    return BybitSource(client, oi_publication_lag_s=lag_s, now=lambda: now)
 
 
 @pytest.fixture
@@ -50,8 +51,9 @@ def stamps_of(df) -> list[int]:
 def test_oi_cursor_pages_no_gaps_no_duplicates_fewest_requests(btc, fake_time, count, pages):
     stamps = btc.add_oi("BTCUSDT", "5min", T0 - 10 * M5, count + 20)[10:-10]
     btc.add_marks("BTCUSDT", "5", T0 - 10 * M5, count + 20)
-    cov = make_reader(btc, fake_time).open_interest("BTCUSDT", "5m", T0, T0 + count * M5)
-    assert stamps_of(cov.frame) == stamps  # every stamp once, in order
+    reader = make_reader(btc, fake_time)
+    df = reader.open_interest("BTCUSDT", "5m", T0, T0 + count * M5)
+    assert stamps_of(df) == stamps  # every stamp once, in order
     # the cursor on the last page is not followed: the oldest stamp already reached `start`
     assert btc.count(OI) == pages
     assert btc.count(MARK) == -(-count // 1000)
@@ -59,14 +61,15 @@ def test_oi_cursor_pages_no_gaps_no_duplicates_fewest_requests(btc, fake_time, c
     assert first["limit"] == "200" and first["intervalTime"] == "5min" and first["category"] == "linear"
     assert int(first["startTime"]) == to_ms(T0) and int(first["endTime"]) == to_ms(T0 + count * M5) - 1
     assert [p.get("cursor") for p in btc.params(OI)][1:] == [f"lastid={200 * i}" for i in range(1, pages)]
-    assert cov.complete and cov.missing == [] and cov.expected == count
-    validate_with_venue(schemas.OPEN_INTEREST, cov.frame)
+    assert missing(reader, df, "open_interest", "BTCUSDT", T0, T0 + count * M5, "5m") == []
+    assert expected_stamps(reader, "open_interest", "BTCUSDT", T0, T0 + count * M5, "5m") == count
+    schemas.validate(schemas.OPEN_INTEREST, df)
 
 
 def test_oi_units_single_side_coins_and_usd_from_the_mark_close(btc, fake_time):
     btc.add_oi("BTCUSDT", "1h", T0, 3, coins=lambda i: [50_000.5, 51_000.0, 49_999.25][i])
     btc.add_marks("BTCUSDT", "60", T0, 3, close=lambda i: [60_000.0, 61_000.0, 59_500.0][i])
-    df = make_reader(btc, fake_time).open_interest("BTCUSDT", "1h", T0, T0 + 3 * H).frame
+    df = make_reader(btc, fake_time).open_interest("BTCUSDT", "1h", T0, T0 + 3 * H)
     # singleOpenInterest (one side, BTC) is the open interest, not openInterest (both sides)
     assert df["open_interest"].to_list() == [50_000.5, 51_000.0, 49_999.25]
     # USD = coins x the close of the mark price bar [stamp, stamp + 1h)
@@ -79,48 +82,54 @@ def test_oi_units_single_side_coins_and_usd_from_the_mark_close(btc, fake_time):
 def test_oi_rows_without_single_side_are_noted(btc, fake_time):
     btc.add_oi("BTCUSDT", "1h", T0, 2, coins=lambda i: 100.0, single_side=False)
     btc.add_marks("BTCUSDT", "60", T0, 1)
-    cov = make_reader(btc, fake_time).open_interest("BTCUSDT", "1h", T0, T0 + 2 * H)
-    assert cov.frame["open_interest"].to_list() == [200.0, 200.0]  # openInterest as served
-    assert any("2 row(s) without singleOpenInterest" in n for n in cov.notes)
-    assert any("1 row(s) without a mark price bar" in n for n in cov.notes)
-    assert cov.frame["open_interest_value"].null_count() == 1
+    reader = make_reader(btc, fake_time)
+    df = reader.open_interest("BTCUSDT", "1h", T0, T0 + 2 * H)
+    assert df["open_interest"].to_list() == [200.0, 200.0]  # openInterest as served
+    assert any("2 row(s) without singleOpenInterest" in n for n in reader.notes)
+    assert any("1 row(s) without a mark price bar" in n for n in reader.notes)
+    assert all(n.startswith("bybit open_interest 1h BTCUSDT [2024-03-01 00:00, 2024-03-01 02:00)") for n in reader.notes)
+    assert df["open_interest_value"].null_count() == 1
 
 
 @pytest.mark.parametrize("lag_s", [0, 45])
 def test_oi_available_at_is_stamp_plus_period_plus_lag(btc, fake_time, lag_s):
     btc.add_oi("BTCUSDT", "15min", T0, 4)
     btc.add_marks("BTCUSDT", "15", T0, 4)
-    df = make_reader(btc, fake_time, lag_s=lag_s).open_interest("BTCUSDT", "15m", T0, T0 + 4 * 3 * M5).frame
+    df = make_reader(btc, fake_time, lag_s=lag_s).open_interest("BTCUSDT", "15m", T0, T0 + 4 * 3 * M5)
     assert df["available_at"].to_list() == [t + 3 * M5 + timedelta(seconds=lag_s) for t in df["event_time"]]
-    validate_with_venue(schemas.OPEN_INTEREST, df)
+    schemas.validate(schemas.OPEN_INTEREST, df)
 
 
 def test_oi_forming_bucket_dropped_and_unpublished_stamps_not_expected(btc, fake_time):
     btc.add_oi("BTCUSDT", "5min", T0, 12)
     btc.add_marks("BTCUSDT", "5", T0, 12)
     now = T0 + 11 * M5 + timedelta(minutes=2)  # inside the 12th bucket
-    cov = make_reader(btc, fake_time, now=now, lag_s=60).open_interest("BTCUSDT", "5m", T0, T0 + H)
-    assert cov.frame.height == 11  # the open bucket (stamp T0 + 55 min) is not a row
-    # stamp + 5 min + 60 s <= now holds up to T0 + 50 min: 11 stamps expected, none missing
-    assert cov.expected == 11 and cov.missing == []
+    reader = make_reader(btc, fake_time, now=now, lag_s=60)
+    df = reader.open_interest("BTCUSDT", "5m", T0, T0 + H)
+    assert df.height == 11  # the open bucket (stamp T0 + 55 min) is not a row
+    # expected once stamp + 5 min + 60 s + the live-edge grace (2 min) has passed: up to T0 + 45 min (the
+    # row stamped T0 + 50 min is served, not yet expected)
+    assert reader.coverage("open_interest", "BTCUSDT", "5m").end == now - M5 - timedelta(seconds=60) - LIVE_EDGE_GRACE
+    assert expected_stamps(reader, "open_interest", "BTCUSDT", T0, T0 + H, "5m") == 10
+    assert missing(reader, df, "open_interest", "BTCUSDT", T0, T0 + H, "5m") == []
 
 
 def test_oi_short_answer_reports_missing_stamps_never_pads(btc, fake_time):
     btc.add_oi("BTCUSDT", "1h", T0, 3)
     btc.add_oi("BTCUSDT", "1h", T0 + 6 * H, 2)  # T0+3h .. T0+5h absent, and T0+8h .. absent
     btc.add_marks("BTCUSDT", "60", T0, 10)
-    cov = make_reader(btc, fake_time).open_interest("BTCUSDT", "1h", T0, T0 + 10 * H)
-    assert cov.frame.height == 5
-    assert cov.missing == [T0 + h * H for h in (3, 4, 5, 8, 9)]
-    assert cov.expected == 10 and not cov.complete
-    text = cov.describe()
-    assert "5 missing" in text and (T0 + 3 * H).isoformat() in text and "bybit open_interest BTCUSDT" in text
+    reader = make_reader(btc, fake_time)
+    df = reader.open_interest("BTCUSDT", "1h", T0, T0 + 10 * H)
+    assert df.height == 5
+    assert missing(reader, df, "open_interest", "BTCUSDT", T0, T0 + 10 * H, "1h") == [T0 + h * H for h in (3, 4, 5, 8, 9)]
+    assert expected_stamps(reader, "open_interest", "BTCUSDT", T0, T0 + 10 * H, "1h") == 10
 
 
 def test_oi_empty_answer_is_all_missing(btc, fake_time):
-    cov = make_reader(btc, fake_time).open_interest("BTCUSDT", "4h", T0, T0 + 24 * H)
-    assert cov.frame.height == 0 and cov.frame.columns == schemas.OPEN_INTEREST.names
-    assert cov.expected == 6 and len(cov.missing) == 6
+    reader = make_reader(btc, fake_time)
+    df = reader.open_interest("BTCUSDT", "4h", T0, T0 + 24 * H)
+    assert df.height == 0 and df.columns == schemas.OPEN_INTEREST.names
+    assert len(missing(reader, df, "open_interest", "BTCUSDT", T0, T0 + 24 * H, "4h")) == 6
     assert btc.count(MARK) == 0  # nothing to price
 
 
@@ -129,10 +138,13 @@ def test_oi_history_starts_at_launch(fake_bybit, fake_time):
     fake_bybit.add_instrument("NEWUSDT", launch)
     fake_bybit.add_oi("NEWUSDT", "1h", launch, 4)
     fake_bybit.add_marks("NEWUSDT", "60", launch, 4)
-    cov = make_reader(fake_bybit, fake_time).open_interest("NEWUSDT", "1h", T0, T0 + 6 * H)
-    assert cov.served_from == launch and cov.expected == 4 and cov.missing == []
+    reader = make_reader(fake_bybit, fake_time)
+    df = reader.open_interest("NEWUSDT", "1h", T0, T0 + 6 * H)
+    assert reader.coverage("open_interest", "NEWUSDT", "1h").first == launch
+    assert reader.coverage("funding_rates", "NEWUSDT", "").first == launch
+    assert expected_stamps(reader, "open_interest", "NEWUSDT", T0, T0 + 6 * H, "1h") == 4
+    assert missing(reader, df, "open_interest", "NEWUSDT", T0, T0 + 6 * H, "1h") == []
     assert int(fake_bybit.params(OI)[0]["startTime"]) == to_ms(launch)
-    assert "older than bybit serves" in cov.describe()
 
 
 def test_oi_period_not_served_by_bybit(btc, fake_time):
@@ -149,8 +161,9 @@ def test_funding_pages_walk_back_by_end_time(btc, fake_time, count, pages):
     # 200 that reaches back to the lookback needs no confirming request
     everything = btc.add_funding("BTCUSDT", T0 - 8 * H, count + 1)
     end = T0 + count * 8 * H
-    cov = make_reader(btc, fake_time, now=end + H).funding_rates("BTCUSDT", T0, end)
-    assert stamps_of(cov.frame) == everything[1:]
+    reader = make_reader(btc, fake_time, now=end + H)
+    df = reader.funding_rates("BTCUSDT", T0, end)
+    assert stamps_of(df) == everything[1:]
     assert btc.count(FUNDING) == pages
     params = btc.params(FUNDING)
     assert all(int(p["startTime"]) == to_ms(T0) - 8 * 3_600_000 - 5 * 60_000 for p in params)
@@ -158,41 +171,55 @@ def test_funding_pages_walk_back_by_end_time(btc, fake_time, count, pages):
     # each further page ends just below the oldest settlement of the previous one
     for prev, nxt in zip(params, params[1:]):
         assert int(nxt["endTime"]) < int(prev["endTime"])
-    assert cov.frame["funding_interval_hours"].unique().to_list() == [8]
-    assert (cov.frame["available_at"] == cov.frame["event_time"]).all()
-    assert cov.frame["mark_price"].null_count() == cov.frame.height  # Bybit's history has no mark price
-    assert cov.missing == [] and cov.expected == count
-    validate_with_venue(schemas.FUNDING_RATES, cov.frame)
+    assert df["funding_interval_hours"].unique().to_list() == [8]
+    assert (df["available_at"] == df["event_time"]).all()
+    assert df["mark_price"].null_count() == df.height  # Bybit's history has no mark price
+    assert missing(reader, df, "funding_rates", "BTCUSDT", T0, end) == []
+    schemas.validate(schemas.FUNDING_RATES, df)
 
 
 def test_funding_first_settlement_takes_the_listed_interval(fake_bybit, fake_time):
     fake_bybit.add_instrument("ONEUSDT", T0, funding_interval_minutes=60)
     fake_bybit.add_funding("ONEUSDT", T0, 5, interval_hours=1)
-    cov = make_reader(fake_bybit, fake_time).funding_rates("ONEUSDT", T0 - 24 * H, T0 + 5 * H)
-    assert cov.frame["funding_interval_hours"].to_list() == [1] * 5
-    assert cov.served_from == T0 and cov.missing == []
+    reader = make_reader(fake_bybit, fake_time)
+    df = reader.funding_rates("ONEUSDT", T0 - 24 * H, T0 + 5 * H)
+    assert df["funding_interval_hours"].to_list() == [1] * 5
+    assert reader.coverage("funding_rates", "ONEUSDT", "").first == T0
+    assert missing(reader, df, "funding_rates", "ONEUSDT", T0 - 24 * H, T0 + 5 * H) == []
 
 
 def test_funding_interval_change_and_missing_settlements(btc, fake_time):
     btc.add_funding("BTCUSDT", T0, 3)  # T0, 8h, 16h
     btc.add_funding("BTCUSDT", T0 + 40 * H, 2)  # 24h and 32h missing; 40h, 48h
     btc.add_funding("BTCUSDT", T0 + 52 * H, 3, interval_hours=4)  # 52h, 56h, 60h: interval 4 h
-    cov = make_reader(btc, fake_time).funding_rates("BTCUSDT", T0, T0 + 72 * H)
-    assert cov.frame["funding_interval_hours"].to_list() == [8, 8, 8, 8, 8, 4, 4, 4]
-    assert cov.missing == [T0 + 24 * H, T0 + 32 * H, T0 + 64 * H, T0 + 68 * H]
+    reader = make_reader(btc, fake_time)
+    df = reader.funding_rates("BTCUSDT", T0, T0 + 72 * H)
+    assert df["funding_interval_hours"].to_list() == [8, 8, 8, 8, 8, 4, 4, 4]
+    assert missing(reader, df, "funding_rates", "BTCUSDT", T0, T0 + 72 * H) == [T0 + 24 * H, T0 + 32 * H,
+                                                                                T0 + 64 * H, T0 + 68 * H]
 
 
 def test_funding_rate_values_and_rows_in_range_only(btc, fake_time):
     btc.add_funding("BTCUSDT", T0, 4, rate=lambda i: [0.0001, -0.00025, 0.0003, 0.0][i])
-    df = make_reader(btc, fake_time).funding_rates("BTCUSDT", T0 + 8 * H, T0 + 24 * H).frame
+    df = make_reader(btc, fake_time).funding_rates("BTCUSDT", T0 + 8 * H, T0 + 24 * H)
     assert df["funding_rate"].to_list() == [-0.00025, 0.0003]
     assert df["event_time"].to_list() == [T0 + 8 * H, T0 + 16 * H]
 
 
-def test_funding_empty_answer_reports_the_listed_grid(btc, fake_time):
-    cov = make_reader(btc, fake_time).funding_rates("BTCUSDT", T0, T0 + 24 * H)
-    assert cov.frame.height == 0
-    assert cov.missing == [T0, T0 + 8 * H, T0 + 16 * H]
+def test_funding_empty_answer_is_all_missing_on_the_8h_grid(btc, fake_time):
+    reader = make_reader(btc, fake_time)
+    df = reader.funding_rates("BTCUSDT", T0, T0 + 24 * H)
+    assert df.height == 0
+    assert missing(reader, df, "funding_rates", "BTCUSDT", T0, T0 + 24 * H) == [T0, T0 + 8 * H, T0 + 16 * H]
+
+
+def test_klines_are_not_served_and_say_why(btc, fake_time):
+    reader = make_reader(btc, fake_time)
+    with pytest.raises(NotServedError, match="klines BTCUSDT 1h are not read from bybit.*from Binance"):
+        reader.klines("BTCUSDT", "1h", T0, T0 + H)
+    assert reader.grid("klines", "1h") is None and reader.grid("funding_rates", "") is None
+    assert reader.grid("open_interest", "15m").step == 3 * M5
+    assert btc.count() == 0
 
 
 # ---------------------------------------------------------------------------------- symbols and errors
@@ -235,8 +262,8 @@ def test_error_body_names_venue_endpoint_and_parameter(btc, fake_time):
 def test_403_access_too_frequent_waits_the_ban_then_succeeds(btc, fake_time):
     btc.add_funding("BTCUSDT", T0, 3)
     btc.inject("403", path=FUNDING)
-    cov = make_reader(btc, fake_time).funding_rates("BTCUSDT", T0, T0 + 24 * H)
-    assert cov.frame.height == 3
+    df = make_reader(btc, fake_time).funding_rates("BTCUSDT", T0, T0 + 24 * H)
+    assert df.height == 3
     assert fake_time.sleeps == [600.0]  # Bybit: "wait for at least 10 minutes"
     assert btc.count(FUNDING) == 2
 
@@ -262,15 +289,15 @@ def test_10006_waits_until_the_limit_resets(btc, fake_time):
     btc.add_oi("BTCUSDT", "1h", T0, 2)
     btc.add_marks("BTCUSDT", "60", T0, 2)
     btc.inject("10006", path=OI, reset_ms=int((fake_time.now + 3.5) * 1000))
-    cov = make_reader(btc, fake_time).open_interest("BTCUSDT", "1h", T0, T0 + 2 * H)
-    assert cov.frame.height == 2 and fake_time.sleeps == [pytest.approx(3.5)]
+    df = make_reader(btc, fake_time).open_interest("BTCUSDT", "1h", T0, T0 + 2 * H)
+    assert df.height == 2 and fake_time.sleeps == [pytest.approx(3.5)]
 
 
 def test_10016_internal_error_backs_off_and_retries(btc, fake_time):
     btc.add_funding("BTCUSDT", T0, 1)
     btc.inject("10016", times=2, path=FUNDING)
     reader = make_reader(btc, fake_time)
-    assert reader.funding_rates("BTCUSDT", T0, T0 + 8 * H).frame.height == 1
+    assert reader.funding_rates("BTCUSDT", T0, T0 + 8 * H).height == 1
     assert btc.count(FUNDING) == 3 and reader.client.stats.retries == 2
 
 
@@ -280,11 +307,11 @@ def test_ip_limit_spaces_requests(btc, fake_time):
     btc.add_marks("BTCUSDT", "5", T0, 600)
     reader = make_reader(btc, fake_time)
     reader.client.set_path_limit("/", 2, 5.0)  # the same group, tightened for the test
-    assert reader.open_interest("BTCUSDT", "5m", T0, T0 + 600 * M5).frame.height == 600
+    assert reader.open_interest("BTCUSDT", "5m", T0, T0 + 600 * M5).height == 600
     # instruments + 3 OI pages + 1 mark page = 5 requests, at most 2 per 5 s
     assert btc.count() == 5 and sum(fake_time.sleeps) == pytest.approx(10.0)
 
 
 def test_reader_refuses_a_client_without_bybit_rules(btc, fake_time):
     with pytest.raises(ValueError, match="bybit.make_client"):
-        BybitRest(HttpClient(btc.url))
+        BybitSource(HttpClient(btc.url))

@@ -10,6 +10,7 @@ from qml_pipeline.view.cards import (
     context_cards_markdown,
     pattern_cards,
     pattern_cards_markdown,
+    with_oi_aggregate,
 )
 from qml_pipeline.features.point_in_time import FeatureConfig, build_trade_context_features
 from qml_pipeline.features.liquidation_map import LiqMapConfig
@@ -327,6 +328,24 @@ def test_as_of_defaults_to_latest_available_and_symbols_are_unioned():
     md = context_cards_markdown(cards)
     assert "**ETHUSDT**" in md and "| FUNDING | OI 24h | LIQ |" in md and "+0.010% / 8h" in md
     assert "no data" in md
+
+
+def test_oi_card_shows_the_change_across_venues_beside_binances_where_it_exists():
+    f = funding_frame([("BTCUSDT", AS_OF - 2 * H, 0.0001, 8), ("ETHUSDT", AS_OF - 2 * H, 0.0001, 8)])
+    oi = pl.concat([oi_frame("BTCUSDT", [100.0] * 24 + [103.0]), oi_frame("ETHUSDT", [50.0] * 25)])
+    kl = pl.concat([klines_frame("BTCUSDT", 100_000.0), klines_frame("ETHUSDT", 3_000.0)])
+    cards = context_cards(f, oi, None, kl)
+    assert cards["oi_agg_change_24h"].null_count() == 2  # nothing across venues until it is given
+    across = pl.DataFrame({"trade_id": ["BTCUSDT", "ETHUSDT"], "oi_agg_change_24h": [2.46, None],
+                           "oi_agg_venues": ["binance,bybit,okx", "binance"]})
+    out = with_oi_aggregate(cards, across)
+    btc, eth = (out.filter(pl.col("symbol") == s).row(0, named=True) for s in ("BTCUSDT", "ETHUSDT"))
+    assert btc["oi_value"] == "+3.0%" and btc["oi_agg_change_24h"] == 2.46
+    assert btc["oi_agg_value"] == "+2.5% (binance, bybit, okx)"
+    assert eth["oi_agg_value"] is None and eth["oi_agg_venues"] is None  # Binance alone is no aggregate
+    md = context_cards_markdown(out)
+    assert "+3.0% · all venues +2.5% (binance, bybit, okx)" in md
+    assert md.count("all venues") == 1
 
 
 # ---------------------------------------------------------------- pattern cards

@@ -3,11 +3,15 @@
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import contextlib
+
 import polars as pl
 import pytest
 
 from qml_pipeline.store import schemas
+from qml_pipeline.features.aggregate import build_open_interest_aggregate
 from qml_pipeline.features.context import build_context
+from qml_pipeline.view.build import latest_context_cards
 from qml_pipeline.sources.sample import SampleSource
 from qml_pipeline.store.warehouse import Warehouse
 
@@ -56,3 +60,37 @@ def test_realised_liquidations_use_only_buckets_closed_by_the_decision(warehouse
     # and +4h (not known at the decision): 10 + 100 + 1000
     assert ctx["realised_long_liq_usd_24h"].to_list() == [1110.0, 1110.0]
     assert ctx["realised_short_liq_usd_24h"].to_list() == [2220.0, 2220.0]
+
+
+def test_features_across_venues_are_null_with_binance_alone_and_filled_with_a_second_venue(
+        warehouse: Warehouse) -> None:
+    """The sample is Binance only: no aggregate feature is invented. A second venue (here Binance's own rows
+    relabelled at half the size, a test fixture, not data) fills them: Binance's share is 2/3."""
+    def rebuild() -> None:
+        with contextlib.closing(warehouse.connect()) as con:
+            warehouse.replace_table(schemas.OPEN_INTEREST_AGGREGATE, build_open_interest_aggregate(con))
+
+    rebuild()
+    alone = build_context(warehouse)
+    assert alone["oi_agg_venues"].to_list() == ["binance", "binance"]
+    for column in ("oi_agg_change_24h", "oi_agg_change_7d", "oi_agg_percentile_30d", "oi_binance_share",
+                   "funding_spread_8h"):
+        assert alone[column].null_count() == 2, column
+    assert latest_context_cards(warehouse)["oi_agg_value"].to_list() == [None]
+
+    binance = warehouse.read(schemas.OPEN_INTEREST, venue="binance")
+    warehouse.merge(schemas.OPEN_INTEREST, binance.with_columns(
+        pl.lit("bybit").alias("venue"), pl.col("open_interest") / 2, pl.col("open_interest_value") / 2,
+        pl.lit("bybit_test_fixture").alias("source")))
+    rebuild()
+    both = build_context(warehouse).sort("trade_id")
+    assert both["oi_agg_venues"].to_list() == ["binance,bybit"] * 2
+    assert both["oi_binance_share"].to_list() == pytest.approx([2 / 3, 2 / 3])
+    # the USD total moves with Binance's USD value when Bybit is a constant fraction of it
+    agg = warehouse.read(schemas.OPEN_INTEREST_AGGREGATE, symbol="BTCUSDT")
+    now, before = (agg.filter(pl.col("event_time") == t).row(0, named=True) for t in (DECISION, DECISION - timedelta(days=1)))
+    assert both["oi_agg_change_24h"][0] == pytest.approx((now["oi_usd_total"] / before["oi_usd_total"] - 1) * 100)
+    assert both["oi_agg_percentile_30d"].null_count() == 0
+    assert both["funding_spread_8h"].null_count() == 2  # no Bybit funding: no spread
+    card = latest_context_cards(warehouse).row(0, named=True)
+    assert card["oi_agg_venues"] == "binance,bybit" and card["oi_agg_value"].endswith("(binance, bybit)")

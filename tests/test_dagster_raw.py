@@ -70,7 +70,7 @@ class BadSource(SampleSource):
 
 
 class BadMarket(MarketDataResource):
-    def open(self, log=None, cache_dir=None):
+    def open(self, log=None, cache_dir=None, venue="binance"):
         return BadSource(self.sample_dir)
 
 

@@ -1,20 +1,22 @@
-"""OkxRest against the fake OKX server: pagination, contract sizes and units, history depth,
-available_at, rate limits, errors, and short answers reported against the grid."""
+"""OkxSource against the fake OKX server: pagination, contract sizes and units, history depth as
+coverage, available_at, rate limits, errors, and short answers measured against the grid."""
 
 from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta, timezone
 
+import polars as pl
 import pytest
 
 from qml_pipeline.sources import okx
 from qml_pipeline.sources.http_client import BadResponseError, RateLimitedError, VenueApiError
-from qml_pipeline.sources.okx import OkxRest
-from qml_pipeline.sources.venue_frames import validate_with_venue
+from qml_pipeline.sources.okx import OkxSource
+from qml_pipeline.sources.venue_source import LIVE_EDGE_GRACE
 from qml_pipeline.sources.venues import OutOfHistoryError, UnknownSymbolError
 from qml_pipeline.store import schemas
 from qml_pipeline.timeutil import to_ms
+from tests.venue_helpers import expected_stamps, missing
 
 UTC = timezone.utc
 OI = "/api/v5/rubik/stat/contracts/open-interest-history"
@@ -27,10 +29,10 @@ H = timedelta(hours=1)
 M5 = timedelta(minutes=5)
 
 
-def make_reader(fake, fake_time, now: datetime = NOW, lag_s: int = 0, **kw) -> OkxRest:
+def make_reader(fake, fake_time, now: datetime = NOW, lag_s: int = 0, **kw) -> OkxSource:
     client = okx.make_client(fake.url, sleep=fake_time.sleep, clock=fake_time.clock, rng=random.Random(5),
                              timeout_s=(2, 5), **kw)
-    return OkxRest(client, oi_publication_lag_s=lag_s, now=lambda: now)
+    return OkxSource(client, oi_publication_lag_s=lag_s, now=lambda: now)
 
 
 @pytest.fixture
@@ -52,8 +54,8 @@ def stamps_of(df) -> list[int]:
 def test_oi_pages_no_gaps_no_duplicates_fewest_requests(swaps, fake_time, count, pages):
     stamps = swaps.add_oi("BTC-USDT-SWAP", "5m", T0 - 10 * M5, count + 20)[10:-10]
     reader = make_reader(swaps, fake_time, now=T0 + (count + 10) * M5)  # 5m history: the last 5 days
-    cov = reader.open_interest("BTCUSDT", "5m", T0, T0 + count * M5)
-    assert stamps_of(cov.frame) == stamps
+    df = reader.open_interest("BTCUSDT", "5m", T0, T0 + count * M5)
+    assert stamps_of(df) == stamps
     assert swaps.count(OI) == pages and swaps.count(INSTRUMENTS) == 1
     params = swaps.params(OI)
     assert params[0]["instId"] == "BTC-USDT-SWAP" and params[0]["period"] == "5m" and params[0]["limit"] == "100"
@@ -61,8 +63,9 @@ def test_oi_pages_no_gaps_no_duplicates_fewest_requests(swaps, fake_time, count,
     # each further page ends (exclusively) at the oldest stamp of the previous one
     for page, nxt in zip(range(1, pages), params[1:]):
         assert int(nxt["end"]) == to_ms(T0 + (count - 100 * page) * M5)
-    assert cov.complete and cov.expected == count
-    validate_with_venue(schemas.OPEN_INTEREST, cov.frame)
+    assert missing(reader, df, "open_interest", "BTCUSDT", T0, T0 + count * M5, "5m") == []
+    assert expected_stamps(reader, "open_interest", "BTCUSDT", T0, T0 + count * M5, "5m") == count
+    schemas.validate(schemas.OPEN_INTEREST, df)
 
 
 @pytest.mark.parametrize("inst, symbol, size", [("BTC-USDT-SWAP", "BTCUSDT", 0.01), ("ETH-USDT-SWAP", "ETHUSDT", 0.1),
@@ -70,14 +73,15 @@ def test_oi_pages_no_gaps_no_duplicates_fewest_requests(swaps, fake_time, count,
 def test_oi_coins_from_oiccy_or_contracts_times_contract_size(swaps, fake_time, inst, symbol, size):
     contracts = [2_000_000.0, 2_000_100.0, 1_999_900.0]
     swaps.add_oi(inst, "1H", T0, 3, contracts=lambda i: contracts[i], with_ccy=False)
-    cov = make_reader(swaps, fake_time).open_interest(symbol, "1h", T0, T0 + 3 * H)
-    assert cov.frame["open_interest"].to_list() == pytest.approx([c * size for c in contracts])
-    assert any(f"3 row(s) without oiCcy: coins = contracts x {size:g}" in n for n in cov.notes)
+    reader = make_reader(swaps, fake_time)
+    df = reader.open_interest(symbol, "1h", T0, T0 + 3 * H)
+    assert df["open_interest"].to_list() == pytest.approx([c * size for c in contracts])
+    assert any(f"3 row(s) without oiCcy: coins = contracts x {size:g}" in n for n in reader.notes)
 
 
 def test_oi_served_coins_and_usd_taken_as_served(swaps, fake_time):
     swaps.add_oi("BTC-USDT-SWAP", "1H", T0, 2, contracts=lambda i: 3_000_000.0, price=lambda i: [65_000.0, 66_000.0][i])
-    df = make_reader(swaps, fake_time).open_interest("BTCUSDT", "1h", T0, T0 + 2 * H).frame
+    df = make_reader(swaps, fake_time).open_interest("BTCUSDT", "1h", T0, T0 + 2 * H)
     assert df["open_interest"].to_list() == pytest.approx([30_000.0, 30_000.0])  # oiCcy: 3e6 contracts x 0.01 BTC
     assert df["open_interest_value"].to_list() == pytest.approx([30_000.0 * 65_000, 30_000.0 * 66_000])
     assert df["venue"].unique().to_list() == ["okx"] and df["source"].unique().to_list() == ["okx_rest"]
@@ -85,39 +89,43 @@ def test_oi_served_coins_and_usd_taken_as_served(swaps, fake_time):
 
 def test_oi_without_usd_stays_null_and_is_noted(swaps, fake_time):
     swaps.add_oi("BTC-USDT-SWAP", "1H", T0, 2, with_usd=False)
-    cov = make_reader(swaps, fake_time).open_interest("BTCUSDT", "1h", T0, T0 + 2 * H)
-    assert cov.frame["open_interest_value"].null_count() == 2
-    assert any("2 row(s) without oiUsd" in n for n in cov.notes)
+    reader = make_reader(swaps, fake_time)
+    df = reader.open_interest("BTCUSDT", "1h", T0, T0 + 2 * H)
+    assert df["open_interest_value"].null_count() == 2
+    assert any("2 row(s) without oiUsd" in n for n in reader.notes)
 
 
 def test_oi_daily_period_is_asked_for_on_utc_days(swaps, fake_time):
     swaps.add_oi("BTC-USDT-SWAP", "1Dutc", T0 - 5 * 24 * H, 5)
-    cov = make_reader(swaps, fake_time).open_interest("BTCUSDT", "1d", T0 - 5 * 24 * H, T0)
+    df = make_reader(swaps, fake_time).open_interest("BTCUSDT", "1d", T0 - 5 * 24 * H, T0)
     assert swaps.params(OI)[0]["period"] == "1Dutc"
-    assert cov.frame.height == 5 and cov.frame["period_minutes"].unique().to_list() == [1440]
+    assert df.height == 5 and df["period_minutes"].unique().to_list() == [1440]
 
 
 @pytest.mark.parametrize("lag_s", [0, 120])
 def test_oi_available_at_is_stamp_plus_period_plus_lag(swaps, fake_time, lag_s):
     swaps.add_oi("BTC-USDT-SWAP", "5m", T0, 6)
     reader = make_reader(swaps, fake_time, now=T0 + H, lag_s=lag_s)
-    df = reader.open_interest("BTCUSDT", "5m", T0, T0 + 30 * M5).frame
+    df = reader.open_interest("BTCUSDT", "5m", T0, T0 + 30 * M5)
     assert df.height == 6
     assert df["available_at"].to_list() == [t + M5 + timedelta(seconds=lag_s) for t in df["event_time"]]
 
 
-def test_oi_history_depth_latest_1440_entries(swaps, fake_time):
+def test_oi_history_depth_latest_1440_entries_is_the_coverage(swaps, fake_time):
     now = T0 + 2000 * M5
     stamps = swaps.add_oi("BTC-USDT-SWAP", "5m", T0, 2000)  # OKX keeps only the newest 1440
     reader = make_reader(swaps, fake_time, now=now)
     oldest = reader.oi_history_start("5m")
     assert oldest == now - 1439 * M5
-    cov = reader.open_interest("BTCUSDT", "5m", T0, now)
-    assert cov.served_from == oldest and stamps_of(cov.frame) == stamps[-1439:]
-    assert cov.missing == [] and not cov.complete
+    coverage = reader.coverage("open_interest", "BTCUSDT", "5m")
+    assert coverage.first == oldest and coverage.end == now - M5 - LIVE_EDGE_GRACE
+    df = reader.open_interest("BTCUSDT", "5m", T0, now)
+    assert stamps_of(df) == stamps[-1439:]
+    # nothing older than OKX serves is expected, so the short history is not a hole
+    assert missing(reader, df, "open_interest", "BTCUSDT", T0, now, "5m") == []
+    assert expected_stamps(reader, "open_interest", "BTCUSDT", T0, now, "5m") == 1439 - 1  # the last: grace
     assert int(swaps.params(OI)[0]["begin"]) == to_ms(oldest) - 1
     assert swaps.count(OI) == 15  # ceil(1439 / 100): nothing older is asked for
-    assert "older than okx serves" in cov.describe()
 
 
 def test_oi_range_wholly_older_than_served_is_refused(swaps, fake_time):
@@ -138,9 +146,11 @@ def test_oi_daily_floor_is_2024_01_01(swaps, fake_time):
 def test_oi_short_answer_reports_missing_stamps(swaps, fake_time):
     swaps.add_oi("BTC-USDT-SWAP", "1H", T0, 2)
     swaps.add_oi("BTC-USDT-SWAP", "1H", T0 + 4 * H, 1)
-    cov = make_reader(swaps, fake_time).open_interest("BTCUSDT", "1h", T0, T0 + 6 * H)
-    assert cov.missing == [T0 + 2 * H, T0 + 3 * H, T0 + 5 * H] and cov.expected == 6
-    assert cov.frame.height == 3  # never padded
+    reader = make_reader(swaps, fake_time)
+    df = reader.open_interest("BTCUSDT", "1h", T0, T0 + 6 * H)
+    assert missing(reader, df, "open_interest", "BTCUSDT", T0, T0 + 6 * H, "1h") == [T0 + 2 * H, T0 + 3 * H,
+                                                                                    T0 + 5 * H]
+    assert df.height == 3  # never padded
 
 
 # ---------------------------------------------------------------------------------- funding
@@ -150,45 +160,50 @@ def test_funding_pages_walk_back_with_after(swaps, fake_time, count, pages):
     start = NOW - 80 * 24 * H
     everything = swaps.add_funding("BTC-USDT-SWAP", start - 2 * H, count + 1, interval_hours=2)
     end = start + count * 2 * H
-    cov = make_reader(swaps, fake_time, now=max(NOW, end)).funding_rates("BTCUSDT", start, end)
-    assert stamps_of(cov.frame) == everything[1:]
+    reader = make_reader(swaps, fake_time, now=max(NOW, end))
+    df = reader.funding_rates("BTCUSDT", start, end)
+    assert stamps_of(df) == everything[1:]
     assert swaps.count(FUNDING) == pages
     params = swaps.params(FUNDING)
     assert int(params[0]["after"]) == to_ms(end) and params[0]["limit"] == "400"
     assert all("before" not in p for p in params)
-    assert cov.frame["funding_interval_hours"].unique().to_list() == [2]
-    assert cov.missing == [] and cov.expected == count
-    validate_with_venue(schemas.FUNDING_RATES, cov.frame)
+    assert df["funding_interval_hours"].unique().to_list() == [2]
+    assert missing(reader, df, "funding_rates", "BTCUSDT", start, end) == []
+    schemas.validate(schemas.FUNDING_RATES, df)
 
 
 def test_funding_realized_rate_and_six_hour_interval(swaps, fake_time):
     start = NOW - 10 * 24 * H
     swaps.add_funding("BTC-USDT-SWAP", start, 4, interval_hours=6, rate=lambda i: [0.0001, 0.0002, -0.0001, 0.0][i])
-    cov = make_reader(swaps, fake_time).funding_rates("BTCUSDT", start, start + 24 * H)
-    assert cov.frame["funding_rate"].to_list() == [0.0001, 0.0002, -0.0001, 0.0]  # realizedRate, not the prediction
-    assert cov.frame["funding_interval_hours"].to_list() == [6] * 4
-    assert (cov.frame["available_at"] == cov.frame["event_time"]).all()
-    validate_with_venue(schemas.FUNDING_RATES, cov.frame)
+    df = make_reader(swaps, fake_time).funding_rates("BTCUSDT", start, start + 24 * H)
+    assert df["funding_rate"].to_list() == [0.0001, 0.0002, -0.0001, 0.0]  # realizedRate, not the prediction
+    assert df["funding_interval_hours"].to_list() == [6] * 4
+    assert (df["available_at"] == df["event_time"]).all()
+    schemas.validate(schemas.FUNDING_RATES, df)
 
 
 def test_funding_without_realized_rate_uses_the_prediction_and_says_so(swaps, fake_time):
     start = NOW - 10 * 24 * H
     swaps.add_funding("BTC-USDT-SWAP", start, 2, realized=False)
-    cov = make_reader(swaps, fake_time).funding_rates("BTCUSDT", start, start + 16 * H)
-    assert cov.frame["funding_rate"].to_list() == pytest.approx([0.00015, 0.00015001])
-    assert any("2 row(s) without realizedRate" in n for n in cov.notes)
+    reader = make_reader(swaps, fake_time)
+    df = reader.funding_rates("BTCUSDT", start, start + 16 * H)
+    assert df["funding_rate"].to_list() == pytest.approx([0.00015, 0.00015001])
+    assert any("2 row(s) without realizedRate" in n for n in reader.notes)
 
 
-def test_funding_history_depth_three_months(swaps, fake_time):
+def test_funding_history_depth_three_months_is_the_coverage(swaps, fake_time):
     start = NOW - 120 * 24 * H
     swaps.add_funding("BTC-USDT-SWAP", start, 360)  # 120 days of 8 h settlements
     swaps.funding_oldest = NOW - 90 * 24 * H  # what OKX still serves
     reader = make_reader(swaps, fake_time)
-    cov = reader.funding_rates("BTCUSDT", start, NOW)
-    assert cov.served_from == NOW - 89 * 24 * H == reader.funding_history_start()
-    # the settlement before served_from fetched for the first one's interval is real data: kept
-    assert cov.frame["event_time"].min() == NOW - 89 * 24 * H - 8 * H and cov.missing == []
-    assert cov.expected == 89 * 3
+    df = reader.funding_rates("BTCUSDT", start, NOW)
+    coverage = reader.coverage("funding_rates", "BTCUSDT", "")
+    assert coverage.first == NOW - 89 * 24 * H == reader.funding_history_start()
+    assert coverage.end == NOW - LIVE_EDGE_GRACE
+    # the settlement before the coverage fetched for the first one's interval is real data: kept
+    assert df["event_time"].min() == NOW - 89 * 24 * H - 8 * H
+    assert missing(reader, df, "funding_rates", "BTCUSDT", start, NOW) == []
+    assert df.filter(pl.col("event_time") >= coverage.first).height == 89 * 3
     assert swaps.count(FUNDING) == 1  # 273 settlements back to the lookback fit one page
 
 
@@ -196,8 +211,10 @@ def test_funding_missing_settlements_reported(swaps, fake_time):
     start = NOW - 10 * 24 * H
     swaps.add_funding("BTC-USDT-SWAP", start, 2)
     swaps.add_funding("BTC-USDT-SWAP", start + 32 * H, 2)
-    cov = make_reader(swaps, fake_time).funding_rates("BTCUSDT", start, start + 56 * H)
-    assert cov.missing == [start + 16 * H, start + 24 * H, start + 48 * H]
+    reader = make_reader(swaps, fake_time)
+    df = reader.funding_rates("BTCUSDT", start, start + 56 * H)
+    assert missing(reader, df, "funding_rates", "BTCUSDT", start, start + 56 * H) == [start + 16 * H, start + 24 * H,
+                                                                                     start + 48 * H]
 
 
 def test_funding_range_older_than_three_months_refused(swaps, fake_time):
@@ -245,8 +262,8 @@ def test_error_body_names_venue_endpoint_and_parameter(swaps, fake_time):
 def test_429_waits_then_succeeds(swaps, fake_time):
     swaps.add_oi("BTC-USDT-SWAP", "1H", T0, 2)
     swaps.inject("429", times=2, path=OI)
-    cov = make_reader(swaps, fake_time).open_interest("BTCUSDT", "1h", T0, T0 + 2 * H)
-    assert cov.frame.height == 2
+    df = make_reader(swaps, fake_time).open_interest("BTCUSDT", "1h", T0, T0 + 2 * H)
+    assert df.height == 2
     assert fake_time.sleeps == [2.0, 2.0]  # OKX's 2 s window when no Retry-After is sent
 
 
@@ -264,7 +281,7 @@ def test_50011_in_a_200_waits_then_succeeds(swaps, fake_time):
     swaps.add_funding("BTC-USDT-SWAP", start, 3)
     swaps.inject("50011", path=FUNDING)
     reader = make_reader(swaps, fake_time)
-    assert reader.funding_rates("BTCUSDT", start, start + 24 * H).frame.height == 3
+    assert reader.funding_rates("BTCUSDT", start, start + 24 * H).height == 3
     assert fake_time.sleeps == [2.0] and swaps.count(FUNDING) == 2
 
 

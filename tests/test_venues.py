@@ -1,4 +1,5 @@
-"""Symbol and period mapping between venues, the venue column, and coverage against the grid."""
+"""Symbol and period mapping between venues, the rows built from a venue's answer, and the venue column's
+contract."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ from datetime import datetime, timedelta, timezone
 import polars as pl
 import pytest
 
-from qml_pipeline.sources.coverage import missing_on_grid, missing_settlements, oi_coverage
-from qml_pipeline.sources.venue_frames import funding_frame, open_interest_frame, validate_with_venue, with_venue
+from qml_pipeline.sources.venue_frames import funding_frame, open_interest_frame
 from qml_pipeline.sources.venues import (
     UnknownSymbolError,
     project_symbol,
@@ -17,7 +17,6 @@ from qml_pipeline.sources.venues import (
     venue_symbol,
 )
 from qml_pipeline.store import schemas
-from qml_pipeline.store.schemas import TS
 from qml_pipeline.timeutil import to_ms
 
 UTC = timezone.utc
@@ -72,15 +71,24 @@ def _oi(venue: str = "okx") -> pl.DataFrame:
                                [100.0, 101.0], [6e6, None], T0, T0 + 2 * H, T0 + 3 * H, 0)
 
 
-def test_venue_column_is_last_and_validated():
+def test_venue_rows_meet_the_table_contract_and_unknown_venues_fail_it():
     df = _oi()
-    assert df.columns == schemas.OPEN_INTEREST.names
-    validate_with_venue(schemas.OPEN_INTEREST, df)
-    with pytest.raises(ValueError, match=r"venue must be one of .* unknown \['kraken'\]"):
-        validate_with_venue(schemas.OPEN_INTEREST, df.with_columns(pl.lit("kraken").alias("venue")))
-    with pytest.raises(ValueError, match="no 'venue' column"):
-        validate_with_venue(schemas.OPEN_INTEREST, df.drop("venue"))
-    assert with_venue(schemas.OPEN_INTEREST, df.drop("venue"), "binance")["venue"].unique().to_list() == ["binance"]
+    assert df.columns == schemas.OPEN_INTEREST.names and df["venue"].to_list() == ["okx", "okx"]
+    schemas.validate(schemas.OPEN_INTEREST, df)
+    with pytest.raises(schemas.ValidationError) as exc:
+        schemas.validate(schemas.OPEN_INTEREST, df.with_columns(pl.lit("kraken").alias("venue")))
+    failures = exc.value.failures
+    assert failures["column"].unique().to_list() == ["venue"] and failures["failure_case"].to_list() == ["kraken"] * 2
+    assert "isin(['binance', 'bybit', 'okx'])" in str(exc.value)
+    # a frame without the column (the Binance readers, the archive, the sample) is Binance's
+    assert schemas.conform(schemas.OPEN_INTEREST, df.drop("venue"))["venue"].unique().to_list() == ["binance"]
+
+
+def test_same_stamp_on_two_venues_is_two_rows():
+    both = pl.concat([_oi("okx"), _oi("bybit")])
+    schemas.validate(schemas.OPEN_INTEREST, both)  # the key starts with the venue
+    with pytest.raises(schemas.ValidationError, match="unique"):
+        schemas.validate(schemas.OPEN_INTEREST, pl.concat([_oi("okx"), _oi("okx")]))
 
 
 def test_oi_frame_keeps_first_of_duplicate_stamps_and_range_only():
@@ -98,39 +106,4 @@ def test_funding_frame_snaps_jitter_and_derives_intervals():
     assert df["event_time"].to_list() == [T0, T0 + 4 * H]
     assert [to_ms(t) for t in df["exchange_time"]] == served[1:]
     assert df["funding_interval_hours"].to_list() == [4, 4] and df["venue"].to_list() == ["okx", "okx"]
-    validate_with_venue(schemas.FUNDING_RATES, df)
-
-
-def test_missing_on_grid_aligns_to_the_period():
-    times = pl.Series([T0 + H, T0 + 3 * H], dtype=TS)
-    expected, missing = missing_on_grid(times, T0 + timedelta(minutes=30), T0 + 4 * H, 3_600_000)
-    assert expected == 3 and missing == [T0 + 2 * H]
-
-
-def test_oi_coverage_counts_only_published_stamps():
-    df = _oi()
-    cov = oi_coverage("okx", "BTCUSDT", df, T0, T0 + 10 * H, T0, 3_600_000, 600, now=T0 + 4 * H)
-    # published by now: stamp + 1 h + 10 min <= T0 + 4 h, i.e. T0 .. T0 + 2 h
-    assert cov.expected == 3 and cov.missing == [T0 + 2 * H]
-
-
-def _funding(hours_and_intervals: list[tuple[int, int]]) -> pl.DataFrame:
-    return pl.DataFrame({"event_time": [T0 + h * H for h, _ in hours_and_intervals],
-                         "funding_interval_hours": [i for _, i in hours_and_intervals]},
-                        schema={"event_time": TS, "funding_interval_hours": pl.Int16})
-
-
-def test_missing_settlements_between_before_and_after():
-    frame = _funding([(8, 8), (16, 8), (40, 8)])
-    assert missing_settlements(frame, T0, T0 + 64 * H, None) == [T0 + h * H for h in (0, 24, 32, 48, 56)]
-
-
-def test_missing_settlements_follow_an_interval_change():
-    frame = _funding([(0, 8), (8, 8), (12, 4), (16, 4), (28, 4)])  # 20 h and 24 h missing at 4 h
-    assert missing_settlements(frame, T0, T0 + 36 * H, None) == [T0 + h * H for h in (20, 24, 32)]
-
-
-def test_missing_settlements_of_an_empty_answer():
-    empty = _funding([])
-    assert missing_settlements(empty, T0 + H, T0 + 24 * H, 8) == [T0 + 8 * H, T0 + 16 * H]
-    assert missing_settlements(empty, T0, T0 + 24 * H, None) == []
+    schemas.validate(schemas.FUNDING_RATES, df)

@@ -1,5 +1,5 @@
-"""Per-trade market context: the estimated liquidation map, optional Coinglass liquidations, the
-point-in-time feature table and the OHLCV windows for the model."""
+"""Per-trade market context: open interest across venues, the estimated liquidation map, optional Coinglass
+liquidations, the point-in-time feature table and the OHLCV windows for the model."""
 
 import contextlib
 from pathlib import Path
@@ -7,10 +7,12 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from dagster_project.defs.raw_market_data import raw_asset_keys
 from dagster_project.failures import input_errors_as_failures
 from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.resources import SETTINGS, CoinglassResource, WarehouseResource
 from qml_pipeline.store import schemas
+from qml_pipeline.features.aggregate import build_open_interest_aggregate
 from qml_pipeline.features.context import build_context, rebuild_liquidation_maps
 from qml_pipeline.features.point_in_time import feature_null_counts
 from qml_pipeline.sources.coinglass import SKIP_REASON
@@ -25,6 +27,24 @@ MAX_NULL_SHARE = 0.5
 
 def windows_path(warehouse: WarehouseResource) -> Path:
     return warehouse.get().root / "artifacts" / "ohlcv_windows" / "windows.npz"
+
+
+@dg.asset(deps=raw_asset_keys(schemas.OPEN_INTEREST), group_name=GROUP, kinds={"ducklake", "duckdb"},
+          metadata=table_metadata(schemas.OPEN_INTEREST_AGGREGATE))
+def open_interest_aggregate(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """USD open interest summed over the configured venues (QML_VENUES) known at each 5-minute instant, point
+    in time, with per-venue shares and which venues were present (docs/venues.md)."""
+    wh = warehouse.for_run(context)
+    with contextlib.closing(wh.connect()) as con:
+        aggregate = build_open_interest_aggregate(con, SETTINGS.venues, until=utc_now())
+    wh.replace_table(schemas.OPEN_INTEREST_AGGREGATE, aggregate)
+    coverage = (aggregate.group_by("symbol", "venues_present").agg(pl.len().alias("instants"),
+                                                                    pl.col("event_time").min().alias("first"),
+                                                                    pl.col("event_time").max().alias("last"))
+                .sort("symbol", "first"))
+    return dg.MaterializeResult(metadata={"dagster/row_count": aggregate.height,
+                                          "venues_configured": ", ".join(SETTINGS.venues),
+                                          "instants_per_venue_set": markdown_table(coverage)})
 
 
 @dg.asset(deps=["open_interest", "klines"], group_name=GROUP, kinds={"ducklake", "duckdb"},
@@ -65,7 +85,8 @@ def liquidations(context: dg.AssetExecutionContext, warehouse: WarehouseResource
 
 # Not a hard dependency on `liquidations`: that asset is skipped without a Coinglass key, and a skipped
 # upstream would skip the features too. Its rows are used whenever they are in the warehouse.
-@dg.asset(deps=["trades", "funding_rates", "open_interest", "klines", liquidation_map],
+@dg.asset(deps=["trades", *raw_asset_keys(schemas.FUNDING_RATES), "open_interest", "klines", liquidation_map,
+                open_interest_aggregate],
           group_name=GROUP, kinds={"ducklake", "duckdb"}, metadata=table_metadata(schemas.TRADE_CONTEXT_FEATURES),
           check_specs=[dg.AssetCheckSpec("feature_nulls", asset="trade_context_features",
                                          description=f"no core feature NULL for more than {MAX_NULL_SHARE:.0%} "
@@ -73,7 +94,7 @@ def liquidations(context: dg.AssetExecutionContext, warehouse: WarehouseResource
 def trade_context_features(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Per trade, the market context as known at decision_time (available_at <= decision_time only)."""
     wh = warehouse.for_run(context)
-    features = build_context(wh)
+    features = build_context(wh, venues=SETTINGS.venues)
     wh.replace_table(schemas.TRADE_CONTEXT_FEATURES, features)
     nulls = feature_null_counts(features)
     n = max(features.height, 1)

@@ -1,5 +1,6 @@
 """Data quality of the raw tables: one table analysts can query, markdown in the UI, and checks
-per raw table and symbol (completeness, duplicates, zero values, long gaps, freshness)."""
+per raw table and symbol (completeness, duplicates, zero values, long gaps, freshness); and the venues
+compared with each other (venue_divergence)."""
 
 import contextlib
 from datetime import timedelta
@@ -7,18 +8,21 @@ from datetime import timedelta
 import dagster as dg
 import polars as pl
 
-from dagster_project.metadata import table_metadata
+from dagster_project.defs.raw_market_data import raw_asset_keys, raw_asset_name, venue_tables
+from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.resources import SETTINGS, MarketDataResource, WarehouseResource
 from qml_pipeline.store import schemas
-from qml_pipeline.store.quality import data_quality_markdown, data_quality_report
+from qml_pipeline.store.quality import (DivergenceConfig, compare_venues, data_quality_markdown, data_quality_report,
+                                        divergent)
 
 GROUP = "data_quality"
-RAW_TABLES = ("funding_rates", "open_interest", "klines")
+# (asset, table, venue) of every configured venue's raw assets
+RAW_SERIES = [(raw_asset_name(t, v), t.name, v) for v in SETTINGS.venues for t in venue_tables(v)]
 MIN_COMPLETENESS = 0.99
 MAX_DATA_AGE = timedelta(hours=26)  # the daily refresh runs once a day; a day and a margin
 
 
-@dg.asset(deps=list(RAW_TABLES), group_name=GROUP, kinds={"ducklake", "duckdb"},
+@dg.asset(deps=[asset for asset, _, _ in RAW_SERIES], group_name=GROUP, kinds={"ducklake", "duckdb"},
           metadata=table_metadata(schemas.DATA_QUALITY))
 def data_quality(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Coverage, missing funding settlements / OI buckets / candles, duplicates, zero values, gaps, freshness."""
@@ -33,23 +37,25 @@ def data_quality(context: dg.AssetExecutionContext, warehouse: WarehouseResource
 
 
 def _quality_specs() -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec(f"quality_{symbol}", asset=table, additional_deps=[data_quality],
-                              description=f"{table} {symbol}: >= {MIN_COMPLETENESS:.0%} complete, no duplicates, "
-                                          f"fresh within {MAX_DATA_AGE} (live sources)")
-            for table in RAW_TABLES for symbol in SETTINGS.symbols]
+    return [dg.AssetCheckSpec(f"quality_{symbol}", asset=asset, additional_deps=[data_quality],
+                              description=f"{venue} {table} {symbol}: >= {MIN_COMPLETENESS:.0%} complete, no "
+                                          f"duplicates, fresh within {MAX_DATA_AGE} (live sources)")
+            for asset, table, venue in RAW_SERIES for symbol in SETTINGS.symbols]
 
 
 @dg.multi_asset_check(specs=_quality_specs(), can_subset=True)
 def raw_data_quality(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource,
                      market: MarketDataResource):
     report = warehouse.get().read(schemas.DATA_QUALITY)
+    series = {asset: (table, venue) for asset, table, venue in RAW_SERIES}
     for key in context.selected_asset_check_keys:
-        table, symbol = key.asset_key.to_user_string(), key.name.removeprefix("quality_")
-        rows = report.filter((pl.col("table_name") == table) & (pl.col("symbol") == symbol))
+        (table, venue), symbol = series[key.asset_key.to_user_string()], key.name.removeprefix("quality_")
+        rows = report.filter((pl.col("table_name") == table) & (pl.col("venue") == venue)
+                             & (pl.col("symbol") == symbol))
         if rows.is_empty():
             yield dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=False,
                                       severity=dg.AssetCheckSeverity.WARN,
-                                      metadata={"reason": f"no {table} rows for {symbol}"})
+                                      metadata={"reason": f"no {venue} {table} rows for {symbol}"})
             continue
         worst = rows.sort("completeness").row(0, named=True)
         problems = []
@@ -57,7 +63,7 @@ def raw_data_quality(context: dg.AssetCheckExecutionContext, warehouse: Warehous
             problems.append(f"{worst['series'] or table} only {worst['completeness']:.2%} complete")
         if rows["duplicate_rows"].sum():
             problems.append(f"{rows['duplicate_rows'].sum()} duplicate rows")
-        live = market.source != "sample"
+        live = market.source != "sample" or venue != "binance"
         age = timedelta(minutes=float(rows["freshness_minutes"].max()))
         if live and age > MAX_DATA_AGE:
             problems.append(f"stale: newest row is {age} old")
@@ -71,3 +77,45 @@ def raw_data_quality(context: dg.AssetCheckExecutionContext, warehouse: Warehous
                       "gaps": int(rows["gaps"].sum()),
                       "longest_gap_minutes": float(rows["longest_gap_minutes"].max() or 0),
                       "freshness": "not applicable (bundled sample)" if not live else str(age)})
+
+
+DIVERGENCE_CHECK = "venues_agree"
+
+
+@dg.asset(deps=raw_asset_keys(schemas.OPEN_INTEREST), group_name=GROUP, kinds={"ducklake", "duckdb"},
+          metadata=table_metadata(schemas.VENUE_DIVERGENCE),
+          check_specs=[dg.AssetCheckSpec(
+              DIVERGENCE_CHECK, asset="venue_divergence",
+              description=f"no venue's OI change differs from the median of the venues' changes by more than "
+                          f"{SETTINGS.venue_divergence_1h_points:g} points over 1h or "
+                          f"{SETTINGS.venue_divergence_24h_points:g} points over 24h (a warning: a venue's "
+                          "data error or a venue-specific move; the hours are listed)")])
+def venue_divergence(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """Hours where one venue's open-interest change (1h, 24h) is out of line with the other venues'
+    (QML_VENUE_DIVERGENCE_1H_POINTS, QML_VENUE_DIVERGENCE_24H_POINTS), by symbol, time and venue."""
+    wh = warehouse.for_run(context)
+    config = DivergenceConfig(((1, SETTINGS.venue_divergence_1h_points), (24, SETTINGS.venue_divergence_24h_points)))
+    with contextlib.closing(wh.connect()) as con:
+        compared = compare_venues(con, SETTINGS.venues, config)
+    flagged = divergent(compared)
+    wh.replace_table(schemas.VENUE_DIVERGENCE, flagged)
+    per_venue = (compared.group_by("symbol", "venue", "window_hours")
+                 .agg(pl.len().alias("hours_compared"),
+                      (pl.col("deviation_points").abs() > pl.col("threshold_points")).sum().alias("hours_flagged"))
+                 .sort("symbol", "venue", "window_hours"))
+    if compared.is_empty():
+        verdict = (f"nothing to compare: no hour had the open interest of two of the configured venues "
+                   f"({', '.join(SETTINGS.venues)})")
+    elif flagged.is_empty():
+        verdict = f"{compared.height} venue-hour comparisons, none beyond its threshold"
+    else:
+        verdict = (f"{flagged.height} of {compared.height} venue-hour comparisons beyond their threshold, first "
+                   f"{flagged['venue'][0]} {flagged['symbol'][0]} at {flagged['event_time'][0]:%Y-%m-%d %H:%M} UTC")
+    return dg.MaterializeResult(
+        metadata={"dagster/row_count": flagged.height, "comparisons": compared.height,
+                  "per_venue": markdown_table(per_venue)},
+        check_results=[dg.AssetCheckResult(
+            check_name=DIVERGENCE_CHECK, passed=flagged.is_empty(), severity=dg.AssetCheckSeverity.WARN,
+            description=verdict,
+            metadata={"comparisons": compared.height, "flagged": flagged.height,
+                      "first_flagged": markdown_table(flagged.head(20))})])

@@ -1,4 +1,9 @@
-"""Raw market-data assets: funding rates, open interest and klines, partitioned by symbol and UTC month."""
+"""Raw market-data assets: funding rates, open interest and klines, partitioned by symbol and UTC month.
+
+Binance's assets are named after their tables (`funding_rates`, `open_interest`, `klines`); each other venue
+configured in QML_VENUES adds `<venue>_funding_rates` and `<venue>_open_interest`, made by the same factory
+(same partitions, checks, pool and refresh) and writing the same tables with their `venue` (docs/venues.md).
+"""
 
 from collections import defaultdict
 from collections.abc import Iterator
@@ -11,11 +16,11 @@ from dagster_project.failures import input_errors_as_failures
 from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.partitions import RAW_PARTITIONS
 from dagster_project.resources import SETTINGS, MarketDataResource, WarehouseResource
-from qml_pipeline.sources.grid import describe_stamps
+from qml_pipeline.sources.grid import Coverage, describe_stamps
 from qml_pipeline.sources.ingest import WindowResult, ingest_symbol, month_windows, variants
 from qml_pipeline.store import schemas
 from qml_pipeline.store.schemas import Table
-from qml_pipeline.timeutil import day_start
+from qml_pipeline.timeutil import EPOCH, day_start
 
 RAW_GROUP = "raw_market_data"
 CONTRACT_CHECK = "contract"
@@ -30,6 +35,27 @@ def _months_by_symbol(partition_keys: list[str]) -> dict[str, list[datetime]]:
         symbol, month = str(key).split("|")
         months[symbol].add(day_start(month))
     return {s: sorted(m) for s, m in sorted(months.items())}
+
+
+def raw_asset_name(table: Table, venue: str) -> str:
+    """Binance's asset is named after its table; another venue's is `<venue>_<table>`."""
+    return table.name if venue == "binance" else f"{venue}_{table.name}"
+
+
+def venue_tables(venue: str) -> tuple[Table, ...]:
+    """The raw tables read from `venue`: Binance serves candles too; the others open interest and funding."""
+    if venue == "binance":
+        return (schemas.FUNDING_RATES, schemas.OPEN_INTEREST, schemas.KLINES)
+    return (schemas.FUNDING_RATES, schemas.OPEN_INTEREST)
+
+
+def _span(coverage: Coverage) -> str:
+    """Where the source serves data, e.g. '[2024-05-27 00:00, 2024-06-01 11:53)' (UTC)."""
+    if coverage.end is not None and (coverage.end <= EPOCH or (coverage.first and coverage.first >= coverage.end)):
+        return "nothing"  # e.g. the sample without open interest for a symbol
+    first = f"{coverage.first:%Y-%m-%d %H:%M}" if coverage.first else "the start"
+    end = f"{coverage.end:%Y-%m-%d %H:%M}" if coverage.end else "now"
+    return f"[{first}, {end})"
 
 
 def _partition_metadata(results: list[WindowResult]) -> dict[str, object]:
@@ -52,36 +78,41 @@ def _partition_metadata(results: list[WindowResult]) -> dict[str, object]:
     }
 
 
-def _raw_asset(table: Table, description: str) -> dg.AssetsDefinition:
+def _raw_asset(table: Table, description: str, venue: str = "binance") -> dg.AssetsDefinition:
+    name = raw_asset_name(table, venue)
+
     @dg.asset(
-        name=table.name,
+        name=name,
         description=description,
         partitions_def=RAW_PARTITIONS,
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=RAW_GROUP,
         kinds={"ducklake", "duckdb"},
         pool=WRITER_POOL,
-        metadata=table_metadata(table),
+        metadata={**table_metadata(table), "venue": venue},
         check_specs=[
-            dg.AssetCheckSpec(CONTRACT_CHECK, asset=table.name, blocking=True,
+            dg.AssetCheckSpec(CONTRACT_CHECK, asset=name, blocking=True,
                               description=f"the rows this run fetched meet the {table.name} contract (pandera: types, "
                                           "ranges, finite numbers, one row per key"
                                           + (", plausible bars (QML_BAR_OUTLIER_*)" if table is schemas.KLINES else "")
                                           + "); failures are named by symbol and time, and nothing of the run is "
                                             "written"),
-            dg.AssetCheckSpec(COMPLETE_CHECK, asset=table.name, blocking=True, partitions_def=RAW_PARTITIONS,
-                              description="after the merge, the partition holds every stamp its source should fill "
-                                          "(candle grid, 5-minute OI grid, funding settlements with their "
-                                          "interval), apart from known permanent gaps; missing stamps are listed")],
+            dg.AssetCheckSpec(COMPLETE_CHECK, asset=name, blocking=True, partitions_def=RAW_PARTITIONS,
+                              description=f"after the merge, the partition holds every {venue} stamp its source "
+                                          "should fill (candle grid, OI period grid, funding settlements with their "
+                                          "interval) where the source serves data (its coverage: listing, history "
+                                          "depth, live edge), apart from known permanent gaps; missing stamps are "
+                                          "listed")],
     )
     def raw_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                   market: MarketDataResource) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
         wh = warehouse.for_run(context)
-        source = market.open(context.log.info, cache_dir=wh.cache_dir)
+        source = market.open(context.log.info, cache_dir=wh.cache_dir, venue=venue)
         incomplete: list[str] = []
         fetched = 0
         for symbol, months in _months_by_symbol(context.partition_keys).items():
-            windows = month_windows(table, symbol, months, variants(table, SETTINGS.kline_intervals, market.oi_period))
+            series = variants(table, SETTINGS.kline_intervals, market.oi_period)
+            windows = month_windows(table, symbol, months, series)
             try:
                 with input_errors_as_failures(f"{table.name} {symbol}: "):
                     results = ingest_symbol(wh, source, windows, refetch=market.refetch,
@@ -95,12 +126,14 @@ def _raw_asset(table: Table, description: str) -> dg.AssetsDefinition:
                                               metadata={"symbol": symbol, "failures": shown})
                 raise
             fetched += sum(r.fetched for r in results)
+            serves = "; ".join(f"{v or table.name} {_span(source.coverage(table.name, symbol, v))}" for v in series)
             per_month: dict[datetime, list[WindowResult]] = defaultdict(list)
             for r in results:
                 per_month[r.window.start].append(r)
             for month, month_results in per_month.items():
                 key = f"{symbol}|{month:%Y-%m-%d}"
-                context.add_asset_metadata(_partition_metadata(month_results), partition_key=key)
+                context.add_asset_metadata({**_partition_metadata(month_results), "source_serves": serves},
+                                           partition_key=key)
                 missing = [r for r in month_results if not r.complete]
                 if missing:
                     incomplete.append(key)
@@ -112,8 +145,11 @@ def _raw_asset(table: Table, description: str) -> dg.AssetsDefinition:
                               "known_gap_stamps": sum(r.known_missing.len() for r in month_results)}))
         archive = [r.as_dict() for r in getattr(source, "archive_reports", [])]
         collapsed = getattr(source, "identical_duplicates", {})
+        notes = getattr(source, "notes", [])
         yield dg.MaterializeResult(
-            metadata={"source": market.source, "rows_fetched_in_run": fetched,
+            metadata={"source": market.source if venue == "binance" else source.name, "venue": venue,
+                      "rows_fetched_in_run": fetched,
+                      "source_notes": "\n".join(notes) if notes else "none",
                       **{k: v for k, v in getattr(source, "request_stats", dict)().items()
                          if k in ("requests", "weight_used", "bytes_received")},
                       "archive_files": markdown_table(pl.DataFrame([
@@ -133,21 +169,29 @@ def _raw_asset(table: Table, description: str) -> dg.AssetsDefinition:
     return raw_asset
 
 
-funding_rates = _raw_asset(schemas.FUNDING_RATES,
-                           "Funding settlements (fraction per interval), snapped to the settlement grid.")
-open_interest = _raw_asset(schemas.OPEN_INTEREST,
-                           "Open interest snapshots (base units and USDT), knowable at stamp + period + lag.")
-klines = _raw_asset(schemas.KLINES, "Closed candles per configured interval, knowable at their close.")
+DESCRIPTIONS = {
+    "funding_rates": "Funding settlements (fraction per interval), snapped to the settlement grid.",
+    "open_interest": "Open interest snapshots (base units and USDT), knowable at stamp + period + lag.",
+    "klines": "Closed candles per configured interval, knowable at their close.",
+}
+VENUE_NAMES = {"binance": "Binance", "bybit": "Bybit (v5 linear perpetuals)", "okx": "OKX (v5 USDT swaps)"}
 
-RAW_ASSETS = [funding_rates, open_interest, klines]
+
+def raw_assets(venues: tuple[str, ...]) -> list[dg.AssetsDefinition]:
+    """The raw assets of the configured venues (QML_VENUES): Binance's three, two per other venue."""
+    return [_raw_asset(table, f"{VENUE_NAMES[v]}: {DESCRIPTIONS[table.name]}" if v != "binance"
+                       else DESCRIPTIONS[table.name], v)
+            for v in venues for table in venue_tables(v)]
 
 
-def _stored_contract_check(table: Table) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=table.name, name="stored_rows_valid",
-                    description=f"every stored {table.name} row (all revisions) meets the contract; stored keys "
-                                "unique per revision")
+def _stored_contract_check(table: Table, venue: str) -> dg.AssetChecksDefinition:
+    by_venue = "venue" in table.names
+
+    @dg.asset_check(asset=raw_asset_name(table, venue), name="stored_rows_valid",
+                    description=f"every stored {table.name} row" + (f" of {venue}" if by_venue else "")
+                                + " (all revisions) meets the contract; stored keys unique per revision")
     def check(warehouse: WarehouseResource, market: MarketDataResource) -> dg.AssetCheckResult:
-        stored = warehouse.get().read(table, revisions=True)
+        stored = warehouse.get().read(table, revisions=True, **({"venue": venue} if by_venue else {}))
         failures = schemas.validation_failures(table, stored, market.funding_rate_cap, market.plausibility())
         return dg.AssetCheckResult(passed=failures.height == 0,
                                    metadata={"dagster/row_count": stored.height,
@@ -156,4 +200,14 @@ def _stored_contract_check(table: Table) -> dg.AssetChecksDefinition:
     return check
 
 
-RAW_CHECKS = [_stored_contract_check(t) for t in (schemas.FUNDING_RATES, schemas.OPEN_INTEREST, schemas.KLINES)]
+def raw_checks(venues: tuple[str, ...]) -> list[dg.AssetChecksDefinition]:
+    return [_stored_contract_check(table, v) for v in venues for table in venue_tables(v)]
+
+
+def raw_asset_keys(table: Table, venues: tuple[str, ...] = SETTINGS.venues) -> list[str]:
+    """The assets that write `table`, one per configured venue reading it."""
+    return [raw_asset_name(table, v) for v in venues if table in venue_tables(v)]
+
+
+RAW_ASSETS = raw_assets(SETTINGS.venues)
+RAW_CHECKS = raw_checks(SETTINGS.venues)

@@ -10,11 +10,13 @@ from qml_pipeline.view.build import (ReportInputs, latest_context_cards, recent_
 GROUP = "researcher_view"
 
 
-@dg.asset(deps=["funding_rates", "open_interest", "klines", "liquidation_map"], group_name=GROUP, kinds={"markdown"})
+@dg.asset(deps=["funding_rates", "open_interest", "klines", "liquidation_map", "open_interest_aggregate"],
+          group_name=GROUP, kinds={"markdown"})
 def context_cards(warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """Per symbol: latest funding, 24h OI change and nearest estimated liquidation cluster, each with its
-    status word (rules in qml_pipeline/view/cards.py) and the data's age."""
-    cards = latest_context_cards(warehouse.get())
+    """Per symbol: latest funding, 24h OI change (Binance's, and across venues where the aggregate exists) and
+    nearest estimated liquidation cluster, each with its status word (rules in qml_pipeline/view/cards.py) and
+    the data's age."""
+    cards = latest_context_cards(warehouse.get(), SETTINGS.venues)
     return dg.MaterializeResult(metadata={"symbols": cards.height,
                                           "cards": dg.MetadataValue.md(context_cards_markdown(cards))})
 

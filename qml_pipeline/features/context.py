@@ -1,5 +1,6 @@
 """The full per-trade context: point-in-time features, the estimated liquidation map's distance to
-the nearest cluster, and (with Coinglass data) realised liquidations before the decision."""
+the nearest cluster, (with Coinglass data) realised liquidations before the decision, and the features
+across venues (open interest aggregate, funding spread: features/aggregate.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from datetime import datetime, timedelta
 import polars as pl
 
 from qml_pipeline.store import schemas
+from qml_pipeline.features.aggregate import aggregate_features
 from qml_pipeline.features.point_in_time import FeatureConfig, build_trade_context_features
 from qml_pipeline.features.liquidation_map import LiqMapConfig, estimate_liquidation_map, liq_features_for_trades
 from qml_pipeline.timeutil import utc_now
@@ -45,8 +47,10 @@ def rebuild_liquidation_maps(wh: Warehouse, symbols: Sequence[str], start: datet
 
 
 def build_context(wh: Warehouse, feature_config: FeatureConfig | None = None,
-                  liq_config: LiqMapConfig | None = None) -> pl.DataFrame:
-    """One row per trade in the TRADE_CONTEXT_FEATURES shape, everything as known at decision_time."""
+                  liq_config: LiqMapConfig | None = None,
+                  venues: Sequence[str] = schemas.VENUES) -> pl.DataFrame:
+    """One row per trade in the TRADE_CONTEXT_FEATURES shape, everything as known at decision_time (the
+    features across venues over `venues`)."""
     with contextlib.closing(wh.connect(venue="binance")) as con:
         features = build_trade_context_features(con, feature_config or FeatureConfig())
         realised = frame(con, REALISED_LIQ_SQL)
@@ -59,4 +63,8 @@ def build_context(wh: Warehouse, feature_config: FeatureConfig | None = None,
     out = (features.drop([c for c in liq.columns if c != "trade_id"] + list(realised.columns[1:]), strict=False)
            .join(liq, on="trade_id", how="left")
            .join(realised, on="trade_id", how="left"))
+    # across venues: open_interest_aggregate and every venue's funding (a connection showing all venues)
+    with contextlib.closing(wh.connect()) as con:
+        across = aggregate_features(con, venues, feature_config or FeatureConfig())
+    out = out.join(across, on="trade_id", how="left")
     return schemas.conform(schemas.TRADE_CONTEXT_FEATURES, out)

@@ -57,10 +57,13 @@ __all__ = [
 # funding_rate_8h and funding_fuel_8h are derived here (see with_derived_features). The raw
 # funding_rate is left out (for 8h symbols it duplicates funding_rate_8h, and a duplicate test only
 # inflates the BH correction), and so is atr (USDT: a symbol's price level, not context); atr_pct is
-# the comparable one. Pass feature_cols to test others.
+# the comparable one. The features across venues (features/aggregate.py) stand beside the Binance ones;
+# they are NULL where no venue beside Binance is known, and a feature without values is not tested.
+# Pass feature_cols to test others.
 DEFAULT_FEATURES = ("funding_rate_8h", "funding_fuel_8h", "funding_rate_z30d", "funding_rate_change_8h",
                     "oi_change_24h", "oi_change_7d", "oi_percentile_30d", "distance_to_liq_cluster",
-                    "atr_pct")
+                    "atr_pct", "oi_agg_change_24h", "oi_agg_change_7d", "oi_agg_percentile_30d",
+                    "oi_binance_share", "funding_spread_8h")
 # What counts as an "identifiable context issue" (docs/overlay.md), from narrow to broad:
 # narrow: a rule of the overlay that lowers the multiplier fired (funding against the trade beyond
 #   the threshold, OI falling beyond the threshold): phase 9 and phase 10 test one hypothesis;

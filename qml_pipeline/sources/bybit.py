@@ -1,14 +1,15 @@
-"""Bybit v5 public market data for USDT linear perpetuals: open interest and funding settlements.
+"""Bybit v5 public market data for USDT linear perpetuals: open interest and funding settlements, behind
+the MarketSource protocol (`BybitSource`; what it shares with OKX: `venue_source.VenueSource`).
 
 Endpoints (docs/venues.md has the sources):
 
 - `/v5/market/instruments-info` (category=linear, symbol): whether Bybit lists the symbol, its
   launch time (history starts there) and today's funding interval. One request per symbol, cached.
 - `/v5/market/open-interest` (intervalTime 5min..1d, startTime/endTime ms, limit <= 200, newest
-  first, `nextPageCursor`): served back to the symbol's launch. `singleOpenInterest` (one side, in
-  base coin for linear contracts) is the open interest; a row without it falls back to
-  `openInterest`, which the current docs call the sum of both sides and older docs single-sided:
-  those rows are counted in the answer's notes.
+  first, `nextPageCursor`): served back to the symbol's launch, which is where the coverage starts.
+  `singleOpenInterest` (one side, in base coin for linear contracts) is the open interest; a row
+  without it falls back to `openInterest`, which the current docs call the sum of both sides and
+  older docs single-sided: those rows are counted in the source's notes.
 - `/v5/market/mark-price-kline` (limit <= 1000): the USD value is coins x the close of the mark
   price bar [stamp, stamp + period), a price known when the bucket closes.
 - `/v5/market/funding/history` (startTime with endTime, limit <= 200, newest first, no cursor):
@@ -27,18 +28,19 @@ limit) wait, then retry; 10016 (internal error) backs off and retries; any other
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+import polars as pl
 import requests
 
-from qml_pipeline.sources.coverage import Coverage, funding_coverage, grid_start, oi_coverage
 from qml_pipeline.sources.funding import FUNDING_LOOKBACK_MS
 from qml_pipeline.sources.http_client import HttpClient, VenueRules
 from qml_pipeline.sources.venue_frames import funding_frame, open_interest_frame
+from qml_pipeline.sources.venue_source import VenueSource
 from qml_pipeline.sources.venues import Instrument, UnknownSymbolError, split_symbol, venue_period
-from qml_pipeline.timeutil import from_ms, interval_ms, to_ms, utc_now
+from qml_pipeline.timeutil import from_ms, interval_ms, to_ms
 
 VENUE = "bybit"
 SOURCE = "bybit_rest"
@@ -97,18 +99,19 @@ def make_client(base_url: str = DEFAULT_BASE_URL, **kw: Any) -> HttpClient:
     return HttpClient(base_url, rules=RULES, **kw)
 
 
-class BybitRest:
-    """Bybit v5 reader. `now` is injectable so that published stamps and forming buckets are testable."""
+def _ceil_ms(t: datetime, step_ms: int) -> int:
+    """The first multiple of `step_ms` (epoch milliseconds) at or after `t`."""
+    return -(-to_ms(t) // step_ms) * step_ms
 
-    def __init__(self, client: HttpClient, oi_publication_lag_s: int = 0,
-                 now: Callable[[], datetime] = utc_now):
-        if client.rules is not RULES:
-            raise ValueError("BybitRest needs an HttpClient made with bybit.RULES (bybit.make_client)")
-        self.client = client
-        self.oi_publication_lag_s = oi_publication_lag_s
-        self.now = now
-        self._instruments: dict[str, Instrument] = {}
-        client.set_path_limit(*IP_LIMIT)
+
+class BybitSource(VenueSource):
+    """Bybit v5 behind the MarketSource protocol. `now` is injectable so that published stamps and forming
+    buckets are testable."""
+
+    name = VENUE
+    venue = VENUE
+    rules = RULES
+    path_limits = (IP_LIMIT,)
 
     # ------------------------------------------------------------------ instruments
 
@@ -132,23 +135,27 @@ class BybitRest:
                 funding_interval_hours=minutes // 60 if minutes and minutes % 60 == 0 else None)
         return self._instruments[symbol]
 
-    def _served_from(self, inst: Instrument, start: datetime) -> datetime:
-        return max(start, inst.listed_at) if inst.listed_at else start
+    def history_start(self, table: str, symbol: str, variant: str) -> datetime | None:
+        """Bybit serves history back to the symbol's launch."""
+        return self.instrument(symbol).listed_at
+
+    def _served_from(self, symbol: str, start: datetime) -> datetime:
+        listed = self.instrument(symbol).listed_at
+        return max(start, listed) if listed else start
 
     # ------------------------------------------------------------------ open interest
 
-    def open_interest(self, symbol: str, period: str, start: datetime, end: datetime) -> Coverage:
-        """Open interest stamped in [start, end): coins and USD per stamp, and what is missing."""
+    def open_interest(self, symbol: str, period: str, start: datetime, end: datetime) -> pl.DataFrame:
+        """Open interest stamped in [start, end) (from the launch): coins and USD per stamp."""
         api_period = venue_period(VENUE, period)
-        inst = self.instrument(symbol)
         step = interval_ms(period)
         now = self.now()
-        served_from = self._served_from(inst, start)
+        served_from = self._served_from(symbol, start)
         notes: list[str] = []
         stamps: list[int] = []
         coins: list[float] = []
         two_sided = 0
-        first_ms, end_ms = grid_start(served_from, step), to_ms(end)
+        first_ms, end_ms = _ceil_ms(served_from, step), to_ms(end)
         if first_ms < end_ms:
             params: dict[str, Any] = {"category": CATEGORY, "symbol": symbol, "intervalTime": api_period,
                                       "startTime": first_ms, "endTime": end_ms - 1, "limit": OI_LIMIT}
@@ -179,8 +186,8 @@ class BybitRest:
         if frame["open_interest_value"].null_count():
             notes.append(f"{frame['open_interest_value'].null_count()} row(s) without a mark price bar: "
                          f"open_interest_value is NULL")
-        return oi_coverage(VENUE, symbol, frame, start, end, served_from, step, self.oi_publication_lag_s,
-                           now, notes)
+        self._note(f"open_interest {period}", symbol, start, end, notes)
+        return frame
 
     def mark_closes(self, symbol: str, period: str, start: datetime, end: datetime) -> dict[int, float]:
         """Bar open time (ms) -> mark price close, for bars of `period` opening in [start, end)."""
@@ -189,7 +196,7 @@ class BybitRest:
         closes: dict[int, float] = {}
         # Each window holds at most KLINE_LIMIT bars, so a capped page cannot drop bars whichever
         # end of the window Bybit fills it from.
-        cursor, end_ms = grid_start(start, step), to_ms(end)
+        cursor, end_ms = _ceil_ms(start, step), to_ms(end)
         while cursor < end_ms:
             window_last = min(cursor + KLINE_LIMIT * step, end_ms) - 1
             result = self.client.get_json(MARK_KLINE_PATH, {
@@ -202,11 +209,11 @@ class BybitRest:
 
     # ------------------------------------------------------------------ funding
 
-    def funding_rates(self, symbol: str, start: datetime, end: datetime) -> Coverage:
-        """Funding settlements in [start, end), and the settlements the grid implies but Bybit lacks."""
+    def funding_rates(self, symbol: str, start: datetime, end: datetime) -> pl.DataFrame:
+        """Funding settlements in [start, end) (from the launch)."""
         inst = self.instrument(symbol)
         now = self.now()
-        served_from = self._served_from(inst, start)
+        served_from = self._served_from(symbol, start)
         fetch_from, last = to_ms(served_from) - FUNDING_LOOKBACK_MS, to_ms(end) - 1
         times: list[int] = []
         rates: list[float] = []
@@ -231,7 +238,6 @@ class BybitRest:
         # Only a settlement without a predecessor in the answer (the symbol's first) takes the
         # interval Bybit lists today.
         first_in_range = bool(times) and round(min(times) / HOUR_MS) * HOUR_MS >= to_ms(served_from)
-        frame = funding_frame(VENUE, SOURCE, symbol, times, rates, start, end, now,
-                              inst.funding_interval_hours if first_in_range else None)
-        return funding_coverage(VENUE, symbol, frame, start, end, served_from, now, inst.funding_interval_hours)
+        return funding_frame(VENUE, SOURCE, symbol, times, rates, start, end, now,
+                             inst.funding_interval_hours if first_in_range else None)
 

@@ -1,4 +1,5 @@
-"""OKX v5 public data for USDT-margined perpetual swaps: open interest and funding settlements.
+"""OKX v5 public data for USDT-margined perpetual swaps: open interest and funding settlements, behind
+the MarketSource protocol (`OkxSource`; what it shares with Bybit: `venue_source.VenueSource`).
 
 Endpoints (docs/venues.md has the sources):
 
@@ -7,16 +8,16 @@ Endpoints (docs/venues.md has the sources):
 - `/api/v5/rubik/stat/contracts/open-interest-history` (instId, period, begin/end exclusive,
   limit <= 100, newest first; rows `[ts, oi (contracts), oiCcy (coin), oiUsd (USD)]`): only the
   latest 1,440 entries of each period, and nothing before 2024-01-01 (1D) or early February 2024
-  (other periods). Coins: `oiCcy`, else contracts x contract size; USD: `oiUsd` (a row without it
-  keeps a NULL value, counted in the notes). Daily bars are asked for as `1Dutc` (OKX's `1D` opens
-  at 16:00 UTC).
+  (other periods): the coverage starts there. Coins: `oiCcy`, else contracts x contract size; USD:
+  `oiUsd` (a row without it keeps a NULL value, counted in the source's notes). Daily bars are asked
+  for as `1Dutc` (OKX's `1D` opens at 16:00 UTC).
 - `/api/v5/public/funding-rate-history` (instId, after = older than, limit <= 400, newest first):
-  the last three months only. `realizedRate` is the rate settled (`fundingRate` is OKX's
-  prediction, used only when `realizedRate` is empty, counted in the notes). OKX settles every 8 h,
-  or 6, 4, 2 or 1 h for volatile swaps.
+  the last three months only (the coverage starts there). `realizedRate` is the rate settled
+  (`fundingRate` is OKX's prediction, used only when `realizedRate` is empty, counted in the
+  notes). OKX settles every 8 h, or 6, 4, 2 or 1 h for volatile swaps.
 
 Older ranges: a range wholly older than OKX serves raises `OutOfHistoryError`; one that starts
-older is fetched from the oldest time served, and the answer's `served_from` says so.
+older is fetched from the oldest time served (`coverage(...).first`), so nothing older is expected.
 
 `available_at`: OKX does not say whether an open-interest stamp opens or closes its period, so a
 row is known at stamp + period + `oi_publication_lag_s` (the project's safe reading). A funding
@@ -31,14 +32,15 @@ endpoint and parameters (51001: the instrument does not exist).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from qml_pipeline.sources.coverage import Coverage, funding_coverage, oi_coverage
+import polars as pl
+
 from qml_pipeline.sources.funding import FUNDING_LOOKBACK_MS
 from qml_pipeline.sources.http_client import HttpClient, VenueRules
 from qml_pipeline.sources.venue_frames import funding_frame, open_interest_frame
+from qml_pipeline.sources.venue_source import VenueSource
 from qml_pipeline.sources.venues import (
     Instrument,
     OutOfHistoryError,
@@ -47,7 +49,7 @@ from qml_pipeline.sources.venues import (
     venue_period,
     venue_symbol,
 )
-from qml_pipeline.timeutil import UTC, from_ms, interval_ms, to_ms, utc_now
+from qml_pipeline.timeutil import UTC, from_ms, interval_ms, to_ms
 
 VENUE = "okx"
 SOURCE = "okx_rest"
@@ -91,19 +93,15 @@ def make_client(base_url: str = DEFAULT_BASE_URL, **kw: Any) -> HttpClient:
     return HttpClient(base_url, rules=RULES, **kw)
 
 
-class OkxRest:
-    """OKX v5 reader. `now` is injectable so the history depth and published stamps are testable."""
+class OkxSource(VenueSource):
+    """OKX v5 behind the MarketSource protocol. `now` is injectable so the history depth and published
+    stamps are testable."""
 
-    def __init__(self, client: HttpClient, oi_publication_lag_s: int = 0,
-                 now: Callable[[], datetime] = utc_now):
-        if client.rules is not RULES:
-            raise ValueError("OkxRest needs an HttpClient made with okx.RULES (okx.make_client)")
-        self.client = client
-        self.oi_publication_lag_s = oi_publication_lag_s
-        self.now = now
-        self._swaps: dict[str, dict[str, Any]] | None = None
-        for limit in PATH_LIMITS:
-            client.set_path_limit(*limit)
+    name = VENUE
+    venue = VENUE
+    rules = RULES
+    path_limits = PATH_LIMITS
+    _swaps: dict[str, dict[str, Any]] | None = None  # every swap by instId, fetched once
 
     # ------------------------------------------------------------------ instruments
 
@@ -146,6 +144,12 @@ class OkxRest:
         """The oldest settlement OKX still serves (three months back)."""
         return self.now() - FUNDING_HISTORY
 
+    def history_start(self, table: str, symbol: str, variant: str) -> datetime | None:
+        """The oldest time OKX serves: its depth (open interest per period, funding), not before the listing."""
+        oldest = self.oi_history_start(variant) if table == "open_interest" else self.funding_history_start()
+        listed = self.instrument(symbol).listed_at
+        return max(oldest, listed) if listed else oldest
+
     def _served_from(self, path: str, symbol: str, start: datetime, end: datetime, oldest: datetime,
                      inst: Instrument) -> datetime:
         if end <= oldest:
@@ -157,8 +161,8 @@ class OkxRest:
 
     # ------------------------------------------------------------------ open interest
 
-    def open_interest(self, symbol: str, period: str, start: datetime, end: datetime) -> Coverage:
-        """Open interest stamped in [start, end): coins and USD per stamp, and what is missing."""
+    def open_interest(self, symbol: str, period: str, start: datetime, end: datetime) -> pl.DataFrame:
+        """Open interest stamped in [start, end) (from the oldest OKX serves): coins and USD per stamp."""
         api_period = venue_period(VENUE, period)
         inst = self.instrument(symbol)
         step = interval_ms(period)
@@ -197,13 +201,13 @@ class OkxRest:
         if frame["open_interest_value"].null_count():
             notes.append(f"{frame['open_interest_value'].null_count()} row(s) without oiUsd: "
                          f"open_interest_value is NULL")
-        return oi_coverage(VENUE, symbol, frame, start, end, served_from, step, self.oi_publication_lag_s,
-                           now, notes)
+        self._note(f"open_interest {period}", symbol, start, end, notes)
+        return frame
 
     # ------------------------------------------------------------------ funding
 
-    def funding_rates(self, symbol: str, start: datetime, end: datetime) -> Coverage:
-        """Funding settlements in [start, end), and the settlements the grid implies but OKX lacks."""
+    def funding_rates(self, symbol: str, start: datetime, end: datetime) -> pl.DataFrame:
+        """Funding settlements in [start, end) (from the oldest OKX serves)."""
         inst = self.instrument(symbol)
         now = self.now()
         served_from = self._served_from(FUNDING_PATH, symbol, start, end, self.funding_history_start(), inst)
@@ -234,7 +238,7 @@ class OkxRest:
         kept = [(t, r) for t, r in zip(times, rates) if t >= fetch_from]
         frame = funding_frame(VENUE, SOURCE, symbol, [t for t, _ in kept], [r for _, r in kept], start, end,
                               now, None)
-        notes = [f"{predicted} row(s) without realizedRate: fundingRate (OKX's prediction) used"] if predicted else []
-        # With no row to read it from, the grid is OKX's usual 8 h ("currently set at 8 hours").
-        fallback = int(frame["funding_interval_hours"][-1]) if frame.height else 8
-        return funding_coverage(VENUE, symbol, frame, start, end, served_from, now, fallback, notes)
+        if predicted:
+            self._note("funding_rates", symbol, start, end,
+                       [f"{predicted} row(s) without realizedRate: fundingRate (OKX's prediction) used"])
+        return frame

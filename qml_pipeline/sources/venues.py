@@ -11,7 +11,8 @@ Units: `open_interest` is in base coins (BTC) on every venue and `open_interest_
 (USDT). A venue that counts contracts is converted with the contract size its instrument list
 serves (`Instrument.contract_size`, base coins per contract).
 
-Frames with a `venue` column: `venue_frames`; what an answer covered: `coverage`.
+Rows of the raw tables built from the venues' answers: `venue_frames`; what Bybit and OKX share
+behind the MarketSource protocol (coverage, grid, known gaps): `venue_source`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from qml_pipeline.store.schemas import VENUES
 from qml_pipeline.timeutil import interval_ms
 
-VENUES = ("binance", "bybit", "okx")
 QUOTES = ("USDT", "USDC")
 
 # The project's open-interest periods (Binance notation) as each venue spells them. OKX's 6H, 12H

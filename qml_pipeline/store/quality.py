@@ -11,10 +11,20 @@ Expected cadence, per row, judged against the row before it in the same series:
 A spacing of k steps means k - 1 missing rows. A gap is the time without rows between two rows
 (spacing - step); gaps of at least `gap_threshold` are counted, and the longest is reported with
 the stamp where it starts (the first missing stamp). Duplicates are rows beyond the first per key.
+
+Across venues (`compare_venues`, the table venue_divergence): at every whole UTC hour h, each venue's open
+interest (coins) is its newest row stamped at or before h, if at most `max_age_minutes` old; its change over
+a window is (value at h / value at h - window - 1) * 100. Where two or more venues have a change for the
+same hour and window, each is compared with the median of those changes (its own included) and flagged
+when it differs by more than the window's threshold (percentage points). With three or more venues the
+median is a well-behaved venue's change, so only the odd one is flagged; with two the median is their
+mean, so both are flagged, each by half the gap: two venues cannot tell which one is wrong.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import duckdb
@@ -22,7 +32,7 @@ import polars as pl
 
 from qml_pipeline.store import schemas
 from qml_pipeline.markdown import cell, markdown_table
-from qml_pipeline.store.schemas import DATA_QUALITY
+from qml_pipeline.store.schemas import DATA_QUALITY, VENUE_DIVERGENCE, VENUES
 from qml_pipeline.timeutil import utc_now
 from qml_pipeline.store.warehouse import frame
 
@@ -142,3 +152,80 @@ def data_quality_markdown(df: pl.DataFrame) -> str:
     return (markdown_table(shown, max_rows=1000, header=header)
             + f"\n\ngaps: times without rows of at least {threshold}; missing: absent stamps on each "
               f"series' expected grid; freshness measured at {cell(df['as_of'][0])} UTC.")
+
+
+# ---------------------------------------------------------------- across venues
+
+HOUR_MS = 3_600_000
+
+
+@dataclass(frozen=True)
+class DivergenceConfig:
+    """When one venue's open-interest change is out of line with the other venues'."""
+
+    # (window in HOURS, threshold in PERCENTAGE POINTS of |change - median of the venues' changes|)
+    window_thresholds: tuple[tuple[int, float], ...] = ((1, 3.0), (24, 10.0))
+    # a venue's value at an hour is its newest row stamped at most this many MINUTES before it
+    max_age_minutes: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not self.window_thresholds or any(h <= 0 or p <= 0 for h, p in self.window_thresholds):
+            raise ValueError(f"DivergenceConfig.window_thresholds {self.window_thresholds}: expected (hours > 0, "
+                             "points > 0) pairs")
+
+
+def compare_venues_sql(venues: Sequence[str], config: DivergenceConfig) -> str:
+    unknown = sorted(set(venues) - set(VENUES))
+    if unknown:
+        raise ValueError(f"venues {unknown}: expected some of {VENUES}")
+    names = ", ".join(f"('{v}')" for v in sorted(set(venues)))
+    windows = ", ".join(f"({int(h)}, {float(p)})" for h, p in config.window_thresholds)
+    return f"""
+WITH
+v(venue) AS (VALUES {names}),
+w(window_hours, threshold) AS (VALUES {windows}),
+oi AS (
+    SELECT venue, symbol, epoch_ms(event_time) AS ev, open_interest AS coins
+    FROM open_interest WHERE revision = 0 AND open_interest > 0 AND venue IN (SELECT venue FROM v)
+),
+hours AS (
+    SELECT symbol, unnest(range((min(ev) + {HOUR_MS - 1}) // {HOUR_MS} * {HOUR_MS}, max(ev) + 1, {HOUR_MS})) AS h
+    FROM oi GROUP BY symbol
+),
+value_at AS MATERIALIZED (
+    SELECT p.symbol, p.h, p.venue, CASE WHEN p.h - o.ev <= {config.max_age_minutes * 60_000} THEN o.coins END AS coins
+    FROM (SELECT * FROM hours CROSS JOIN v) p
+    ASOF LEFT JOIN oi o ON o.venue = p.venue AND o.symbol = p.symbol AND o.ev <= p.h
+),
+changes AS (
+    SELECT cur.symbol, cur.h, cur.venue, cur.window_hours, cur.threshold, cur.coins,
+           (cur.coins / ago.coins - 1) * 100 AS change_pct
+    FROM (SELECT *, h - window_hours * {HOUR_MS} AS ago_h FROM value_at CROSS JOIN w WHERE coins IS NOT NULL) cur
+    JOIN value_at ago ON ago.symbol = cur.symbol AND ago.venue = cur.venue AND ago.h = cur.ago_h
+    WHERE ago.coins IS NOT NULL
+),
+per_hour AS (
+    SELECT symbol, h, window_hours, median(change_pct) AS median_pct, list(venue) AS venues
+    FROM changes GROUP BY symbol, h, window_hours HAVING count(*) >= 2
+)
+SELECT c.venue, c.symbol, make_timestamptz(c.h * 1000) AS event_time, c.window_hours, c.change_pct,
+       p.median_pct, c.change_pct - p.median_pct AS deviation_points, c.threshold AS threshold_points,
+       array_to_string(list_sort(list_filter(p.venues, lambda x: x <> c.venue)), ',') AS other_venues,
+       c.coins AS open_interest
+FROM changes c JOIN per_hour p USING (symbol, h, window_hours)
+ORDER BY c.symbol, c.h, c.window_hours, c.venue
+"""
+
+
+def compare_venues(con: duckdb.DuckDBPyConnection, venues: Sequence[str] = VENUES,
+                   config: DivergenceConfig = DivergenceConfig()) -> pl.DataFrame:
+    """Every (venue, symbol, hour, window) whose change could be compared with another venue's, in the
+    VENUE_DIVERGENCE shape, over the `open_interest` table of `con` (all venues visible)."""
+    con.execute("SET asof_loop_join_threshold = 0")  # else a nested loop over the hours (features/aggregate.py)
+    df = frame(con, compare_venues_sql(venues, config))
+    return schemas.conform(VENUE_DIVERGENCE, df) if df.height else schemas.empty(VENUE_DIVERGENCE)
+
+
+def divergent(compared: pl.DataFrame) -> pl.DataFrame:
+    """The comparisons beyond their window's threshold: the venue_divergence table."""
+    return compared.filter(pl.col("deviation_points").abs() > pl.col("threshold_points"))

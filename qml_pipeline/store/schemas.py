@@ -27,6 +27,9 @@ DEFAULT_FUNDING_RATE_CAP = 0.03
 # Binance and Bybit settle every 1, 2, 4 or 8 hours; OKX also every 6 hours (its funding-rate
 # history docs).
 FUNDING_INTERVALS_HOURS = (1, 2, 4, 6, 8)
+# The exchanges whose open interest and funding the raw tables hold (the `venue` column). Binance is the
+# trades' venue (klines and the Binance features come from it); docs/venues.md.
+VENUES = ("binance", "bybit", "okx")
 
 
 @dataclass(frozen=True)
@@ -380,6 +383,12 @@ DATA_QUALITY = Table(
 )
 
 
+def _c(name: str, dtype: pl.DataType, unit: str, doc: str, nullable: bool = True) -> Column:
+    duck = {pl.Utf8: "VARCHAR", pl.Float64: "DOUBLE", pl.Int64: "BIGINT", pl.Int32: "INTEGER",
+            pl.Int16: "SMALLINT", pl.Boolean: "BOOLEAN"}.get(dtype, "TIMESTAMPTZ")
+    return Column(name, dtype, duck, unit, doc, nullable)
+
+
 TRADE_CONTEXT_FEATURES = Table(
     name="trade_context_features",
     doc="Derivatives context of each trade at its decision_time (point-in-time; docs/features.md).",
@@ -455,15 +464,25 @@ TRADE_CONTEXT_FEATURES = Table(
                nullable=True),
         Column("atr_age_minutes", pl.Float64, "DOUBLE", "minutes", "decision_time - atr_bar_close_time",
                nullable=True),
+        # across venues (qml_pipeline/features/aggregate.py; docs/venues.md): NULL unless two venues are known
+        _c("oi_agg_change_24h", pl.Float64, "percent",
+           "(USD OI summed over the venues known at t / the same sum at t - 24h - 1) * 100, from "
+           "open_interest_aggregate; NULL unless the same two or more venues are present at both instants"),
+        _c("oi_agg_change_7d", pl.Float64, "percent", "the same with t - 7d"),
+        _c("oi_agg_percentile_30d", pl.Float64, "percent (0-100)",
+           "share of the hourly aggregate totals in (t - 30d, t] over the same venues that are <= the total at t, "
+           "times 100; NULL with fewer than two venues or too few hourly totals"),
+        _c("oi_binance_share", pl.Float64, "fraction 0..1",
+           "Binance's USD OI / the aggregate's at t; NULL unless another venue is present beside Binance"),
+        _c("oi_agg_venues", pl.Utf8, "", "venues in the aggregate at t, comma-separated ('' when none is fresh); "
+           "NULL without an aggregate row at t"),
+        _c("funding_spread_8h", pl.Float64, "fraction per 8h",
+           "Binance's last settled rate known at t scaled to 8h minus the mean of the other venues' (each scaled "
+           "to 8h, each with the funding staleness rule); NULL without Binance's or another venue's rate"),
+        _c("funding_spread_venues", pl.Utf8, "", "the other venues whose rates the spread averages, comma-separated"),
     ),
     key=("trade_id",),
 )
-
-
-def _c(name: str, dtype: pl.DataType, unit: str, doc: str, nullable: bool = True) -> Column:
-    duck = {pl.Utf8: "VARCHAR", pl.Float64: "DOUBLE", pl.Int64: "BIGINT", pl.Int32: "INTEGER",
-            pl.Int16: "SMALLINT", pl.Boolean: "BOOLEAN"}.get(dtype, "TIMESTAMPTZ")
-    return Column(name, dtype, duck, unit, doc, nullable)
 
 
 CONTEXT_ERROR_ANALYSIS = Table(
@@ -725,6 +744,71 @@ SENSITIVITY_REGIMES = dataclasses.replace(
                                      "within the trailing year); default thresholds, every trade of the regime"))
 
 
+
+def _per_venue_columns() -> tuple[Column, ...]:
+    out: list[Column] = []
+    for v in VENUES:
+        out += [Column(f"{v}_oi_usd", pl.Float64, "DOUBLE", "USDT",
+                       f"{v}'s open_interest_value in the total; NULL when {v} is not present", nullable=True),
+                Column(f"{v}_share", pl.Float64, "DOUBLE", "fraction 0..1",
+                       f"{v}_oi_usd / oi_usd_total; NULL when {v} is not present (never 0 for a missing venue)",
+                       nullable=True),
+                Column(f"{v}_event_time", TS, "TIMESTAMPTZ", "UTC",
+                       f"stamp of {v}'s row in the total", nullable=True)]
+    return tuple(out)
+
+
+OPEN_INTEREST_AGGREGATE = Table(
+    name="open_interest_aggregate",
+    doc="USD open interest summed across the venues known at each 5-minute instant, point in time (each "
+        "venue's newest row with available_at <= event_time, if fresh), with per-venue shares and coverage "
+        "(docs/venues.md). Rebuilt from open_interest; appending later rows never changes an earlier row.",
+    columns=(
+        Column("symbol", pl.Utf8, "VARCHAR", "", "the project's symbol (Binance spelling), e.g. BTCUSDT"),
+        Column("event_time", TS, "TIMESTAMPTZ", "UTC",
+               "the instant the aggregate is taken at (a multiple of 5 minutes since the epoch)"),
+        Column("available_at", TS, "TIMESTAMPTZ", "UTC",
+               "= event_time: every row summed was available by then"),
+        Column("venue_count", pl.Int32, "INTEGER", "venues", "venues present (fresh) at event_time"),
+        Column("venues_present", pl.Utf8, "VARCHAR", "", "the venues summed, comma-separated ('' when none)"),
+        Column("venues_missing", pl.Utf8, "VARCHAR", "",
+               "configured venues without a fresh row at event_time, comma-separated ('' when none)"),
+        Column("oi_usd_total", pl.Float64, "DOUBLE", "USDT",
+               "sum of the present venues' open_interest_value; NULL when none is present", nullable=True),
+        Column("oi_coins_total", pl.Float64, "DOUBLE", "base asset (e.g. BTC)",
+               "sum of the same rows' open_interest", nullable=True),
+        *_per_venue_columns(),
+    ),
+    key=("symbol", "event_time"),
+    time_column="event_time",
+)
+
+VENUE_DIVERGENCE = Table(
+    name="venue_divergence",
+    doc="Data quality across venues: hours where one venue's open-interest change over a window differs from "
+        "the median change of the venues compared by more than the window's threshold (docs/venues.md).",
+    columns=(
+        VENUE,
+        _c("symbol", pl.Utf8, "", "the project's symbol (Binance spelling), e.g. BTCUSDT", nullable=False),
+        _c("event_time", TS, "UTC", "the whole hour compared: each venue's newest stamp at or before it (if fresh)",
+           nullable=False),
+        _c("window_hours", pl.Int32, "hours", "the change's window", nullable=False),
+        _c("change_pct", pl.Float64, "percent",
+           "(the venue's open_interest at event_time / at event_time - window - 1) * 100 (coins)", nullable=False),
+        _c("median_pct", pl.Float64, "percent",
+           "median of the change_pct of every venue compared at that hour and window (this one included)",
+           nullable=False),
+        _c("deviation_points", pl.Float64, "percentage points", "change_pct - median_pct", nullable=False),
+        _c("threshold_points", pl.Float64, "percentage points", "the window's threshold that |deviation_points| "
+           "exceeded", nullable=False),
+        _c("other_venues", pl.Utf8, "", "the venues compared with, comma-separated", nullable=False),
+        _c("open_interest", pl.Float64, "base asset (e.g. BTC)", "the venue's value at event_time", nullable=False),
+    ),
+    key=("venue", "symbol", "event_time", "window_hours"),
+    time_column="event_time",
+)
+
+
 TABLES: dict[str, Table] = {t.name: t for t in (FUNDING_RATES, OPEN_INTEREST, KLINES, TRADES, TRADE_CONTEXT_FEATURES, LIQUIDATION_MAP,
                                                   LIQUIDATIONS, BASELINE_METRICS,
                                                   DATA_QUALITY, CONTEXT_ERROR_ANALYSIS, CONTEXT_OVERLAY,
@@ -732,7 +816,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (FUNDING_RATES, OPEN_INTEREST, KL
                                                   MODEL_EVALUATION, MODEL_BACKTEST, MODEL_PREDICTIONS,
                                                   CONTEXT_ISSUE_SHARES, OVERLAY_TUNING, SENSITIVITY_OI_LAG,
                                                   SENSITIVITY_TIMEOUTS, SENSITIVITY_THRESHOLDS,
-                                                  SENSITIVITY_REGIMES)}
+                                                  SENSITIVITY_REGIMES,
+                                                  OPEN_INTEREST_AGGREGATE, VENUE_DIVERGENCE)}
 
 
 def conform(table: Table, df: pl.DataFrame) -> pl.DataFrame:
@@ -835,6 +920,8 @@ def _pandera_schema(table: Table, funding_rate_cap: float,
     frame_checks: list[pa.Check] = [
         _frame_check(pl.col("available_at") >= pl.col("event_time"), "available_at >= event_time"),
     ]
+    if "venue" in table.names:
+        col_checks["venue"] = [pa.Check.isin(list(VENUES))]
     if table.name == "funding_rates":
         col_checks["funding_rate"] += [pa.Check.in_range(-funding_rate_cap, funding_rate_cap)]
         col_checks["funding_interval_hours"] = [pa.Check.isin(list(FUNDING_INTERVALS_HOURS))]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
+from qml_pipeline.features.aggregate import aggregate_features
 from qml_pipeline.store import schemas
-from qml_pipeline.view.cards import context_cards, pattern_cards
+from qml_pipeline.view.cards import context_cards, pattern_cards, with_oi_aggregate
 from qml_pipeline.trades.metrics import equity_curve
 from qml_pipeline.research.evidence import evidence
 from qml_pipeline.research.overlay import OverlayConfig
@@ -19,17 +22,24 @@ from qml_pipeline.trades.contract import FILLED_OUTCOMES
 from qml_pipeline.store.warehouse import Warehouse
 
 REPORT_FEATURES = ("funding_rate", "funding_rate_z30d", "funding_rate_change_8h", "oi_change_24h", "oi_change_7d",
-                   "oi_percentile_30d", "distance_to_liq_cluster", "atr_pct")
+                   "oi_percentile_30d", "distance_to_liq_cluster", "atr_pct", "oi_agg_change_24h",
+                   "oi_agg_change_7d", "oi_agg_percentile_30d", "oi_binance_share", "funding_spread_8h")
 LIQ_MAP_LOOKBACK_SQL = """
 SELECT * FROM liquidation_map m
 WHERE snapshot_time >= (SELECT max(snapshot_time) - INTERVAL 2 DAY FROM liquidation_map x WHERE x.symbol = m.symbol)
 """
 
 
-def latest_context_cards(wh: Warehouse) -> pl.DataFrame:
-    """Per symbol, the latest funding, OI change and nearest estimated liquidation cluster with their ages."""
-    return context_cards(wh.read(schemas.FUNDING_RATES, venue="binance"), wh.read(schemas.OPEN_INTEREST, venue="binance"),
-                         wh.query(LIQ_MAP_LOOKBACK_SQL), wh.read(schemas.KLINES))
+def latest_context_cards(wh: Warehouse, venues: Sequence[str] = schemas.VENUES) -> pl.DataFrame:
+    """Per symbol, the latest funding, OI change (Binance's, and across `venues` where the aggregate holds two
+    or more) and nearest estimated liquidation cluster with their ages."""
+    cards = context_cards(wh.read(schemas.FUNDING_RATES, venue="binance"), wh.read(schemas.OPEN_INTEREST, venue="binance"),
+                          wh.query(LIQ_MAP_LOOKBACK_SQL), wh.read(schemas.KLINES))
+    probes = cards.select(pl.col("symbol").alias("trade_id"), "symbol", pl.col("as_of").alias("decision_time"))
+    with contextlib.closing(wh.connect()) as con:
+        con.register("card_probes", probes.to_arrow())
+        across = aggregate_features(con, venues, probes="card_probes")
+    return with_oi_aggregate(cards, across)
 
 
 def recent_pattern_cards(wh: Warehouse, limit: int = 20) -> pl.DataFrame:

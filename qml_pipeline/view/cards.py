@@ -19,6 +19,9 @@ available_at <= as_of; a liquidation snapshot counts as available at its snapsho
   than the feature's staleness limit, max(oi_stale_periods * period_minutes, oi_stale_min_minutes)
   minutes since its event_time. Rising when > +oi_flat_pct, Falling when < -oi_flat_pct, Flat
   otherwise. Stale when the current value became available more than oi_max_age_minutes ago.
+  Beside it, where open_interest_aggregate holds two or more venues at as_of, the same 24h change of the
+  USD open interest summed across venues (`oi_agg_change_24h`, the trade feature's rule:
+  qml_pipeline/features/aggregate.py; NULL when the venues present differ between the two instants).
 - LIQ: the nearest estimated liquidation cluster of either side in the newest liquidation-map
   snapshot: long clusters lie below the price (longs are liquidated on the way down), short clusters
   above. A bin is a cluster by the liquidation map's own rule (`liq_map`, a `LiqMapConfig`): its
@@ -99,6 +102,7 @@ CONTEXT_CARD_SCHEMA = pl.Schema({
     "funding_status": pl.Utf8,
     "oi": pl.Float64, "oi_event_time": TS, "oi_24h_event_time": TS, "oi_change_24h": pl.Float64,
     "oi_age_minutes": pl.Float64, "oi_value": pl.Utf8, "oi_status": pl.Utf8,
+    "oi_agg_change_24h": pl.Float64, "oi_agg_venues": pl.Utf8, "oi_agg_value": pl.Utf8,
     "liq_snapshot_time": TS, "liq_age_minutes": pl.Float64, "liq_cluster_side": pl.Utf8,
     "liq_cluster_price": pl.Float64, "liq_cluster_notional_usd": pl.Float64, "liq_distance_pct": pl.Float64,
     "liq_value": pl.Utf8, "liq_status": pl.Utf8,
@@ -329,6 +333,26 @@ def context_cards(funding: pl.DataFrame, open_interest: pl.DataFrame, liq_map: p
     return out.select([pl.col(n).cast(t) for n, t in CONTEXT_CARD_SCHEMA.items()])
 
 
+def with_oi_aggregate(cards: pl.DataFrame, across: pl.DataFrame) -> pl.DataFrame:
+    """`cards` with the 24h change across venues filled in from `across` (features/aggregate.py's
+    `aggregate_features` for probes named by symbol, at each card's as_of)."""
+    agg = across.select(pl.col("trade_id").alias("symbol"), pl.col("oi_agg_change_24h").alias("_change"),
+                        pl.col("oi_agg_venues").alias("_venues"))
+    out = cards.join(agg, on="symbol", how="left").with_columns(
+        pl.col("_change").alias("oi_agg_change_24h"),
+        pl.when(pl.col("_change").is_not_null()).then(pl.col("_venues")).alias("oi_agg_venues"))
+    texts = [None if c is None else f"{fmt_pct(c)} ({v.replace(',', ', ')})"
+             for c, v in out.select("oi_agg_change_24h", "oi_agg_venues").iter_rows()]
+    out = out.with_columns(pl.Series("oi_agg_value", texts, dtype=pl.Utf8))
+    return out.select([pl.col(n).cast(t) for n, t in CONTEXT_CARD_SCHEMA.items()])
+
+
+def oi_card_value(r: dict) -> str | None:
+    """The OI card's value: Binance's 24h change, and the change across venues where it exists."""
+    parts = [r.get("oi_value"), f"all venues {r['oi_agg_value']}" if r.get("oi_agg_value") else None]
+    return " · ".join(p for p in parts if p) or None
+
+
 # ---------------------------------------------------------------- pattern cards
 
 ADJUSTMENT = pl.Struct({"rule": pl.Utf8, "reason": pl.Utf8, "effect": pl.Utf8, "mult": pl.Float64})
@@ -507,7 +531,7 @@ def context_cards_markdown(df: pl.DataFrame) -> str:
             liq_status = f"⏳ stale ({liq_arrow(r['liq_cluster_side'])} {r['liq_cluster_side'] or 'no'} cluster)"
         rows = [
             ["FUNDING", "OI 24h", "LIQ"],
-            [r["funding_value"] or "no data", r["oi_value"] or "no data", r["liq_value"] or "no data"],
+            [r["funding_value"] or "no data", oi_card_value(r) or "no data", r["liq_value"] or "no data"],
             [f"{FUNDING_MARK.get(fs, '')} {fs}".strip(), f"{OI_MARK.get(os_, '')} {os_}".strip(), liq_status],
             [_age_line(r["funding_age_minutes"]), _age_line(r["oi_age_minutes"]), _age_line(r["liq_age_minutes"])],
         ]

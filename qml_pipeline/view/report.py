@@ -27,6 +27,7 @@ from qml_pipeline.view.cards import (
     fmt_age,
     fmt_usd,
     liq_arrow,
+    oi_card_value,
 )
 from qml_pipeline.timeutil import utc_now
 
@@ -200,7 +201,7 @@ def context_cards_html(df: pl.DataFrame | None) -> str:
         fs, os_, ls = r["funding_status"], r["oi_status"], r["liq_status"]
         funding = _ctx_card("FUNDING", r.get("funding_value"), fs, "no data" if fs == MISSING else fs,
                             r.get("funding_age_minutes"))
-        oi = _ctx_card("OI 24h", r.get("oi_value"), os_, "no data" if os_ == MISSING else os_,
+        oi = _ctx_card("OI 24h", oi_card_value(r), os_, "no data" if os_ == MISSING else os_,
                        r.get("oi_age_minutes"))
         side = r.get("liq_cluster_side")
         if ls in LIQ_WORDS:
