@@ -87,7 +87,7 @@ def test_venue_rows_meet_the_table_contract_and_unknown_venues_fail_it():
 def test_same_stamp_on_two_venues_is_two_rows():
     both = pl.concat([_oi("okx"), _oi("bybit")])
     schemas.validate(schemas.OPEN_INTEREST, both)  # the key starts with the venue
-    with pytest.raises(schemas.ValidationError, match="unique"):
+    with pytest.raises(schemas.ValidationError, match="one row per key"):
         schemas.validate(schemas.OPEN_INTEREST, pl.concat([_oi("okx"), _oi("okx")]))
 
 
