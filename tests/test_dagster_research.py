@@ -35,6 +35,10 @@ def sample_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("wh")
     result = materialize_raw(root, "BTCUSDT", "2023-09-01", "2024-06-30", resources=_resources(root, False))
     assert result.success
+    # the reference detector's trades, so every test starts from them whatever ran before it on this worker
+    trades = dg.materialize([*RESEARCH_ASSETS], selection=["trades"], resources=_resources(root, False),
+                            raise_on_error=False, run_config=QUIET)
+    assert trades.success
     return root
 
 
