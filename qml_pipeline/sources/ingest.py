@@ -72,7 +72,8 @@ class Window:
 @dataclass
 class WindowResult:
     window: Window
-    fetched_from: datetime | None = None          # None: not fetched (already complete in the warehouse)
+    fetched_from: datetime | None = None          # None: not fetched (see `not_fetched_because`)
+    not_fetched_because: str = ""
     fetched: int = 0
     answer_missing: pl.Series = field(default_factory=lambda: pl.Series("event_time", [], dtype=TS))
     merge: MergeStats | None = None
@@ -93,7 +94,8 @@ class WindowResult:
         w, m = self.window, self.merge
         return {"table": w.table.name, "symbol": w.symbol, "series": w.variant,
                 "start": w.start.isoformat(), "end": w.end.isoformat(),
-                "fetched_from": self.fetched_from.isoformat() if self.fetched_from else "not fetched (complete)",
+                "fetched_from": self.fetched_from.isoformat() if self.fetched_from else
+                f"not fetched ({self.not_fetched_because})",
                 "rows_fetched": self.fetched, "inserted": m.inserted if m else 0, "revised": m.revised if m else 0,
                 "unchanged": m.unchanged if m else 0, "answer_missing": self.answer_missing.len(),
                 "stored_rows": self.stored_rows, "stored_missing": self.stored_missing.len(),
@@ -235,7 +237,12 @@ def ingest_symbol(wh: Warehouse, source: MarketSource, windows: Iterable[Window]
         result = WindowResult(window)
         try:
             result.fetched_from = plan_fetch(wh, source, window, refetch=refetch, overlap=overlap)
-            if result.fetched_from is not None:
+            if result.fetched_from is None:
+                lo, hi = source.coverage(window.table.name, window.symbol, window.variant).clip(window.start,
+                                                                                              window.end)
+                result.not_fetched_because = ("the source serves no data for it" if lo >= hi
+                                              else "already complete in the warehouse")
+            else:
                 if progress:
                     progress(f"fetching {window.label()} from {result.fetched_from:%Y-%m-%d %H:%M}")
                 frame, result.answer_missing = fetch_and_validate(source, window, result.fetched_from,
