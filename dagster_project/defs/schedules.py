@@ -116,6 +116,9 @@ IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Dag
              description=f"Every {SETTINGS.cards_refresh_minutes} min (QML_CARDS_REFRESH_MINUTES): the live edge of "
                          "every symbol and fresh cards; skipped while the previous one still runs.")
 def intraday_refresh(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
+    if SETTINGS.source == "sample":
+        return dg.SkipReason("QML_SOURCE=sample: the bundled sample is a past dataset with no live edge; the "
+                             "intraday refresh needs a live source (QML_SOURCE=binance)")
     running = context.instance.get_runs(filters=dg.RunsFilter(job_name=intraday_job.name, statuses=IN_FLIGHT),
                                         limit=1)
     if running:

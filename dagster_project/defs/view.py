@@ -50,12 +50,12 @@ def pattern_cards(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     pattern_card_adjustments), the adjusted confidence (rule overlay) and the model's probability where the model
     passed its gate. Replaced per run; shows the newest ones. Rewrites the JSON export."""
     wh = warehouse.for_run(context)
-    cards, adjustments = refresh_pattern_cards(wh, live=market.source != "sample")
+    cards, adjustments, gate = refresh_pattern_cards(wh, live=market.source != "sample")
     shown = recent_pattern_cards(wh, limit=SHOWN_PATTERN_CARDS)
-    gate = cards["model_gate"][0] if cards.height else "no cards"
     return dg.MaterializeResult(metadata={
-        "patterns": cards.height, "adjustment_rows": adjustments.height,
-        "applied_adjustments": adjustments.filter(pl.col("applied")).height, "model_gate": gate,
+        "patterns": cards.height, "as_of": str(cards["as_of"][0]) if cards.height else "no trades",
+        "adjustment_rows": adjustments.height, "applied_adjustments": adjustments.filter(pl.col("applied")).height,
+        "model_probability": ("shown: " if gate.shown else "not shown: ") + gate.reason,
         "cards": dg.MetadataValue.md(pattern_cards_markdown(shown)), **_export(wh)})
 
 

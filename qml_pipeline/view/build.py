@@ -111,10 +111,11 @@ def model_gate(wh: Warehouse) -> ModelGate:
                            f"{CHANCE_AUC}")
 
 
-def build_pattern_cards(wh: Warehouse, as_of: datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
+def build_pattern_cards(wh: Warehouse, as_of: datetime, gate: ModelGate | None = None
+                        ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(pattern_cards rows, pattern_card_adjustments rows) for every trade, as of `as_of`; the model's
-    probability only where `model_gate` shows it."""
-    gate = model_gate(wh)
+    probability only where `gate` (default: `model_gate(wh)`) shows it."""
+    gate = gate or model_gate(wh)
     trades = wh.read(schemas.TRADES)
     cards = pattern_cards(trades, wh.read(schemas.CONTEXT_OVERLAY),
                           wh.read(schemas.MODEL_PREDICTIONS) if gate.shown else None, limit=trades.height)
@@ -140,12 +141,14 @@ def refresh_context_cards(wh: Warehouse, *, live: bool, symbols: Sequence[str] =
     return rows
 
 
-def refresh_pattern_cards(wh: Warehouse, *, live: bool) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Build every trade's pattern card as of now (live) or the data's end (sample) and store them."""
+def refresh_pattern_cards(wh: Warehouse, *, live: bool) -> tuple[pl.DataFrame, pl.DataFrame, ModelGate]:
+    """Build every trade's pattern card as of now (live) or the data's end (sample) and store them; the rows
+    and the model gate they were built with."""
     as_of = card_as_of(wh, live) or utc_now()
-    cards, adjustments = build_pattern_cards(wh, as_of)
+    gate = model_gate(wh)
+    cards, adjustments = build_pattern_cards(wh, as_of, gate)
     write_pattern_cards(wh, cards, adjustments)
-    return cards, adjustments
+    return cards, adjustments, gate
 
 
 def latest_context_cards(wh: Warehouse) -> pl.DataFrame:
