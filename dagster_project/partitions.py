@@ -69,7 +69,31 @@ def month_key(day: str | date) -> str:
 
 def range_tags(symbol: str, first_day: str, last_day: str) -> dict[str, str]:
     """Run tags that make one run cover `symbol` over the months holding `first_day` .. `last_day`."""
+    return block_tags(symbol, symbol, first_day, last_day)
+
+
+def block_tags(first_symbol: str, last_symbol: str, first_day: str, last_day: str) -> dict[str, str]:
+    """Run tags that make one run cover every symbol from `first_symbol` to `last_symbol` (in the order of the
+    dynamic `symbols` partitions) over the months holding `first_day` .. `last_day`: a range of a two-dimension
+    partition set is the product of its dimensions' ranges."""
     return {
-        "dagster/asset_partition_range_start": f"{symbol}|{month_key(first_day)}",
-        "dagster/asset_partition_range_end": f"{symbol}|{month_key(last_day)}",
+        "dagster/asset_partition_range_start": f"{first_symbol}|{month_key(first_day)}",
+        "dagster/asset_partition_range_end": f"{last_symbol}|{month_key(last_day)}",
     }
+
+
+def symbol_blocks(symbols: Iterable[str], known: list[str]) -> list[tuple[str, str]]:
+    """`symbols` as the fewest (first, last) runs of consecutive keys of `known` (the dynamic partitions in
+    their order), so block ranges cover exactly `symbols`; a symbol not in `known` raises ValueError."""
+    wanted = set(symbols)
+    if unknown := sorted(wanted - set(known)):
+        raise ValueError(f"symbols {unknown} are not among the 'symbols' partitions: add them (sync_symbols)")
+    blocks: list[tuple[str, str]] = []
+    run: list[str] = []
+    for key in [*known, None]:
+        if key is not None and key in wanted:
+            run.append(key)
+        elif run:
+            blocks.append((run[0], run[-1]))
+            run = []
+    return blocks

@@ -24,6 +24,8 @@ SOURCES = ("sample", "binance")
 # Binance's open-interest periods (REST /futures/data/openInterestHist and the archive's buckets).
 OI_PERIODS = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+# a cron step of minutes (*/n) only ticks evenly when n divides the hour
+CARDS_REFRESH_MINUTES = (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)
 _DEFAULT_BARS = BarPlausibility()
 
 
@@ -119,6 +121,11 @@ class Settings:
     bar_outlier_factor: float = _DEFAULT_BARS.factor
     bar_outlier_min_log_move: float = _DEFAULT_BARS.min_log_move
     bar_outlier_window: int = _DEFAULT_BARS.window
+    # the intraday schedule refreshes the live edge and rebuilds the cards every this many minutes (divides 60)
+    cards_refresh_minutes: int = 15
+    # ... re-reading from this many minutes before each window's first missing stamp (late corrections
+    # become revisions); the daily refresh re-reads a day
+    intraday_overlap_minutes: int = 60
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -175,6 +182,11 @@ class Settings:
             if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
                 out.append(f"{env_name(name)}={getattr(self, name)!r}: expected a positive number of percentage "
                            "points")
+        if self.cards_refresh_minutes not in CARDS_REFRESH_MINUTES:
+            out.append(f"QML_CARDS_REFRESH_MINUTES={self.cards_refresh_minutes!r}: expected minutes that divide an "
+                       f"hour, one of {list(CARDS_REFRESH_MINUTES)}")
+        if self.intraday_overlap_minutes < 0:
+            out.append(f"QML_INTRADAY_OVERLAP_MINUTES={self.intraday_overlap_minutes!r}: expected minutes, 0 or more")
         out += [f"QML_TRADES_COLUMN_MAP: {p}" for p in parse_column_map(self.trades_column_map)[1]]
         return out
 

@@ -11,7 +11,7 @@ import pytest
 from qml_pipeline.store import schemas
 from qml_pipeline.features.aggregate import build_open_interest_aggregate
 from qml_pipeline.features.context import build_context
-from qml_pipeline.view.build import latest_context_cards
+from qml_pipeline.view.build import build_context_cards, card_as_of
 from qml_pipeline.sources.sample import SampleSource
 from qml_pipeline.store.warehouse import Warehouse
 
@@ -76,7 +76,7 @@ def test_features_across_venues_are_null_with_binance_alone_and_filled_with_a_se
     for column in ("oi_agg_change_24h", "oi_agg_change_7d", "oi_agg_percentile_30d", "oi_binance_share",
                    "funding_spread_8h"):
         assert alone[column].null_count() == 2, column
-    assert latest_context_cards(warehouse)["oi_agg_value"].to_list() == [None]
+    assert build_context_cards(warehouse, card_as_of(warehouse, live=False))["oi_agg_value"].to_list() == [None]
 
     binance = warehouse.read(schemas.OPEN_INTEREST, venue="binance")
     warehouse.merge(schemas.OPEN_INTEREST, binance.with_columns(
@@ -92,5 +92,5 @@ def test_features_across_venues_are_null_with_binance_alone_and_filled_with_a_se
     assert both["oi_agg_change_24h"][0] == pytest.approx((now["oi_usd_total"] / before["oi_usd_total"] - 1) * 100)
     assert both["oi_agg_percentile_30d"].null_count() == 0
     assert both["funding_spread_8h"].null_count() == 2  # no Bybit funding: no spread
-    card = latest_context_cards(warehouse).row(0, named=True)
+    card = build_context_cards(warehouse, card_as_of(warehouse, live=False)).row(0, named=True)
     assert card["oi_agg_venues"] == "binance,bybit" and card["oi_agg_value"].endswith("(binance, bybit)")

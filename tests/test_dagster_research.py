@@ -1,8 +1,10 @@
 """The research assets end to end on a slice of the real sample: gates stop later phases unless overridden."""
 
+import json
 from pathlib import Path
 
 import dagster as dg
+import jsonschema
 import polars as pl
 import pytest
 
@@ -13,6 +15,7 @@ from dagster_project.resources import (CoinglassResource, MarketDataResource, Re
                                        WarehouseResource)
 from qml_pipeline.store import schemas
 from qml_pipeline.store.warehouse import Warehouse
+from qml_pipeline.view.export import load_schema
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
@@ -68,6 +71,11 @@ def test_failed_gate_stops_the_next_phase(sample_warehouse: Path) -> None:
         assert status[name] == "STEP_SUCCESS", name
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["phase9_gate"] is False
+    # the command bar and the report do not wait for phase 10; the pattern cards do (they show its overlay)
+    assert status["context_cards"] == status["research_report"] == "STEP_SUCCESS"
+    assert status.get("pattern_cards") in ("STEP_SKIPPED", None)
+    export = json.loads((sample_warehouse / "exports" / "cards.json").read_text())
+    assert [c["symbol"] for c in export["context_cards"]] == ["BTCUSDT", "ETHUSDT"]
 
 
 def test_override_runs_every_phase_and_says_so(sample_warehouse: Path) -> None:
@@ -96,6 +104,13 @@ def test_override_runs_every_phase_and_says_so(sample_warehouse: Path) -> None:
     assert "QML_OVERRIDE_GATES=1" in report and "data:image/png;base64" in report
     assert "What this evidence can and cannot say" in report and "cannot be ruled out" in report
     assert wh.read(schemas.CONTEXT_OVERLAY).height == wh.read(schemas.TRADES).height
+    cards = wh.read(schemas.PATTERN_CARDS)
+    assert cards.height == wh.read(schemas.TRADES).height
+    assert wh.read(schemas.PATTERN_CARD_ADJUSTMENTS).group_by("trade_id").len()["len"].unique().to_list() == [3]
+    # the model ran past the failed gates (override): its probabilities are stored, not shown on the cards
+    assert cards["model_probability"].null_count() == cards.height
+    assert cards["model_gate"].str.contains("QML_OVERRIDE_GATES").all()
+    jsonschema.validate(json.loads((wh.root / "exports" / "cards.json").read_text()), load_schema())
     variants = set(wh.read(schemas.MODEL_BACKTEST)["variant"])
     assert variants == {"baseline", "confidence_filter", "overlay_filter", "logistic_filter", "model_filter"}
     skipped = [e for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"

@@ -7,7 +7,7 @@ configured in QML_VENUES adds `<venue>_funding_rates` and `<venue>_open_interest
 
 from collections import defaultdict
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import dagster as dg
 import polars as pl
@@ -17,15 +17,35 @@ from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.partitions import RAW_PARTITIONS
 from dagster_project.resources import SETTINGS, MarketDataResource, WarehouseResource
 from qml_pipeline.sources.grid import Coverage, describe_stamps
-from qml_pipeline.sources.ingest import WindowResult, ingest_symbol, month_windows, variants
+from qml_pipeline.sources.ingest import DEFAULT_OVERLAP, WindowResult, ingest_symbol, month_windows, variants
 from qml_pipeline.store import schemas
 from qml_pipeline.store.schemas import Table
-from qml_pipeline.timeutil import EPOCH, day_start
+from qml_pipeline.timeutil import EPOCH, day_start, utc_now
 
 RAW_GROUP = "raw_market_data"
 CONTRACT_CHECK = "contract"
 COMPLETE_CHECK = "complete"
 WRITER_POOL = "warehouse_writer"
+# A run tag: re-read an incomplete window from this many minutes before its first missing stamp (default: a day,
+# DEFAULT_OVERLAP); the intraday schedule sets QML_INTRADAY_OVERLAP_MINUTES.
+OVERLAP_TAG = "qml/overlap_minutes"
+
+
+def run_overlap(tags: dict[str, str]) -> timedelta:
+    """The re-read overlap a run asks for (OVERLAP_TAG), else DEFAULT_OVERLAP."""
+    raw = tags.get(OVERLAP_TAG)
+    if raw is None:
+        return DEFAULT_OVERLAP
+    if not raw.strip().isdigit():
+        raise dg.Failure(f"run tag {OVERLAP_TAG}={raw!r}: expected whole minutes, 0 or more (e.g. 60)")
+    return timedelta(minutes=int(raw))
+
+
+def live_edge(source: object) -> datetime:
+    """Where a run's windows end: nothing can be stamped after the source's now (a live source's own clock,
+    else the wall clock), so the current month is asked for up to now, not up to its end."""
+    clock = getattr(source, "now", None)
+    return clock() if callable(clock) else utc_now()
 
 
 def _months_by_symbol(partition_keys: list[str]) -> dict[str, list[datetime]]:
@@ -110,12 +130,14 @@ def _raw_asset(table: Table, description: str, venue: str = "binance") -> dg.Ass
         source = market.open(context.log.info, cache_dir=wh.cache_dir, venue=venue)
         incomplete: list[str] = []
         fetched = 0
+        overlap = run_overlap(context.run.tags)
+        edge = live_edge(source)
         for symbol, months in _months_by_symbol(context.partition_keys).items():
             series = variants(table, SETTINGS.kline_intervals, market.oi_period)
-            windows = month_windows(table, symbol, months, series)
+            windows = month_windows(table, symbol, months, series, until=edge)
             try:
                 with input_errors_as_failures(f"{table.name} {symbol}: "):
-                    results = ingest_symbol(wh, source, windows, refetch=market.refetch,
+                    results = ingest_symbol(wh, source, windows, refetch=market.refetch, overlap=overlap,
                                             funding_rate_cap=market.funding_rate_cap,
                                             plausibility=market.plausibility(), progress=context.log.info)
             except dg.Failure as failure:
@@ -150,6 +172,7 @@ def _raw_asset(table: Table, description: str, venue: str = "binance") -> dg.Ass
             metadata={"source": market.source if venue == "binance" else source.name, "venue": venue,
                       "rows_fetched_in_run": fetched,
                       "source_notes": "\n".join(notes) if notes else "none",
+                      "overlap_minutes": int(overlap.total_seconds() // 60),
                       **{k: v for k, v in getattr(source, "request_stats", dict)().items()
                          if k in ("requests", "weight_used", "bytes_received")},
                       "archive_files": markdown_table(pl.DataFrame([

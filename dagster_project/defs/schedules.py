@@ -1,13 +1,17 @@
-"""The daily refresh: yesterday's and today's raw partitions per symbol, then everything downstream."""
+"""The daily refresh (yesterday's and today's raw partitions per symbol, then everything downstream) and the
+intraday refresh (the live edge of every symbol in one run, then the cards, every few minutes)."""
 
 
-from datetime import date, timedelta
+from collections.abc import Sequence
+from datetime import date, datetime, timedelta
 
 import dagster as dg
 
-from dagster_project.defs.raw_market_data import RAW_GROUP
-from dagster_project.partitions import range_tags
+from dagster_project.defs.raw_market_data import OVERLAP_TAG, RAW_CHECKS, RAW_GROUP
+from dagster_project.defs.quality import raw_data_quality
+from dagster_project.partitions import SYMBOLS, block_tags, range_tags, symbol_blocks, sync_symbols
 from dagster_project.resources import SETTINGS
+from qml_pipeline.features.liquidation_map import LiqMapConfig
 
 REFRESH_TAG = "qml/refresh_date"
 
@@ -60,6 +64,71 @@ def research_after_refresh(context: dg.RunStatusSensorContext) -> dg.RunRequest 
     return dg.RunRequest(run_key=f"research-{refresh_date}", tags={REFRESH_TAG: refresh_date})
 
 
-JOBS = [raw_refresh_job, research_job]
-SCHEDULES = [daily_refresh]
+# ---------------------------------------------------------------- intraday: fresh cards (docs/cards.md)
+
+INTRADAY_TAG = "qml/intraday"
+CARD_ASSETS = ("context_cards", "pattern_cards")
+LIQ_MAP_ASSET = "liquidation_map"
+# whole-table checks (every stored row, the data_quality asset's rules) belong to the daily refresh
+intraday_job = dg.define_asset_job(
+    "intraday_cards",
+    selection=(dg.AssetSelection.groups(RAW_GROUP) | dg.AssetSelection.assets(*CARD_ASSETS, LIQ_MAP_ASSET))
+    - dg.AssetSelection.checks(*RAW_CHECKS, raw_data_quality),
+    executor_def=dg.in_process_executor,
+    description="The live edge of the raw tables for every symbol (only stamps not yet stored, re-read from "
+                "QML_INTRADAY_OVERLAP_MINUTES before the first missing one), then the context and pattern cards "
+                "and their JSON export; the liquidation map once per snapshot interval. One run, one process.")
+
+
+def intraday_cron(minutes: int) -> str:
+    return "0 * * * *" if minutes == 60 else f"*/{minutes} * * * *"
+
+
+def liq_map_due(scheduled: datetime, refresh_minutes: int,
+                snapshot_minutes: int = LiqMapConfig().snapshot_every_minutes) -> bool:
+    """True on the tick after the one at each snapshot boundary of the liquidation map: the new snapshot's
+    inputs (OI published up to the boundary) have been fetched by then."""
+    since = (scheduled.hour * 60 + scheduled.minute) % snapshot_minutes
+    return refresh_minutes <= since < 2 * refresh_minutes or (refresh_minutes >= snapshot_minutes and since == 0)
+
+
+def intraday_requests(scheduled: datetime, symbols: Sequence[str], known: list[str], refresh_minutes: int,
+                      overlap_minutes: int) -> list[dg.RunRequest]:
+    """One run per block of consecutive symbols (usually one run for all) covering the months from a day
+    before `scheduled` (a refresh just after midnight on the 1st still completes the previous month) to its
+    month: raw live edge, cards, and the liquidation map when a snapshot is due."""
+    first, last = (scheduled - timedelta(days=1)).date().isoformat(), scheduled.date().isoformat()
+    assets = [*CARD_ASSETS, *([LIQ_MAP_ASSET] if liq_map_due(scheduled, refresh_minutes) else [])]
+    selection = [dg.AssetKey(k) for k in ("funding_rates", "open_interest", "klines", *assets)]
+    return [dg.RunRequest(run_key=f"intraday-{scheduled:%Y%m%dT%H%M}-{lo}-{hi}", job_name=intraday_job.name,
+                          asset_selection=selection,
+                          tags={**block_tags(lo, hi, first, last), INTRADAY_TAG: f"{scheduled:%Y-%m-%dT%H:%M}",
+                                OVERLAP_TAG: str(overlap_minutes)})
+            for lo, hi in symbol_blocks(symbols, known)]
+
+
+IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+             dg.DagsterRunStatus.STARTED]
+
+
+@dg.schedule(cron_schedule=intraday_cron(SETTINGS.cards_refresh_minutes), job=intraday_job, execution_timezone="UTC",
+             default_status=dg.DefaultScheduleStatus.STOPPED,
+             description=f"Every {SETTINGS.cards_refresh_minutes} min (QML_CARDS_REFRESH_MINUTES): the live edge of "
+                         "every symbol and fresh cards; skipped while the previous one still runs.")
+def intraday_refresh(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
+    if SETTINGS.source == "sample":
+        return dg.SkipReason("QML_SOURCE=sample: the bundled sample is a past dataset with no live edge; the "
+                             "intraday refresh needs a live source (QML_SOURCE=binance)")
+    running = context.instance.get_runs(filters=dg.RunsFilter(job_name=intraday_job.name, statuses=IN_FLIGHT),
+                                        limit=1)
+    if running:
+        return dg.SkipReason(f"intraday run {running[0].run_id} is still {running[0].status.value.lower()}")
+    sync_symbols(context.instance, SETTINGS.symbols)
+    return intraday_requests(context.scheduled_execution_time, SETTINGS.symbols,
+                             context.instance.get_dynamic_partitions(SYMBOLS.name), SETTINGS.cards_refresh_minutes,
+                             SETTINGS.intraday_overlap_minutes)
+
+
+JOBS = [raw_refresh_job, research_job, intraday_job]
+SCHEDULES = [daily_refresh, intraday_refresh]
 SENSORS = [research_after_refresh]

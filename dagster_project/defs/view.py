@@ -1,34 +1,65 @@
-"""The researcher's view: context cards, pattern cards and the static HTML report."""
+"""The researcher's view: the card tables (context_cards, pattern_cards), their JSON export and the static HTML
+report. The markdown cards here, the report and the export all render the stored card rows (docs/cards.md)."""
 
 import dagster as dg
+import polars as pl
 
+from dagster_project.defs.raw_market_data import WRITER_POOL
+from dagster_project.metadata import table_metadata
 from dagster_project.resources import SETTINGS, MarketDataResource, ResearchResource, WarehouseResource
+from qml_pipeline.store import schemas
+from qml_pipeline.store.warehouse import Warehouse
+from qml_pipeline.view.build import (ReportInputs, latest_context_cards, recent_pattern_cards, refresh_context_cards,
+                                     refresh_pattern_cards, report_notes, write_research_report)
 from qml_pipeline.view.cards import context_cards_markdown, pattern_cards_markdown
-from qml_pipeline.view.build import (ReportInputs, latest_context_cards, recent_pattern_cards, report_notes,
-                                          write_research_report)
+from qml_pipeline.view.export import SCHEMA_VERSION, write_cards_export
 
 GROUP = "researcher_view"
+SHOWN_PATTERN_CARDS = 20
+
+
+def _export(wh: Warehouse) -> dict[str, object]:
+    """Rewrite the JSON export from both card tables (whichever card asset ran last wrote it)."""
+    path = write_cards_export(wh)
+    return {"export": dg.MetadataValue.path(str(path)), "export_schema_version": SCHEMA_VERSION}
 
 
 @dg.asset(deps=["funding_rates", "open_interest", "klines", "liquidation_map", "open_interest_aggregate"],
-          group_name=GROUP, kinds={"markdown"})
-def context_cards(warehouse: WarehouseResource) -> dg.MaterializeResult:
+          group_name=GROUP,
+          kinds={"ducklake", "markdown", "json"}, pool=WRITER_POOL, metadata=table_metadata(schemas.CONTEXT_CARDS))
+def context_cards(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                  market: MarketDataResource) -> dg.MaterializeResult:
     """Per symbol: latest funding, 24h OI change (Binance's, and across venues where the aggregate exists) and
-    nearest estimated liquidation cluster, each with its status word (rules in qml_pipeline/view/cards.py) and
-    the data's age."""
-    cards = latest_context_cards(warehouse.get(), SETTINGS.venues)
-    return dg.MaterializeResult(metadata={"symbols": cards.height,
-                                          "cards": dg.MetadataValue.md(context_cards_markdown(cards))})
+    nearest estimated liquidation cluster, each with its
+    status word, direction, age and the rule behind the status (qml_pipeline/view/cards.py), stored as of now
+    (a live source) or the data's end (the sample); rows of earlier as_of times are kept. Rewrites the JSON
+    export."""
+    wh = warehouse.for_run(context)
+    built = refresh_context_cards(wh, live=market.source != "sample", symbols=SETTINGS.symbols,
+                                  venues=SETTINGS.venues)
+    shown = latest_context_cards(wh)
+    as_of = built["as_of"][0] if built.height else None
+    return dg.MaterializeResult(metadata={
+        "symbols": built.height, "as_of": str(as_of) if as_of else "no data",
+        "cards": dg.MetadataValue.md(context_cards_markdown(shown)), **_export(wh)})
 
 
 # Reads model_predictions when present; not a hard dependency, so the cards exist before phase 11 runs.
-@dg.asset(deps=["context_overlay"], group_name=GROUP, kinds={"markdown"})
-def pattern_cards(warehouse: WarehouseResource) -> dg.MaterializeResult:
-    """The most recent patterns: base confidence, each context adjustment with its reason and size, the
-    adjusted confidence (rule overlay) and the model's probability where a model exists."""
-    cards = recent_pattern_cards(warehouse.get())
-    return dg.MaterializeResult(metadata={"patterns": cards.height,
-                                          "cards": dg.MetadataValue.md(pattern_cards_markdown(cards))})
+@dg.asset(deps=["context_overlay"], group_name=GROUP, kinds={"ducklake", "markdown", "json"}, pool=WRITER_POOL,
+          metadata=table_metadata(schemas.PATTERN_CARDS))
+def pattern_cards(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                  market: MarketDataResource) -> dg.MaterializeResult:
+    """Every trade's pattern card: base confidence, each context rule with its reason and size (table
+    pattern_card_adjustments), the adjusted confidence (rule overlay) and the model's probability where the model
+    passed its gate. Replaced per run; shows the newest ones. Rewrites the JSON export."""
+    wh = warehouse.for_run(context)
+    cards, adjustments, gate = refresh_pattern_cards(wh, live=market.source != "sample")
+    shown = recent_pattern_cards(wh, limit=SHOWN_PATTERN_CARDS)
+    return dg.MaterializeResult(metadata={
+        "patterns": cards.height, "as_of": str(cards["as_of"][0]) if cards.height else "no trades",
+        "adjustment_rows": adjustments.height, "applied_adjustments": adjustments.filter(pl.col("applied")).height,
+        "model_probability": ("shown: " if gate.shown else "not shown: ") + gate.reason,
+        "cards": dg.MetadataValue.md(pattern_cards_markdown(shown)), **_export(wh)})
 
 
 @dg.asset(deps=["context_error_analysis", "baseline_metrics", "data_quality", context_cards, "sensitivity_oi_lag",
@@ -41,7 +72,8 @@ def research_report(warehouse: WarehouseResource, market: MarketDataResource,
     what this evidence can and cannot say (from the gates and the sensitivity tables).
 
     It depends on phase 9 only, so it is written even when a gate stops phases 10 and 11; their
-    sections show what the warehouse holds from their last successful run (gate times are shown)."""
+    sections show what the warehouse holds from their last successful run (gate times are shown), the
+    pattern cards included (their build time is shown)."""
     wh = warehouse.get()
     notes = report_notes(market.source, market.sample_dir, list(SETTINGS.symbols), research.override_gates)
     path = write_research_report(wh, wh.root / "reports", ReportInputs(notes, research.override_gates))

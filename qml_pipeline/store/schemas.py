@@ -809,6 +809,123 @@ VENUE_DIVERGENCE = Table(
 )
 
 
+# ---------------------------------------------------------------- cards (the researcher's view, docs/cards.md)
+
+_AS_OF_DOC = ("the instant the cards describe: every value is the one known then (available_at <= as_of). A live "
+              "source: the wall-clock time the cards were built; the bundled sample (a past dataset): its newest "
+              "available_at")
+_STATUS_RULE_DOC = "the rule that produced the status, with its thresholds (qml_pipeline/view/cards.py CardConfig)"
+
+CONTEXT_CARDS = Table(
+    name="context_cards",
+    doc="The seed's command-bar cards (FUNDING, OI, LIQ) per symbol and as-of time, exactly as the Dagster "
+        "metadata, the HTML report and the JSON export show them; kept per as_of (history). Ages: as_of minus "
+        "the moment each value became available (docs/cards.md).",
+    columns=(
+        _c("symbol", pl.Utf8, "", "exchange symbol", nullable=False),
+        _c("as_of", TS, "UTC", _AS_OF_DOC, nullable=False),
+        _c("built_at", TS, "UTC", "when the row was computed", nullable=False),
+        _c("price", pl.Float64, "USDT", "close of the newest closed kline published at most "
+           "CardConfig.price_max_age_minutes before as_of; NULL when none is that fresh"),
+        _c("price_time", TS, "UTC", "available_at of that kline (its close)"),
+        _c("price_age_minutes", pl.Float64, "minutes", "as_of - price_time"),
+        _c("funding_rate", pl.Float64, "fraction per interval",
+           "the FUNDING card's value: the latest settled rate known at as_of, per its own interval"),
+        _c("funding_interval_hours", pl.Int16, "hours", "that settlement's interval"),
+        _c("funding_unit", pl.Utf8, "", "the unit of funding_rate in this row: 'fraction per <n>h'"),
+        _c("funding_rate_8h", pl.Float64, "fraction per 8h", "rate * 8 / interval: the basis of the status"),
+        _c("funding_event_time", TS, "UTC", "the settlement time (a settled rate is known at its settlement)"),
+        _c("funding_age_minutes", pl.Float64, "minutes", "data age: as_of - the settlement's available_at"),
+        _c("funding_value", pl.Utf8, "", "the card's value as displayed, e.g. '+0.021% / 8h'"),
+        _c("funding_status", pl.Utf8, "", "High, Neutral, Low, Negative, stale or missing", nullable=False),
+        _c("funding_direction", pl.Utf8, "", "up (positive rate: longs pay shorts), down (shorts pay longs), "
+           "flat (zero); NULL without a value"),
+        _c("funding_rule", pl.Utf8, "", _STATUS_RULE_DOC),
+        _c("oi", pl.Float64, "base asset (e.g. BTC)", "open interest known at as_of"),
+        _c("oi_event_time", TS, "UTC", "its stamp"),
+        _c("oi_24h_event_time", TS, "UTC", "stamp of the value known at as_of - 24h (the change's base)"),
+        _c("oi_change_24h", pl.Float64, "percent", "the OI card's value: (oi / the value 24h before - 1) * 100"),
+        _c("oi_age_minutes", pl.Float64, "minutes", "data age: as_of - available_at of the current OI row"),
+        _c("oi_value", pl.Utf8, "", "the card's value as displayed, e.g. '+3.2%'"),
+        _c("oi_status", pl.Utf8, "", "Rising, Flat, Falling, stale or missing", nullable=False),
+        _c("oi_direction", pl.Utf8, "", "up, down or flat: the sign of oi_change_24h; NULL without a value"),
+        _c("oi_rule", pl.Utf8, "", _STATUS_RULE_DOC),
+        _c("oi_agg_change_24h", pl.Float64, "percent", "the same 24h change of the USD open interest summed across "
+           "venues, where open_interest_aggregate holds two or more at as_of (NULL otherwise, or when the venues "
+           "present differ between the two instants)"),
+        _c("oi_agg_venues", pl.Utf8, "", "the venues in that sum, comma-separated"),
+        _c("oi_agg_value", pl.Utf8, "", "as displayed, e.g. '+2.9% (binance, bybit, okx)'"),
+        _c("liq_snapshot_time", TS, "UTC", "the estimated liquidation map snapshot used (newest at as_of)"),
+        _c("liq_age_minutes", pl.Float64, "minutes", "data age: as_of - liq_snapshot_time (a snapshot is "
+           "available at its snapshot_time)"),
+        _c("liq_cluster_side", pl.Utf8, "", "long (below the price) or short (above) cluster"),
+        _c("liq_cluster_price", pl.Float64, "USDT", "the LIQ card's value: the nearest cluster's "
+           "notional-weighted liquidation price"),
+        _c("liq_cluster_notional_usd", pl.Float64, "USDT", "estimated notional in that bin"),
+        _c("liq_distance_pct", pl.Float64, "percent of price", "|cluster price - price| / price * 100"),
+        _c("liq_value", pl.Utf8, "", "the card's value as displayed, e.g. '$95.2K'"),
+        _c("liq_status", pl.Utf8, "", "Near, Far, none (no cluster), stale or missing", nullable=False),
+        _c("liq_direction", pl.Utf8, "", "down (a long cluster below the price, shown as ↓) or up (a short "
+           "cluster above, ↑); NULL without a cluster"),
+        _c("liq_rule", pl.Utf8, "", _STATUS_RULE_DOC),
+    ),
+    key=("symbol", "as_of"),
+    time_column="as_of",
+)
+
+PATTERN_CARDS = Table(
+    name="pattern_cards",
+    doc="The seed's pattern cards, one per trade: base confidence, the adjusted confidence of the rule overlay "
+        "(each adjustment in pattern_card_adjustments) and the model's probability where the model passed its "
+        "gate. Replaced whole per run.",
+    columns=(
+        _c("trade_id", pl.Utf8, "", "the trade", nullable=False),
+        _c("title", pl.Utf8, "", "e.g. 'BEARISH QML - BTCUSDT 4H'"),
+        _c("symbol", pl.Utf8, "", "exchange symbol"),
+        _c("timeframe", pl.Utf8, "", "candle interval of the pattern"),
+        _c("direction", pl.Utf8, "", "BULLISH or BEARISH"),
+        _c("decision_time", TS, "UTC", "when the pattern completed (a trader could act)"),
+        _c("outcome", pl.Utf8, "", "the trade's outcome so far (trades.outcome)"),
+        _c("as_of", TS, "UTC", _AS_OF_DOC, nullable=False),
+        _c("built_at", TS, "UTC", "when the row was computed", nullable=False),
+        _c("age_minutes", pl.Float64, "minutes", "as_of - decision_time: how long ago the pattern completed"),
+        _c("base_confidence", pl.Float64, "fraction 0..1", "the pattern's own confidence"),
+        _c("base_confidence_text", pl.Utf8, "", "as displayed, e.g. '72%' ('n/a' without one)"),
+        _c("raw_multiplier", pl.Float64, "multiplier", "product of the applied adjustments' multipliers"),
+        _c("multiplier", pl.Float64, "multiplier", "raw_multiplier clamped to the overlay's bounds"),
+        _c("clamped", pl.Boolean, "", "the clamp changed the multiplier"),
+        _c("adjusted_confidence", pl.Float64, "fraction 0..1", "clip(base_confidence * multiplier, 0, 1)"),
+        _c("adjusted_confidence_text", pl.Utf8, "", "as displayed, e.g. '89%'"),
+        _c("adjustments_text", pl.Utf8, "", "the applied adjustments as one line: '<reason> <effect>; ...'"),
+        _c("model_probability", pl.Float64, "fraction 0..1", "the fusion model's out-of-sample win "
+           "probability; NULL unless the model passed its gate (model_gate)"),
+        _c("model_version", pl.Utf8, "", "the model version of model_probability"),
+        _c("model_gate", pl.Utf8, "", "why model_probability is shown or not (docs/cards.md)"),
+        _c("model_text", pl.Utf8, "", "as displayed, e.g. '64% (model <version>)'"),
+    ),
+    key=("trade_id",),
+    time_column="decision_time",
+)
+
+PATTERN_CARD_ADJUSTMENTS = Table(
+    name="pattern_card_adjustments",
+    doc="Each context rule of each pattern card, in card order: applied (changed the multiplier) or not, "
+        "with its reason and size. Replaced with pattern_cards, in the same snapshot.",
+    columns=(
+        _c("trade_id", pl.Utf8, "", "the trade (pattern_cards.trade_id)", nullable=False),
+        _c("position", pl.Int32, "", "order on the card, from 1", nullable=False),
+        _c("rule", pl.Utf8, "", "funding, oi, liq (or overlay: no overlay row for the trade)", nullable=False),
+        _c("applied", pl.Boolean, "", "the rule changed the multiplier", nullable=False),
+        _c("reason", pl.Utf8, "", "what the card says, e.g. 'Funding +0.021%/8h (crowded longs)'",
+           nullable=False),
+        _c("multiplier", pl.Float64, "multiplier", "the rule's factor (1 = no effect); NULL without data"),
+        _c("effect_pct", pl.Float64, "percent", "(multiplier - 1) * 100, for applied rules"),
+        _c("effect_text", pl.Utf8, "", "as displayed, e.g. '+20%', for applied rules"),
+    ),
+    key=("trade_id", "position"),
+)
+
+
 TABLES: dict[str, Table] = {t.name: t for t in (FUNDING_RATES, OPEN_INTEREST, KLINES, TRADES, TRADE_CONTEXT_FEATURES, LIQUIDATION_MAP,
                                                   LIQUIDATIONS, BASELINE_METRICS,
                                                   DATA_QUALITY, CONTEXT_ERROR_ANALYSIS, CONTEXT_OVERLAY,
@@ -817,7 +934,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (FUNDING_RATES, OPEN_INTEREST, KL
                                                   CONTEXT_ISSUE_SHARES, OVERLAY_TUNING, SENSITIVITY_OI_LAG,
                                                   SENSITIVITY_TIMEOUTS, SENSITIVITY_THRESHOLDS,
                                                   SENSITIVITY_REGIMES,
-                                                  OPEN_INTEREST_AGGREGATE, VENUE_DIVERGENCE)}
+                                                  OPEN_INTEREST_AGGREGATE, VENUE_DIVERGENCE,
+                                                  CONTEXT_CARDS, PATTERN_CARDS, PATTERN_CARD_ADJUSTMENTS)}
 
 
 def conform(table: Table, df: pl.DataFrame) -> pl.DataFrame:

@@ -38,6 +38,10 @@ has status 'missing' (liquidations: 'none' when the map has no cluster on either
 Pattern cards: one per trade, from the overlay's itemised rule columns (qml_pipeline/research/overlay.py):
 each rule that changed the multiplier with its reason and size, the rules that did not (and why:
 neutral, or no data), the adjusted confidence and, when given, a model's probability.
+
+The cards are stored as warehouse tables (context_cards, pattern_cards, pattern_card_adjustments:
+`context_card_rows`, `pattern_card_rows`), and every view renders those rows: the markdown below (Dagster
+metadata), the HTML report (report.py) and the JSON export (export.py). docs/cards.md.
 """
 
 from __future__ import annotations
@@ -356,11 +360,15 @@ def oi_card_value(r: dict) -> str | None:
 # ---------------------------------------------------------------- pattern cards
 
 ADJUSTMENT = pl.Struct({"rule": pl.Utf8, "reason": pl.Utf8, "effect": pl.Utf8, "mult": pl.Float64})
+# every rule of a card, applied or not (the rows of the pattern_card_adjustments table)
+CARD_ITEM = pl.Struct({"rule": pl.Utf8, "reason": pl.Utf8, "effect": pl.Utf8, "mult": pl.Float64,
+                       "applied": pl.Boolean})
 
 PATTERN_CARD_SCHEMA = pl.Schema({
     "trade_id": pl.Utf8, "title": pl.Utf8, "symbol": pl.Utf8, "timeframe": pl.Utf8, "direction": pl.Utf8,
     "decision_time": TS, "outcome": pl.Utf8,
     "base_confidence": pl.Float64, "adjustments": pl.List(ADJUSTMENT), "no_effect": pl.List(pl.Utf8),
+    "items": pl.List(CARD_ITEM),
     "raw_multiplier": pl.Float64, "multiplier": pl.Float64, "clamped": pl.Boolean,
     "adjusted_confidence": pl.Float64, "model_probability": pl.Float64, "model_version": pl.Utf8,
     "base_confidence_text": pl.Utf8, "adjusted_confidence_text": pl.Utf8, "model_text": pl.Utf8,
@@ -388,48 +396,50 @@ def _funding_reason(r: dict) -> str:
     return f"Funding {rate * 100:+.3f}%/{hours}h = {f8 * 100:+.3f}%/8h"
 
 
-def _card_items(r: dict) -> tuple[list[dict], list[str]]:
-    """(adjustments that changed the multiplier, rules that did not and why) for one overlay row."""
-    adj: list[dict] = []
-    none: list[str] = []
+def _card_items(r: dict) -> list[dict]:
+    """Every context rule of one overlay row, in card order: {rule, reason, effect, mult, applied}; `applied`
+    when the rule changed the multiplier (effect is its size as text, else None)."""
+    items: list[dict] = []
+
+    def add(rule: str, reason: str, mult: float | None = None, applied: bool = False) -> None:
+        items.append({"rule": rule, "reason": reason, "effect": _effect(mult) if applied else None,
+                      "mult": mult, "applied": applied})
+
     fr, fm = r.get("funding_rule"), r.get("funding_mult")
     if fr is None:
-        none.append("no overlay row for this trade")
-        return adj, none
+        add("overlay", "no overlay row for this trade")
+        return items
     if fr == "missing":
-        none.append("Funding: no data at decision time")
+        add("funding", "Funding: no data at decision time", fm)
     elif fm is not None and fm != 1.0:
         label = "crowded longs" if fr == "crowded_longs" else "crowded shorts"
-        adj.append({"rule": "funding", "reason": f"{_funding_reason(r)} ({label})", "effect": _effect(fm),
-                    "mult": fm})
+        add("funding", f"{_funding_reason(r)} ({label})", fm, applied=True)
     else:
         word = fr.replace("_", " ")
-        none.append(f"{_funding_reason(r)} ({word})")
+        add("funding", f"{_funding_reason(r)} ({word})", fm)
     oir, oim, oi = r.get("oi_rule"), r.get("oi_mult"), r.get("oi_change_24h")
     if oir == "missing":
-        none.append("OI: no data at decision time")
+        add("oi", "OI: no data at decision time", oim)
     elif oim is not None and oim != 1.0:
         meaning = "conviction" if oir == "rising" else "weak"
-        adj.append({"rule": "oi", "reason": f"OI {oir} {oi:+.1f}% 24h ({meaning})", "effect": _effect(oim),
-                    "mult": oim})
+        add("oi", f"OI {oir} {oi:+.1f}% 24h ({meaning})", oim, applied=True)
     else:
-        none.append(f"OI {oir} {oi:+.1f}% 24h" if oi is not None else f"OI {oir}")
+        add("oi", f"OI {oir} {oi:+.1f}% 24h" if oi is not None else f"OI {oir}", oim)
     lr, lm, dist = r.get("liq_rule"), r.get("liq_mult"), r.get("distance_to_liq_cluster")
     if dist is not None and math.isnan(dist):
         dist = None
     price = fmt_usd(r.get("liq_cluster_price"))
     where = f" {price}" if price else ""
     if lr == "missing":
-        none.append("Liq cluster: no estimate at decision time")
+        add("liq", "Liq cluster: no estimate at decision time", lm)
     elif lr == "disabled":
-        none.append("Liq rule disabled")
+        add("liq", "Liq rule disabled", lm)
     elif lm is not None and lm != 1.0:
-        adj.append({"rule": "liq", "reason": f"Near liq cluster{where} ({dist:.2f} ATR)", "effect": _effect(lm),
-                    "mult": lm})
+        add("liq", f"Near liq cluster{where} ({dist:.2f} ATR)", lm, applied=True)
     else:
-        none.append(f"Liq cluster{where} {dist:.2f} ATR away (far)" if dist is not None
-                    else "Liq cluster: no estimate at decision time")
-    return adj, none
+        add("liq", f"Liq cluster{where} {dist:.2f} ATR away (far)" if dist is not None
+            else "Liq cluster: no estimate at decision time", lm)
+    return items
 
 
 def pattern_cards(trades: pl.DataFrame, overlay: pl.DataFrame, model_predictions: pl.DataFrame | None = None,
@@ -461,7 +471,8 @@ def pattern_cards(trades: pl.DataFrame, overlay: pl.DataFrame, model_predictions
                                          pl.col("model_version").cast(pl.Utf8)).unique("trade_id", keep="last")
         df = df.join(preds, on="trade_id", how="left")
     for name, dtype in PATTERN_CARD_SCHEMA.items():
-        if name not in df.columns and name not in ("title", "adjustments", "no_effect") and not name.endswith("_text"):
+        if (name not in df.columns and name not in ("title", "adjustments", "no_effect", "items")
+                and not name.endswith("_text")):
             df = df.with_columns(pl.lit(None, dtype=dtype).alias(name))
     for name, dtype in (("funding_rule", pl.Utf8), ("funding_mult", pl.Float64), ("oi_rule", pl.Utf8),
                         ("oi_mult", pl.Float64), ("liq_rule", pl.Utf8), ("liq_mult", pl.Float64),
@@ -472,10 +483,13 @@ def pattern_cards(trades: pl.DataFrame, overlay: pl.DataFrame, model_predictions
             df = df.with_columns(pl.lit(None, dtype=dtype).alias(name))
 
     items = [_card_items(r) for r in df.iter_rows(named=True)]
-    adjustments = pl.Series("adjustments", [a for a, _ in items], dtype=pl.List(ADJUSTMENT))
-    no_effect = pl.Series("no_effect", [n for _, n in items], dtype=pl.List(pl.Utf8))
-    text = [("; ".join(f"{a['reason']} {a['effect']}" for a in adj)) for adj, _ in items]
-    df = df.with_columns(adjustments, no_effect, pl.Series("adjustments_text", text, dtype=pl.Utf8))
+    applied = [[{k: i[k] for k in ADJUSTMENT.to_schema()} for i in row if i["applied"]] for row in items]
+    adjustments = pl.Series("adjustments", applied, dtype=pl.List(ADJUSTMENT))
+    no_effect = pl.Series("no_effect", [[i["reason"] for i in row if not i["applied"]] for row in items],
+                          dtype=pl.List(pl.Utf8))
+    text = ["; ".join(f"{a['reason']} {a['effect']}" for a in adj) for adj in applied]
+    df = df.with_columns(adjustments, no_effect, pl.Series("items", items, dtype=pl.List(CARD_ITEM)),
+                         pl.Series("adjustments_text", text, dtype=pl.Utf8))
     tf = pl.col("timeframe").fill_null("").str.to_uppercase()
     df = df.with_columns(
         pl.concat_str(pl.col("direction").fill_null("?").str.to_uppercase(), pl.lit(" QML - "),
@@ -488,6 +502,105 @@ def pattern_cards(trades: pl.DataFrame, overlay: pl.DataFrame, model_predictions
                   dtype=pl.Utf8),
     )
     return df.select([pl.col(n).cast(t) for n, t in PATTERN_CARD_SCHEMA.items()])
+
+
+# ---------------------------------------------------------------- the card tables (what every view renders)
+
+def _sign_word(value: pl.Expr) -> pl.Expr:
+    return (pl.when(value > 0).then(pl.lit("up")).when(value < 0).then(pl.lit("down"))
+            .when(value == 0).then(pl.lit("flat")).otherwise(pl.lit(None, dtype=pl.Utf8)))
+
+
+def _pct8h(fraction: float) -> str:
+    return f"{fraction * 100:+.4f}%/8h"
+
+
+def _status_rules(c: CardConfig) -> dict[str, dict[str, str]]:
+    """Per card, status word -> the rule that produces it, with the thresholds of `c`."""
+    m = c.liq_map
+    cluster = (f"a bin with >= {m.cluster_min_share_of_oi * 100:g}% of the map's OI"
+               if m.cluster_min_share_of_oi is not None else "any non-empty bin")
+    if m.cluster_quantile is not None:
+        cluster += f" and >= the {m.cluster_quantile:g} quantile of its side's bins"
+    return {
+        "funding": {
+            STALE: f"age > its interval + funding_grace_minutes ({c.funding_grace_minutes:g} min): a newer "
+                   "settlement should exist",
+            "High": f"8h-equivalent rate >= funding_high_8h ({_pct8h(c.funding_high_8h)})",
+            "Negative": f"8h-equivalent rate <= funding_negative_8h ({_pct8h(c.funding_negative_8h)})",
+            "Low": f"8h-equivalent rate < funding_low_8h ({_pct8h(c.funding_low_8h)})",
+            "Neutral": f"funding_low_8h ({_pct8h(c.funding_low_8h)}) <= 8h-equivalent rate < funding_high_8h "
+                       f"({_pct8h(c.funding_high_8h)})",
+            MISSING: "no settlement known at as_of",
+        },
+        "oi": {
+            STALE: f"the current value became available more than oi_max_age_minutes ({c.oi_max_age_minutes:g} min) "
+                   "before as_of",
+            "Rising": f"24h change > +oi_flat_pct ({c.oi_flat_pct:g}%)",
+            "Falling": f"24h change < -oi_flat_pct ({c.oi_flat_pct:g}%)",
+            "Flat": f"|24h change| <= oi_flat_pct ({c.oi_flat_pct:g}%)",
+            MISSING: "no open interest known at as_of, or none known 24h before it within the features' "
+                     f"staleness limit (max({c.features.oi_stale_periods:g} periods, "
+                     f"{c.features.oi_stale_min_minutes:g} min))",
+        },
+        "liq": {
+            STALE: f"the map snapshot is older than liq_max_age_minutes ({c.liq_max_age_minutes:g} min)",
+            "Near": f"the nearest cluster ({cluster}) lies within liq_near_pct ({c.liq_near_pct:g}%) of the price",
+            "Far": f"the nearest cluster ({cluster}) lies farther than liq_near_pct ({c.liq_near_pct:g}%) from the "
+                   "price",
+            NO_CLUSTER: f"no cluster ({cluster}) on the side of the price where it could still be hit",
+            MISSING: "no liquidation map snapshot at as_of",
+        },
+    }
+
+
+def context_card_rows(cards: pl.DataFrame, config: CardConfig = CardConfig()) -> pl.DataFrame:
+    """`context_cards` output with what the context_cards table adds per card: the rule that produced each
+    status, the direction of each value (up / down / flat), funding's unit and the price's age."""
+    rules = _status_rules(config)
+    words = {k: pl.col(f"{k}_status").cast(pl.Utf8).replace_strict(v, default=None, return_dtype=pl.Utf8)
+             for k, v in rules.items()}
+    return cards.with_columns(
+        pl.when(pl.col("funding_rate").is_not_null())
+        .then(pl.format("fraction per {}h", pl.col("funding_interval_hours"))).alias("funding_unit"),
+        _sign_word(pl.col("funding_rate")).alias("funding_direction"),
+        words["funding"].alias("funding_rule"),
+        _sign_word(pl.col("oi_change_24h")).alias("oi_direction"),
+        words["oi"].alias("oi_rule"),
+        pl.col("liq_cluster_side").cast(pl.Utf8).replace_strict({"long": "down", "short": "up"}, default=None,
+                                                                return_dtype=pl.Utf8).alias("liq_direction"),
+        words["liq"].alias("liq_rule"),
+        _minutes(pl.col("as_of"), pl.col("price_time")).alias("price_age_minutes"),
+    )
+
+
+def pattern_card_rows(cards: pl.DataFrame, as_of: datetime, model_gate: str | None = None
+                      ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """`pattern_cards` output split into the pattern_cards rows (with as_of, the pattern's age and the model
+    gate's verdict) and the pattern_card_adjustments rows (every rule of every card, in card order)."""
+    at = pl.lit(as_of).cast(TS)
+    rows = cards.with_columns(at.alias("as_of"), _minutes(at, pl.col("decision_time")).alias("age_minutes"),
+                              pl.lit(model_gate, dtype=pl.Utf8).alias("model_gate"))
+    items = (cards.select("trade_id", "items").explode("items").drop_nulls("items").unnest("items")
+             .with_columns((pl.int_range(pl.len()).over("trade_id") + 1).cast(pl.Int32).alias("position"),
+                           pl.col("mult").alias("multiplier"))
+             .with_columns(pl.when(pl.col("applied")).then((pl.col("multiplier") - 1) * 100).alias("effect_pct"),
+                           pl.col("effect").alias("effect_text")))
+    return rows, items
+
+
+def pattern_cards_for_render(cards: pl.DataFrame, adjustments: pl.DataFrame) -> pl.DataFrame:
+    """pattern_cards rows with each card's `adjustments` (applied rules: rule, reason, effect, mult) and
+    `no_effect` (the other rules' reasons) gathered from pattern_card_adjustments rows: the markdown card and
+    the HTML report render this."""
+    adj = adjustments.sort("trade_id", "position").group_by("trade_id", maintain_order=True).agg(
+        pl.struct(pl.col("rule"), pl.col("reason"), pl.col("effect_text").alias("effect"),
+                  pl.col("multiplier").alias("mult")).filter(pl.col("applied")).alias("adjustments"),
+        pl.col("reason").filter(~pl.col("applied")).alias("no_effect"))
+    out = cards.join(adj, on="trade_id", how="left", maintain_order="left")
+    return out.with_columns(pl.col("adjustments").fill_null(pl.lit([], dtype=pl.List(ADJUSTMENT)))
+                            .cast(pl.List(ADJUSTMENT)),
+                            pl.col("no_effect").fill_null(pl.lit([], dtype=pl.List(pl.Utf8))))
 
 
 # ---------------------------------------------------------------- markdown
@@ -567,5 +680,7 @@ def pattern_cards_markdown(df: pl.DataFrame) -> str:
         lines.append(f"- **ADJUSTED CONFIDENCE: {r['adjusted_confidence_text']}** rule overlay{mult}")
         if r["model_text"]:
             lines.append(f"- Model probability: **{r['model_text']}**")
+        elif r.get("model_gate"):
+            lines.append(f"- Model probability: not shown ({_md(r['model_gate'])})")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)

@@ -177,7 +177,8 @@ def _img(uri: str, alt: str, caption: str = "") -> str:
 
 # ---------------------------------------------------------------- cards
 
-def _ctx_card(label: str, value: str | None, status: str, status_text: str, age: float | None) -> str:
+def _ctx_card(label: str, value: str | None, status: str, status_text: str, age: float | None,
+              rule: str | None = None) -> str:
     stale = " stale" if status == STALE else ""
     age_text = fmt_age(age)
     age_line = f"{age_text} old" if age_text else "no data"
@@ -185,7 +186,7 @@ def _ctx_card(label: str, value: str | None, status: str, status_text: str, age:
         age_line = f"last value, {age_line}"
     return (f'<div class="card ctx{stale}"><div class="label">{_e(label)}</div>'
             f'<div class="value">{_e(value or "—")}</div>'
-            f'<span class="chip {_e(status)}">{_e(status_text)}</span>'
+            f'<span class="chip {_e(status)}" title="{_e(rule)}">{_e(status_text)}</span>'
             f'<div class="age">{_e(age_line)}</div></div>')
 
 
@@ -200,9 +201,9 @@ def context_cards_html(df: pl.DataFrame | None) -> str:
         when = f" · as of {as_of:%Y-%m-%d %H:%M} UTC" if as_of else ""
         fs, os_, ls = r["funding_status"], r["oi_status"], r["liq_status"]
         funding = _ctx_card("FUNDING", r.get("funding_value"), fs, "no data" if fs == MISSING else fs,
-                            r.get("funding_age_minutes"))
+                            r.get("funding_age_minutes"), r.get("funding_rule"))
         oi = _ctx_card("OI 24h", oi_card_value(r), os_, "no data" if os_ == MISSING else os_,
-                       r.get("oi_age_minutes"))
+                       r.get("oi_age_minutes"), r.get("oi_rule"))
         side = r.get("liq_cluster_side")
         if ls in LIQ_WORDS:
             liq_text = f"{liq_arrow(side)} {ls} · {side}s {r['liq_distance_pct']:.1f}%"
@@ -212,7 +213,7 @@ def context_cards_html(df: pl.DataFrame | None) -> str:
             liq_text = "no data"
         else:
             liq_text = f"{ls} {liq_arrow(side)}".strip()
-        liq = _ctx_card("LIQ", r.get("liq_value"), ls, liq_text, r.get("liq_age_minutes"))
+        liq = _ctx_card("LIQ", r.get("liq_value"), ls, liq_text, r.get("liq_age_minutes"), r.get("liq_rule"))
         parts.append(f'<div class="symbol-row"><h3>{_e(head)}<span class="sub">{_e(when)}</span></h3>'
                      f'<div class="cards">{funding}{oi}{liq}</div></div>')
     return "".join(parts)
@@ -239,13 +240,19 @@ def pattern_cards_html(df: pl.DataFrame | None) -> str:
             mult = f" (x{r['multiplier']:.2f}" + (f", clamped from x{r['raw_multiplier']:.2f}" if r.get("clamped")
                                                   else "") + ")"
         model = f'<div class="model">MODEL PROBABILITY: {_e(r["model_text"])}</div>' if r.get("model_text") else ""
+        if not model and r.get("model_gate"):
+            model = f'<div class="noeffect">model probability not shown: {_e(r["model_gate"])}</div>'
         cards.append(
             f'<div class="card pattern"><div class="title">{_e(r["title"])}</div>'
             f'<div class="meta">{_e(meta)} · <span class="outcome {_e(outcome)}">{_e(outcome)}</span></div>'
             f'<div>Base Confidence: <b>{_e(r["base_confidence_text"])}</b></div><hr>{adj}{none_html}<hr>'
             f'<div class="adjusted">ADJUSTED CONFIDENCE: {_e(r["adjusted_confidence_text"])}</div>'
             f'<div class="noeffect">rule overlay{_e(mult)}</div>{model}</div>')
-    return f'<div class="cards">{"".join(cards)}</div>'
+    built = ""
+    if "built_at" in df.columns and df["built_at"].max() is not None:
+        built = (f'<p class="sub">pattern cards as of {df["as_of"].max():%Y-%m-%d %H:%M} UTC, built '
+                 f'{df["built_at"].max():%Y-%m-%d %H:%M} UTC</p>')
+    return f'{built}<div class="cards">{"".join(cards)}</div>'
 
 
 # ---------------------------------------------------------------- plots
