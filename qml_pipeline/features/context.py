@@ -7,11 +7,12 @@ import contextlib
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+import duckdb
 import polars as pl
 
 from qml_pipeline.store import schemas
 from qml_pipeline.features.point_in_time import FeatureConfig, build_trade_context_features
-from qml_pipeline.features.liquidation_map import LiqMapConfig, estimate_liquidation_map, liq_features_for_trades
+from qml_pipeline.features.liquidation_map import LiqMapConfig, estimate_liquidation_map, liq_features_by_symbol
 from qml_pipeline.timeutil import utc_now
 from qml_pipeline.store.warehouse import Warehouse, frame
 
@@ -25,6 +26,17 @@ JOIN liquidations l
  AND l.available_at <= t.decision_time
  AND l.available_at > t.decision_time - INTERVAL 24 HOUR
 GROUP BY t.trade_id
+"""
+
+# One symbol's rows for the liquidation map, only those published by its last decision (later rows
+# cannot change a feature: liquidation_map.py).
+SYMBOL_OI_SQL = """
+SELECT symbol, event_time, available_at, open_interest, period_minutes FROM open_interest
+WHERE symbol = ? AND available_at <= ?
+"""
+SYMBOL_KLINES_SQL = """
+SELECT symbol, interval, event_time, close_time, available_at, open, high, low, close, volume FROM klines
+WHERE symbol = ? AND interval = ? AND available_at <= ?
 """
 
 
@@ -47,11 +59,24 @@ def build_context(wh: Warehouse, feature_config: FeatureConfig | None = None,
                   liq_config: LiqMapConfig | None = None) -> pl.DataFrame:
     """One row per trade in the TRADE_CONTEXT_FEATURES shape, everything as known at decision_time."""
     with contextlib.closing(wh.connect()) as con:
-        features = build_trade_context_features(con, feature_config or FeatureConfig())
-        realised = frame(con, REALISED_LIQ_SQL)
-    trades = wh.read(schemas.TRADES).select("trade_id", "symbol", "direction", "decision_time")
-    liq = liq_features_for_trades(trades, wh.read(schemas.OPEN_INTEREST), wh.read(schemas.KLINES),
-                                  features.select("trade_id", "atr"), liq_config)
+        return context_features(con, feature_config, liq_config)
+
+
+def context_features(con: duckdb.DuckDBPyConnection, feature_config: FeatureConfig | None = None,
+                     liq_config: LiqMapConfig | None = None) -> pl.DataFrame:
+    """`build_context` on a connection whose views `trades`, `funding_rates`, `open_interest`, `klines`
+    and `liquidations` hold the data (Warehouse.connect(), or any other storage)."""
+    liq_config = liq_config or LiqMapConfig()
+    features = build_trade_context_features(con, feature_config or FeatureConfig())
+    realised = frame(con, REALISED_LIQ_SQL)
+
+    def rows_of(symbol: str, last: datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
+        # execute(), not frame(): duckdb 1.5.5's con.sql(params=...).pl() converts ~50x slower
+        return (con.execute(SYMBOL_OI_SQL, [symbol, last]).pl(),
+                con.execute(SYMBOL_KLINES_SQL, [symbol, liq_config.price_interval, last]).pl())
+
+    liq = liq_features_by_symbol(features.select("trade_id", "symbol", "direction", "decision_time"),
+                                 features.select("trade_id", "atr"), rows_of, liq_config)
     liq = liq.select("trade_id", "distance_to_liq_cluster",
                      pl.col("liq_cluster_notional_usd").alias("liq_cluster_size"),
                      "liq_cluster_price", "liq_map_age_minutes")

@@ -18,7 +18,9 @@ sum over the positions alive then; no row-by-row walk.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 import polars as pl
@@ -146,6 +148,28 @@ class _Positions:
     bin: np.ndarray
 
 
+@dataclass(frozen=True)
+class _Openings:
+    """The hypothetical positions of one symbol, grouped: a position is (OI increase row, side, tier),
+    and its price, bin and liquidation time depend only on (entry bar, side, tier).
+
+    Sides: 0 long, 1 short. A position's amount is (d_oi * share[side]) * weight[tier] (base units) and
+    it counts from the row's available_at until min(liq_time, start + expiry). Position order (the
+    order sums run in) is row, then side, then tier.
+    """
+
+    start: np.ndarray      # per row: available_at of the OI row (ms), increasing
+    d_oi: np.ndarray       # per row: the OI increase (base units)
+    log_scale: np.ndarray  # per row: series log_scale at the row
+    entry: np.ndarray      # per row: index of its entry bar in the (side, entry, tier) arrays, non-decreasing
+    share: np.ndarray      # per side: long_share, 1 - long_share
+    weight: np.ndarray     # per tier: leverage weight (tiers of weight 0 dropped)
+    liq_price: np.ndarray  # (side, entry, tier): USDT
+    bin: np.ndarray        # (side, entry, tier): price bin of liq_price
+    liq_time: np.ndarray   # (side, entry, tier): available_at of the first bar through liq_price, or _NEVER
+    expiry_ms: int
+
+
 def _ms(col: str) -> pl.Expr:
     return pl.col(col).cast(TS).dt.epoch("ms")
 
@@ -161,9 +185,26 @@ def _latest_known(frame: pl.DataFrame, stamp: str) -> pl.DataFrame:
     (features.py), so such a row is never the newest at any time. The rows left have strictly
     increasing available_at in stamp order: a search on available_at finds the value known at t.
     """
-    later_min = pl.col("avail").cum_min(reverse=True).shift(-1).over("symbol")
+    later_min = pl.col("avail").cum_min(reverse=True).shift(-1)
+    if _in_stamp_order(frame, stamp):  # one symbol, already sorted: nothing to sort or group
+        return frame.filter(later_min.is_null() | (pl.col("avail") < later_min))
     return (frame.sort("symbol", stamp)
-            .filter(later_min.is_null() | (pl.col("avail") < later_min)))
+            .filter(later_min.over("symbol").is_null() | (pl.col("avail") < later_min.over("symbol"))))
+
+
+def _in_stamp_order(frame: pl.DataFrame, stamp: str) -> bool:
+    """Whether the rows are of one symbol with strictly increasing `stamp` (a symbol read from the
+    warehouse): sorting them by (symbol, stamp, ...) and keeping one per stamp changes nothing."""
+    return frame.height == 0 or (frame["symbol"].n_unique() == 1
+                                 and bool((frame[stamp].diff().drop_nulls() > 0).all()))
+
+
+def _first_copies(rows: pl.DataFrame, stamp: str, ties: list[str], descending: list[bool]) -> pl.DataFrame:
+    """One row per (symbol, stamp): the first in (stamp, *ties) order, `descending` per tie."""
+    if _in_stamp_order(rows, stamp):
+        return rows
+    return (rows.sort(["symbol", stamp, *ties], descending=[False, False, *descending], nulls_last=True)
+            .unique(["symbol", stamp], keep="first", maintain_order=True))
 
 
 def _prepare_oi(oi: pl.DataFrame) -> pl.DataFrame:
@@ -182,10 +223,8 @@ def _prepare_oi(oi: pl.DataFrame) -> pl.DataFrame:
     rows = (oi.select("symbol", stamp.alias("stamp"), _ms("available_at").alias("avail"),
                       pl.col("open_interest").cast(pl.Float64), period.alias("period"))
             .filter(pl.col("open_interest").is_not_null() & (pl.col("open_interest") > 0)
-                    & pl.col("stamp").is_not_null() & pl.col("avail").is_not_null())
-            .sort(["symbol", "stamp", "avail", "open_interest", "period"],
-                  descending=[False, False, False, True, True], nulls_last=True)
-            .unique(["symbol", "stamp"], keep="first", maintain_order=True))
+                    & pl.col("stamp").is_not_null() & pl.col("avail").is_not_null()))
+    rows = _first_copies(rows, "stamp", ["avail", "open_interest", "period"], [False, True, True])
     return _latest_known(rows, "stamp").select("symbol", "avail", "open_interest")
 
 
@@ -207,10 +246,8 @@ def _prepare_bars(klines: pl.DataFrame, config: LiqMapConfig) -> pl.DataFrame:
     avail = _ms("available_at") if "available_at" in bars.columns else close_ms
     ties = [c for c in ("close", "high", "low", "open", "close_time", "volume") if c in bars.columns]
     rows = (bars.select("symbol", _ms("event_time").alias("ev"), avail.alias("avail"), *ties)
-            .filter(pl.col("ev").is_not_null() & pl.col("avail").is_not_null())
-            .sort(["symbol", "ev", "avail", *ties], descending=[False, False, False] + [True] * len(ties),
-                  nulls_last=True)
-            .unique(["symbol", "ev"], keep="first", maintain_order=True))
+            .filter(pl.col("ev").is_not_null() & pl.col("avail").is_not_null()))
+    rows = _first_copies(rows, "ev", ["avail", *ties], [False] + [True] * len(ties))
     return _latest_known(rows, "ev").select("symbol", "avail", "high", "low", "close")
 
 
@@ -247,7 +284,7 @@ def _first_cross(values: np.ndarray, first: np.ndarray, threshold: np.ndarray) -
     return np.minimum(pos, n)
 
 
-def _positions(s: _Series, config: LiqMapConfig) -> _Positions:
+def _openings(s: _Series, config: LiqMapConfig) -> _Openings:
     n_oi = s.oi.size
     d_oi = np.diff(s.oi, prepend=s.oi[:1]) if n_oi else s.oi
     entry_bar = np.searchsorted(s.bar_avail, s.oi_avail, side="right") - 1
@@ -260,28 +297,43 @@ def _positions(s: _Series, config: LiqMapConfig) -> _Positions:
     w = np.asarray(config.leverage_weights, dtype=float)
     keep = w > 0
     lev, w = lev[keep], w[keep]
-    n_t = lev.size
     mmr = config.maintenance_margin_rate
 
-    row = np.repeat(rows, 2 * n_t)
-    tier = np.tile(np.arange(n_t), 2 * rows.size)
-    is_long = np.tile(np.repeat([True, False], n_t), rows.size)
-    price = s.close[entry_bar[row]]
-    liq = np.where(is_long, price * (1 - 1 / lev[tier] + mmr), price * (1 + 1 / lev[tier] - mmr))
-    amount = d_oi[row] * np.where(is_long, config.long_share, 1 - config.long_share) * w[tier]
-    nz = amount > 0
-    row, is_long, liq, amount = row[nz], is_long[nz], liq[nz], amount[nz]
-
-    first = entry_bar[row] + 1
-    cross = np.empty(row.size, dtype=np.int64)
-    cross[is_long] = _first_cross(s.low, first[is_long], liq[is_long])
-    cross[~is_long] = _first_cross(-s.high, first[~is_long], -liq[~is_long])
+    # bars are published in order, so entry bars never decrease along the rows
+    bars = entry_bar[rows]
+    new_entry = np.ones(rows.size, dtype=bool)
+    new_entry[1:] = bars[1:] != bars[:-1]
+    entries = bars[new_entry]
+    price = s.close[entries][:, None]
+    liq = np.stack([price * (1 - 1 / lev + mmr), price * (1 + 1 / lev - mmr)])
+    first = np.broadcast_to((entries + 1)[:, None], liq.shape[1:])
+    cross = np.stack([_first_cross(s.low, first.ravel(), liq[0].ravel()),
+                      _first_cross(-s.high, first.ravel(), -liq[1].ravel())]).reshape(liq.shape)
     n_bars = s.bar_avail.size
-    liq_time = np.where(cross < n_bars, s.bar_avail[np.minimum(cross, n_bars - 1)], _NEVER)
-    start = s.oi_avail[row]
-    end = np.minimum(liq_time, start + int(config.expiry_days * _DAY_MS))
-    return _Positions(start=start, end=end, is_long=is_long, liq_price=liq, amount=amount,
-                      log_scale=s.log_scale[row], bin=config.bin_index(liq))
+    liq_time = np.where(cross < n_bars, s.bar_avail[np.minimum(cross, n_bars - 1)], _NEVER) if n_bars else \
+        np.full(liq.shape, _NEVER)
+    return _Openings(start=s.oi_avail[rows], d_oi=d_oi[rows], log_scale=s.log_scale[rows],
+                     entry=np.cumsum(new_entry) - 1, share=np.array([config.long_share, 1 - config.long_share]),
+                     weight=w, liq_price=liq, bin=config.bin_index(liq), liq_time=liq_time,
+                     expiry_ms=int(config.expiry_days * _DAY_MS))
+
+
+def _positions(o: _Openings) -> _Positions:
+    """One entry per position with a positive amount, in position order."""
+    n_rows, n_t = o.start.size, o.weight.size
+    amount = ((o.d_oi[:, None] * o.share[None, :])[:, :, None] * o.weight[None, None, :]).ravel()
+    per_row = (n_rows, 2, n_t)
+
+    def per_position(a: np.ndarray) -> np.ndarray:  # (side, entry, tier) -> position order
+        return a[:, o.entry, :].transpose(1, 0, 2).ravel()
+
+    nz = amount > 0
+    start = np.broadcast_to(o.start[:, None, None], per_row).ravel()[nz]
+    return _Positions(start=start, end=np.minimum(per_position(o.liq_time)[nz], start + o.expiry_ms),
+                      is_long=np.broadcast_to(np.array([True, False])[None, :, None], per_row).ravel()[nz],
+                      liq_price=per_position(o.liq_price)[nz], amount=amount[nz],
+                      log_scale=np.broadcast_to(o.log_scale[:, None, None], per_row).ravel()[nz],
+                      bin=per_position(o.bin)[nz])
 
 
 def _symbol_inputs(oi: pl.DataFrame, klines: pl.DataFrame, config: LiqMapConfig
@@ -291,7 +343,7 @@ def _symbol_inputs(oi: pl.DataFrame, klines: pl.DataFrame, config: LiqMapConfig
     for (symbol,), oi_sym in oi_p.group_by(["symbol"], maintain_order=True):
         bars_sym = bars_p.filter(pl.col("symbol") == symbol)
         s = _series(oi_sym, bars_sym)
-        out[symbol] = (s, _positions(s, config))
+        out[symbol] = (s, _positions(_openings(s, config)))
     return out
 
 
@@ -396,18 +448,48 @@ def _snapshots(symbol: str, s: _Series, p: _Positions, config: LiqMapConfig) -> 
 
 # ------------------------------------------------------------------ per-trade feature
 
+# A symbol's rows as (open interest, klines) frames, given the symbol and its last decision time:
+# rows published after that time cannot change any of its features and may be left out.
+SymbolRows = Callable[[str, datetime], tuple[pl.DataFrame, pl.DataFrame]]
+
+# Trades x price bins of one block of the screening map (float64 cells): bounds its memory.
+_SCREEN_CELLS = 2_000_000
+# (trade, position) pairs gathered at once when summing bins exactly: bounds that memory.
+_PAIR_BUDGET = 4_000_000
+# The screening map keeps running totals, whose rounding differs from the exact sum's: a bin whose
+# total is within this share of its gross (everything added to it) of the threshold is summed exactly.
+_SCREEN_SLACK = 1e-7
+# The survival factor of a block's positions relative to its first trade stays within e**this.
+_MAX_LOG_SPAN = 300.0
+
+
 def liq_features_for_trades(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.DataFrame,
                             atr: pl.DataFrame, config: LiqMapConfig | None = None) -> pl.DataFrame:
     """Per trade: the nearest estimated liquidation cluster in the trade's direction, as of decision_time.
 
     `trades`: trade_id, symbol, direction ('BULLISH' | 'BEARISH'), decision_time. `atr`: trade_id,
-    atr (USDT, the ATR known at decision_time). The map is evaluated at exactly decision_time (not the
-    previous snapshot). BEARISH looks for long-liquidation clusters below the price (forced selling
-    that fuels a drop); BULLISH for short-liquidation clusters above it (forced buying that fuels a
-    squeeze). Columns: `FEATURE_SCHEMA`; feature values are NULL when no cluster lies in that
-    direction, when the newest OI row is older than `max_oi_age_minutes` or the price older than
-    `max_price_age_minutes` (liq_map_time and liq_map_age_minutes are kept so staleness is visible).
+    atr (USDT, the ATR known at decision_time). `oi` and `klines` as for `estimate_liquidation_map`.
+    The map is evaluated at exactly decision_time (not the previous snapshot). BEARISH looks for
+    long-liquidation clusters below the price (forced selling that fuels a drop); BULLISH for
+    short-liquidation clusters above it (forced buying that fuels a squeeze). Columns:
+    `FEATURE_SCHEMA`; feature values are NULL when no cluster lies in that direction, when the
+    newest OI row is older than `max_oi_age_minutes` or the price older than `max_price_age_minutes`
+    (liq_map_time and liq_map_age_minutes are kept so staleness is visible).
     """
+    oi_by = oi.partition_by("symbol", as_dict=True) if "symbol" in oi.columns else {}
+    kl_by = klines.partition_by("symbol", as_dict=True) if "symbol" in klines.columns else {}
+    empty_oi, empty_kl = oi.clear(), klines.clear()
+
+    def rows_of(symbol: str, _last: datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
+        return oi_by.get((symbol,), empty_oi), kl_by.get((symbol,), empty_kl)
+
+    return liq_features_by_symbol(trades, atr, rows_of, config)
+
+
+def liq_features_by_symbol(trades: pl.DataFrame, atr: pl.DataFrame, rows_of: SymbolRows,
+                           config: LiqMapConfig | None = None) -> pl.DataFrame:
+    """`liq_features_for_trades` with each traded symbol's OI and klines fetched by `rows_of` when
+    its turn comes, so only one symbol's rows are in memory at a time."""
     config = config or LiqMapConfig()
     need = {"trade_id", "symbol", "direction", "decision_time"}
     if missing := need - set(trades.columns):
@@ -421,20 +503,21 @@ def liq_features_for_trades(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.D
                       _ms("decision_time").alias("d_ms")).with_row_index("row")
     atr_df = atr.select(pl.col("trade_id").cast(pl.Utf8), pl.col("atr").cast(pl.Float64))
 
-    inputs = _symbol_inputs(oi, klines, config)
-    heads, per_bins = [], []
+    parts = []
     for (symbol,), ts in t.group_by(["symbol"], maintain_order=True):
-        if symbol not in inputs:
+        if symbol is None:
             continue
-        head, per_bin = _trade_maps(ts, *inputs[symbol], config)
-        heads.append(head)
-        per_bins.append(per_bin)
+        last = ts.select(_from_ms("d_ms").max()).item()
+        oi_rows, bar_rows = rows_of(symbol, last)
+        oi_p = _prepare_oi(oi_rows)
+        if oi_p.height == 0:
+            continue
+        s = _series(oi_p, _prepare_bars(bar_rows, config))
+        parts.append(_symbol_features(ts, s, _openings(s, config), config))
 
     base = t.join(atr_df, on="trade_id", how="left")
-    if heads:
-        base = base.join(pl.concat(heads), on="row", how="left")
-        clusters = _nearest_clusters(pl.concat(per_bins), base, config)
-        base = base.join(clusters, on="row", how="left")
+    if parts:
+        base = base.join(pl.concat(parts), on="row", how="left")
     else:
         base = base.with_columns(pl.lit(None, pl.Float64).alias(c) for c in
                                  ("price", "oi_now", "cluster_price", "cluster_usd")).with_columns(
@@ -452,11 +535,10 @@ def liq_features_for_trades(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.D
     ).cast(dict(FEATURE_SCHEMA))
 
 
-def _trade_maps(ts: pl.DataFrame, s: _Series, p: _Positions, config: LiqMapConfig
-                ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(per trade: price, OI, map time, freshness; per trade and bin on its side: alive amounts)."""
+def _symbol_features(ts: pl.DataFrame, s: _Series, o: _Openings, config: LiqMapConfig) -> pl.DataFrame:
+    """Per trade of one symbol: row, price, OI, map time, freshness, and the nearest cluster's
+    price and notional (NULL when none)."""
     d = ts["d_ms"].to_numpy()
-    rows = ts["row"].to_numpy()
     oi_idx = np.searchsorted(s.oi_avail, d, side="right") - 1
     bar_idx = np.searchsorted(s.bar_avail, d, side="right") - 1
     has_oi, has_bar = oi_idx >= 0, bar_idx >= 0
@@ -466,43 +548,226 @@ def _trade_maps(ts: pl.DataFrame, s: _Series, p: _Positions, config: LiqMapConfi
     fresh = (has_oi & has_bar & (d - map_ms <= config.max_oi_age_minutes * _MINUTE_MS)
              & (d - bar_avail <= config.max_price_age_minutes * _MINUTE_MS))
     price = s.close[bar_i] if s.close.size else np.full(d.size, np.nan)
-    head = pl.DataFrame({
-        "row": rows, "price": np.where(has_bar, price, np.nan),
+    want_long = (ts["direction"] == "BEARISH").to_numpy()
+    cluster_price, cluster_usd = _nearest_clusters(d, s.log_scale[oi_i], s.oi[oi_i], fresh, want_long, o, config)
+    return pl.DataFrame({
+        "row": ts["row"].to_numpy(), "price": np.where(has_bar, price, np.nan),
         "oi_now": np.where(has_oi, s.oi[oi_i], np.nan),
         "map_ms": map_ms, "has_oi": has_oi, "fresh": fresh,
-    }).with_columns(pl.col("price").fill_nan(None), pl.col("oi_now").fill_nan(None),
+        "cluster_price": cluster_price, "cluster_usd": cluster_usd,
+    }).with_columns(pl.col("price", "oi_now", "cluster_price", "cluster_usd").fill_nan(None),
                     pl.when("has_oi").then(pl.col("map_ms")).alias("map_ms")).drop("has_oi")
 
-    # positions possibly alive at d: start in (d - expiry, d] (they are sorted by start)
-    lo = np.searchsorted(p.start, d - int(config.expiry_days * _DAY_MS), side="right")
-    hi = np.searchsorted(p.start, d, side="right")
-    hi = np.where(fresh, hi, lo)
-    counts = hi - lo
-    trade_of = np.repeat(np.arange(d.size), counts)
-    offsets = np.repeat(lo - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
-    pos = np.arange(trade_of.size) + offsets
-    want_long = (ts["direction"] == "BEARISH").to_numpy()
-    alive = (p.end[pos] > d[trade_of]) & (p.is_long[pos] == want_long[trade_of])
-    trade_of, pos = trade_of[alive], pos[alive]
-    amount = p.amount[pos] * np.exp(s.log_scale[oi_i[trade_of]] - p.log_scale[pos])
-    # Sum per (trade, bin) sequentially in position order: a parallel group-by would sum in a varying
-    # order, and the last-bit differences would break "the same inputs give the same feature".
-    order = np.lexsort((pos, p.bin[pos], trade_of))
-    trade_of, pos, amount = trade_of[order], pos[order], amount[order]
-    bins = p.bin[pos]
-    new_group = np.ones(trade_of.size, dtype=bool)
-    new_group[1:] = (trade_of[1:] != trade_of[:-1]) | (bins[1:] != bins[:-1])
-    first = np.nonzero(new_group)[0]
-    per_bin = pl.DataFrame({
-        "row": rows[trade_of[first]], "bin": bins[first],
-        "base": np.add.reduceat(amount, first) if first.size else amount,
-        "usd": np.add.reduceat(amount * p.liq_price[pos], first) if first.size else amount,
-    })
-    return head, per_bin
+
+@dataclass(frozen=True)
+class _Trades:
+    """The fresh trades of one side of one symbol, in time order."""
+
+    rows: np.ndarray       # index into the symbol's trades
+    d: np.ndarray          # decision time, ms
+    log_scale: np.ndarray  # series log_scale of the OI row known at d
+    oi: np.ndarray         # that row's OI (base units)
 
 
-def _nearest_clusters(per_bin: pl.DataFrame, base: pl.DataFrame, config: LiqMapConfig) -> pl.DataFrame:
-    bins = per_bin.join(base.select("row", "direction", "oi_now"), on="row")
+@dataclass(frozen=True)
+class _BinIndex:
+    """One side's (entry, tier) groups sorted by (bin, entry, tier): the groups of a bin are contiguous."""
+
+    side: int
+    bin0: int
+    n_bins: int
+    key: np.ndarray     # ((bin - bin0) * entries + entry) * tiers + tier, sorted
+    entry: np.ndarray   # of each key
+    tier: np.ndarray
+    row_lo: np.ndarray  # per entry: its first row
+    row_hi: np.ndarray  # per entry: one past its last row
+
+    @classmethod
+    def of(cls, o: _Openings, side: int) -> _BinIndex:
+        bins = o.bin[side]
+        n_entries, n_tiers = bins.shape
+        bin0 = int(bins.min())
+        key = (((bins - bin0) * n_entries + np.arange(n_entries)[:, None]) * n_tiers
+               + np.arange(n_tiers)[None, :]).ravel()
+        order = np.argsort(key)
+        entry, tier = np.divmod(order, n_tiers)
+        return cls(side, bin0, int(bins.max()) - bin0 + 1, key[order], entry, tier,
+                   np.searchsorted(o.entry, np.arange(n_entries), side="left"),
+                   np.searchsorted(o.entry, np.arange(n_entries), side="right"))
+
+
+def _nearest_clusters(d: np.ndarray, log_scale_d: np.ndarray, oi_d: np.ndarray, fresh: np.ndarray,
+                      want_long: np.ndarray, o: _Openings, config: LiqMapConfig
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Per trade: the notional-weighted liquidation price and USD notional of the nearest cluster bin
+    on the trade's side as of d (NaN when none or not fresh).
+
+    Nothing of size trades x positions or trades x bins is built. A side's trades are taken in time
+    order, in blocks of at most _SCREEN_CELLS trade-bin cells. A block's map at each of its trades
+    is screened with running totals (as `_snapshots` does: positions enter and leave as difference
+    arrays), grouping the positions of an entry bar and tier that enter and leave between the same
+    trades. Then the candidate bins nearest the price are summed exactly, position by position in
+    position order, until one reaches the threshold: the same sums, in the same order, as summing
+    every bin of every trade.
+    """
+    price = np.full(d.size, np.nan)
+    usd = np.full(d.size, np.nan)
+    if o.start.size == 0:
+        return price, usd
+    for side, want in ((0, True), (1, False)):
+        rows = np.nonzero(fresh & (want_long == want))[0]
+        if rows.size == 0 or o.share[side] == 0:
+            continue
+        rows = rows[np.argsort(d[rows], kind="stable")]
+        tr = _Trades(rows, d[rows], log_scale_d[rows], oi_d[rows])
+        index = _BinIndex.of(o, side)
+        k_start = np.searchsorted(tr.d, o.start, side="left")  # alive at trade k iff k_start <= k < k_end
+        k_expiry = np.searchsorted(tr.d, o.start + o.expiry_ms, side="left")
+        k_liq = np.searchsorted(tr.d, o.liq_time[side], side="left")
+        for c0, c1 in _blocks(tr.log_scale, max(1, _SCREEN_CELLS // index.n_bins)):
+            r0 = np.searchsorted(o.start, tr.d[c0] - o.expiry_ms, side="right")
+            r1 = np.searchsorted(o.start, tr.d[c1 - 1], side="right")
+            if r1 <= r0:
+                continue
+            candidate = _screen(o, index, tr, c0, c1, slice(r0, r1), k_start[r0:r1], k_expiry[r0:r1], k_liq,
+                                config)
+            block = _Trades(tr.rows[c0:c1], tr.d[c0:c1], tr.log_scale[c0:c1], tr.oi[c0:c1])
+            found, price_k, usd_k = _confirm(block, candidate, o, index, config)
+            price[block.rows[found]], usd[block.rows[found]] = price_k, usd_k
+    return price, usd
+
+
+def _blocks(log_scale: np.ndarray, max_trades: int) -> list[tuple[int, int]]:
+    """Consecutive [c0, c1) of at most max_trades trades whose survival factors span <= _MAX_LOG_SPAN."""
+    out, c0, n = [], 0, log_scale.size
+    while c0 < n:
+        c1 = min(n, c0 + max_trades)
+        # log_scale never increases in time: the first trade past the span ends the block
+        c1 = min(c1, max(c0 + 1, int(np.searchsorted(-log_scale[c0:c1], _MAX_LOG_SPAN - log_scale[c0],
+                                                      side="right")) + c0))
+        out.append((c0, c1))
+        c0 = c1
+    return out
+
+
+def _screen(o: _Openings, index: _BinIndex, tr: _Trades, c0: int, c1: int, rows: slice, k_start: np.ndarray,
+            k_expiry: np.ndarray, k_liq: np.ndarray, config: LiqMapConfig) -> np.ndarray:
+    """(trades c0..c1) x bins: whether the bin may hold a cluster at the trade (a superset of those that do)."""
+    kc, n_bins, side = c1 - c0, index.n_bins, index.side
+    ks = np.clip(k_start, c0, c1) - c0
+    kx = np.clip(k_expiry, c0, c1) - c0
+    entry = o.entry[rows]
+    # rows of one entry bar that enter and expire between the same trades act as one
+    first = np.nonzero(np.concatenate([[True], (entry[1:] != entry[:-1]) | (ks[1:] != ks[:-1])
+                                       | (kx[1:] != kx[:-1])]))[0]
+    ref = tr.log_scale[c0]
+    scaled = np.add.reduceat(o.d_oi[rows] * np.exp(ref - o.log_scale[rows]), first)
+    n_rows = np.diff(np.append(first, entry.size))
+    entry, ks, kx = entry[first], ks[first], kx[first]
+    ke = np.minimum(np.clip(k_liq[entry], c0, c1) - c0, kx[:, None])
+    b = o.bin[side][entry] - index.bin0
+    u = (scaled[:, None] * (o.share[side] * o.weight)[None, :]).ravel()
+    flat_s = (ks[:, None] * n_bins + b).ravel()
+    flat_e = (ke * n_bins + b).ravel()
+    n = np.repeat(n_rows, o.weight.size)
+    size = (kc + 1) * n_bins
+    added = np.bincount(flat_s, u, size)
+    level = (added - np.bincount(flat_e, u, size)).reshape(kc + 1, n_bins)[:kc]
+    np.cumsum(level, axis=0, out=level)
+    gross = added.reshape(kc + 1, n_bins)[:kc]
+    np.cumsum(gross, axis=0, out=gross)
+    count = (np.bincount(flat_s, n, size) - np.bincount(flat_e, n, size)).reshape(kc + 1, n_bins)[:kc]
+    np.cumsum(count, axis=0, out=count)
+    candidate = count > 0.5
+    if config.cluster_quantile is None:
+        scale = np.exp(tr.log_scale[c0:c1] - ref)[:, None]
+        thr = (config.cluster_min_share_of_oi * tr.oi[c0:c1])[:, None]
+        candidate &= level * scale >= thr - _SCREEN_SLACK * gross * scale
+    return candidate
+
+
+def _confirm(tr: _Trades, candidate: np.ndarray, o: _Openings, index: _BinIndex, config: LiqMapConfig
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact sums of candidate bins, nearest the price first (longs: highest bin, shorts: lowest):
+    (indices into tr with a cluster, its price, its USD notional)."""
+    if config.cluster_quantile is not None:
+        # a quantile over all of a trade's bins needs every bin summed exactly
+        k, col = np.nonzero(candidate)
+        base, usd, n = _exact_bins(tr.d[k], tr.log_scale[k], col, o, index)
+        per_bin = pl.DataFrame({"row": k, "bin": col, "base": base, "usd": usd}).filter(pl.Series(n > 0))
+        trades = pl.DataFrame({"row": np.arange(tr.rows.size), "direction": "BEARISH" if index.side == 0
+                               else "BULLISH", "oi_now": tr.oi})
+        picked = _pick_clusters(per_bin, trades, config)
+        return picked["row"].to_numpy(), picked["cluster_price"].to_numpy(), picked["cluster_usd"].to_numpy()
+    thr = config.cluster_min_share_of_oi * tr.oi
+    out_k, out_price, out_usd = [], [], []
+    pending = np.nonzero(candidate.any(axis=1))[0]
+    n_bins = candidate.shape[1]
+    while pending.size:
+        cand = candidate[pending]
+        col = (n_bins - 1 - np.argmax(cand[:, ::-1], axis=1)) if index.side == 0 else np.argmax(cand, axis=1)
+        base, usd, n = _exact_bins(tr.d[pending], tr.log_scale[pending], col, o, index)
+        ok = (n > 0) & (base >= thr[pending])
+        out_k.append(pending[ok])
+        out_price.append(usd[ok] / base[ok])
+        out_usd.append(usd[ok])
+        pending, col = pending[~ok], col[~ok]
+        candidate[pending, col] = False
+        pending = pending[candidate[pending].any(axis=1)]
+    if not out_k:
+        return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0)
+    return np.concatenate(out_k), np.concatenate(out_price), np.concatenate(out_usd)
+
+
+def _exact_bins(d: np.ndarray, log_scale_d: np.ndarray, col: np.ndarray, o: _Openings, index: _BinIndex
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each query (decision d, bin bin0 + col): base-unit and USD sums of the side's positions
+    alive at d in the bin, each scaled by the OI decreases between its opening and d, and their
+    count. Summed in position order by np.add.reduceat (pairwise): the same floating-point sums
+    whatever else is computed alongside."""
+    side, n_entries, n_tiers = index.side, o.bin.shape[1], o.bin.shape[2]
+    r_lo = np.searchsorted(o.start, d - o.expiry_ms, side="right")
+    r_hi = np.searchsorted(o.start, d, side="right")
+    e_lo = o.entry[np.minimum(r_lo, o.entry.size - 1)]
+    e_hi = np.where(r_hi > r_lo, o.entry[np.maximum(r_hi - 1, 0)] + 1, e_lo)
+    g_lo = np.searchsorted(index.key, (col * n_entries + e_lo) * n_tiers, side="left")
+    g_hi = np.searchsorted(index.key, (col * n_entries + e_hi) * n_tiers, side="left")
+    base, usd, count = np.zeros(d.size), np.zeros(d.size), np.zeros(d.size, dtype=np.int64)
+    # at most this many rows per group: bounds a chunk's pairs before they are listed
+    per_group = max(1, int((index.row_hi - index.row_lo).max()))
+    budget = np.cumsum((g_hi - g_lo) * per_group)
+    q0 = 0
+    while q0 < d.size:
+        done = budget[q0 - 1] if q0 else 0
+        q1 = max(q0 + 1, int(np.searchsorted(budget, done + _PAIR_BUDGET, side="right")))
+        q, g, _ = _expand(np.arange(q0, q1), g_lo[q0:q1], g_hi[q0:q1])
+        entry, tier = index.entry[g], index.tier[g]
+        q, r, n = _expand(q, np.maximum(index.row_lo[entry], r_lo[q]), np.minimum(index.row_hi[entry], r_hi[q]))
+        tier, entry = np.repeat(tier, n), np.repeat(entry, n)
+        amount = (o.d_oi[r] * o.share[side]) * o.weight[tier]
+        alive = (np.minimum(o.liq_time[side, entry, tier], o.start[r] + o.expiry_ms) > d[q]) & (amount > 0)
+        q, r, tier, entry, amount = q[alive], r[alive], tier[alive], entry[alive], amount[alive]
+        if q.size:
+            order = np.lexsort((tier, r, q))  # position order within each query
+            q, r, tier, entry, amount = q[order], r[order], tier[order], entry[order], amount[order]
+            value = amount * np.exp(log_scale_d[q] - o.log_scale[r])
+            first = np.nonzero(np.concatenate([[True], q[1:] != q[:-1]]))[0]
+            base[q[first]] = np.add.reduceat(value, first)
+            usd[q[first]] = np.add.reduceat(value * o.liq_price[side, entry, tier], first)
+            count[q[first]] = np.diff(np.append(first, q.size))
+        q0 = q1
+    return base, usd, count
+
+
+def _expand(owner: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The integers lo[i]..hi[i]-1 for each i, flat: (owner[i] of each, the integers, counts per i)."""
+    n = np.maximum(hi - lo, 0)
+    return np.repeat(owner, n), np.arange(int(n.sum())) + np.repeat(lo - (np.cumsum(n) - n), n), n
+
+
+def _pick_clusters(per_bin: pl.DataFrame, trades: pl.DataFrame, config: LiqMapConfig) -> pl.DataFrame:
+    """Of each trade's bins (row, bin, base, usd), the nearest cluster: row, cluster_price, cluster_usd."""
+    bins = per_bin.join(trades.select("row", "direction", "oi_now"), on="row")
     is_cluster = pl.lit(True)
     if config.cluster_min_share_of_oi is not None:
         is_cluster &= pl.col("base") >= config.cluster_min_share_of_oi * pl.col("oi_now")
