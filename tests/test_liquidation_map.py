@@ -625,8 +625,8 @@ def _reference_positions(s: lm._Series, config: LiqMapConfig) -> lm._Positions:
 
     first = entry_bar[row] + 1
     cross = np.empty(row.size, dtype=np.int64)
-    cross[is_long] = lm._first_cross(s.low, first[is_long], liq[is_long])
-    cross[~is_long] = lm._first_cross(-s.high, first[~is_long], -liq[~is_long])
+    cross[is_long] = _reference_first_cross(s.low, first[is_long], liq[is_long])
+    cross[~is_long] = _reference_first_cross(-s.high, first[~is_long], -liq[~is_long])
     n_bars = s.bar_avail.size
     liq_time = np.where(cross < n_bars, s.bar_avail[np.minimum(cross, n_bars - 1)], lm._NEVER)
     start = s.oi_avail[row]
@@ -644,3 +644,25 @@ def _reference_symbol_inputs(oi: pl.DataFrame, klines: pl.DataFrame, config: Liq
         s = lm._series(oi_sym, bars_sym)
         out[symbol] = (s, _reference_positions(s, config))
     return out
+
+
+def _reference_first_cross(values: np.ndarray, first: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """For each i: the smallest j >= first[i] with values[j] <= threshold[i], else len(values).
+
+    Binary lifting over a sparse table of running minima: O((n + m) log n), all vectorised.
+    """
+    n = values.size
+    pos = first.astype(np.int64).copy()
+    if n == 0:
+        return pos
+    levels = [values]
+    while (1 << len(levels)) <= n:
+        prev, half = levels[-1], 1 << (len(levels) - 1)
+        levels.append(np.minimum(prev[:-half], prev[half:]))
+    for k in range(len(levels) - 1, -1, -1):
+        table, width = levels[k], 1 << k
+        ok = pos + width <= n
+        idx = np.where(ok, pos, 0)
+        jump = ok & (table[np.minimum(idx, table.size - 1)] > threshold)
+        pos = np.where(jump, pos + width, pos)
+    return np.minimum(pos, n)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -162,6 +163,7 @@ class _Openings:
     d_oi: np.ndarray       # per row: the OI increase (base units)
     log_scale: np.ndarray  # per row: series log_scale at the row
     entry: np.ndarray      # per row: index of its entry bar in the (side, entry, tier) arrays, non-decreasing
+    entry_rows: np.ndarray  # per entry bar: its first row, and (last) one past the last row
     share: np.ndarray      # per side: long_share, 1 - long_share
     weight: np.ndarray     # per tier: leverage weight (tiers of weight 0 dropped)
     liq_price: np.ndarray  # (side, entry, tier): USDT
@@ -262,26 +264,28 @@ def _series(oi: pl.DataFrame, bars: pl.DataFrame) -> _Series:
         close=bars["close"].to_numpy())
 
 
-def _first_cross(values: np.ndarray, first: np.ndarray, threshold: np.ndarray) -> np.ndarray:
-    """For each i: the smallest j >= first[i] with values[j] <= threshold[i], else len(values).
+def _first_cross(values: np.ndarray, first: np.ndarray, threshold: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """For each i: the smallest j in [first[i], stop[i]) with values[j] <= threshold[i], else len(values).
 
-    Binary lifting over a sparse table of running minima: O((n + m) log n), all vectorised.
+    Binary lifting over a sparse table of running minima, with levels up to the longest [first, stop):
+    O((n + m) log w), all vectorised.
     """
     n = values.size
     pos = first.astype(np.int64).copy()
-    if n == 0:
-        return pos
+    if n == 0 or pos.size == 0:
+        return np.full(pos.size, n, dtype=np.int64)
+    span = int(np.max(stop - first))
     levels = [values]
-    while (1 << len(levels)) <= n:
+    while (1 << len(levels)) <= span:
         prev, half = levels[-1], 1 << (len(levels) - 1)
         levels.append(np.minimum(prev[:-half], prev[half:]))
     for k in range(len(levels) - 1, -1, -1):
         table, width = levels[k], 1 << k
-        ok = pos + width <= n
-        idx = np.where(ok, pos, 0)
-        jump = ok & (table[np.minimum(idx, table.size - 1)] > threshold)
-        pos = np.where(jump, pos + width, pos)
-    return np.minimum(pos, n)
+        # no value <= threshold in [pos, pos + width), all before stop: skip the block
+        jump = (pos + width <= stop) & (table[np.minimum(pos, table.size - 1)] > threshold)
+        pos += np.where(jump, width, 0)
+    crossed = (pos < stop) & (values[np.minimum(pos, n - 1)] <= threshold)
+    return np.where(crossed, pos, n)
 
 
 def _openings(s: _Series, config: LiqMapConfig) -> _Openings:
@@ -306,16 +310,21 @@ def _openings(s: _Series, config: LiqMapConfig) -> _Openings:
     entries = bars[new_entry]
     price = s.close[entries][:, None]
     liq = np.stack([price * (1 - 1 / lev + mmr), price * (1 + 1 / lev - mmr)])
-    first = np.broadcast_to((entries + 1)[:, None], liq.shape[1:])
-    cross = np.stack([_first_cross(s.low, first.ravel(), liq[0].ravel()),
-                      _first_cross(-s.high, first.ravel(), -liq[1].ravel())]).reshape(liq.shape)
+    # A bar through the level matters only while some row of the entry bar is younger than expiry:
+    # one published later leaves every such position ending at expiry anyway.
+    expiry_ms = int(config.expiry_days * _DAY_MS)
+    last_start = s.oi_avail[rows][np.nonzero(np.append(new_entry[1:], rows.size > 0))[0]]
+    first = np.repeat(entries + 1, lev.size)
+    stop = np.repeat(np.searchsorted(s.bar_avail, last_start + expiry_ms, side="left"), lev.size)
+    cross = np.stack([_first_cross(s.low, first, liq[0].ravel(), stop),
+                      _first_cross(-s.high, first, -liq[1].ravel(), stop)]).reshape(liq.shape)
     n_bars = s.bar_avail.size
     liq_time = np.where(cross < n_bars, s.bar_avail[np.minimum(cross, n_bars - 1)], _NEVER) if n_bars else \
         np.full(liq.shape, _NEVER)
     return _Openings(start=s.oi_avail[rows], d_oi=d_oi[rows], log_scale=s.log_scale[rows],
-                     entry=np.cumsum(new_entry) - 1, share=np.array([config.long_share, 1 - config.long_share]),
-                     weight=w, liq_price=liq, bin=config.bin_index(liq), liq_time=liq_time,
-                     expiry_ms=int(config.expiry_days * _DAY_MS))
+                     entry=np.cumsum(new_entry) - 1, entry_rows=np.append(np.nonzero(new_entry)[0], rows.size),
+                     share=np.array([config.long_share, 1 - config.long_share]),
+                     weight=w, liq_price=liq, bin=config.bin_index(liq), liq_time=liq_time, expiry_ms=expiry_ms)
 
 
 def _positions(o: _Openings) -> _Positions:
@@ -448,8 +457,9 @@ def _snapshots(symbol: str, s: _Series, p: _Positions, config: LiqMapConfig) -> 
 
 # ------------------------------------------------------------------ per-trade feature
 
-# A symbol's rows as (open interest, klines) frames, given the symbol and its last decision time:
-# rows published after that time cannot change any of its features and may be left out.
+# A symbol's rows as (open interest, klines) frames as `estimate_liquidation_map` takes them (times
+# may also be Int64 ms since the epoch), given the symbol and its last decision time: rows published
+# after that time cannot change any of its features and may be left out.
 SymbolRows = Callable[[str, datetime], tuple[pl.DataFrame, pl.DataFrame]]
 
 # Trades x price bins of one block of the screening map (float64 cells): bounds its memory.
@@ -487,9 +497,11 @@ def liq_features_for_trades(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.D
 
 
 def liq_features_by_symbol(trades: pl.DataFrame, atr: pl.DataFrame, rows_of: SymbolRows,
-                           config: LiqMapConfig | None = None) -> pl.DataFrame:
+                           config: LiqMapConfig | None = None, workers: int = 1) -> pl.DataFrame:
     """`liq_features_for_trades` with each traded symbol's OI and klines fetched by `rows_of` when
-    its turn comes, so only one symbol's rows are in memory at a time."""
+    its turn comes, so only `workers` symbols' rows are in memory at a time. With workers > 1,
+    symbols are computed in that many threads (numpy, polars and DuckDB release the GIL) and
+    `rows_of` must be safe to call from them."""
     config = config or LiqMapConfig()
     need = {"trade_id", "symbol", "direction", "decision_time"}
     if missing := need - set(trades.columns):
@@ -503,17 +515,21 @@ def liq_features_by_symbol(trades: pl.DataFrame, atr: pl.DataFrame, rows_of: Sym
                       _ms("decision_time").alias("d_ms")).with_row_index("row")
     atr_df = atr.select(pl.col("trade_id").cast(pl.Utf8), pl.col("atr").cast(pl.Float64))
 
-    parts = []
-    for (symbol,), ts in t.group_by(["symbol"], maintain_order=True):
-        if symbol is None:
-            continue
-        last = ts.select(_from_ms("d_ms").max()).item()
-        oi_rows, bar_rows = rows_of(symbol, last)
+    def one_symbol(symbol: str, ts: pl.DataFrame) -> pl.DataFrame | None:
+        oi_rows, bar_rows = rows_of(symbol, ts.select(_from_ms("d_ms").max()).item())
         oi_p = _prepare_oi(oi_rows)
         if oi_p.height == 0:
-            continue
+            return None
         s = _series(oi_p, _prepare_bars(bar_rows, config))
-        parts.append(_symbol_features(ts, s, _openings(s, config), config))
+        return _symbol_features(ts, s, _openings(s, config), config)
+
+    groups = [(symbol, ts) for (symbol,), ts in t.group_by(["symbol"], maintain_order=True) if symbol is not None]
+    if workers > 1 and len(groups) > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            done = list(pool.map(lambda g: one_symbol(*g), groups))
+    else:
+        done = [one_symbol(*g) for g in groups]
+    parts = [part for part in done if part is not None]
 
     base = t.join(atr_df, on="trade_id", how="left")
     if parts:
@@ -587,13 +603,13 @@ class _BinIndex:
         bins = o.bin[side]
         n_entries, n_tiers = bins.shape
         bin0 = int(bins.min())
-        key = (((bins - bin0) * n_entries + np.arange(n_entries)[:, None]) * n_tiers
-               + np.arange(n_tiers)[None, :]).ravel()
-        order = np.argsort(key)
+        n_bins = int(bins.max()) - bin0 + 1
+        offset = (bins - bin0).ravel()
+        # stable: (entry, tier) order kept within a bin; a radix sort when the bins fit 16 bits
+        order = np.argsort(offset.astype(np.uint16) if n_bins <= 1 << 16 else offset, kind="stable")
         entry, tier = np.divmod(order, n_tiers)
-        return cls(side, bin0, int(bins.max()) - bin0 + 1, key[order], entry, tier,
-                   np.searchsorted(o.entry, np.arange(n_entries), side="left"),
-                   np.searchsorted(o.entry, np.arange(n_entries), side="right"))
+        return cls(side, bin0, n_bins, (offset[order] * n_entries + entry) * n_tiers + tier, entry, tier,
+                   o.entry_rows[:-1], o.entry_rows[1:])
 
 
 def _nearest_clusters(d: np.ndarray, log_scale_d: np.ndarray, oi_d: np.ndarray, fresh: np.ndarray,
@@ -621,8 +637,8 @@ def _nearest_clusters(d: np.ndarray, log_scale_d: np.ndarray, oi_d: np.ndarray, 
         rows = rows[np.argsort(d[rows], kind="stable")]
         tr = _Trades(rows, d[rows], log_scale_d[rows], oi_d[rows])
         index = _BinIndex.of(o, side)
-        k_start = np.searchsorted(tr.d, o.start, side="left")  # alive at trade k iff k_start <= k < k_end
-        k_expiry = np.searchsorted(tr.d, o.start + o.expiry_ms, side="left")
+        k_start = _count_before(tr.d, o.start)  # alive at trade k iff k_start <= k < k_end
+        k_expiry = _count_before(tr.d, o.start + o.expiry_ms)
         k_liq = np.searchsorted(tr.d, o.liq_time[side], side="left")
         for c0, c1 in _blocks(tr.log_scale, max(1, _SCREEN_CELLS // index.n_bins)):
             r0 = np.searchsorted(o.start, tr.d[c0] - o.expiry_ms, side="right")
@@ -635,6 +651,12 @@ def _nearest_clusters(d: np.ndarray, log_scale_d: np.ndarray, oi_d: np.ndarray, 
             found, price_k, usd_k = _confirm(block, candidate, o, index, config)
             price[block.rows[found]], usd[block.rows[found]] = price_k, usd_k
     return price, usd
+
+
+def _count_before(sorted_times: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """np.searchsorted(sorted_times, times, side="left") for sorted `times`, by counting (no search)."""
+    cut = np.searchsorted(times, sorted_times, side="right")
+    return np.repeat(np.arange(sorted_times.size + 1), np.diff(cut, prepend=0, append=times.size))
 
 
 def _blocks(log_scale: np.ndarray, max_trades: int) -> list[tuple[int, int]]:

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import uuid
+
 import duckdb
+import numpy as np
 import polars as pl
 
 from qml_pipeline.store.schemas import TRADE_CONTEXT_FEATURES
@@ -68,6 +71,9 @@ TRADE_KLINES_CTE = """kl AS (
 # earliest available_at (the first publication of a stamp), then the largest value and period.
 OI_ROW = ("struct_pack(ev := epoch_ms(event_time), nav := -epoch_ms(available_at), v := open_interest, "
           "p := period_minutes)")
+# (stamp, -available_at) of an OI_ROW r as one HUGEINT with the same order
+_OI_RANK = "(r.ev::HUGEINT * 18446744073709551616 + r.nav)"
+_HUGEINT_MIN = "(-170141183460469231731687303715884105727)::HUGEINT"
 
 # Whether available_at - event_time is constant per symbol (reported by the benchmark; the SQL does
 # not depend on it).
@@ -79,22 +85,84 @@ SELECT coalesce(bool_and(lo = hi), true) FROM (
 """
 
 
-def feature_sql(config: FeatureConfig = FeatureConfig()) -> str:
-    """The single SQL statement behind build_trade_context_features."""
+TRADES_CTE = """t AS (
+    SELECT trade_id, symbol, timeframe, direction, decision_time, epoch_ms(decision_time) AS t_ms
+    FROM trades
+)"""
+
+
+def oi_known_sql(config: FeatureConfig = FeatureConfig()) -> str:
+    """The open interest known at every instant the features need: per trade at t (k = 0), t - 24h
+    (k = 1) and t - 7d (k = 2), and per symbol at every whole hour of the percentile windows (k = 3,
+    trade_id NULL). Columns trade_id, symbol, k, at_ms, ev_ms, age_min, period_minutes, v (NULL if stale)."""
     c = config
-    z_win = c.funding_z_window_days * DAY_MS
     pct_win = c.oi_percentile_window_days * DAY_MS
-    f_back = c.funding_change_hours * HOUR_MS
     oi_short = c.oi_change_short_hours * HOUR_MS
     oi_long = c.oi_change_long_days * DAY_MS
+    return f"""
+WITH
+{TRADES_CTE},
+oi_raw AS NOT MATERIALIZED (
+    -- b: the first whole hour (in hours since epoch) at which the row is known
+    SELECT symbol, epoch_ms(available_at) AS av_ms, (epoch_ms(available_at) + {HOUR_MS - 1}) // {HOUR_MS} AS b,
+           {OI_ROW} AS r
+    FROM open_interest WHERE open_interest > 0
+),
+oi_run AS (
+    -- The row known at whole hour b is the best of the rows published up to then. Rows are ranked
+    -- by (latest stamp, earliest available_at, largest value, largest period): the max of OI_ROW.
+    -- Hours differ in available_at, so the best of several hours is decided by (stamp, available_at)
+    -- alone (a HUGEINT, cheap to compare): it is the last hour up to b that beats all earlier ones.
+    SELECT symbol, b, r
+    FROM (SELECT symbol, b, max(r) AS r FROM oi_raw GROUP BY symbol, b)
+    QUALIFY {_OI_RANK} > coalesce(max({_OI_RANK}) OVER (PARTITION BY symbol ORDER BY b
+                                                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+                                  {_HUGEINT_MIN})
+),
+grid AS (
+    -- whole hours h whose snapshot may fall in some trade's percentile window
+    SELECT symbol, unnest(range(((min(t_ms) - {pct_win}) // {HOUR_MS} + 1) * {HOUR_MS},
+                                max(t_ms) + 1, {HOUR_MS})) AS at_ms
+    FROM t GROUP BY symbol
+),
+o_probe AS (
+    SELECT trade_id, symbol, 0 AS k, t_ms AS at_ms FROM t
+    UNION ALL SELECT trade_id, symbol, 1, t_ms - {oi_short} FROM t
+    UNION ALL SELECT trade_id, symbol, 2, t_ms - {oi_long} FROM t
+    UNION ALL SELECT NULL, symbol, 3, at_ms FROM grid
+),
+o_part AS (
+    -- rows published after the last whole hour before a trade's instant and by that instant
+    SELECT p.trade_id, p.k, max(o.r) AS r
+    FROM (SELECT trade_id, k, symbol, at_ms, at_ms // {HOUR_MS} + 1 AS b FROM o_probe
+          WHERE k < 3 AND at_ms % {HOUR_MS} <> 0) p
+    JOIN oi_raw o ON o.symbol = p.symbol AND o.b = p.b AND o.av_ms <= p.at_ms
+    GROUP BY p.trade_id, p.k
+)
+SELECT trade_id, symbol, k, at_ms, r.ev AS ev_ms, (at_ms - r.ev) / 60000.0 AS age_min,
+       r.p AS period_minutes,
+       CASE WHEN (at_ms - r.ev) / 60000.0 <= greatest({c.oi_stale_periods} * r.p, {c.oi_stale_min_minutes})
+            THEN r.v END AS v
+FROM (
+    SELECT p.trade_id, p.symbol, p.k, p.at_ms, greatest(h.r, q.r) AS r
+    FROM (SELECT *, at_ms // {HOUR_MS} AS b FROM o_probe) p
+    ASOF LEFT JOIN oi_run h ON h.symbol = p.symbol AND h.b <= p.b
+    LEFT JOIN o_part q ON q.trade_id = p.trade_id AND q.k = p.k
+)
+"""
+
+
+def feature_sql(config: FeatureConfig = FeatureConfig(), oi_known: str = "oi_known") -> str:
+    """The SQL behind build_trade_context_features, reading `oi_known` (a table of `oi_known_sql`);
+    without the OI percentile (`oi_percentiles`)."""
+    c = config
+    z_win = c.funding_z_window_days * DAY_MS
+    f_back = c.funding_change_hours * HOUR_MS
     bars = c.atr_period + 1
     return f"""
 WITH
 iv(interval, interval_ms) AS (VALUES {interval_values_sql()}),
-t AS (
-    SELECT trade_id, symbol, timeframe, direction, decision_time, epoch_ms(decision_time) AS t_ms
-    FROM trades
-),
+{TRADES_CTE},
 -- funding ------------------------------------------------------------------------------------
 fr AS (
     SELECT symbol, epoch_ms(event_time) AS ev_ms,
@@ -139,51 +207,6 @@ f_z AS (
     WHERE fr.av_ms > t.t_ms - {z_win} AND fr.av_ms <= t.t_ms
     GROUP BY t.trade_id
 ),
--- open interest ------------------------------------------------------------------------------
-oi_raw AS NOT MATERIALIZED (
-    -- b: the first whole hour (in hours since epoch) at which the row is known
-    SELECT symbol, epoch_ms(available_at) AS av_ms, (epoch_ms(available_at) + {HOUR_MS - 1}) // {HOUR_MS} AS b,
-           {OI_ROW} AS r
-    FROM open_interest WHERE open_interest > 0
-),
-oi_run AS (
-    -- r: the row known at whole hour b, the best of the rows published up to then. Rows are ranked
-    -- by (latest stamp, earliest available_at, largest value, largest period): the max of OI_ROW.
-    SELECT symbol, b, max(r) OVER (PARTITION BY symbol ORDER BY b ROWS UNBOUNDED PRECEDING) AS r
-    FROM (SELECT symbol, b, max(r) AS r FROM oi_raw GROUP BY symbol, b)
-),
-grid AS (
-    -- whole hours h whose snapshot may fall in some trade's percentile window
-    SELECT symbol, unnest(range(((min(t_ms) - {pct_win}) // {HOUR_MS} + 1) * {HOUR_MS},
-                                max(t_ms) + 1, {HOUR_MS})) AS at_ms
-    FROM t GROUP BY symbol
-),
-o_probe AS (
-    SELECT trade_id, symbol, 0 AS k, t_ms AS at_ms FROM t
-    UNION ALL SELECT trade_id, symbol, 1, t_ms - {oi_short} FROM t
-    UNION ALL SELECT trade_id, symbol, 2, t_ms - {oi_long} FROM t
-    UNION ALL SELECT NULL, symbol, 3, at_ms FROM grid
-),
-o_part AS (
-    -- rows published after the last whole hour before a trade's instant and by that instant
-    SELECT p.trade_id, p.k, max(o.r) AS r
-    FROM (SELECT trade_id, k, symbol, at_ms, at_ms // {HOUR_MS} + 1 AS b FROM o_probe
-          WHERE k < 3 AND at_ms % {HOUR_MS} <> 0) p
-    JOIN oi_raw o ON o.symbol = p.symbol AND o.b = p.b AND o.av_ms <= p.at_ms
-    GROUP BY p.trade_id, p.k
-),
-o_at AS MATERIALIZED (
-    SELECT trade_id, symbol, k, at_ms, r.ev AS ev_ms, (at_ms - r.ev) / 60000.0 AS age_min,
-           r.p AS period_minutes,
-           CASE WHEN (at_ms - r.ev) / 60000.0 <= greatest({c.oi_stale_periods} * r.p, {c.oi_stale_min_minutes})
-                THEN r.v END AS v
-    FROM (
-        SELECT p.trade_id, p.symbol, p.k, p.at_ms, greatest(h.r, q.r) AS r
-        FROM (SELECT *, at_ms // {HOUR_MS} AS b FROM o_probe) p
-        ASOF LEFT JOIN oi_run h ON h.symbol = p.symbol AND h.b <= p.b
-        LEFT JOIN o_part q ON q.trade_id = p.trade_id AND q.k = p.k
-    )
-),
 o_wide AS (
     SELECT trade_id,
            any_value(v) FILTER (WHERE k = 0) AS v0,
@@ -196,17 +219,7 @@ o_wide AS (
            any_value(v) FILTER (WHERE k = 2) AS v2,
            any_value(ev_ms) FILTER (WHERE k = 2) AS ev2,
            any_value(age_min) FILTER (WHERE k = 2) AS age2
-    FROM o_at WHERE k < 3 GROUP BY trade_id
-),
-o_pct AS (
-    SELECT q.trade_id, count(g.v) AS n, count(*) FILTER (WHERE g.v <= q.v0) AS n_le
-    FROM (SELECT t.trade_id, t.symbol, t.t_ms, w.v0,
-                 unnest(range((t.t_ms - {pct_win}) // {DAY_MS}, t.t_ms // {DAY_MS} + 1)) AS d
-          FROM t JOIN o_wide w USING (trade_id) WHERE w.v0 IS NOT NULL) q
-    JOIN (SELECT symbol, at_ms, v, at_ms // {DAY_MS} AS d FROM o_at WHERE k = 3 AND v IS NOT NULL) g
-      ON g.symbol = q.symbol AND g.d = q.d
-    WHERE g.at_ms > q.t_ms - {pct_win} AND g.at_ms <= q.t_ms
-    GROUP BY q.trade_id
+    FROM {oi_known} WHERE k < 3 GROUP BY trade_id
 ),
 -- klines / ATR -------------------------------------------------------------------------------
 {TRADE_KLINES_CTE},
@@ -260,8 +273,6 @@ SELECT
     (ow.v0 / ow.v2 - 1) * 100 AS oi_change_7d,
     make_timestamptz(ow.ev2 * 1000) AS oi_7d_event_time,
     ow.age2 AS oi_7d_age_minutes,
-    CASE WHEN op.n >= {c.oi_percentile_min_points} THEN 100.0 * op.n_le / op.n END AS oi_percentile_30d,
-    coalesce(op.n, 0) AS oi_percentile_points,
     NULL::DOUBLE AS distance_to_liq_cluster,
     NULL::DOUBLE AS liq_cluster_size,
     ka.atr,
@@ -273,7 +284,6 @@ FROM t
 LEFT JOIN f_wide fw ON fw.trade_id = t.trade_id
 LEFT JOIN f_z fz ON fz.trade_id = t.trade_id
 LEFT JOIN o_wide ow ON ow.trade_id = t.trade_id
-LEFT JOIN o_pct op ON op.trade_id = t.trade_id
 LEFT JOIN k_at ka ON ka.trade_id = t.trade_id
 ORDER BY t.trade_id
 """
@@ -283,15 +293,69 @@ def build_trade_context_features(con: duckdb.DuckDBPyConnection,
                                  config: FeatureConfig = FeatureConfig()) -> pl.DataFrame:
     """One row per trade of the `trades` view with its context at decision_time (TRADE_CONTEXT_FEATURES).
 
-    `con` must expose views (or tables) funding_rates, open_interest, klines and trades.
+    `con` must expose views (or tables) funding_rates, open_interest, klines and trades. The OI known
+    at every needed instant goes to a temporary table (dropped before returning) that the feature
+    SQL and the percentile read.
     """
+    oi_known = f"qml_oi_known_{uuid.uuid4().hex}"
     try:
-        df = con.sql(feature_sql(config)).pl()
+        con.execute(f"CREATE TEMP TABLE {oi_known} AS {oi_known_sql(config)}")
+        df = con.sql(feature_sql(config, oi_known)).pl()
+        grid = con.sql(f"SELECT symbol, at_ms, v FROM {oi_known} WHERE k = 3 ORDER BY symbol, at_ms").pl()
     except duckdb.CatalogException as exc:
         raise ValueError(f"build_trade_context_features needs views funding_rates, open_interest, klines "
                          f"and trades in the connection (Warehouse.connect() or con.register): {exc}") from exc
+    finally:
+        con.execute(f"DROP TABLE IF EXISTS {oi_known}")
+    n_le, n = oi_percentiles(df.select("symbol", _epoch_ms("decision_time"), "oi"), grid,
+                             config.oi_percentile_window_days * DAY_MS)
+    df = df.with_columns(
+        pl.Series("oi_percentile_30d", np.where(n >= config.oi_percentile_min_points, 100.0 * n_le / np.maximum(n, 1),
+                                                np.nan)).fill_nan(None),
+        pl.Series("oi_percentile_points", n))
     # the liquidation and Coinglass columns of the contract are added by qml_pipeline.features.context
     return df.select(pl.col(c.name).cast(c.dtype) for c in TRADE_CONTEXT_FEATURES.columns if c.name in df.columns)
+
+
+def _epoch_ms(col: str) -> pl.Expr:
+    return pl.col(col).dt.epoch("ms").alias(col)
+
+
+# (trades x window hours) compared at once when counting the percentile: bounds that memory.
+_PERCENTILE_CELLS = 4_000_000
+
+
+def oi_percentiles(trades: pl.DataFrame, grid: pl.DataFrame, window_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per trade (symbol, decision_time in ms, oi): among the hourly snapshots (grid: symbol, at_ms, v,
+    sorted by symbol and at_ms; v NULL when stale) of its symbol with at_ms in (t - window, t], how
+    many are <= oi and how many are not NULL (both 0 when oi is NULL). Exact counts, so the same
+    percentile as a SQL count; done here because a join of every trade with ~720 hours is 50x slower.
+    """
+    # codes in the grid's order, so (code, at_ms) keys are sorted; a symbol without snapshots gets -1
+    code = {s: i for i, s in enumerate(grid.get_column("symbol").drop_nulls().unique(maintain_order=True).to_list())}
+    shift = np.int64(1) << np.int64(42)  # ms below 2**42 (year 2109): (symbol, time) as one sortable key
+    g_sym = grid.get_column("symbol").replace_strict(code, default=-1, return_dtype=pl.Int64).to_numpy()
+    g_key = g_sym * shift + grid.get_column("at_ms").to_numpy()
+    values = grid.get_column("v").fill_null(np.nan).to_numpy()
+    known = np.concatenate([[0], np.cumsum(~np.isnan(values))])
+    t_sym = trades.get_column("symbol").replace_strict(code, default=-1, return_dtype=pl.Int64).to_numpy()
+    t_ms = trades.get_column("decision_time").to_numpy()
+    v0 = trades.get_column("oi").fill_null(np.nan).to_numpy()
+    lo = np.searchsorted(g_key, t_sym * shift + (t_ms - window_ms), side="right")
+    hi = np.searchsorted(g_key, t_sym * shift + t_ms, side="right")
+    has = ~np.isnan(v0)
+    n = np.where(has, known[hi] - known[lo], 0)
+    n_le = np.zeros(v0.size, dtype=np.int64)
+    width = int((hi - lo).max(initial=0))
+    if width:
+        step = max(1, _PERCENTILE_CELLS // width)
+        offsets = np.arange(width)
+        for i in range(0, v0.size, step):
+            idx = lo[i:i + step, None] + offsets
+            inside = idx < hi[i:i + step, None]
+            window = values[np.minimum(idx, values.size - 1)]
+            n_le[i:i + step] = ((window <= v0[i:i + step, None]) & inside).sum(axis=1)
+    return np.where(has, n_le, 0), n
 
 
 def feature_null_counts(df: pl.DataFrame) -> dict[str, int]:
