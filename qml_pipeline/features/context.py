@@ -4,7 +4,6 @@ the nearest cluster, and (with Coinglass data) realised liquidations before the 
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
@@ -12,7 +11,7 @@ import duckdb
 import polars as pl
 
 from qml_pipeline.store import schemas
-from qml_pipeline.features.point_in_time import FeatureConfig, build_trade_context_features
+from qml_pipeline.features.point_in_time import FeatureConfig, SymbolReader, build_trade_context_features
 from qml_pipeline.features.liquidation_map import LiqMapConfig, estimate_liquidation_map, liq_features_by_symbol
 from qml_pipeline.timeutil import utc_now
 from qml_pipeline.store.warehouse import Warehouse, frame
@@ -43,20 +42,8 @@ JOIN l ON l.symbol = e.symbol AND l.i = e.i
 GROUP BY e.trade_id
 """
 
-# Symbols whose liquidation features are computed at once (threads; the machine's 2 cores).
-LIQ_WORKERS = 2
-
-# One symbol's rows for the liquidation map, only those published by its last decision (later rows
-# cannot change a feature: liquidation_map.py); times as ms since the epoch (converts 2-3x faster).
-SYMBOL_OI_SQL = """
-SELECT epoch_ms(event_time) AS event_time, epoch_ms(available_at) AS available_at, open_interest, period_minutes
-FROM open_interest WHERE symbol = ? AND available_at <= ?
-"""
-SYMBOL_KLINES_SQL = """
-SELECT epoch_ms(event_time) AS event_time, epoch_ms(close_time) AS close_time,
-       epoch_ms(available_at) AS available_at, open, high, low, close, volume
-FROM klines WHERE symbol = ? AND interval = ? AND available_at <= ?
-"""
+# Symbols computed at once (threads; the machine's 2 cores).
+WORKERS = 2
 
 
 def rebuild_liquidation_maps(wh: Warehouse, symbols: Sequence[str], start: datetime,
@@ -84,29 +71,17 @@ def build_context(wh: Warehouse, feature_config: FeatureConfig | None = None,
 def context_features(con: duckdb.DuckDBPyConnection, feature_config: FeatureConfig | None = None,
                      liq_config: LiqMapConfig | None = None) -> pl.DataFrame:
     """`build_context` on a connection whose views `trades`, `funding_rates`, `open_interest`, `klines`
-    and `liquidations` hold the data (Warehouse.connect(), or any other storage)."""
+    and `liquidations` hold the data (Warehouse.connect(), or any other storage). Tables are read
+    one symbol at a time (never whole into memory); SQL does the joins."""
     liq_config = liq_config or LiqMapConfig()
-    features = build_trade_context_features(con, feature_config or FeatureConfig())
+    features = build_trade_context_features(con, feature_config or FeatureConfig(), workers=WORKERS)
     realised = frame(con, REALISED_LIQ_SQL)
-
-    local = threading.local()
-
-    def rows_of(symbol: str, last: datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
-        if not hasattr(local, "cursor"):  # a DuckDB connection is used by one thread at a time
-            local.cursor = con.cursor()
-            cursors.append(local.cursor)
-        # execute(), not frame(): duckdb 1.5.5's con.sql(params=...).pl() converts ~50x slower
-        oi = local.cursor.execute(SYMBOL_OI_SQL, [symbol, last]).pl()
-        klines = local.cursor.execute(SYMBOL_KLINES_SQL, [symbol, liq_config.price_interval, last]).pl()
-        return oi.with_columns(pl.lit(symbol).alias("symbol")), klines.with_columns(pl.lit(symbol).alias("symbol"))
-
-    cursors: list[duckdb.DuckDBPyConnection] = []
-    try:
-        liq = liq_features_by_symbol(features.select("trade_id", "symbol", "direction", "decision_time"),
-                                     features.select("trade_id", "atr"), rows_of, liq_config, workers=LIQ_WORKERS)
-    finally:
-        for cursor in cursors:
-            cursor.close()
+    with SymbolReader(con) as reader:
+        liq = liq_features_by_symbol(
+            features.select("trade_id", "symbol", "direction", "decision_time"), features.select("trade_id", "atr"),
+            lambda symbol, last: (reader.open_interest(symbol, last),
+                                  reader.klines(symbol, liq_config.price_interval, last)),
+            liq_config, workers=WORKERS)
     liq = liq.select("trade_id", "distance_to_liq_cluster",
                      pl.col("liq_cluster_notional_usd").alias("liq_cluster_size"),
                      "liq_cluster_price", "liq_map_age_minutes")

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
 import polars as pl
 
+from qml_pipeline.features.point_in_time import first_copies, latest_known, ms, per_symbol, prepare_oi
 from qml_pipeline.store.schemas import LIQUIDATION_MAP, TS
 from qml_pipeline.timeutil import interval_ms
 
@@ -172,62 +172,8 @@ class _Openings:
     expiry_ms: int
 
 
-def _ms(col: str) -> pl.Expr:
-    return pl.col(col).cast(TS).dt.epoch("ms")
-
-
 def _from_ms(col: str) -> pl.Expr:
     return pl.col(col).cast(pl.Int64).cast(TS)
-
-
-def _latest_known(frame: pl.DataFrame, stamp: str) -> pl.DataFrame:
-    """Drop rows published no earlier than some later-stamped row of the same symbol.
-
-    "The value known at t" is the row with the latest stamp among rows with available_at <= t
-    (features.py), so such a row is never the newest at any time. The rows left have strictly
-    increasing available_at in stamp order: a search on available_at finds the value known at t.
-    """
-    later_min = pl.col("avail").cum_min(reverse=True).shift(-1)
-    if _in_stamp_order(frame, stamp):  # one symbol, already sorted: nothing to sort or group
-        return frame.filter(later_min.is_null() | (pl.col("avail") < later_min))
-    return (frame.sort("symbol", stamp)
-            .filter(later_min.over("symbol").is_null() | (pl.col("avail") < later_min.over("symbol"))))
-
-
-def _in_stamp_order(frame: pl.DataFrame, stamp: str) -> bool:
-    """Whether the rows are of one symbol with strictly increasing `stamp` (a symbol read from the
-    warehouse): sorting them by (symbol, stamp, ...) and keeping one per stamp changes nothing."""
-    return frame.height == 0 or (frame["symbol"].n_unique() == 1
-                                 and bool((frame[stamp].diff().drop_nulls() > 0).all()))
-
-
-def _first_copies(rows: pl.DataFrame, stamp: str, ties: list[str], descending: list[bool]) -> pl.DataFrame:
-    """One row per (symbol, stamp): the first in (stamp, *ties) order, `descending` per tie."""
-    if _in_stamp_order(rows, stamp):
-        return rows
-    return (rows.sort(["symbol", stamp, *ties], descending=[False, False, *descending], nulls_last=True)
-            .unique(["symbol", stamp], keep="first", maintain_order=True))
-
-
-def _prepare_oi(oi: pl.DataFrame) -> pl.DataFrame:
-    """One row per (symbol, event_time), by the open-interest rule of features.py.
-
-    OI <= 0 (or missing) is a hole in the data, never a real zero: dropped first. Of the copies of
-    one stamp the earliest published wins, then the largest value (then the largest period_minutes),
-    so a later re-publication never replaces what a trader saw. Without event_time, available_at is
-    the stamp.
-    """
-    need = {"symbol", "available_at", "open_interest"}
-    if missing := need - set(oi.columns):
-        raise ValueError(f"open interest frame lacks columns {sorted(missing)}; got {oi.columns}")
-    stamp = _ms("event_time") if "event_time" in oi.columns else _ms("available_at")
-    period = pl.col("period_minutes") if "period_minutes" in oi.columns else pl.lit(0)
-    rows = (oi.select("symbol", stamp.alias("stamp"), _ms("available_at").alias("avail"),
-                      pl.col("open_interest").cast(pl.Float64), period.alias("period"))
-            .filter(pl.col("open_interest").is_not_null() & (pl.col("open_interest") > 0)
-                    & pl.col("stamp").is_not_null() & pl.col("avail").is_not_null()))
-    rows = _first_copies(rows, "stamp", ["avail", "open_interest", "period"], [False, True, True])
-    return _latest_known(rows, "stamp").select("symbol", "avail", "open_interest")
 
 
 def _prepare_bars(klines: pl.DataFrame, config: LiqMapConfig) -> pl.DataFrame:
@@ -235,7 +181,7 @@ def _prepare_bars(klines: pl.DataFrame, config: LiqMapConfig) -> pl.DataFrame:
 
     A bar is known at its available_at (close_time if the frame has no available_at). Of the copies
     of one bar the earliest published wins, then the larger close, high, low, open, close_time,
-    volume; a bar published no earlier than a later bar is dropped (`_latest_known`).
+    volume; a bar published no earlier than a later bar is dropped (`latest_known`).
     """
     need = {"symbol", "event_time", "high", "low", "close"}
     if missing := need - set(klines.columns):
@@ -244,13 +190,13 @@ def _prepare_bars(klines: pl.DataFrame, config: LiqMapConfig) -> pl.DataFrame:
     if "interval" in bars.columns:
         bars = bars.filter(pl.col("interval") == config.price_interval)
     step = interval_ms(config.price_interval)
-    close_ms = _ms("close_time") if "close_time" in bars.columns else _ms("event_time") + step
-    avail = _ms("available_at") if "available_at" in bars.columns else close_ms
+    close_ms = ms("close_time") if "close_time" in bars.columns else ms("event_time") + step
+    avail = ms("available_at") if "available_at" in bars.columns else close_ms
     ties = [c for c in ("close", "high", "low", "open", "close_time", "volume") if c in bars.columns]
-    rows = (bars.select("symbol", _ms("event_time").alias("ev"), avail.alias("avail"), *ties)
+    rows = (bars.select("symbol", ms("event_time").alias("ev"), avail.alias("avail"), *ties)
             .filter(pl.col("ev").is_not_null() & pl.col("avail").is_not_null()))
-    rows = _first_copies(rows, "ev", ["avail", *ties], [False] + [True] * len(ties))
-    return _latest_known(rows, "ev").select("symbol", "avail", "high", "low", "close")
+    rows = first_copies(rows, "ev", ["avail", *ties], [False] + [True] * len(ties))
+    return latest_known(rows, "ev").select("symbol", "avail", "high", "low", "close")
 
 
 def _series(oi: pl.DataFrame, bars: pl.DataFrame) -> _Series:
@@ -347,7 +293,7 @@ def _positions(o: _Openings) -> _Positions:
 
 def _symbol_inputs(oi: pl.DataFrame, klines: pl.DataFrame, config: LiqMapConfig
                    ) -> dict[str, tuple[_Series, _Positions]]:
-    oi_p, bars_p = _prepare_oi(oi), _prepare_bars(klines, config)
+    oi_p, bars_p = prepare_oi(oi), _prepare_bars(klines, config)
     out = {}
     for (symbol,), oi_sym in oi_p.group_by(["symbol"], maintain_order=True):
         bars_sym = bars_p.filter(pl.col("symbol") == symbol)
@@ -460,7 +406,7 @@ def _snapshots(symbol: str, s: _Series, p: _Positions, config: LiqMapConfig) -> 
 # A symbol's rows as (open interest, klines) frames as `estimate_liquidation_map` takes them (times
 # may also be Int64 ms since the epoch), given the symbol and its last decision time: rows published
 # after that time cannot change any of its features and may be left out.
-SymbolRows = Callable[[str, datetime], tuple[pl.DataFrame, pl.DataFrame]]
+SymbolOiAndBars = Callable[[str, datetime], tuple[pl.DataFrame, pl.DataFrame]]
 
 # Trades x price bins of one block of the screening map (float64 cells): bounds its memory.
 _SCREEN_CELLS = 2_000_000
@@ -496,7 +442,7 @@ def liq_features_for_trades(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.D
     return liq_features_by_symbol(trades, atr, rows_of, config)
 
 
-def liq_features_by_symbol(trades: pl.DataFrame, atr: pl.DataFrame, rows_of: SymbolRows,
+def liq_features_by_symbol(trades: pl.DataFrame, atr: pl.DataFrame, rows_of: SymbolOiAndBars,
                            config: LiqMapConfig | None = None, workers: int = 1) -> pl.DataFrame:
     """`liq_features_for_trades` with each traded symbol's OI and klines fetched by `rows_of` when
     its turn comes, so only `workers` symbols' rows are in memory at a time. With workers > 1,
@@ -512,24 +458,18 @@ def liq_features_by_symbol(trades: pl.DataFrame, atr: pl.DataFrame, rows_of: Sym
         raise ValueError(f"direction must be BULLISH or BEARISH; trade {bad['trade_id'][0]!r} has "
                          f"{bad['direction'][0]!r}")
     t = trades.select(pl.col("trade_id").cast(pl.Utf8), "symbol", direction.alias("direction"),
-                      _ms("decision_time").alias("d_ms")).with_row_index("row")
+                      ms("decision_time").alias("d_ms")).with_row_index("row")
     atr_df = atr.select(pl.col("trade_id").cast(pl.Utf8), pl.col("atr").cast(pl.Float64))
 
     def one_symbol(symbol: str, ts: pl.DataFrame) -> pl.DataFrame | None:
         oi_rows, bar_rows = rows_of(symbol, ts.select(_from_ms("d_ms").max()).item())
-        oi_p = _prepare_oi(oi_rows)
+        oi_p = prepare_oi(oi_rows)
         if oi_p.height == 0:
             return None
         s = _series(oi_p, _prepare_bars(bar_rows, config))
         return _symbol_features(ts, s, _openings(s, config), config)
 
-    groups = [(symbol, ts) for (symbol,), ts in t.group_by(["symbol"], maintain_order=True) if symbol is not None]
-    if workers > 1 and len(groups) > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            done = list(pool.map(lambda g: one_symbol(*g), groups))
-    else:
-        done = [one_symbol(*g) for g in groups]
-    parts = [part for part in done if part is not None]
+    parts = per_symbol(t, one_symbol, workers)
 
     base = t.join(atr_df, on="trade_id", how="left")
     if parts:

@@ -16,15 +16,18 @@ Rules shared by every source:
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-
-import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
 
 import duckdb
 import numpy as np
 import polars as pl
 
-from qml_pipeline.store.schemas import TRADE_CONTEXT_FEATURES
+from qml_pipeline.store.schemas import TRADE_CONTEXT_FEATURES, TS
 from qml_pipeline.timeutil import interval_values_sql
 
 HOUR_MS = 3_600_000
@@ -67,14 +70,6 @@ TRADE_KLINES_CTE = """kl AS (
 )"""
 
 
-# One OI row as a struct whose order is the preference among known rows: latest stamp, then the
-# earliest available_at (the first publication of a stamp), then the largest value and period.
-OI_ROW = ("struct_pack(ev := epoch_ms(event_time), nav := -epoch_ms(available_at), v := open_interest, "
-          "p := period_minutes)")
-# (stamp, -available_at) of an OI_ROW r as one HUGEINT with the same order
-_OI_RANK = "(r.ev::HUGEINT * 18446744073709551616 + r.nav)"
-_HUGEINT_MIN = "(-170141183460469231731687303715884105727)::HUGEINT"
-
 # Whether available_at - event_time is constant per symbol (reported by the benchmark; the SQL does
 # not depend on it).
 OI_LAG_CONSTANT_SQL = """
@@ -91,70 +86,9 @@ TRADES_CTE = """t AS (
 )"""
 
 
-def oi_known_sql(config: FeatureConfig = FeatureConfig()) -> str:
-    """The open interest known at every instant the features need: per trade at t (k = 0), t - 24h
-    (k = 1) and t - 7d (k = 2), and per symbol at every whole hour of the percentile windows (k = 3,
-    trade_id NULL). Columns trade_id, symbol, k, at_ms, ev_ms, age_min, period_minutes, v (NULL if stale)."""
-    c = config
-    pct_win = c.oi_percentile_window_days * DAY_MS
-    oi_short = c.oi_change_short_hours * HOUR_MS
-    oi_long = c.oi_change_long_days * DAY_MS
-    return f"""
-WITH
-{TRADES_CTE},
-oi_raw AS NOT MATERIALIZED (
-    -- b: the first whole hour (in hours since epoch) at which the row is known
-    SELECT symbol, epoch_ms(available_at) AS av_ms, (epoch_ms(available_at) + {HOUR_MS - 1}) // {HOUR_MS} AS b,
-           {OI_ROW} AS r
-    FROM open_interest WHERE open_interest > 0
-),
-oi_run AS (
-    -- The row known at whole hour b is the best of the rows published up to then. Rows are ranked
-    -- by (latest stamp, earliest available_at, largest value, largest period): the max of OI_ROW.
-    -- Hours differ in available_at, so the best of several hours is decided by (stamp, available_at)
-    -- alone (a HUGEINT, cheap to compare): it is the last hour up to b that beats all earlier ones.
-    SELECT symbol, b, r
-    FROM (SELECT symbol, b, max(r) AS r FROM oi_raw GROUP BY symbol, b)
-    QUALIFY {_OI_RANK} > coalesce(max({_OI_RANK}) OVER (PARTITION BY symbol ORDER BY b
-                                                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
-                                  {_HUGEINT_MIN})
-),
-grid AS (
-    -- whole hours h whose snapshot may fall in some trade's percentile window
-    SELECT symbol, unnest(range(((min(t_ms) - {pct_win}) // {HOUR_MS} + 1) * {HOUR_MS},
-                                max(t_ms) + 1, {HOUR_MS})) AS at_ms
-    FROM t GROUP BY symbol
-),
-o_probe AS (
-    SELECT trade_id, symbol, 0 AS k, t_ms AS at_ms FROM t
-    UNION ALL SELECT trade_id, symbol, 1, t_ms - {oi_short} FROM t
-    UNION ALL SELECT trade_id, symbol, 2, t_ms - {oi_long} FROM t
-    UNION ALL SELECT NULL, symbol, 3, at_ms FROM grid
-),
-o_part AS (
-    -- rows published after the last whole hour before a trade's instant and by that instant
-    SELECT p.trade_id, p.k, max(o.r) AS r
-    FROM (SELECT trade_id, k, symbol, at_ms, at_ms // {HOUR_MS} + 1 AS b FROM o_probe
-          WHERE k < 3 AND at_ms % {HOUR_MS} <> 0) p
-    JOIN oi_raw o ON o.symbol = p.symbol AND o.b = p.b AND o.av_ms <= p.at_ms
-    GROUP BY p.trade_id, p.k
-)
-SELECT trade_id, symbol, k, at_ms, r.ev AS ev_ms, (at_ms - r.ev) / 60000.0 AS age_min,
-       r.p AS period_minutes,
-       CASE WHEN (at_ms - r.ev) / 60000.0 <= greatest({c.oi_stale_periods} * r.p, {c.oi_stale_min_minutes})
-            THEN r.v END AS v
-FROM (
-    SELECT p.trade_id, p.symbol, p.k, p.at_ms, greatest(h.r, q.r) AS r
-    FROM (SELECT *, at_ms // {HOUR_MS} AS b FROM o_probe) p
-    ASOF LEFT JOIN oi_run h ON h.symbol = p.symbol AND h.b <= p.b
-    LEFT JOIN o_part q ON q.trade_id = p.trade_id AND q.k = p.k
-)
-"""
-
-
-def feature_sql(config: FeatureConfig = FeatureConfig(), oi_known: str = "oi_known") -> str:
-    """The SQL behind build_trade_context_features, reading `oi_known` (a table of `oi_known_sql`);
-    without the OI percentile (`oi_percentiles`)."""
+def feature_sql(config: FeatureConfig = FeatureConfig()) -> str:
+    """The SQL behind build_trade_context_features: the trades with their funding and ATR columns
+    (the open interest columns come from `oi_features`)."""
     c = config
     z_win = c.funding_z_window_days * DAY_MS
     f_back = c.funding_change_hours * HOUR_MS
@@ -207,20 +141,6 @@ f_z AS (
     WHERE fr.av_ms > t.t_ms - {z_win} AND fr.av_ms <= t.t_ms
     GROUP BY t.trade_id
 ),
-o_wide AS (
-    SELECT trade_id,
-           any_value(v) FILTER (WHERE k = 0) AS v0,
-           any_value(ev_ms) FILTER (WHERE k = 0) AS ev0,
-           any_value(age_min) FILTER (WHERE k = 0) AS age0,
-           any_value(period_minutes) FILTER (WHERE k = 0) AS period0,
-           any_value(v) FILTER (WHERE k = 1) AS v1,
-           any_value(ev_ms) FILTER (WHERE k = 1) AS ev1,
-           any_value(age_min) FILTER (WHERE k = 1) AS age1,
-           any_value(v) FILTER (WHERE k = 2) AS v2,
-           any_value(ev_ms) FILTER (WHERE k = 2) AS ev2,
-           any_value(age_min) FILTER (WHERE k = 2) AS age2
-    FROM {oi_known} WHERE k < 3 GROUP BY trade_id
-),
 -- klines / ATR -------------------------------------------------------------------------------
 {TRADE_KLINES_CTE},
 kl_tr AS (
@@ -263,16 +183,6 @@ SELECT
     fw.rate0 - fw.rate1 AS funding_rate_change_8h,
     make_timestamptz(fw.ev1 * 1000) AS funding_8h_event_time,
     fw.age1 AS funding_8h_age_hours,
-    ow.v0 AS oi,
-    make_timestamptz(ow.ev0 * 1000) AS oi_event_time,
-    ow.age0 AS oi_age_minutes,
-    ow.period0::INTEGER AS oi_period_minutes,
-    (ow.v0 / ow.v1 - 1) * 100 AS oi_change_24h,
-    make_timestamptz(ow.ev1 * 1000) AS oi_24h_event_time,
-    ow.age1 AS oi_24h_age_minutes,
-    (ow.v0 / ow.v2 - 1) * 100 AS oi_change_7d,
-    make_timestamptz(ow.ev2 * 1000) AS oi_7d_event_time,
-    ow.age2 AS oi_7d_age_minutes,
     NULL::DOUBLE AS distance_to_liq_cluster,
     NULL::DOUBLE AS liq_cluster_size,
     ka.atr,
@@ -283,78 +193,254 @@ SELECT
 FROM t
 LEFT JOIN f_wide fw ON fw.trade_id = t.trade_id
 LEFT JOIN f_z fz ON fz.trade_id = t.trade_id
-LEFT JOIN o_wide ow ON ow.trade_id = t.trade_id
 LEFT JOIN k_at ka ON ka.trade_id = t.trade_id
 ORDER BY t.trade_id
 """
 
 
-def build_trade_context_features(con: duckdb.DuckDBPyConnection,
-                                 config: FeatureConfig = FeatureConfig()) -> pl.DataFrame:
+def build_trade_context_features(con: duckdb.DuckDBPyConnection, config: FeatureConfig = FeatureConfig(),
+                                 workers: int = 2) -> pl.DataFrame:
     """One row per trade of the `trades` view with its context at decision_time (TRADE_CONTEXT_FEATURES).
 
-    `con` must expose views (or tables) funding_rates, open_interest, klines and trades. The OI known
-    at every needed instant goes to a temporary table (dropped before returning) that the feature
-    SQL and the percentile read.
+    `con` must expose views (or tables) funding_rates, open_interest, klines and trades. Funding and
+    ATR come from one SQL statement; open interest from each traded symbol's rows in turn
+    (`oi_features`, `workers` symbols at a time).
     """
-    oi_known = f"qml_oi_known_{uuid.uuid4().hex}"
     try:
-        con.execute(f"CREATE TEMP TABLE {oi_known} AS {oi_known_sql(config)}")
-        df = con.sql(feature_sql(config, oi_known)).pl()
-        grid = con.sql(f"SELECT symbol, at_ms, v FROM {oi_known} WHERE k = 3 ORDER BY symbol, at_ms").pl()
+        df = con.sql(feature_sql(config)).pl()
+        with SymbolReader(con) as reader:
+            oi = oi_features_by_symbol(df.select("trade_id", "symbol", "decision_time"), reader.open_interest,
+                                       config, workers)
     except duckdb.CatalogException as exc:
         raise ValueError(f"build_trade_context_features needs views funding_rates, open_interest, klines "
                          f"and trades in the connection (Warehouse.connect() or con.register): {exc}") from exc
-    finally:
-        con.execute(f"DROP TABLE IF EXISTS {oi_known}")
-    n_le, n = oi_percentiles(df.select("symbol", _epoch_ms("decision_time"), "oi"), grid,
-                             config.oi_percentile_window_days * DAY_MS)
-    df = df.with_columns(
-        pl.Series("oi_percentile_30d", np.where(n >= config.oi_percentile_min_points, 100.0 * n_le / np.maximum(n, 1),
-                                                np.nan)).fill_nan(None),
-        pl.Series("oi_percentile_points", n))
+    df = df.join(oi, on="trade_id", how="left", maintain_order="left")
     # the liquidation and Coinglass columns of the contract are added by qml_pipeline.features.context
     return df.select(pl.col(c.name).cast(c.dtype) for c in TRADE_CONTEXT_FEATURES.columns if c.name in df.columns)
 
 
-def _epoch_ms(col: str) -> pl.Expr:
-    return pl.col(col).dt.epoch("ms").alias(col)
+# ------------------------------------------------------------------ the value known at t, in numpy
+
+def ms(col: str) -> pl.Expr:
+    """A timestamp column (or Int64 ms since the epoch) as Int64 ms since the epoch."""
+    return pl.col(col).cast(TS).dt.epoch("ms")
+
+
+def latest_known(frame: pl.DataFrame, stamp: str) -> pl.DataFrame:
+    """Drop rows published no earlier than some later-stamped row of the same symbol (column `avail`).
+
+    "The value known at t" is the row with the latest stamp among rows with available_at <= t, so
+    such a row is never the newest at any time. The rows left have strictly increasing available_at
+    in stamp order: a search on available_at finds the value known at t.
+    """
+    later_min = pl.col("avail").cum_min(reverse=True).shift(-1)
+    if in_stamp_order(frame, stamp):  # one symbol, already sorted: nothing to sort or group
+        return frame.filter(later_min.is_null() | (pl.col("avail") < later_min))
+    return (frame.sort("symbol", stamp)
+            .filter(later_min.over("symbol").is_null() | (pl.col("avail") < later_min.over("symbol"))))
+
+
+def in_stamp_order(frame: pl.DataFrame, stamp: str) -> bool:
+    """Whether the rows are of one symbol with strictly increasing `stamp` (a symbol read from the
+    warehouse): sorting them by (symbol, stamp, ...) and keeping one per stamp changes nothing."""
+    return frame.height == 0 or (frame["symbol"].n_unique() == 1
+                                 and bool((frame[stamp].diff().drop_nulls() > 0).all()))
+
+
+def first_copies(rows: pl.DataFrame, stamp: str, ties: list[str], descending: list[bool]) -> pl.DataFrame:
+    """One row per (symbol, stamp): the first in (stamp, *ties) order, `descending` per tie."""
+    if in_stamp_order(rows, stamp):
+        return rows
+    return (rows.sort(["symbol", stamp, *ties], descending=[False, False, *descending], nulls_last=True)
+            .unique(["symbol", stamp], keep="first", maintain_order=True))
+
+
+def prepare_oi(oi: pl.DataFrame) -> pl.DataFrame:
+    """The open-interest rows that are ever the value known: symbol, stamp, avail (ms), open_interest,
+    period (minutes), sorted by symbol and stamp, avail strictly increasing per symbol.
+
+    OI <= 0 (or missing) is a hole in the data, never a real zero: dropped first. Of the copies of
+    one stamp the earliest published wins, then the largest value (then the largest period_minutes),
+    so a later re-publication never replaces what a trader saw. Without event_time, available_at is
+    the stamp.
+    """
+    need = {"symbol", "available_at", "open_interest"}
+    if missing := need - set(oi.columns):
+        raise ValueError(f"open interest frame lacks columns {sorted(missing)}; got {oi.columns}")
+    stamp = ms("event_time") if "event_time" in oi.columns else ms("available_at")
+    period = pl.col("period_minutes") if "period_minutes" in oi.columns else pl.lit(0)
+    rows = (oi.select("symbol", stamp.alias("stamp"), ms("available_at").alias("avail"),
+                      pl.col("open_interest").cast(pl.Float64), period.cast(pl.Int64).alias("period"))
+            .filter(pl.col("open_interest").is_not_null() & (pl.col("open_interest") > 0)
+                    & pl.col("stamp").is_not_null() & pl.col("avail").is_not_null()))
+    rows = first_copies(rows, "stamp", ["avail", "open_interest", "period"], [False, True, True])
+    return latest_known(rows, "stamp")
+
+
+# One symbol's open interest published by a time (times as ms since the epoch: converts 2-3x faster).
+OI_ROWS_SQL = """
+SELECT epoch_ms(event_time) AS event_time, epoch_ms(available_at) AS available_at, open_interest, period_minutes
+FROM open_interest WHERE symbol = ? AND available_at <= ?
+"""
+# One symbol's bars of one interval published by a time.
+KLINE_ROWS_SQL = """
+SELECT epoch_ms(event_time) AS event_time, epoch_ms(close_time) AS close_time,
+       epoch_ms(available_at) AS available_at, open, high, low, close, volume
+FROM klines WHERE symbol = ? AND interval = ? AND available_at <= ?
+"""
+
+# A symbol's rows published by its last decision (later rows cannot change any of its features).
+SymbolRows = Callable[[str, datetime], pl.DataFrame]
+
+
+class SymbolReader:
+    """One symbol's rows at a time from a connection's views, from any thread (a cursor per thread)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con, self._local, self._cursors, self._lock = con, threading.local(), [], threading.Lock()
+
+    def __enter__(self) -> SymbolReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for cursor in self._cursors:
+            cursor.close()
+
+    def _frame(self, sql: str, params: list) -> pl.DataFrame:
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            cursor = self._local.cursor = self.con.cursor()
+            with self._lock:
+                self._cursors.append(cursor)
+        # execute(), not con.sql(params=...): duckdb 1.5.5 converts that result ~50x slower
+        return cursor.execute(sql, params).pl()
+
+    def open_interest(self, symbol: str, last: datetime) -> pl.DataFrame:
+        return self._frame(OI_ROWS_SQL, [symbol, last]).with_columns(pl.lit(symbol).alias("symbol"))
+
+    def klines(self, symbol: str, interval: str, last: datetime) -> pl.DataFrame:
+        return self._frame(KLINE_ROWS_SQL, [symbol, interval, last]).with_columns(pl.lit(symbol).alias("symbol"))
+
+
+def per_symbol(trades: pl.DataFrame, work: Callable[[str, pl.DataFrame], pl.DataFrame | None],
+               workers: int) -> list[pl.DataFrame]:
+    """work(symbol, its trades) for every symbol of `trades` (NULL symbols skipped), in `workers`
+    threads (numpy, polars and DuckDB release the GIL); the results that are not None."""
+    groups = [(symbol, ts) for (symbol,), ts in trades.group_by(["symbol"], maintain_order=True)
+              if symbol is not None]
+    if workers > 1 and len(groups) > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            done = list(pool.map(lambda g: work(*g), groups))
+    else:
+        done = [work(*g) for g in groups]
+    return [part for part in done if part is not None]
+
+
+OI_COLUMNS = ("oi", "oi_event_time", "oi_age_minutes", "oi_period_minutes", "oi_change_24h", "oi_24h_event_time",
+              "oi_24h_age_minutes", "oi_change_7d", "oi_7d_event_time", "oi_7d_age_minutes", "oi_percentile_30d",
+              "oi_percentile_points")
+
+
+def oi_features_by_symbol(trades: pl.DataFrame, rows_of: SymbolRows, config: FeatureConfig = FeatureConfig(),
+                          workers: int = 1) -> pl.DataFrame:
+    """trade_id and the OI_COLUMNS for trades (trade_id, symbol, decision_time), reading each
+    symbol's rows with rows_of(symbol, its last decision) (`workers` > 1: from that many threads)."""
+    t = trades.select(pl.col("trade_id"), "symbol", ms("decision_time").alias("t_ms"))
+
+    def one(symbol: str, ts: pl.DataFrame) -> pl.DataFrame:
+        known = prepare_oi(rows_of(symbol, _utc(int(ts["t_ms"].max()))))
+        return oi_features(ts, known, config)
+
+    parts = per_symbol(t, one, workers)
+    none = oi_features(t.clear(), prepare_oi(pl.DataFrame(schema={"symbol": pl.Utf8, "available_at": pl.Int64,
+                                                                  "open_interest": pl.Float64})), config)
+    out = t.select("trade_id").join(pl.concat([none, *parts]), on="trade_id", how="left", maintain_order="left")
+    return out.with_columns(pl.col("oi_percentile_points").fill_null(0))
+
+
+def _utc(t_ms: int) -> datetime:
+    return datetime.fromtimestamp(t_ms / 1000, tz=timezone.utc)
 
 
 # (trades x window hours) compared at once when counting the percentile: bounds that memory.
 _PERCENTILE_CELLS = 4_000_000
 
 
-def oi_percentiles(trades: pl.DataFrame, grid: pl.DataFrame, window_ms: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per trade (symbol, decision_time in ms, oi): among the hourly snapshots (grid: symbol, at_ms, v,
-    sorted by symbol and at_ms; v NULL when stale) of its symbol with at_ms in (t - window, t], how
-    many are <= oi and how many are not NULL (both 0 when oi is NULL). Exact counts, so the same
-    percentile as a SQL count; done here because a join of every trade with ~720 hours is 50x slower.
-    """
-    # codes in the grid's order, so (code, at_ms) keys are sorted; a symbol without snapshots gets -1
-    code = {s: i for i, s in enumerate(grid.get_column("symbol").drop_nulls().unique(maintain_order=True).to_list())}
-    shift = np.int64(1) << np.int64(42)  # ms below 2**42 (year 2109): (symbol, time) as one sortable key
-    g_sym = grid.get_column("symbol").replace_strict(code, default=-1, return_dtype=pl.Int64).to_numpy()
-    g_key = g_sym * shift + grid.get_column("at_ms").to_numpy()
-    values = grid.get_column("v").fill_null(np.nan).to_numpy()
-    known = np.concatenate([[0], np.cumsum(~np.isnan(values))])
-    t_sym = trades.get_column("symbol").replace_strict(code, default=-1, return_dtype=pl.Int64).to_numpy()
-    t_ms = trades.get_column("decision_time").to_numpy()
-    v0 = trades.get_column("oi").fill_null(np.nan).to_numpy()
-    lo = np.searchsorted(g_key, t_sym * shift + (t_ms - window_ms), side="right")
-    hi = np.searchsorted(g_key, t_sym * shift + t_ms, side="right")
+def oi_features(trades: pl.DataFrame, known: pl.DataFrame, config: FeatureConfig) -> pl.DataFrame:
+    """OI_COLUMNS for one symbol's trades (trade_id, t_ms) from its `prepare_oi` rows: the value known
+    at t, t - 24h and t - 7d (by available_at), NULL when older than the staleness limit, and the
+    percentile among the values known at each whole hour of the window (docs/features.md)."""
+    c = config
+    t = trades["t_ms"].to_numpy()
+    avail, stamp = known["avail"].to_numpy(), known["stamp"].to_numpy()
+    value, period = known["open_interest"].to_numpy(), known["period"].to_numpy()
+    limit = _stale_limits(period, c)
+
+    def at(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(known, value or NaN when stale, stamp, age in minutes, period) at each instant x."""
+        i = np.searchsorted(avail, x, side="right") - 1
+        has = i >= 0
+        if not stamp.size:
+            return has, np.full(x.size, np.nan), np.zeros(x.size, dtype=np.int64), np.zeros(x.size), \
+                np.zeros(x.size, dtype=np.int64)
+        i = np.maximum(i, 0)
+        age = (x - stamp[i]) / 60000.0
+        return has, np.where(has & (age <= limit[i]), value[i], np.nan), stamp[i], age, period[i]
+
+    has0, v0, ev0, age0, p0 = at(t)
+    has1, v1, ev1, age1, _ = at(t - c.oi_change_short_hours * HOUR_MS)
+    has2, v2, ev2, age2, _ = at(t - c.oi_change_long_days * DAY_MS)
+    n_le, n = _percentile_counts(t, v0, lambda h: at(h)[1], c.oi_percentile_window_days * DAY_MS)
+    pct = np.where(n >= c.oi_percentile_min_points, 100.0 * n_le / np.maximum(n, 1), np.nan)
+
+    def known_at(has: np.ndarray, col: np.ndarray) -> pl.Series:  # NULL where no row was known yet
+        return pl.Series(col).scatter(np.nonzero(~has)[0], None)
+
+    return pl.DataFrame({
+        "trade_id": trades["trade_id"], "oi": v0,
+        "oi_event_time": known_at(has0, ev0).cast(TS), "oi_age_minutes": known_at(has0, age0),
+        "oi_period_minutes": known_at(has0, p0).cast(pl.Int32), "oi_change_24h": (v0 / v1 - 1) * 100,
+        "oi_24h_event_time": known_at(has1, ev1).cast(TS), "oi_24h_age_minutes": known_at(has1, age1),
+        "oi_change_7d": (v0 / v2 - 1) * 100,
+        "oi_7d_event_time": known_at(has2, ev2).cast(TS), "oi_7d_age_minutes": known_at(has2, age2),
+        "oi_percentile_30d": pct, "oi_percentile_points": n,
+    }).with_columns(pl.col("oi", "oi_change_24h", "oi_change_7d", "oi_percentile_30d").fill_nan(None))
+
+
+def _stale_limits(period: np.ndarray, c: FeatureConfig) -> np.ndarray:
+    """max(oi_stale_periods * period, oi_stale_min_minutes) per row, minutes, rounded once from the
+    exact decimal product as SQL's decimal arithmetic does (0.1 * 3 is 0.3, not 0.30000000000000004)."""
+    floor = Decimal(repr(c.oi_stale_min_minutes))
+    factor = Decimal(repr(c.oi_stale_periods))
+    levels = np.unique(period)
+    limits = np.array([float(max(factor * int(p), floor)) for p in levels], dtype=float)
+    return limits[np.searchsorted(levels, period)] if period.size else np.zeros(0)
+
+
+def _percentile_counts(t: np.ndarray, v0: np.ndarray, value_at: Callable[[np.ndarray], np.ndarray],
+                       window_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per trade: among the values known at each whole hour h with t - window < h <= t (NULL when
+    stale), how many are <= v0 and how many are not NULL (both 0 when v0 is NULL)."""
+    n = np.zeros(t.size, dtype=np.int64)
+    n_le = np.zeros(t.size, dtype=np.int64)
+    if t.size == 0:
+        return n_le, n
+    first = ((int(t.min()) - window_ms) // HOUR_MS + 1) * HOUR_MS
+    hours = np.arange(first, int(t.max()) + 1, HOUR_MS, dtype=np.int64)
+    snap = value_at(hours)
+    known = np.concatenate([[0], np.cumsum(~np.isnan(snap))])
+    lo = np.searchsorted(hours, t - window_ms, side="right")
+    hi = np.searchsorted(hours, t, side="right")
     has = ~np.isnan(v0)
-    n = np.where(has, known[hi] - known[lo], 0)
-    n_le = np.zeros(v0.size, dtype=np.int64)
+    n[:] = np.where(has, known[hi] - known[lo], 0)
     width = int((hi - lo).max(initial=0))
-    if width:
+    if width and has.any():
         step = max(1, _PERCENTILE_CELLS // width)
         offsets = np.arange(width)
-        for i in range(0, v0.size, step):
+        for i in range(0, t.size, step):
             idx = lo[i:i + step, None] + offsets
-            inside = idx < hi[i:i + step, None]
-            window = values[np.minimum(idx, values.size - 1)]
-            n_le[i:i + step] = ((window <= v0[i:i + step, None]) & inside).sum(axis=1)
+            window = snap[np.minimum(idx, snap.size - 1)]
+            n_le[i:i + step] = ((window <= v0[i:i + step, None]) & (idx < hi[i:i + step, None])).sum(axis=1)
     return np.where(has, n_le, 0), n
 
 
