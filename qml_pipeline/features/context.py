@@ -12,7 +12,12 @@ import polars as pl
 
 from qml_pipeline.store import schemas
 from qml_pipeline.features.point_in_time import FeatureConfig, SymbolReader, build_trade_context_features
-from qml_pipeline.features.liquidation_map import LiqMapConfig, estimate_liquidation_map, liq_features_by_symbol
+from qml_pipeline.features.liquidation_map import (
+    LiqMapConfig,
+    check_trades,
+    estimate_liquidation_map,
+    symbol_liq_features,
+)
 from qml_pipeline.timeutil import utc_now
 from qml_pipeline.store.warehouse import Warehouse, frame
 
@@ -72,20 +77,18 @@ def context_features(con: duckdb.DuckDBPyConnection, feature_config: FeatureConf
                      liq_config: LiqMapConfig | None = None) -> pl.DataFrame:
     """`build_context` on a connection whose views `trades`, `funding_rates`, `open_interest`, `klines`
     and `liquidations` hold the data (Warehouse.connect(), or any other storage). Tables are read
-    one symbol at a time (never whole into memory); SQL does the joins."""
+    one symbol at a time, never whole; SQL does the joins."""
     liq_config = liq_config or LiqMapConfig()
-    features = build_trade_context_features(con, feature_config or FeatureConfig(), workers=WORKERS)
+    check_trades(con.sql("SELECT trade_id, symbol, direction, decision_time FROM trades").pl())
+
+    def liquidation_columns(symbol: str, ts: pl.DataFrame, oi: pl.DataFrame, reader: SymbolReader) -> pl.DataFrame:
+        klines = reader.klines(symbol, liq_config.price_interval, ts["decision_time"].max())
+        liq = symbol_liq_features(ts, oi, klines, liq_config)
+        return ts.select("trade_id").hstack(liq.select(
+            "distance_to_liq_cluster", pl.col("liq_cluster_notional_usd").alias("liq_cluster_size"),
+            "liq_cluster_price", "liq_map_age_minutes"))
+
+    features = build_trade_context_features(con, feature_config or FeatureConfig(), WORKERS, liquidation_columns)
     realised = frame(con, REALISED_LIQ_SQL)
-    with SymbolReader(con) as reader:
-        liq = liq_features_by_symbol(
-            features.select("trade_id", "symbol", "direction", "decision_time"), features.select("trade_id", "atr"),
-            lambda symbol, last: (reader.open_interest(symbol, last),
-                                  reader.klines(symbol, liq_config.price_interval, last)),
-            liq_config, workers=WORKERS)
-    liq = liq.select("trade_id", "distance_to_liq_cluster",
-                     pl.col("liq_cluster_notional_usd").alias("liq_cluster_size"),
-                     "liq_cluster_price", "liq_map_age_minutes")
-    out = (features.drop([c for c in liq.columns if c != "trade_id"] + list(realised.columns[1:]), strict=False)
-           .join(liq, on="trade_id", how="left")
-           .join(realised, on="trade_id", how="left"))
+    out = features.drop(realised.columns[1:], strict=False).join(realised, on="trade_id", how="left")
     return schemas.conform(schemas.TRADE_CONTEXT_FEATURES, out)

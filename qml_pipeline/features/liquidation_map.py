@@ -18,14 +18,12 @@ sum over the positions alive then; no row-by-row walk.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 
 import numpy as np
 import polars as pl
 
-from qml_pipeline.features.point_in_time import first_copies, latest_known, ms, per_symbol, prepare_oi
+from qml_pipeline.features.point_in_time import first_copies, latest_known, ms, prepare_oi
 from qml_pipeline.store.schemas import LIQUIDATION_MAP, TS
 from qml_pipeline.timeutil import interval_ms
 
@@ -403,11 +401,6 @@ def _snapshots(symbol: str, s: _Series, p: _Positions, config: LiqMapConfig) -> 
 
 # ------------------------------------------------------------------ per-trade feature
 
-# A symbol's rows as (open interest, klines) frames as `estimate_liquidation_map` takes them (times
-# may also be Int64 ms since the epoch), given the symbol and its last decision time: rows published
-# after that time cannot change any of its features and may be left out.
-SymbolOiAndBars = Callable[[str, datetime], tuple[pl.DataFrame, pl.DataFrame]]
-
 # Trades x price bins of one block of the screening map (float64 cells): bounds its memory.
 _SCREEN_CELLS = 2_000_000
 # (trade, position) pairs gathered at once when summing bins exactly: bounds that memory.
@@ -432,23 +425,23 @@ def liq_features_for_trades(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.D
     newest OI row is older than `max_oi_age_minutes` or the price older than `max_price_age_minutes`
     (liq_map_time and liq_map_age_minutes are kept so staleness is visible).
     """
+    config = config or LiqMapConfig()
+    check_trades(trades)
+    t = (trades.select(pl.col("trade_id").cast(pl.Utf8), "symbol", "direction", "decision_time")
+         .with_row_index("row")
+         .join(atr.select(pl.col("trade_id").cast(pl.Utf8), pl.col("atr").cast(pl.Float64)), on="trade_id",
+               how="left"))
     oi_by = oi.partition_by("symbol", as_dict=True) if "symbol" in oi.columns else {}
     kl_by = klines.partition_by("symbol", as_dict=True) if "symbol" in klines.columns else {}
-    empty_oi, empty_kl = oi.clear(), klines.clear()
+    parts = [ts.select("row", "trade_id").hstack(symbol_liq_features(
+                 ts, prepare_oi(oi_by.get((symbol,), oi.clear())), kl_by.get((symbol,), klines.clear()), config))
+             for (symbol,), ts in t.group_by(["symbol"], maintain_order=True)]
+    return pl.concat(parts).sort("row").select(FEATURE_SCHEMA.names()) if parts else \
+        pl.DataFrame(schema=FEATURE_SCHEMA)
 
-    def rows_of(symbol: str, _last: datetime) -> tuple[pl.DataFrame, pl.DataFrame]:
-        return oi_by.get((symbol,), empty_oi), kl_by.get((symbol,), empty_kl)
 
-    return liq_features_by_symbol(trades, atr, rows_of, config)
-
-
-def liq_features_by_symbol(trades: pl.DataFrame, atr: pl.DataFrame, rows_of: SymbolOiAndBars,
-                           config: LiqMapConfig | None = None, workers: int = 1) -> pl.DataFrame:
-    """`liq_features_for_trades` with each traded symbol's OI and klines fetched by `rows_of` when
-    its turn comes, so only `workers` symbols' rows are in memory at a time. With workers > 1,
-    symbols are computed in that many threads (numpy, polars and DuckDB release the GIL) and
-    `rows_of` must be safe to call from them."""
-    config = config or LiqMapConfig()
+def check_trades(trades: pl.DataFrame) -> None:
+    """Raise ValueError naming the first trade whose direction is not BULLISH or BEARISH (any case)."""
     need = {"trade_id", "symbol", "direction", "decision_time"}
     if missing := need - set(trades.columns):
         raise ValueError(f"trades frame lacks columns {sorted(missing)}; got {trades.columns}")
@@ -457,30 +450,22 @@ def liq_features_by_symbol(trades: pl.DataFrame, atr: pl.DataFrame, rows_of: Sym
     if bad.height:
         raise ValueError(f"direction must be BULLISH or BEARISH; trade {bad['trade_id'][0]!r} has "
                          f"{bad['direction'][0]!r}")
-    t = trades.select(pl.col("trade_id").cast(pl.Utf8), "symbol", direction.alias("direction"),
-                      ms("decision_time").alias("d_ms")).with_row_index("row")
-    atr_df = atr.select(pl.col("trade_id").cast(pl.Utf8), pl.col("atr").cast(pl.Float64))
 
-    def one_symbol(symbol: str, ts: pl.DataFrame) -> pl.DataFrame | None:
-        oi_rows, bar_rows = rows_of(symbol, ts.select(_from_ms("d_ms").max()).item())
-        oi_p = prepare_oi(oi_rows)
-        if oi_p.height == 0:
-            return None
-        s = _series(oi_p, _prepare_bars(bar_rows, config))
-        return _symbol_features(ts, s, _openings(s, config), config)
 
-    parts = per_symbol(t, one_symbol, workers)
-
-    base = t.join(atr_df, on="trade_id", how="left")
-    if parts:
-        base = base.join(pl.concat(parts), on="row", how="left")
-    else:
-        base = base.with_columns(pl.lit(None, pl.Float64).alias(c) for c in
-                                 ("price", "oi_now", "cluster_price", "cluster_usd")).with_columns(
-            pl.lit(None, pl.Int64).alias("map_ms"), pl.lit(None, pl.Boolean).alias("fresh"))
-    usable = pl.col("fresh").fill_null(False)
-    return base.sort("row").select(
-        "trade_id",
+def symbol_liq_features(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.DataFrame,
+                        config: LiqMapConfig) -> pl.DataFrame:
+    """`liq_features_for_trades` for one symbol's trades (direction, decision_time, atr), given its
+    `prepare_oi` rows and its klines; FEATURE_SCHEMA without trade_id, row for row. Rows published
+    after the last decision may be left out of `oi` and `klines`: they change nothing."""
+    d_ms = trades.select(ms("decision_time")).to_series().to_numpy()
+    want_long = trades.select(pl.col("direction").cast(pl.Utf8).str.to_uppercase() == "BEARISH").to_series()
+    columns = [c for c in FEATURE_SCHEMA.names() if c != "trade_id"]
+    if oi.height == 0 or d_ms.size == 0:
+        return pl.DataFrame([pl.Series(c, [None] * d_ms.size, FEATURE_SCHEMA[c]) for c in columns])
+    s = _series(oi, _prepare_bars(klines, config))
+    parts = _symbol_features(d_ms, want_long.to_numpy(), s, _openings(s, config), config)
+    usable = pl.col("fresh")
+    return parts.with_columns(atr=trades["atr"].cast(pl.Float64)).select(
         pl.when(usable & (pl.col("atr") > 0))
         .then((pl.col("price") - pl.col("cluster_price")).abs() / pl.col("atr"))
         .alias("distance_to_liq_cluster"),
@@ -488,13 +473,13 @@ def liq_features_by_symbol(trades: pl.DataFrame, atr: pl.DataFrame, rows_of: Sym
         pl.when(usable).then(pl.col("cluster_usd")).alias("liq_cluster_notional_usd"),
         _from_ms("map_ms").alias("liq_map_time"),
         ((pl.col("d_ms") - pl.col("map_ms")) / _MINUTE_MS).alias("liq_map_age_minutes"),
-    ).cast(dict(FEATURE_SCHEMA))
+    ).cast({c: FEATURE_SCHEMA[c] for c in columns})
 
 
-def _symbol_features(ts: pl.DataFrame, s: _Series, o: _Openings, config: LiqMapConfig) -> pl.DataFrame:
-    """Per trade of one symbol: row, price, OI, map time, freshness, and the nearest cluster's
-    price and notional (NULL when none)."""
-    d = ts["d_ms"].to_numpy()
+def _symbol_features(d: np.ndarray, want_long: np.ndarray, s: _Series, o: _Openings, config: LiqMapConfig
+                     ) -> pl.DataFrame:
+    """Per trade of one symbol, row for row: d_ms, price, OI, map time, freshness, and the nearest
+    cluster's price and notional (NULL when none)."""
     oi_idx = np.searchsorted(s.oi_avail, d, side="right") - 1
     bar_idx = np.searchsorted(s.bar_avail, d, side="right") - 1
     has_oi, has_bar = oi_idx >= 0, bar_idx >= 0
@@ -504,14 +489,12 @@ def _symbol_features(ts: pl.DataFrame, s: _Series, o: _Openings, config: LiqMapC
     fresh = (has_oi & has_bar & (d - map_ms <= config.max_oi_age_minutes * _MINUTE_MS)
              & (d - bar_avail <= config.max_price_age_minutes * _MINUTE_MS))
     price = s.close[bar_i] if s.close.size else np.full(d.size, np.nan)
-    want_long = (ts["direction"] == "BEARISH").to_numpy()
     cluster_price, cluster_usd = _nearest_clusters(d, s.log_scale[oi_i], s.oi[oi_i], fresh, want_long, o, config)
     return pl.DataFrame({
-        "row": ts["row"].to_numpy(), "price": np.where(has_bar, price, np.nan),
-        "oi_now": np.where(has_oi, s.oi[oi_i], np.nan),
+        "d_ms": d, "price": np.where(has_bar, price, np.nan),
         "map_ms": map_ms, "has_oi": has_oi, "fresh": fresh,
         "cluster_price": cluster_price, "cluster_usd": cluster_usd,
-    }).with_columns(pl.col("price", "oi_now", "cluster_price", "cluster_usd").fill_nan(None),
+    }).with_columns(pl.col("price", "cluster_price", "cluster_usd").fill_nan(None),
                     pl.when("has_oi").then(pl.col("map_ms")).alias("map_ms")).drop("has_oi")
 
 

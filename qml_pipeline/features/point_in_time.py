@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 
 import duckdb
@@ -198,25 +198,40 @@ ORDER BY t.trade_id
 """
 
 
+# More columns for one symbol's trades (the feature rows so far), from its `prepare_oi` rows and the
+# reader: a frame of trade_id and the new columns.
+SymbolColumns = Callable[[str, pl.DataFrame, pl.DataFrame, "SymbolReader"], pl.DataFrame]
+
+
 def build_trade_context_features(con: duckdb.DuckDBPyConnection, config: FeatureConfig = FeatureConfig(),
-                                 workers: int = 2) -> pl.DataFrame:
+                                 workers: int = 2, more: SymbolColumns | None = None) -> pl.DataFrame:
     """One row per trade of the `trades` view with its context at decision_time (TRADE_CONTEXT_FEATURES).
 
     `con` must expose views (or tables) funding_rates, open_interest, klines and trades. Funding and
     ATR come from one SQL statement; open interest from each traded symbol's rows in turn
-    (`oi_features`, `workers` symbols at a time).
+    (`oi_features`, `workers` symbols at a time, each read once: `more` adds columns from them).
     """
     try:
         df = con.sql(feature_sql(config)).pl()
         with SymbolReader(con) as reader:
-            oi = oi_features_by_symbol(df.select("trade_id", "symbol", "decision_time"), reader.open_interest,
-                                       config, workers)
+            def one(symbol: str, ts: pl.DataFrame) -> pl.DataFrame:
+                known = prepare_oi(reader.open_interest(symbol, ts["decision_time"].max()))
+                part = oi_features(ts.select("trade_id", ms("decision_time").alias("t_ms")), known, config)
+                return part if more is None else part.join(more(symbol, ts, known, reader), on="trade_id",
+                                                            how="left", maintain_order="left")
+            parts = per_symbol(df, one, workers)
     except duckdb.CatalogException as exc:
         raise ValueError(f"build_trade_context_features needs views funding_rates, open_interest, klines "
                          f"and trades in the connection (Warehouse.connect() or con.register): {exc}") from exc
-    df = df.join(oi, on="trade_id", how="left", maintain_order="left")
-    # the liquidation and Coinglass columns of the contract are added by qml_pipeline.features.context
-    return df.select(pl.col(c.name).cast(c.dtype) for c in TRADE_CONTEXT_FEATURES.columns if c.name in df.columns)
+    if parts:
+        per_trade = pl.concat(parts, how="diagonal_relaxed")
+        df = df.drop([c for c in per_trade.columns if c != "trade_id"], strict=False).join(
+            per_trade, on="trade_id", how="left", maintain_order="left")
+    df = df.with_columns(pl.col("oi_percentile_points").fill_null(0) if "oi_percentile_points" in df.columns
+                         else pl.lit(0, pl.Int64).alias("oi_percentile_points"))
+    # the Coinglass columns of the contract are added by qml_pipeline.features.context
+    return df.select(*(pl.col(c.name).cast(c.dtype) for c in TRADE_CONTEXT_FEATURES.columns if c.name in df.columns),
+                     *(c for c in df.columns if c not in TRADE_CONTEXT_FEATURES.names))
 
 
 # ------------------------------------------------------------------ the value known at t, in numpy
@@ -243,8 +258,11 @@ def latest_known(frame: pl.DataFrame, stamp: str) -> pl.DataFrame:
 def in_stamp_order(frame: pl.DataFrame, stamp: str) -> bool:
     """Whether the rows are of one symbol with strictly increasing `stamp` (a symbol read from the
     warehouse): sorting them by (symbol, stamp, ...) and keeping one per stamp changes nothing."""
-    return frame.height == 0 or (frame["symbol"].n_unique() == 1
-                                 and bool((frame[stamp].diff().drop_nulls() > 0).all()))
+    if frame.height == 0:
+        return True
+    symbol = frame["symbol"]
+    return (symbol.null_count() == 0 and bool((symbol == symbol[0]).all())
+            and bool((frame[stamp].diff().drop_nulls() > 0).all()))
 
 
 def first_copies(rows: pl.DataFrame, stamp: str, ties: list[str], descending: list[bool]) -> pl.DataFrame:
@@ -288,10 +306,6 @@ SELECT epoch_ms(event_time) AS event_time, epoch_ms(close_time) AS close_time,
        epoch_ms(available_at) AS available_at, open, high, low, close, volume
 FROM klines WHERE symbol = ? AND interval = ? AND available_at <= ?
 """
-
-# A symbol's rows published by its last decision (later rows cannot change any of its features).
-SymbolRows = Callable[[str, datetime], pl.DataFrame]
-
 
 class SymbolReader:
     """One symbol's rows at a time from a connection's views, from any thread (a cursor per thread)."""
@@ -341,27 +355,6 @@ OI_COLUMNS = ("oi", "oi_event_time", "oi_age_minutes", "oi_period_minutes", "oi_
               "oi_percentile_points")
 
 
-def oi_features_by_symbol(trades: pl.DataFrame, rows_of: SymbolRows, config: FeatureConfig = FeatureConfig(),
-                          workers: int = 1) -> pl.DataFrame:
-    """trade_id and the OI_COLUMNS for trades (trade_id, symbol, decision_time), reading each
-    symbol's rows with rows_of(symbol, its last decision) (`workers` > 1: from that many threads)."""
-    t = trades.select(pl.col("trade_id"), "symbol", ms("decision_time").alias("t_ms"))
-
-    def one(symbol: str, ts: pl.DataFrame) -> pl.DataFrame:
-        known = prepare_oi(rows_of(symbol, _utc(int(ts["t_ms"].max()))))
-        return oi_features(ts, known, config)
-
-    parts = per_symbol(t, one, workers)
-    none = oi_features(t.clear(), prepare_oi(pl.DataFrame(schema={"symbol": pl.Utf8, "available_at": pl.Int64,
-                                                                  "open_interest": pl.Float64})), config)
-    out = t.select("trade_id").join(pl.concat([none, *parts]), on="trade_id", how="left", maintain_order="left")
-    return out.with_columns(pl.col("oi_percentile_points").fill_null(0))
-
-
-def _utc(t_ms: int) -> datetime:
-    return datetime.fromtimestamp(t_ms / 1000, tz=timezone.utc)
-
-
 # (trades x window hours) compared at once when counting the percentile: bounds that memory.
 _PERCENTILE_CELLS = 4_000_000
 
@@ -374,7 +367,6 @@ def oi_features(trades: pl.DataFrame, known: pl.DataFrame, config: FeatureConfig
     t = trades["t_ms"].to_numpy()
     avail, stamp = known["avail"].to_numpy(), known["stamp"].to_numpy()
     value, period = known["open_interest"].to_numpy(), known["period"].to_numpy()
-    limit = _stale_limits(period, c)
 
     def at(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(known, value or NaN when stale, stamp, age in minutes, period) at each instant x."""
@@ -385,7 +377,7 @@ def oi_features(trades: pl.DataFrame, known: pl.DataFrame, config: FeatureConfig
                 np.zeros(x.size, dtype=np.int64)
         i = np.maximum(i, 0)
         age = (x - stamp[i]) / 60000.0
-        return has, np.where(has & (age <= limit[i]), value[i], np.nan), stamp[i], age, period[i]
+        return has, np.where(has & (age <= _stale_limits(period[i], c)), value[i], np.nan), stamp[i], age, period[i]
 
     has0, v0, ev0, age0, p0 = at(t)
     has1, v1, ev1, age1, _ = at(t - c.oi_change_short_hours * HOUR_MS)
@@ -433,14 +425,14 @@ def _percentile_counts(t: np.ndarray, v0: np.ndarray, value_at: Callable[[np.nda
     hi = np.searchsorted(hours, t, side="right")
     has = ~np.isnan(v0)
     n[:] = np.where(has, known[hi] - known[lo], 0)
-    width = int((hi - lo).max(initial=0))
-    if width and has.any():
-        step = max(1, _PERCENTILE_CELLS // width)
-        offsets = np.arange(width)
-        for i in range(0, t.size, step):
-            idx = lo[i:i + step, None] + offsets
-            window = snap[np.minimum(idx, snap.size - 1)]
-            n_le[i:i + step] = ((window <= v0[i:i + step, None]) & (idx < hi[i:i + step, None])).sum(axis=1)
+    # every window holds the same number of whole hours, all on the grid
+    width = window_ms // HOUR_MS
+    assert (hi - lo == width).all(), "percentile windows must lie on the hour grid"
+    windows = np.lib.stride_tricks.sliding_window_view(snap, width)
+    step = max(1, _PERCENTILE_CELLS // width)
+    for i in np.arange(0, t.size, step):
+        rows = slice(i, i + step)
+        n_le[rows] = (windows[lo[rows]] <= v0[rows, None]).sum(axis=1)
     return np.where(has, n_le, 0), n
 
 
