@@ -607,27 +607,27 @@ def _screen(o: _Openings, index: _BinIndex, tr: _Trades, c0: int, c1: int, rows:
                                        | (kx[1:] != kx[:-1])]))[0]
     ref = tr.log_scale[c0]
     scaled = np.add.reduceat(o.d_oi[rows] * np.exp(ref - o.log_scale[rows]), first)
-    n_rows = np.diff(np.append(first, entry.size))
     entry, ks, kx = entry[first], ks[first], kx[first]
     ke = np.minimum(np.clip(k_liq[entry], c0, c1) - c0, kx[:, None])
     b = o.bin[side][entry] - index.bin0
     u = (scaled[:, None] * (o.share[side] * o.weight)[None, :]).ravel()
     flat_s = (ks[:, None] * n_bins + b).ravel()
     flat_e = (ke * n_bins + b).ravel()
-    n = np.repeat(n_rows, o.weight.size)
     size = (kc + 1) * n_bins
-    added = np.bincount(flat_s, u, size)
-    level = (added - np.bincount(flat_e, u, size)).reshape(kc + 1, n_bins)[:kc]
-    np.cumsum(level, axis=0, out=level)
-    gross = added.reshape(kc + 1, n_bins)[:kc]
-    np.cumsum(gross, axis=0, out=gross)
-    count = (np.bincount(flat_s, n, size) - np.bincount(flat_e, n, size)).reshape(kc + 1, n_bins)[:kc]
-    np.cumsum(count, axis=0, out=count)
-    candidate = count > 0.5
+    # groups alive per (trade, bin): exact integers, so a bin whose positions all left is no candidate
+    alive = np.cumsum((np.bincount(flat_s, minlength=size) - np.bincount(flat_e, minlength=size))
+                      .reshape(kc + 1, n_bins)[:kc], axis=0, dtype=np.int32)
+    candidate = alive > 0
     if config.cluster_quantile is None:
-        scale = np.exp(tr.log_scale[c0:c1] - ref)[:, None]
-        thr = (config.cluster_min_share_of_oi * tr.oi[c0:c1])[:, None]
-        candidate &= level * scale >= thr - _SCREEN_SLACK * gross * scale
+        added = np.bincount(flat_s, u, size)
+        level = (added - np.bincount(flat_e, u, size)).reshape(kc + 1, n_bins)[:kc]
+        np.cumsum(level, axis=0, out=level)
+        gross = added.reshape(kc + 1, n_bins)[:kc]
+        np.cumsum(gross, axis=0, out=gross)
+        # level * scale >= thr - slack * gross * scale, with scale = exp(log_scale - ref) > 0
+        gross *= -_SCREEN_SLACK
+        gross += (config.cluster_min_share_of_oi * tr.oi[c0:c1] / np.exp(tr.log_scale[c0:c1] - ref))[:, None]
+        candidate &= level >= gross
     return candidate
 
 
@@ -687,14 +687,20 @@ def _exact_bins(d: np.ndarray, log_scale_d: np.ndarray, col: np.ndarray, o: _Ope
         q1 = max(q0 + 1, int(np.searchsorted(budget, done + _PAIR_BUDGET, side="right")))
         q, g, _ = _expand(np.arange(q0, q1), g_lo[q0:q1], g_hi[q0:q1])
         entry, tier = index.entry[g], index.tier[g]
+        # a row opened in (d - expiry, d] is alive at d until its group's level is traded through
+        alive = o.liq_time[side, entry, tier] > d[q]
+        q, entry, tier = q[alive], entry[alive], tier[alive]
+        # tiers of one entry bar in one bin interleave by row: sort those into position order
+        interleaved = bool(np.any((q[1:] == q[:-1]) & (entry[1:] == entry[:-1])))
         q, r, n = _expand(q, np.maximum(index.row_lo[entry], r_lo[q]), np.minimum(index.row_hi[entry], r_hi[q]))
         tier, entry = np.repeat(tier, n), np.repeat(entry, n)
         amount = (o.d_oi[r] * o.share[side]) * o.weight[tier]
-        alive = (np.minimum(o.liq_time[side, entry, tier], o.start[r] + o.expiry_ms) > d[q]) & (amount > 0)
-        q, r, tier, entry, amount = q[alive], r[alive], tier[alive], entry[alive], amount[alive]
+        positive = amount > 0
+        q, r, tier, entry, amount = q[positive], r[positive], tier[positive], entry[positive], amount[positive]
         if q.size:
-            order = np.lexsort((tier, r, q))  # position order within each query
-            q, r, tier, entry, amount = q[order], r[order], tier[order], entry[order], amount[order]
+            if interleaved:
+                order = np.lexsort((tier, r, q))
+                q, r, tier, entry, amount = q[order], r[order], tier[order], entry[order], amount[order]
             value = amount * np.exp(log_scale_d[q] - o.log_scale[r])
             first = np.nonzero(np.concatenate([[True], q[1:] != q[:-1]]))[0]
             base[q[first]] = np.add.reduceat(value, first)
