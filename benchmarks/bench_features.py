@@ -43,7 +43,7 @@ import polars as pl
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from qml_pipeline.features.context import context_features  # noqa: E402
+from qml_pipeline.features.context import DUCKDB_MEMORY_LIMIT, context_features  # noqa: E402
 from qml_pipeline.features.point_in_time import OI_LAG_CONSTANT_SQL  # noqa: E402
 from qml_pipeline.store import schemas  # noqa: E402
 
@@ -200,7 +200,8 @@ def main() -> None:
     ap.add_argument("--symbols", type=int, default=50)
     ap.add_argument("--years", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--memory-limit", default="3GB", help="DuckDB memory_limit (it spills beyond it)")
+    ap.add_argument("--memory-limit", default=DUCKDB_MEMORY_LIMIT,
+                    help="DuckDB memory_limit (it spills beyond it); default: the asset's")
     ap.add_argument("--messy", action="store_true", help="publish 1%% of OI rows 7 min late (out of order)")
     ap.add_argument("--db", help=argparse.SUPPRESS)
     ap.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)

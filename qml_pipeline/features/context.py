@@ -49,6 +49,9 @@ GROUP BY e.trade_id
 
 # Symbols computed at once (threads; the machine's 2 cores).
 WORKERS = 2
+# DuckDB's memory for the features (it spills to disk beyond it): with one symbol's rows in Python at
+# a time, the asset's peak stays near this plus the result whatever the number of trades.
+DUCKDB_MEMORY_LIMIT = "3GB"
 
 
 def rebuild_liquidation_maps(wh: Warehouse, symbols: Sequence[str], start: datetime,
@@ -70,6 +73,7 @@ def build_context(wh: Warehouse, feature_config: FeatureConfig | None = None,
                   liq_config: LiqMapConfig | None = None) -> pl.DataFrame:
     """One row per trade in the TRADE_CONTEXT_FEATURES shape, everything as known at decision_time."""
     with contextlib.closing(wh.connect()) as con:
+        con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
         return context_features(con, feature_config, liq_config)
 
 
