@@ -12,8 +12,8 @@ Stages, each run alone in a fresh child process so one stage's memory never hide
   SQL features, the estimated liquidation map's nearest cluster at each decision, realised Coinglass
   liquidations).
 The stages are interleaved round by round (best time of the rounds kept: the machine is shared).
-Peak RSS is the child's kernel high-water mark (getrusage ru_maxrss): Python, DuckDB and the
-stage, nothing else. Printed: time and peak per stage, the ratio asset / bare per trade count, and
+Peak RSS is the child's kernel high-water mark (VmHWM): Python, DuckDB and the stage, nothing
+else. Printed: time and peak per stage, the ratio asset / bare per trade count, and
 how the asset's peak grows with the number of trades.
 
 The synthetic data is written once, by DuckDB SQL, into a DuckDB file in a temporary directory; a
@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -170,11 +169,20 @@ def run_stage(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     out = STAGES[args.stage](con)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     nulls = {c: out[c].null_count() for c in ("oi", "oi_percentile_30d", "atr", "distance_to_liq_cluster",
                                              "realised_long_liq_usd_24h") if c in out.columns}
     print(json.dumps({"seconds": seconds, "peak": peak, "before": before, "rows": out.height,
                       "columns": out.width, "nulls": nulls}))
+
+
+def peak_rss() -> int:
+    """This process's peak resident memory, bytes: the kernel's high-water mark of its address space
+    (VmHWM). Not getrusage's ru_maxrss, which a child started by fork+exec inherits from its parent."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def child(stage: str, db: Path, n_trades: int, args: argparse.Namespace) -> dict:
@@ -203,6 +211,7 @@ def main() -> None:
     ap.add_argument("--memory-limit", default=DUCKDB_MEMORY_LIMIT,
                     help="DuckDB memory_limit (it spills beyond it); default: the asset's")
     ap.add_argument("--messy", action="store_true", help="publish 1%% of OI rows 7 min late (out of order)")
+    ap.add_argument("--keep", metavar="DIR", help="write the synthetic DuckDB file into DIR and keep it")
     ap.add_argument("--db", help=argparse.SUPPRESS)
     ap.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
     ap.add_argument("--stage-trades", type=int, help=argparse.SUPPRESS)
@@ -212,7 +221,9 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory(prefix="bench_features_") as tmp:
-        db = Path(tmp) / "synthetic.duckdb"
+        db = Path(args.keep or tmp) / "synthetic.duckdb"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        db.unlink(missing_ok=True)
         t0 = time.perf_counter()
         with duckdb.connect(str(db)) as con:
             configure(con, args.threads, args.memory_limit)
