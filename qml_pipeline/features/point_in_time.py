@@ -213,13 +213,15 @@ def build_trade_context_features(con: duckdb.DuckDBPyConnection, config: Feature
     """
     try:
         df = con.sql(feature_sql(config)).pl()
-        with SymbolReader(con) as reader:
-            def one(symbol: str, ts: pl.DataFrame) -> pl.DataFrame:
-                known = prepare_oi(reader.open_interest(symbol, ts["decision_time"].max()))
-                part = oi_features(ts.select("trade_id", ms("decision_time").alias("t_ms")), known, config)
-                return part if more is None else part.join(more(symbol, ts, known, reader), on="trade_id",
-                                                            how="left", maintain_order="left")
-            parts = per_symbol(df, one, workers)
+        reader = SymbolReader(con)
+
+        def one(symbol: str, ts: pl.DataFrame) -> pl.DataFrame:
+            known = prepare_oi(reader.open_interest(symbol, ts["decision_time"].max()))
+            part = oi_features(ts.select("trade_id", ms("decision_time").alias("t_ms")), known, config)
+            return part if more is None else part.join(more(symbol, ts, known, reader), on="trade_id",
+                                                        how="left", maintain_order="left")
+
+        parts = per_symbol(df, one, workers)
     except duckdb.CatalogException as exc:
         raise ValueError(f"build_trade_context_features needs views funding_rates, open_interest, klines "
                          f"and trades in the connection (Warehouse.connect() or con.register): {exc}") from exc
@@ -308,26 +310,17 @@ FROM klines WHERE symbol = ? AND interval = ? AND available_at <= ?
 """
 
 class SymbolReader:
-    """One symbol's rows at a time from a connection's views, from any thread (a cursor per thread)."""
+    """One symbol's rows at a time from a connection's views, from any thread: one query at a time
+    on the connection itself (DuckDB runs each on all its threads; a cursor would not see frames
+    registered on the connection)."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-        self.con, self._local, self._cursors, self._lock = con, threading.local(), [], threading.Lock()
-
-    def __enter__(self) -> SymbolReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for cursor in self._cursors:
-            cursor.close()
+        self.con, self._lock = con, threading.Lock()
 
     def _frame(self, sql: str, params: list) -> pl.DataFrame:
-        cursor = getattr(self._local, "cursor", None)
-        if cursor is None:
-            cursor = self._local.cursor = self.con.cursor()
-            with self._lock:
-                self._cursors.append(cursor)
-        # execute(), not con.sql(params=...): duckdb 1.5.5 converts that result ~50x slower
-        return cursor.execute(sql, params).pl()
+        with self._lock:
+            # execute(), not con.sql(params=...): duckdb 1.5.5 converts that result ~50x slower
+            return self.con.execute(sql, params).pl()
 
     def open_interest(self, symbol: str, last: datetime) -> pl.DataFrame:
         return self._frame(OI_ROWS_SQL, [symbol, last]).with_columns(pl.lit(symbol).alias("symbol"))
