@@ -1,7 +1,7 @@
 """Benchmark of the `trade_context_features` asset's own function on synthetic data (not a test).
 
     .venv/bin/python benchmarks/bench_features.py                    # 100k trades, 50 symbols, 4 years
-    .venv/bin/python benchmarks/bench_features.py --trades 100000 1000000 --runs 3 1
+    .venv/bin/python benchmarks/bench_features.py --trades 100000 1000000 --runs 3 1   # + 1M: a few minutes
     .venv/bin/python benchmarks/bench_features.py --trades 2000 --symbols 4 --years 0.5   # quick look
     .venv/bin/python benchmarks/bench_features.py --messy            # 1% of OI rows published out of order
 
@@ -16,10 +16,11 @@ Peak RSS is the child's kernel high-water mark (VmHWM): Python, DuckDB and the s
 else. Printed: time and peak per stage, the ratio asset / bare per trade count, and
 how the asset's peak grows with the number of trades.
 
-The synthetic data is written once, by DuckDB SQL, into a DuckDB file in a temporary directory; a
-stage sees it through `connect_synthetic` (an in-memory DuckDB whose views name the tables as
-Warehouse.connect() does). `STAGES` take any such connection, so the same stages can be timed on
-other storage (DuckLake, plain Parquet) by adding a function that opens it.
+The synthetic data is written once, by DuckDB SQL, into a DuckDB file in a temporary directory
+(--keep DIR keeps it); a stage sees it through a function of `STORAGES` (--storage): `duckdb`,
+`connect_synthetic`, an in-memory DuckDB whose views name the tables as Warehouse.connect() does.
+`STAGES` take any such connection, so timing the same stages on other storage (DuckLake, plain
+Parquet) is one more entry in `STORAGES` that copies the file there and opens it.
 
 The pandas merge_asof comparison of earlier versions is gone: it timed build_trade_context_features
 (not the asset) at 159 s per run; tests/test_features.py checks the SQL against a reference.
@@ -146,6 +147,11 @@ def connect_synthetic(db: Path, n_trades: int, threads: int, memory_limit: str) 
     return con
 
 
+# How a stage opens the data: (generated DuckDB file, trade count, threads, memory_limit) -> a
+# connection with the views trades, open_interest, funding_rates, klines and liquidations.
+STORAGES: dict[str, Callable[[Path, int, int, str], duckdb.DuckDBPyConnection]] = {"duckdb": connect_synthetic}
+
+
 # ------------------------------------------------------------------ stages
 
 def bare_asof(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
@@ -164,7 +170,7 @@ STAGES: dict[str, Callable[[duckdb.DuckDBPyConnection], pl.DataFrame]] = {
 
 def run_stage(args: argparse.Namespace) -> None:
     """Child process: one stage, once; prints a JSON line."""
-    con = connect_synthetic(Path(args.db), args.stage_trades, args.threads, args.memory_limit)
+    con = STORAGES[args.storage](Path(args.db), args.stage_trades, args.threads, args.memory_limit)
     before = psutil.Process().memory_info().rss
     t0 = time.perf_counter()
     out = STAGES[args.stage](con)
@@ -187,7 +193,7 @@ def peak_rss() -> int:
 
 def child(stage: str, db: Path, n_trades: int, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--stage", stage, "--db", str(db), "--stage-trades", str(n_trades),
-           "--threads", str(args.threads), "--memory-limit", args.memory_limit]
+           "--threads", str(args.threads), "--memory-limit", args.memory_limit, "--storage", args.storage]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"stage {stage} at {n_trades} trades failed (exit {proc.returncode}; -9 = killed, "
@@ -211,6 +217,7 @@ def main() -> None:
     ap.add_argument("--memory-limit", default=DUCKDB_MEMORY_LIMIT,
                     help="DuckDB memory_limit (it spills beyond it); default: the asset's")
     ap.add_argument("--messy", action="store_true", help="publish 1%% of OI rows 7 min late (out of order)")
+    ap.add_argument("--storage", choices=sorted(STORAGES), default="duckdb", help="how the stages read the data")
     ap.add_argument("--keep", metavar="DIR", help="write the synthetic DuckDB file into DIR and keep it")
     ap.add_argument("--db", help=argparse.SUPPRESS)
     ap.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
@@ -235,7 +242,8 @@ def main() -> None:
         print(f"data: {args.symbols} symbols x {args.years} years, {sizes} generated in "
               f"{time.perf_counter() - t0:.1f} s ({os.path.getsize(db) / 2**20:.0f} MiB on disk); "
               f"OI publication lag constant per symbol: {'yes' if lag_constant else 'no (out-of-order rows)'}")
-        print(f"DuckDB threads={args.threads}, memory_limit={args.memory_limit}; load average {os.getloadavg()}")
+        print(f"storage {args.storage}; DuckDB threads={args.threads}, memory_limit={args.memory_limit}; "
+              f"load average {os.getloadavg()}")
         results = {}
         for i, n in enumerate(args.trades):
             runs = args.runs[min(i, len(args.runs) - 1)]
