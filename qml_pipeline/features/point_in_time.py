@@ -1,4 +1,5 @@
-"""Point-in-time context features per trade, computed in DuckDB SQL.
+"""Point-in-time context features per trade: funding and ATR in DuckDB SQL, open interest in numpy
+from each symbol's rows as known.
 
 Reads the views `funding_rates`, `open_interest`, `klines` and `trades` of a connection and returns
 one row per trade. Every value is chosen among rows with `available_at <= decision_time` only;
@@ -229,8 +230,9 @@ def build_trade_context_features(con: duckdb.DuckDBPyConnection, config: Feature
         per_trade = pl.concat(parts, how="diagonal_relaxed")
         df = df.drop([c for c in per_trade.columns if c != "trade_id"], strict=False).join(
             per_trade, on="trade_id", how="left", maintain_order="left")
-    df = df.with_columns(pl.col("oi_percentile_points").fill_null(0) if "oi_percentile_points" in df.columns
-                         else pl.lit(0, pl.Int64).alias("oi_percentile_points"))
+    df = df.with_columns(pl.lit(None, TRADE_CONTEXT_FEATURES.column(c).dtype).alias(c)
+                         for c in OI_COLUMNS if c not in df.columns)
+    df = df.with_columns(pl.col("oi_percentile_points").fill_null(0))
     # the Coinglass columns of the contract are added by qml_pipeline.features.context
     return df.select(*(pl.col(c.name).cast(c.dtype) for c in TRADE_CONTEXT_FEATURES.columns if c.name in df.columns),
                      *(c for c in df.columns if c not in TRADE_CONTEXT_FEATURES.names))
