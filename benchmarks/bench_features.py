@@ -1,112 +1,158 @@
-"""Benchmark of build_trade_context_features on synthetic data (not a test).
+"""Benchmark of the `trade_context_features` asset's own function on synthetic data (not a test).
 
-    .venv/bin/python benchmarks/bench_features.py                 # 100k trades, 50 symbols, 4 years
-    .venv/bin/python benchmarks/bench_features.py --trades 2000 --symbols 4 --years 0.5 --check
-    .venv/bin/python benchmarks/bench_features.py --messy --skip-pandas   # 1% of OI rows out of order
+    .venv/bin/python benchmarks/bench_features.py                    # 100k trades, 50 symbols, 4 years
+    .venv/bin/python benchmarks/bench_features.py --trades 100000 1000000 --runs 3 1   # + 1M: a few minutes
+    .venv/bin/python benchmarks/bench_features.py --trades 2000 --symbols 4 --years 0.5   # quick look
+    .venv/bin/python benchmarks/bench_features.py --messy            # 1% of OI rows published out of order
 
-Prints: wall time of the feature build, its peak RSS, the ratio to one bare DuckDB ASOF JOIN lookup
-of OI at decision time on the same data, and the ratio to a pandas merge_asof implementation of the
-same features. --check also compares the pandas result with the SQL result column by column.
+Stages, each run alone in a fresh child process so one stage's memory never hides another's:
+- `bare`: one DuckDB ASOF JOIN (the OI row published last before each trade's decision, no dedup,
+  staleness or zero handling), the yardstick;
+- `asset`: `context_features(con)`, what the asset runs: every column of TRADE_CONTEXT_FEATURES (the
+  SQL features, the estimated liquidation map's nearest cluster at each decision, realised Coinglass
+  liquidations).
+The stages are interleaved round by round (best time of the rounds kept: the machine is shared).
+Peak RSS is the child's kernel high-water mark (VmHWM): Python, DuckDB and the stage, nothing
+else. Printed: time and peak per stage, the ratio asset / bare per trade count, and
+how the asset's peak grows with the number of trades.
+
+The synthetic data is written once, by DuckDB SQL, into a DuckDB file in a temporary directory
+(--keep DIR keeps it); a stage sees it through a function of `STORAGES` (--storage): `duckdb`,
+`connect_synthetic`, an in-memory DuckDB whose views name the tables as Warehouse.connect() does.
+`STAGES` take any such connection, so timing the same stages on other storage (DuckLake, plain
+Parquet) is one more entry in `STORAGES` that copies the file there and opens it.
+
+The pandas merge_asof comparison of earlier versions is gone: it timed build_trade_context_features
+(not the asset) at 159 s per run; tests/test_features.py checks the SQL against a reference.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
-import resource
+import json
+import os
+import subprocess
 import sys
-import threading
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
-import numpy as np
-import pandas as pd
 import polars as pl
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from typing import Self
+from qml_pipeline.features.context import DUCKDB_MEMORY_LIMIT, context_features  # noqa: E402
+from qml_pipeline.features.point_in_time import OI_LAG_CONSTANT_SQL  # noqa: E402
+from qml_pipeline.store import schemas  # noqa: E402
 
-from qml_pipeline.features.point_in_time import (
-    OI_LAG_CONSTANT_SQL,
-    FeatureConfig,
-    build_trade_context_features,
-)
-
-H, M, D = 3_600_000, 60_000, 86_400_000
+D = 86_400_000
 START = "2021-01-01"
-RUNS = 3
+MARKET_TABLES = ("open_interest", "funding_rates", "klines", "liquidations")
 
 
-class PeakRSS:
-    """Samples this process's RSS every 20 ms while active."""
+# ------------------------------------------------------------------ synthetic data
 
-    def __init__(self) -> None:
-        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
-
-    def __enter__(self) -> Self:
-        self.peak = self.proc.memory_info().rss
-        self._t = threading.Thread(target=self._run, daemon=True)
-        self._t.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._t.join()
-        self.peak = max(self.peak, self.proc.memory_info().rss)
+def create_empty(con: duckdb.DuckDBPyConnection, table: schemas.Table, name: str | None = None) -> None:
+    cols = ", ".join(f'"{c.name}" {c.duckdb_type}' for c in table.columns)
+    con.execute(f'CREATE TABLE "{name or table.name}" ({cols})')
 
 
-def generate(con: duckdb.DuckDBPyConnection, n_trades: int, n_symbols: int, years: float,
-             messy: bool = False) -> None:
+def generate_market(con: duckdb.DuckDBPyConnection, n_symbols: int, years: float, messy: bool = False) -> None:
+    """5-minute OI with scattered gaps and zero rows, funding at 8h/4h/1h, 1h klines, 4h Coinglass buckets."""
     n5 = int(years * 365 * 288)
     n1h = n5 // 12
+    for t in (schemas.OPEN_INTEREST, schemas.FUNDING_RATES, schemas.KLINES, schemas.LIQUIDATIONS):
+        create_empty(con, t)
     con.execute(f"""
-        CREATE TABLE open_interest AS
+        INSERT INTO open_interest BY NAME
         SELECT 'S' || lpad(s::VARCHAR, 3, '0') AS symbol,
                TIMESTAMPTZ '{START}' + to_minutes(5 * i) AS event_time, 5 AS period_minutes,
                CASE WHEN hash(s, i) % 2000 = 0 THEN 0.0
                     ELSE 1e5 * (1 + s) * (1.5 + sin(i / 5000.0 + s) * 0.4 + (hash(i, s) % 1000)::INTEGER / 1e5) END
                    AS open_interest,
-               NULL::DOUBLE AS open_interest_value,
                TIMESTAMPTZ '{START}' + to_minutes(5 * i + 5)
                    + CASE WHEN {messy} AND hash(s, i, 3) % 100 = 0 THEN INTERVAL 7 MINUTE ELSE INTERVAL 0 MINUTE END
-                   AS available_at
+                   AS available_at,
+               'synthetic' AS source
         FROM range({n_symbols}) a(s), range({n5}) b(i)
         WHERE hash(s, i, 7) % 500 <> 0                                     -- scattered gaps
+        ORDER BY symbol, event_time
     """)
     con.execute(f"""
-        CREATE TABLE funding_rates AS
+        INSERT INTO funding_rates BY NAME
         WITH sym AS (SELECT s, CASE WHEN s % 10 = 1 THEN 4 WHEN s % 25 = 2 THEN 1 ELSE 8 END AS h
                      FROM range({n_symbols}) a(s))
         SELECT 'S' || lpad(s::VARCHAR, 3, '0') AS symbol, TIMESTAMPTZ '{START}' + to_hours(h * i) AS event_time,
                round(1e-4 + sin(i / 30.0 + s) * 2e-4 + ((hash(s, i) % 100)::INTEGER - 50) / 1e6, 6) AS funding_rate,
                h::SMALLINT AS funding_interval_hours,
-               TIMESTAMPTZ '{START}' + to_hours(h * i) AS available_at
+               TIMESTAMPTZ '{START}' + to_hours(h * i) AS available_at, 'synthetic' AS source
         FROM sym, range(({n1h} // h)::BIGINT) b(i)
+        ORDER BY symbol, event_time
     """)
     con.execute(f"""
-        CREATE TABLE klines AS
-        WITH b AS (SELECT s, i, 100 * (1 + s) * (1.5 + sin(i / 400.0 + s) * 0.4) AS c FROM range({n_symbols}) a(s), range({n1h}) b(i))
+        INSERT INTO klines BY NAME
+        WITH b AS (SELECT s, i, 100 * (1 + s) * (1.5 + sin(i / 400.0 + s) * 0.4) AS c
+                   FROM range({n_symbols}) a(s), range({n1h}) b(i))
         SELECT 'S' || lpad(s::VARCHAR, 3, '0') AS symbol, '1h' AS interval,
                TIMESTAMPTZ '{START}' + to_hours(i) AS event_time, TIMESTAMPTZ '{START}' + to_hours(i + 1) AS close_time,
                c * 0.999 AS open, c * 1.004 AS high, c * 0.995 AS low, c AS close, 10.0 + i % 17 AS volume,
-               TIMESTAMPTZ '{START}' + to_hours(i + 1) AS available_at
-        FROM b
+               TIMESTAMPTZ '{START}' + to_hours(i + 1) AS available_at, 'synthetic' AS source
+        FROM b ORDER BY symbol, event_time
     """)
-    span_ms = int(years * 365 * D) - 31 * D
     con.execute(f"""
-        CREATE TABLE trades AS
-        SELECT 'T' || lpad(i::VARCHAR, 7, '0') AS trade_id, 'S' || lpad((hash(i, 1) % {n_symbols})::VARCHAR, 3, '0') AS symbol,
-               '1h' AS timeframe, CASE WHEN i % 2 = 0 THEN 'BULLISH' ELSE 'BEARISH' END AS direction,
-               TIMESTAMPTZ '{START}' + INTERVAL 31 DAY + to_milliseconds((hash(i, 2) % {span_ms})::BIGINT) AS decision_time
-        FROM range({n_trades}) t(i)
+        INSERT INTO liquidations BY NAME
+        SELECT 'S' || lpad(s::VARCHAR, 3, '0') AS symbol, 'Binance' AS exchange, '4h' AS interval,
+               TIMESTAMPTZ '{START}' + to_hours(4 * i) AS event_time,
+               1e4 * (1 + (hash(s, i, 11) % 1000)::INTEGER) AS long_liquidation_usd,
+               1e4 * (1 + (hash(s, i, 12) % 1000)::INTEGER) AS short_liquidation_usd,
+               TIMESTAMPTZ '{START}' + to_hours(4 * i + 4) AS available_at, 'synthetic' AS source
+        FROM range({n_symbols}) a(s), range({n1h // 4}) b(i)
+        ORDER BY symbol, event_time
     """)
 
+
+def generate_trades(con: duckdb.DuckDBPyConnection, n_trades: int, n_symbols: int, years: float) -> str:
+    """`n_trades` trades on random symbols at random times after a month of warm-up; returns the table name."""
+    name = f"trades_{n_trades}"
+    create_empty(con, schemas.TRADES, name)
+    span_ms = int(years * 365 * D) - 31 * D
+    con.execute(f"""
+        INSERT INTO {name} BY NAME
+        SELECT 'T' || lpad(i::VARCHAR, 8, '0') AS trade_id,
+               'S' || lpad((hash(i, 1) % {n_symbols})::VARCHAR, 3, '0') AS symbol,
+               '1h' AS timeframe, CASE WHEN i % 2 = 0 THEN 'BULLISH' ELSE 'BEARISH' END AS direction,
+               TIMESTAMPTZ '{START}' + INTERVAL 31 DAY + to_milliseconds((hash(i, 2) % {span_ms})::BIGINT)
+                   AS decision_time,
+               100.0 AS entry_price, 99.0 AS stop_price, 'NOT_FILLED' AS outcome, 'synthetic' AS source
+        FROM range({n_trades}) t(i)
+    """)
+    return name
+
+
+def configure(con: duckdb.DuckDBPyConnection, threads: int, memory_limit: str) -> None:
+    con.execute(f"SET threads = {threads}; SET memory_limit = '{memory_limit}'; SET TimeZone = 'UTC'")
+
+
+def connect_synthetic(db: Path, n_trades: int, threads: int, memory_limit: str) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the generated file attached read-only and a view per table (as
+    Warehouse.connect() gives), `trades` being the `n_trades` set."""
+    con = duckdb.connect()
+    configure(con, threads, memory_limit)
+    con.execute(f"ATTACH '{db}' AS synthetic (READ_ONLY)")
+    for name in MARKET_TABLES:
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM synthetic.{name}")
+    con.execute(f"CREATE VIEW trades AS SELECT * FROM synthetic.trades_{n_trades}")
+    return con
+
+
+# How a stage opens the data: (generated DuckDB file, trade count, threads, memory_limit) -> a
+# connection with the views trades, open_interest, funding_rates, klines and liquidations.
+STORAGES: dict[str, Callable[[Path, int, int, str], duckdb.DuckDBPyConnection]] = {"duckdb": connect_synthetic}
+
+
+# ------------------------------------------------------------------ stages
 
 def bare_asof(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """The yardstick: one column (OI known at decision time, by available_at) for every trade."""
@@ -116,190 +162,114 @@ def bare_asof(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """).pl()
 
 
-# ------------------------------------------------------------------ pandas merge_asof version
-
-def _dedup_known(df: pd.DataFrame, value: str, by: list[str]) -> pd.DataFrame:
-    df = df.sort_values([*by, "event_time", "available_at", value], ascending=[True] * (len(by) + 2) + [False])
-    df = df.drop_duplicates([*by, "event_time"], keep="first")
-    rev = df.iloc[::-1]
-    nxt = rev.groupby(by, sort=False)["available_at"].cummin().groupby([rev[b] for b in by]).shift(1).iloc[::-1]
-    keep = nxt.isna() | (df["available_at"] < nxt)
-    return df.assign(_all=True), df[keep.to_numpy()]
+STAGES: dict[str, Callable[[duckdb.DuckDBPyConnection], pl.DataFrame]] = {
+    "bare": bare_asof,
+    "asset": context_features,
+}
 
 
-def _asof(trades: pd.DataFrame, right: pd.DataFrame, at: str, by: str | list[str]) -> pd.DataFrame:
-    left = trades.assign(**{at: trades[at].astype("datetime64[ns, UTC]")}).sort_values(at)
-    right = right.assign(available_at=right["available_at"].astype("datetime64[ns, UTC]"))
-    out = pd.merge_asof(left, right.sort_values("available_at"), left_on=at, right_on="available_at",
-                        by=by, direction="backward", allow_exact_matches=True)
-    return out.set_index("trade_id")
+def run_stage(args: argparse.Namespace) -> None:
+    """Child process: one stage, once; prints a JSON line."""
+    con = STORAGES[args.storage](Path(args.db), args.stage_trades, args.threads, args.memory_limit)
+    before = psutil.Process().memory_info().rss
+    t0 = time.perf_counter()
+    out = STAGES[args.stage](con)
+    seconds = time.perf_counter() - t0
+    peak = peak_rss()
+    nulls = {c: out[c].null_count() for c in ("oi", "oi_percentile_30d", "atr", "distance_to_liq_cluster",
+                                             "realised_long_liq_usd_24h") if c in out.columns}
+    print(json.dumps({"seconds": seconds, "peak": peak, "before": before, "rows": out.height,
+                      "columns": out.width, "nulls": nulls}))
 
 
-def pandas_features(con: duckdb.DuckDBPyConnection, cfg: FeatureConfig) -> pd.DataFrame:
-    tr = con.sql("SELECT trade_id, symbol, timeframe, decision_time FROM trades").df()
-    fr = con.sql("SELECT symbol, event_time, funding_rate, funding_interval_hours, available_at "
-                 "FROM funding_rates").df()
-    oi = con.sql("SELECT symbol, event_time, period_minutes, open_interest, available_at FROM open_interest "
-                 "WHERE open_interest > 0").df()
-    kl = con.sql("SELECT symbol, interval, event_time, close_time, high, low, close, available_at FROM klines").df()
-    out = tr.set_index("trade_id").sort_index()
-    tr.set_index("trade_id")["decision_time"]
-
-    # funding: value now and 8h ago, z-score from cumulative sums over 30 days
-    fr_all, fr_known = _dedup_known(fr, "funding_rate", ["symbol"])
-    fr_known = fr_known[["symbol", "event_time", "funding_rate", "funding_interval_hours", "available_at"]]
-    for name, back in (("now", pd.Timedelta(0)), ("8h", pd.Timedelta(hours=cfg.funding_change_hours))):
-        q = tr.assign(at=tr["decision_time"] - back)[["trade_id", "symbol", "at"]]
-        m = _asof(q, fr_known, "at", "symbol")
-        age = (m["at"] - m["event_time"]) / pd.Timedelta(hours=1)
-        rate = m["funding_rate"].where(age <= cfg.funding_stale_factor * m["funding_interval_hours"])
-        out[f"funding_rate_{name}"], out[f"funding_event_{name}"], out[f"funding_age_{name}"] = rate, m["event_time"], age
-        if name == "now":
-            out["funding_interval_hours"] = m["funding_interval_hours"]
-    cum = fr_all.drop(columns="_all").sort_values(["symbol", "available_at"])
-    g = cum.groupby("symbol")["funding_rate"]
-    cum = cum.assign(c_n=g.cumcount() + 1, c_s=g.cumsum(), c_q=(cum["funding_rate"] ** 2).groupby(cum["symbol"]).cumsum())
-    cum = cum[["symbol", "available_at", "c_n", "c_s", "c_q"]]
-    hi = _asof(tr[["trade_id", "symbol", "decision_time"]], cum, "decision_time", "symbol")
-    lo = _asof(tr.assign(at=tr["decision_time"] - pd.Timedelta(days=cfg.funding_z_window_days))[["trade_id", "symbol", "at"]],
-               cum, "at", "symbol")
-    n = hi["c_n"].fillna(0) - lo["c_n"].fillna(0).reindex(hi.index)
-    s = hi["c_s"].fillna(0) - lo["c_s"].fillna(0).reindex(hi.index)
-    q2 = hi["c_q"].fillna(0) - lo["c_q"].fillna(0).reindex(hi.index)
-    var = (q2 - s * s / n) / (n - 1)
-    sd = np.sqrt(var.clip(lower=0))
-    z = (out["funding_rate_now"] - s / n) / sd
-    out["funding_rate_z30d"] = z.where((n >= cfg.funding_z_min_count) & (sd > 0))
-    out["funding_rate_change_8h"] = out["funding_rate_now"] - out["funding_rate_8h"]
-
-    # open interest: now, 24h and 7d ago; percentile among hourly snapshots
-    _, oi_known = _dedup_known(oi, "open_interest", ["symbol"])
-    oi_known = oi_known[["symbol", "event_time", "period_minutes", "open_interest", "available_at"]]
-
-    def oi_at(q: pd.DataFrame) -> pd.DataFrame:
-        m = _asof(q, oi_known, "at", "symbol")
-        age = (m["at"] - m["event_time"]) / pd.Timedelta(minutes=1)
-        limit = np.maximum(cfg.oi_stale_periods * m["period_minutes"], cfg.oi_stale_min_minutes)
-        return m.assign(v=m["open_interest"].where(age <= limit), age=age)
-
-    for name, back in (("now", pd.Timedelta(0)), ("24h", pd.Timedelta(hours=cfg.oi_change_short_hours)),
-                       ("7d", pd.Timedelta(days=cfg.oi_change_long_days))):
-        m = oi_at(tr.assign(at=tr["decision_time"] - back)[["trade_id", "symbol", "at"]])
-        out[f"oi_{name}"], out[f"oi_event_{name}"], out[f"oi_age_{name}"] = m["v"], m["event_time"], m["age"]
-    out["oi_change_24h"] = (out["oi_now"] / out["oi_24h"] - 1) * 100
-    out["oi_change_7d"] = (out["oi_now"] / out["oi_7d"] - 1) * 100
-    pw = cfg.oi_percentile_window_days * 24
-    pct = pd.Series(np.nan, index=out.index)
-    for sym, trs in tr.groupby("symbol"):
-        t_h = trs["decision_time"].astype("datetime64[ms, UTC]").astype("int64")
-        first = ((t_h.min() - pw * H) // H + 1) * H
-        hours = np.arange(first, t_h.max() + 1, H)
-        grid = pd.DataFrame({"trade_id": np.arange(len(hours)).astype(str), "symbol": sym,
-                             "at": pd.to_datetime(hours, unit="ms", utc=True)})
-        snap = oi_at(grid).sort_values("at")["v"].to_numpy()
-        padded = np.concatenate([np.full(pw - 1, np.nan), snap])
-        idx = ((t_h.to_numpy() - first) // H)  # last grid hour <= t
-        win = np.lib.stride_tricks.sliding_window_view(padded, pw)[idx]
-        v0 = out.loc[trs["trade_id"], "oi_now"].to_numpy()
-        valid = ~np.isnan(win)
-        cnt = valid.sum(axis=1)
-        le = (win <= v0[:, None]).sum(axis=1)
-        p = np.where((cnt >= cfg.oi_percentile_min_points) & ~np.isnan(v0), 100.0 * le / np.maximum(cnt, 1), np.nan)
-        pct.loc[trs["trade_id"].to_numpy()] = p
-    out["oi_percentile_30d"] = pct
-
-    # ATR(14) over the trade's timeframe
-    kl_all, _ = _dedup_known(kl, "close", ["symbol", "interval"])
-    kl_all = kl_all.drop(columns="_all").sort_values(["symbol", "interval", "event_time"])
-    gk = kl_all.groupby(["symbol", "interval"], sort=False)
-    prev = gk["close"].shift(1)
-    kl_all["tr"] = np.maximum(kl_all["high"], prev) - np.minimum(kl_all["low"], prev)
-    p = cfg.atr_period
-    kl_all["atr"] = gk["tr"].rolling(p, min_periods=p).mean().reset_index(level=[0, 1], drop=True)
-    kl_all["span"] = kl_all["event_time"] - gk["event_time"].shift(p)
-    kl_all["av_ns"] = kl_all["available_at"].astype("datetime64[ns, UTC]").astype("int64")
-    kl_all["w_av"] = gk["av_ns"].rolling(p + 1, min_periods=1).max().reset_index(level=[0, 1], drop=True)
-    _, kl_known = _dedup_known(kl_all, "close", ["symbol", "interval"])
-    kl_known = kl_known.rename(columns={"interval": "timeframe"}).drop(columns="_all", errors="ignore")
-    m = _asof(tr[["trade_id", "symbol", "timeframe", "decision_time"]],
-              kl_known[["symbol", "timeframe", "event_time", "close_time", "close", "atr", "span", "w_av", "available_at"]],
-              "decision_time", ["symbol", "timeframe"])
-    step = pd.to_timedelta(m["timeframe"].map({"1h": H, "4h": 4 * H}), unit="ms")
-    fresh = (m["decision_time"] - m["close_time"]) <= cfg.atr_stale_bars * step
-    ok = fresh & (m["span"] == p * step) & (m["w_av"] <= m["decision_time"].astype("int64"))
-    out["atr"] = m["atr"].where(ok)
-    out["last_close"] = m["close"].where(fresh)
-    out["atr_pct"] = out["atr"] / out["last_close"] * 100
-    return out.sort_index()
+def peak_rss() -> int:
+    """This process's peak resident memory, bytes: the kernel's high-water mark of its address space
+    (VmHWM). Not getrusage's ru_maxrss, which a child started by fork+exec inherits from its parent."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
-def check(sql: pl.DataFrame, pdf: pd.DataFrame) -> None:
-    s = sql.to_pandas().set_index("trade_id").sort_index()
-    pairs = {"funding_rate": "funding_rate_now", "funding_rate_change_8h": "funding_rate_change_8h",
-             "funding_rate_z30d": "funding_rate_z30d", "oi": "oi_now", "oi_change_24h": "oi_change_24h",
-             "oi_change_7d": "oi_change_7d", "oi_percentile_30d": "oi_percentile_30d", "atr": "atr",
-             "atr_pct": "atr_pct"}
-    for a, b in pairs.items():
-        x, y = s[a].astype(float).to_numpy(), pdf[b].astype(float).to_numpy()
-        same = np.isclose(x, y, rtol=1e-6, atol=1e-9, equal_nan=True)
-        print(f"  check {a:24s} mismatches: {(~same).sum()} of {len(x)} (NULL sql {np.isnan(x).sum()}, pandas {np.isnan(y).sum()})")
+def child(stage: str, db: Path, n_trades: int, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--stage", stage, "--db", str(db), "--stage-trades", str(n_trades),
+           "--threads", str(args.threads), "--memory-limit", args.memory_limit, "--storage", args.storage]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"stage {stage} at {n_trades} trades failed (exit {proc.returncode}; -9 = killed, "
+                           f"e.g. out of memory):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--trades", type=int, default=100_000)
+    ap.add_argument("--trades", type=int, nargs="+", default=[100_000],
+                    help="trade counts, each timed against the same market data (e.g. 100000 1000000)")
+    ap.add_argument("--runs", type=int, nargs="+", default=[3],
+                    help="rounds per trade count (the last repeats), best time kept")
     ap.add_argument("--symbols", type=int, default=50)
     ap.add_argument("--years", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--memory-limit", default="3GB", help="DuckDB memory_limit (it spills beyond it)")
-    ap.add_argument("--skip-pandas", action="store_true")
-    ap.add_argument("--messy", action="store_true",
-                    help="publish 1%% of OI rows 7 min late (out of order)")
-    ap.add_argument("--check", action="store_true", help="compare the pandas result with the SQL result")
+    ap.add_argument("--memory-limit", default=DUCKDB_MEMORY_LIMIT,
+                    help="DuckDB memory_limit (it spills beyond it); default: the asset's")
+    ap.add_argument("--messy", action="store_true", help="publish 1%% of OI rows 7 min late (out of order)")
+    ap.add_argument("--storage", choices=sorted(STORAGES), default="duckdb", help="how the stages read the data")
+    ap.add_argument("--keep", metavar="DIR", help="write the synthetic DuckDB file into DIR and keep it")
+    ap.add_argument("--db", help=argparse.SUPPRESS)
+    ap.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
+    ap.add_argument("--stage-trades", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.stage:
+        run_stage(args)
+        return
 
-    con = duckdb.connect()
-    con.execute(f"SET threads = {args.threads}; SET preserve_insertion_order = false; SET TimeZone = 'UTC'; "
-                f"SET memory_limit = '{args.memory_limit}'")
-    t0 = time.perf_counter()
-    generate(con, args.trades, args.symbols, args.years, args.messy)
-    sizes = {n: con.sql(f"SELECT count(*) FROM {n}").fetchall()[0][0]
-             for n in ("trades", "open_interest", "funding_rates", "klines")}
-    lag_constant = con.sql(OI_LAG_CONSTANT_SQL).fetchall()[0][0]
-    print(f"OI publication lag constant per symbol: {'yes' if lag_constant else 'no (out-of-order rows)'}")
-    print(f"data: {sizes} generated in {time.perf_counter() - t0:.1f} s")
-    gc.collect()
-    base_rss = psutil.Process().memory_info().rss
-
-    cfg = FeatureConfig()
-    bare_times, wall_times = [], []
-    with PeakRSS() as mem:
-        for _ in range(RUNS):  # interleaved, best of RUNS each: the machine is shared and noisy
-            t0 = time.perf_counter()
-            bare_asof(con)
-            bare_times.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            feats = build_trade_context_features(con, cfg)
-            wall_times.append(time.perf_counter() - t0)
-    bare, wall = min(bare_times), min(wall_times)
-    nulls = {c: feats[c].null_count() for c in ("funding_rate_z30d", "oi", "oi_change_24h", "oi_change_7d",
-                                               "oi_percentile_30d", "atr")}
-    print(f"features: {feats.height} rows x {feats.width} columns; NULLs {nulls}")
-    print(f"wall time (whole feature table, best of {RUNS}): {wall:.2f} s (runs: {', '.join(f'{w:.2f}' for w in wall_times)})")
-    print(f"peak RSS during the builds: {mem.peak / 2**30:.2f} GiB (process RSS before: {base_rss / 2**30:.2f} GiB; "
-          f"goal < 4 GiB)")
-    print(f"bare DuckDB ASOF JOIN (OI at decision time, best of {RUNS}): {bare:.2f} s "
-          f"(runs: {', '.join(f'{b:.2f}' for b in bare_times)}); "
-          f"ratio whole/bare = {wall / bare:.2f}x (goal <= 5x)")
-    if not args.skip_pandas:
+    with tempfile.TemporaryDirectory(prefix="bench_features_") as tmp:
+        db = Path(args.keep or tmp) / "synthetic.duckdb"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        db.unlink(missing_ok=True)
         t0 = time.perf_counter()
-        pdf = pandas_features(con, cfg)
-        pwall = time.perf_counter() - t0
-        print(f"pandas merge_asof implementation: {pwall:.2f} s; DuckDB is {pwall / wall:.2f}x faster (goal >= 3x)")
-        if args.check:
-            check(feats, pdf)
-    print(f"process max RSS (getrusage, whole run incl. data generation and pandas): "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+        with duckdb.connect(str(db)) as con:
+            configure(con, args.threads, args.memory_limit)
+            generate_market(con, args.symbols, args.years, args.messy)
+            for n in args.trades:
+                generate_trades(con, n, args.symbols, args.years)
+            sizes = {n: con.sql(f"SELECT count(*) FROM {n}").fetchall()[0][0] for n in MARKET_TABLES}
+            lag_constant = con.sql(OI_LAG_CONSTANT_SQL).fetchall()[0][0]
+        print(f"data: {args.symbols} symbols x {args.years} years, {sizes} generated in "
+              f"{time.perf_counter() - t0:.1f} s ({os.path.getsize(db) / 2**20:.0f} MiB on disk); "
+              f"OI publication lag constant per symbol: {'yes' if lag_constant else 'no (out-of-order rows)'}")
+        print(f"storage {args.storage}; DuckDB threads={args.threads}, memory_limit={args.memory_limit}; "
+              f"load average {os.getloadavg()}")
+        results = {}
+        for i, n in enumerate(args.trades):
+            runs = args.runs[min(i, len(args.runs) - 1)]
+            got: dict[str, list[dict]] = {s: [] for s in STAGES}
+            for _ in range(runs):
+                for stage in STAGES:
+                    got[stage].append(child(stage, db, n, args))
+            results[n] = got
+            bare, asset = (min(r["seconds"] for r in got[s]) for s in ("bare", "asset"))
+            for stage, rs in got.items():
+                r = rs[-1]
+                times = ", ".join(f"{x['seconds']:.2f}" for x in rs)
+                print(f"{n:>9,} trades  {stage:5s}: best {min(x['seconds'] for x in rs):7.2f} s "
+                      f"(runs {times}), peak RSS "
+                      f"{gib(max(x['peak'] for x in rs))} (RSS after imports and connect {gib(r['before'])}); "
+                      f"{r['rows']} rows x {r['columns']} columns; NULLs {r['nulls']}")
+            peak = max(r["peak"] for r in got["asset"])
+            print(f"{n:>9,} trades  ratio asset / bare = {asset / bare:.2f}x (goal <= 5x at 100k); "
+                  f"asset peak RSS {gib(peak)} (goal < 4 GiB at 100k, < 8 GiB at 1M)")
+        counts = sorted(results)
+        for a, b in zip(counts, counts[1:]):
+            pa, pb = (max(r["peak"] for r in results[n]["asset"]) for n in (a, b))
+            ba, bb = (min(r["before"] for r in results[n]["asset"]) for n in (a, b))
+            print(f"asset peak RSS {a:,} -> {b:,} trades (x{b / a:g}): {gib(pa)} -> {gib(pb)} (x{pb / pa:.2f}); "
+                  f"above the RSS after imports: {gib(pa - ba)} -> {gib(pb - bb)} (x{(pb - bb) / (pa - ba):.2f}; "
+                  f"linear would be x{b / a:g})")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ from qml_pipeline.features.liquidation_map import (
     estimate_liquidation_map,
     liq_features_for_trades,
 )
+from qml_pipeline.features import liquidation_map as lm
 from qml_pipeline.store.schemas import TS
+from qml_pipeline.timeutil import interval_ms
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 H = timedelta(hours=1)
@@ -393,3 +395,354 @@ def test_feature_at_a_snapshot_time_agrees_with_the_snapshot_table() -> None:
         assert feat["liq_cluster_notional_usd"] == pytest.approx(near[side + "_usd"], rel=1e-9)
         checked += 1
     assert checked > 5
+
+
+# ------------------------------------------------------------------ streaming gives the same as before
+
+def random_symbols(seed: int, n_symbols: int = 3, hours: int = 24 * 40) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Several symbols' random markets, each with republished copies of some of its rows."""
+    ois, bars = [], []
+    for i in range(n_symbols):
+        oi, kl = random_market(seed * 10 + i, hours)
+        oi, kl = republished(oi, kl, T0 + (hours // 2) * H, T0 + (hours // 2 + 5) * H, seed + i)
+        ois.append(oi.with_columns(pl.lit(f"S{i}").alias("symbol")))
+        bars.append(kl.with_columns(pl.lit(f"S{i}").alias("symbol")))
+    return pl.concat(ois), pl.concat(bars)
+
+
+def random_trades(seed: int, n: int, n_symbols: int = 3, hours: int = 24 * 40) -> pl.DataFrame:
+    """Trades at random minutes (and some at the same instant, before the data and after it ends), in
+    random order, on every symbol plus one without data, in mixed-case directions."""
+    rng = np.random.default_rng(seed)
+    minutes = rng.integers(-24 * 60, (hours + 12) * 60, n)
+    minutes[: n // 10] = minutes[n // 10]  # a tie of many trades
+    symbols = rng.choice([f"S{i}" for i in range(n_symbols)] + ["NODATA"], n, p=[0.95 / n_symbols] * n_symbols
+                         + [0.05])
+    directions = rng.choice(["BEARISH", "BULLISH", "bearish", "Bullish"], n)
+    return pl.DataFrame({
+        "trade_id": [f"t{i}" for i in range(n)], "symbol": symbols, "direction": directions,
+        "decision_time": [T0 + timedelta(minutes=int(m)) for m in minutes],
+    }).with_columns(pl.col("decision_time").cast(TS))
+
+
+EQUIVALENCE_CONFIGS = {
+    "default": LiqMapConfig(),
+    "pit": CFG_PIT,
+    "usd_bins_short_expiry": LiqMapConfig(bin_width_bps=None, bin_width_usd=40.0, expiry_days=3,
+                                          cluster_min_share_of_oi=0.001),
+    "quantile": LiqMapConfig(cluster_min_share_of_oi=None, cluster_quantile=0.8, expiry_days=5),
+    "share_and_quantile": LiqMapConfig(cluster_min_share_of_oi=0.0005, cluster_quantile=0.3),
+    "every_bin_a_cluster": LiqMapConfig(cluster_min_share_of_oi=0.0, long_share=0.8),
+}
+
+
+@pytest.mark.parametrize("blocks", ["whole", "tiny"])
+@pytest.mark.parametrize("name", sorted(EQUIVALENCE_CONFIGS))
+def test_streaming_features_equal_the_reference_implementation(name: str, blocks: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bit for bit: blocks of trades, screening and exact sums of the nearest bins give what summing
+    every (trade, position) pair gave, also when blocks are tiny (many blocks, many gathers)."""
+    if blocks == "tiny":
+        monkeypatch.setattr(lm, "_SCREEN_CELLS", 40)
+        monkeypatch.setattr(lm, "_PAIR_BUDGET", 5)
+        monkeypatch.setattr(lm, "_MAX_LOG_SPAN", 0.002)
+    config = EQUIVALENCE_CONFIGS[name]
+    oi, bars = random_symbols(len(name))
+    trades = random_trades(len(name), 240)
+    atr = atr_frame(trades["trade_id"].to_list()[:-7], 250.0)  # a few trades without ATR
+    got = liq_features_for_trades(trades, oi, bars, atr, config)
+    assert got["liq_cluster_price"].null_count() < got.height * 0.8
+    assert_frame_equal(got, reference_liq_features(trades, oi, bars, atr, config), check_exact=True)
+
+
+@settings(max_examples=6, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(1, 120))
+def test_streaming_features_equal_the_reference_on_random_markets(seed: int, n: int) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lm, "_SCREEN_CELLS", 500)
+        mp.setattr(lm, "_PAIR_BUDGET", 300)
+        oi, bars = random_symbols(seed, n_symbols=2, hours=24 * 20)
+        trades = random_trades(seed, n, n_symbols=2, hours=24 * 20)
+        atr = atr_frame(trades["trade_id"].to_list(), 100.0)
+        got = liq_features_for_trades(trades, oi, bars, atr, CFG_PIT)
+        assert_frame_equal(got, reference_liq_features(trades, oi, bars, atr, CFG_PIT), check_exact=True)
+
+
+@pytest.mark.parametrize("name", sorted(EQUIVALENCE_CONFIGS))
+def test_grouped_openings_give_the_positions_and_maps_of_before(name: str) -> None:
+    """Prices, bins and liquidation times computed once per (entry bar, side, tier) and shared by the
+    rows of that bar: the same positions, element by element, and the same snapshots."""
+    config = EQUIVALENCE_CONFIGS[name]
+    oi, bars = random_symbols(len(name) + 1)
+    inputs = _reference_symbol_inputs(oi, bars, config)
+    for s, expected in inputs.values():
+        got = lm._positions(lm._openings(s, config))
+        for field in expected.__dataclass_fields__:
+            np.testing.assert_array_equal(getattr(got, field), getattr(expected, field), err_msg=field)
+    maps = pl.concat([lm._snapshots(symbol, s, p, config) for symbol, (s, p) in inputs.items()])
+    assert maps.height > 0
+    assert_frame_equal(estimate_liquidation_map(oi, bars, config), maps, check_exact=True)
+
+# ------------------------------------------------------------------ the old implementation, as a reference
+
+def reference_liq_features(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.DataFrame,
+                           atr: pl.DataFrame, config: LiqMapConfig | None = None) -> pl.DataFrame:
+    """liq_features_for_trades before it streamed (commit c75d929): every (trade, position) pair of a
+    symbol at once. Slow and memory-hungry; kept only to prove the streaming version gives the same."""
+    config = config or LiqMapConfig()
+    need = {"trade_id", "symbol", "direction", "decision_time"}
+    if missing := need - set(trades.columns):
+        raise ValueError(f"trades frame lacks columns {sorted(missing)}; got {trades.columns}")
+    direction = pl.col("direction").cast(pl.Utf8).str.to_uppercase()
+    bad = trades.filter(~direction.is_in(["BULLISH", "BEARISH"]) | direction.is_null())
+    if bad.height:
+        raise ValueError(f"direction must be BULLISH or BEARISH; trade {bad['trade_id'][0]!r} has "
+                         f"{bad['direction'][0]!r}")
+    t = trades.select(pl.col("trade_id").cast(pl.Utf8), "symbol", direction.alias("direction"),
+                      _reference_ms("decision_time").alias("d_ms")).with_row_index("row")
+    atr_df = atr.select(pl.col("trade_id").cast(pl.Utf8), pl.col("atr").cast(pl.Float64))
+
+    inputs = _reference_symbol_inputs(oi, klines, config)
+    heads, per_bins = [], []
+    for (symbol,), ts in t.group_by(["symbol"], maintain_order=True):
+        if symbol not in inputs:
+            continue
+        head, per_bin = _reference_trade_maps(ts, *inputs[symbol], config)
+        heads.append(head)
+        per_bins.append(per_bin)
+
+    base = t.join(atr_df, on="trade_id", how="left")
+    if heads:
+        base = base.join(pl.concat(heads), on="row", how="left")
+        clusters = _reference_nearest_clusters(pl.concat(per_bins), base, config)
+        base = base.join(clusters, on="row", how="left")
+    else:
+        base = base.with_columns(pl.lit(None, pl.Float64).alias(c) for c in
+                                 ("price", "oi_now", "cluster_price", "cluster_usd")).with_columns(
+            pl.lit(None, pl.Int64).alias("map_ms"), pl.lit(None, pl.Boolean).alias("fresh"))
+    usable = pl.col("fresh").fill_null(False)
+    return base.sort("row").select(
+        "trade_id",
+        pl.when(usable & (pl.col("atr") > 0))
+        .then((pl.col("price") - pl.col("cluster_price")).abs() / pl.col("atr"))
+        .alias("distance_to_liq_cluster"),
+        pl.when(usable).then(pl.col("cluster_price")).alias("liq_cluster_price"),
+        pl.when(usable).then(pl.col("cluster_usd")).alias("liq_cluster_notional_usd"),
+        _reference_from_ms("map_ms").alias("liq_map_time"),
+        ((pl.col("d_ms") - pl.col("map_ms")) / lm._MINUTE_MS).alias("liq_map_age_minutes"),
+    ).cast(dict(FEATURE_SCHEMA))
+
+
+def _reference_trade_maps(ts: pl.DataFrame, s: lm._Series, p: lm._Positions, config: LiqMapConfig
+                          ) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(per trade: price, OI, map time, freshness; per trade and bin on its side: alive amounts)."""
+    d = ts["d_ms"].to_numpy()
+    rows = ts["row"].to_numpy()
+    oi_idx = np.searchsorted(s.oi_avail, d, side="right") - 1
+    bar_idx = np.searchsorted(s.bar_avail, d, side="right") - 1
+    has_oi, has_bar = oi_idx >= 0, bar_idx >= 0
+    oi_i, bar_i = np.maximum(oi_idx, 0), np.maximum(bar_idx, 0)
+    map_ms = np.where(has_oi, s.oi_avail[oi_i], 0)
+    bar_avail = s.bar_avail[bar_i] if s.bar_avail.size else np.zeros(d.size, dtype=np.int64)
+    fresh = (has_oi & has_bar & (d - map_ms <= config.max_oi_age_minutes * lm._MINUTE_MS)
+             & (d - bar_avail <= config.max_price_age_minutes * lm._MINUTE_MS))
+    price = s.close[bar_i] if s.close.size else np.full(d.size, np.nan)
+    head = pl.DataFrame({
+        "row": rows, "price": np.where(has_bar, price, np.nan),
+        "oi_now": np.where(has_oi, s.oi[oi_i], np.nan),
+        "map_ms": map_ms, "has_oi": has_oi, "fresh": fresh,
+    }).with_columns(pl.col("price").fill_nan(None), pl.col("oi_now").fill_nan(None),
+                    pl.when("has_oi").then(pl.col("map_ms")).alias("map_ms")).drop("has_oi")
+
+    # positions possibly alive at d: start in (d - expiry, d] (they are sorted by start)
+    lo = np.searchsorted(p.start, d - int(config.expiry_days * lm._DAY_MS), side="right")
+    hi = np.searchsorted(p.start, d, side="right")
+    hi = np.where(fresh, hi, lo)
+    counts = hi - lo
+    trade_of = np.repeat(np.arange(d.size), counts)
+    offsets = np.repeat(lo - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+    pos = np.arange(trade_of.size) + offsets
+    want_long = (ts["direction"] == "BEARISH").to_numpy()
+    alive = (p.end[pos] > d[trade_of]) & (p.is_long[pos] == want_long[trade_of])
+    trade_of, pos = trade_of[alive], pos[alive]
+    amount = p.amount[pos] * np.exp(s.log_scale[oi_i[trade_of]] - p.log_scale[pos])
+    # Sum per (trade, bin) sequentially in position order: a parallel group-by would sum in a varying
+    # order, and the last-bit differences would break "the same inputs give the same feature".
+    order = np.lexsort((pos, p.bin[pos], trade_of))
+    trade_of, pos, amount = trade_of[order], pos[order], amount[order]
+    bins = p.bin[pos]
+    new_group = np.ones(trade_of.size, dtype=bool)
+    new_group[1:] = (trade_of[1:] != trade_of[:-1]) | (bins[1:] != bins[:-1])
+    first = np.nonzero(new_group)[0]
+    per_bin = pl.DataFrame({
+        "row": rows[trade_of[first]], "bin": bins[first],
+        "base": np.add.reduceat(amount, first) if first.size else amount,
+        "usd": np.add.reduceat(amount * p.liq_price[pos], first) if first.size else amount,
+    })
+    return head, per_bin
+
+
+def _reference_nearest_clusters(per_bin: pl.DataFrame, base: pl.DataFrame, config: LiqMapConfig) -> pl.DataFrame:
+    bins = per_bin.join(base.select("row", "direction", "oi_now"), on="row")
+    is_cluster = pl.lit(True)
+    if config.cluster_min_share_of_oi is not None:
+        is_cluster &= pl.col("base") >= config.cluster_min_share_of_oi * pl.col("oi_now")
+    if config.cluster_quantile is not None:
+        is_cluster &= pl.col("base") >= pl.col("base").quantile(config.cluster_quantile, "linear").over("row")
+    return (bins.filter(is_cluster)
+            # notional-weighted mean liquidation price of the bin: below the price for longs, above for shorts
+            .with_columns((pl.col("usd") / pl.col("base")).alias("cluster_price"))
+            .with_columns(pl.when(pl.col("direction") == "BEARISH").then(-pl.col("cluster_price"))
+                          .otherwise(pl.col("cluster_price")).alias("_order"))
+            .sort("row", "_order")
+            .group_by("row", maintain_order=True)
+            .agg(pl.col("cluster_price").first(), pl.col("usd").first().alias("cluster_usd")))
+
+
+def _reference_positions(s: lm._Series, config: LiqMapConfig) -> lm._Positions:
+    n_oi = s.oi.size
+    d_oi = np.diff(s.oi, prepend=s.oi[:1]) if n_oi else s.oi
+    entry_bar = np.searchsorted(s.bar_avail, s.oi_avail, side="right") - 1
+    has_bar = entry_bar >= 0
+    bar_age = s.oi_avail - s.bar_avail[np.maximum(entry_bar, 0)] if s.bar_avail.size else np.zeros(n_oi)
+    # The first row has no previous OI to differ from: positions opened before the series are unknown.
+    usable = has_bar & (d_oi > 0) & (bar_age <= config.max_price_age_minutes * lm._MINUTE_MS)
+    rows = np.nonzero(usable)[0]
+    lev = np.asarray(config.leverage_tiers, dtype=float)
+    w = np.asarray(config.leverage_weights, dtype=float)
+    keep = w > 0
+    lev, w = lev[keep], w[keep]
+    n_t = lev.size
+    mmr = config.maintenance_margin_rate
+
+    row = np.repeat(rows, 2 * n_t)
+    tier = np.tile(np.arange(n_t), 2 * rows.size)
+    is_long = np.tile(np.repeat([True, False], n_t), rows.size)
+    price = s.close[entry_bar[row]]
+    liq = np.where(is_long, price * (1 - 1 / lev[tier] + mmr), price * (1 + 1 / lev[tier] - mmr))
+    amount = d_oi[row] * np.where(is_long, config.long_share, 1 - config.long_share) * w[tier]
+    nz = amount > 0
+    row, is_long, liq, amount = row[nz], is_long[nz], liq[nz], amount[nz]
+
+    first = entry_bar[row] + 1
+    cross = np.empty(row.size, dtype=np.int64)
+    cross[is_long] = _reference_first_cross(s.low, first[is_long], liq[is_long])
+    cross[~is_long] = _reference_first_cross(-s.high, first[~is_long], -liq[~is_long])
+    n_bars = s.bar_avail.size
+    liq_time = np.where(cross < n_bars, s.bar_avail[np.minimum(cross, n_bars - 1)], lm._NEVER)
+    start = s.oi_avail[row]
+    end = np.minimum(liq_time, start + int(config.expiry_days * lm._DAY_MS))
+    return lm._Positions(start=start, end=end, is_long=is_long, liq_price=liq, amount=amount,
+                         log_scale=s.log_scale[row], bin=config.bin_index(liq))
+
+
+def _reference_symbol_inputs(oi: pl.DataFrame, klines: pl.DataFrame, config: LiqMapConfig
+                             ) -> dict[str, tuple[lm._Series, lm._Positions]]:
+    oi_p, bars_p = _reference_prepare_oi(oi), _reference_prepare_bars(klines, config)
+    out = {}
+    for (symbol,), oi_sym in oi_p.group_by(["symbol"], maintain_order=True):
+        bars_sym = bars_p.filter(pl.col("symbol") == symbol)
+        s = _reference_series(oi_sym, bars_sym)
+        out[symbol] = (s, _reference_positions(s, config))
+    return out
+
+
+def _reference_first_cross(values: np.ndarray, first: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """For each i: the smallest j >= first[i] with values[j] <= threshold[i], else len(values).
+
+    Binary lifting over a sparse table of running minima: O((n + m) log n), all vectorised.
+    """
+    n = values.size
+    pos = first.astype(np.int64).copy()
+    if n == 0:
+        return pos
+    levels = [values]
+    while (1 << len(levels)) <= n:
+        prev, half = levels[-1], 1 << (len(levels) - 1)
+        levels.append(np.minimum(prev[:-half], prev[half:]))
+    for k in range(len(levels) - 1, -1, -1):
+        table, width = levels[k], 1 << k
+        ok = pos + width <= n
+        idx = np.where(ok, pos, 0)
+        jump = ok & (table[np.minimum(idx, table.size - 1)] > threshold)
+        pos = np.where(jump, pos + width, pos)
+    return np.minimum(pos, n)
+
+
+def _reference_ms(col: str) -> pl.Expr:
+    return pl.col(col).cast(TS).dt.epoch("ms")
+
+
+def _reference_from_ms(col: str) -> pl.Expr:
+    return pl.col(col).cast(pl.Int64).cast(TS)
+
+
+def _reference_latest_known(frame: pl.DataFrame, stamp: str) -> pl.DataFrame:
+    """Drop rows published no earlier than some later-stamped row of the same symbol.
+
+    "The value known at t" is the row with the latest stamp among rows with available_at <= t
+    (features.py), so such a row is never the newest at any time. The rows left have strictly
+    increasing available_at in stamp order: a search on available_at finds the value known at t.
+    """
+    later_min = pl.col("avail").cum_min(reverse=True).shift(-1).over("symbol")
+    return (frame.sort("symbol", stamp)
+            .filter(later_min.is_null() | (pl.col("avail") < later_min)))
+
+
+def _reference_prepare_oi(oi: pl.DataFrame) -> pl.DataFrame:
+    """One row per (symbol, event_time), by the open-interest rule of features.py.
+
+    OI <= 0 (or missing) is a hole in the data, never a real zero: dropped first. Of the copies of
+    one stamp the earliest published wins, then the largest value (then the largest period_minutes),
+    so a later re-publication never replaces what a trader saw. Without event_time, available_at is
+    the stamp.
+    """
+    need = {"symbol", "available_at", "open_interest"}
+    if missing := need - set(oi.columns):
+        raise ValueError(f"open interest frame lacks columns {sorted(missing)}; got {oi.columns}")
+    stamp = _reference_ms("event_time") if "event_time" in oi.columns else _reference_ms("available_at")
+    period = pl.col("period_minutes") if "period_minutes" in oi.columns else pl.lit(0)
+    rows = (oi.select("symbol", stamp.alias("stamp"), _reference_ms("available_at").alias("avail"),
+                      pl.col("open_interest").cast(pl.Float64), period.alias("period"))
+            .filter(pl.col("open_interest").is_not_null() & (pl.col("open_interest") > 0)
+                    & pl.col("stamp").is_not_null() & pl.col("avail").is_not_null())
+            .sort(["symbol", "stamp", "avail", "open_interest", "period"],
+                  descending=[False, False, False, True, True], nulls_last=True)
+            .unique(["symbol", "stamp"], keep="first", maintain_order=True))
+    return _reference_latest_known(rows, "stamp").select("symbol", "avail", "open_interest")
+
+
+def _reference_prepare_bars(klines: pl.DataFrame, config: LiqMapConfig) -> pl.DataFrame:
+    """One row per bar (symbol, event_time) of `price_interval`, by the kline rule of features.py.
+
+    A bar is known at its available_at (close_time if the frame has no available_at). Of the copies
+    of one bar the earliest published wins, then the larger close, high, low, open, close_time,
+    volume; a bar published no earlier than a later bar is dropped (`_latest_known`).
+    """
+    need = {"symbol", "event_time", "high", "low", "close"}
+    if missing := need - set(klines.columns):
+        raise ValueError(f"klines frame lacks columns {sorted(missing)}; got {klines.columns}")
+    bars = klines
+    if "interval" in bars.columns:
+        bars = bars.filter(pl.col("interval") == config.price_interval)
+    step = interval_ms(config.price_interval)
+    close_ms = _reference_ms("close_time") if "close_time" in bars.columns else _reference_ms("event_time") + step
+    avail = _reference_ms("available_at") if "available_at" in bars.columns else close_ms
+    ties = [c for c in ("close", "high", "low", "open", "close_time", "volume") if c in bars.columns]
+    rows = (bars.select("symbol", _reference_ms("event_time").alias("ev"), avail.alias("avail"), *ties)
+            .filter(pl.col("ev").is_not_null() & pl.col("avail").is_not_null())
+            .sort(["symbol", "ev", "avail", *ties], descending=[False, False, False] + [True] * len(ties),
+                  nulls_last=True)
+            .unique(["symbol", "ev"], keep="first", maintain_order=True))
+    return _reference_latest_known(rows, "ev").select("symbol", "avail", "high", "low", "close")
+
+
+def _reference_series(oi: pl.DataFrame, bars: pl.DataFrame) -> lm._Series:
+    oi_v = oi["open_interest"].to_numpy()
+    prev = np.concatenate([[oi_v[0]], oi_v[:-1]]) if oi_v.size else oi_v
+    # dOI < 0 closes that fraction of every open position (each contract equally likely to close).
+    frac_closed = np.where(oi_v < prev, (prev - oi_v) / prev, 0.0)
+    return lm._Series(
+        oi_avail=oi["avail"].to_numpy(), oi=oi_v, log_scale=np.cumsum(np.log1p(-frac_closed)),
+        bar_avail=bars["avail"].to_numpy(), high=bars["high"].to_numpy(), low=bars["low"].to_numpy(),
+        close=bars["close"].to_numpy())

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from qml_pipeline.features.point_in_time import first_copies, latest_known, ms, prepare_oi
 from qml_pipeline.store.schemas import LIQUIDATION_MAP, TS
 from qml_pipeline.timeutil import interval_ms
 
@@ -146,47 +147,31 @@ class _Positions:
     bin: np.ndarray
 
 
-def _ms(col: str) -> pl.Expr:
-    return pl.col(col).cast(TS).dt.epoch("ms")
+@dataclass(frozen=True)
+class _Openings:
+    """The hypothetical positions of one symbol, grouped: a position is (OI increase row, side, tier),
+    and its price, bin and liquidation time depend only on (entry bar, side, tier).
+
+    Sides: 0 long, 1 short. A position's amount is (d_oi * share[side]) * weight[tier] (base units) and
+    it counts from the row's available_at until min(liq_time, start + expiry). Position order (the
+    order sums run in) is row, then side, then tier.
+    """
+
+    start: np.ndarray      # per row: available_at of the OI row (ms), increasing
+    d_oi: np.ndarray       # per row: the OI increase (base units)
+    log_scale: np.ndarray  # per row: series log_scale at the row
+    entry: np.ndarray      # per row: index of its entry bar in the (side, entry, tier) arrays, non-decreasing
+    entry_rows: np.ndarray  # per entry bar: its first row, and (last) one past the last row
+    share: np.ndarray      # per side: long_share, 1 - long_share
+    weight: np.ndarray     # per tier: leverage weight (tiers of weight 0 dropped)
+    liq_price: np.ndarray  # (side, entry, tier): USDT
+    bin: np.ndarray        # (side, entry, tier): price bin of liq_price
+    liq_time: np.ndarray   # (side, entry, tier): available_at of the first bar through liq_price, or _NEVER
+    expiry_ms: int
 
 
 def _from_ms(col: str) -> pl.Expr:
     return pl.col(col).cast(pl.Int64).cast(TS)
-
-
-def _latest_known(frame: pl.DataFrame, stamp: str) -> pl.DataFrame:
-    """Drop rows published no earlier than some later-stamped row of the same symbol.
-
-    "The value known at t" is the row with the latest stamp among rows with available_at <= t
-    (features.py), so such a row is never the newest at any time. The rows left have strictly
-    increasing available_at in stamp order: a search on available_at finds the value known at t.
-    """
-    later_min = pl.col("avail").cum_min(reverse=True).shift(-1).over("symbol")
-    return (frame.sort("symbol", stamp)
-            .filter(later_min.is_null() | (pl.col("avail") < later_min)))
-
-
-def _prepare_oi(oi: pl.DataFrame) -> pl.DataFrame:
-    """One row per (symbol, event_time), by the open-interest rule of features.py.
-
-    OI <= 0 (or missing) is a hole in the data, never a real zero: dropped first. Of the copies of
-    one stamp the earliest published wins, then the largest value (then the largest period_minutes),
-    so a later re-publication never replaces what a trader saw. Without event_time, available_at is
-    the stamp.
-    """
-    need = {"symbol", "available_at", "open_interest"}
-    if missing := need - set(oi.columns):
-        raise ValueError(f"open interest frame lacks columns {sorted(missing)}; got {oi.columns}")
-    stamp = _ms("event_time") if "event_time" in oi.columns else _ms("available_at")
-    period = pl.col("period_minutes") if "period_minutes" in oi.columns else pl.lit(0)
-    rows = (oi.select("symbol", stamp.alias("stamp"), _ms("available_at").alias("avail"),
-                      pl.col("open_interest").cast(pl.Float64), period.alias("period"))
-            .filter(pl.col("open_interest").is_not_null() & (pl.col("open_interest") > 0)
-                    & pl.col("stamp").is_not_null() & pl.col("avail").is_not_null())
-            .sort(["symbol", "stamp", "avail", "open_interest", "period"],
-                  descending=[False, False, False, True, True], nulls_last=True)
-            .unique(["symbol", "stamp"], keep="first", maintain_order=True))
-    return _latest_known(rows, "stamp").select("symbol", "avail", "open_interest")
 
 
 def _prepare_bars(klines: pl.DataFrame, config: LiqMapConfig) -> pl.DataFrame:
@@ -194,7 +179,7 @@ def _prepare_bars(klines: pl.DataFrame, config: LiqMapConfig) -> pl.DataFrame:
 
     A bar is known at its available_at (close_time if the frame has no available_at). Of the copies
     of one bar the earliest published wins, then the larger close, high, low, open, close_time,
-    volume; a bar published no earlier than a later bar is dropped (`_latest_known`).
+    volume; a bar published no earlier than a later bar is dropped (`latest_known`).
     """
     need = {"symbol", "event_time", "high", "low", "close"}
     if missing := need - set(klines.columns):
@@ -203,15 +188,13 @@ def _prepare_bars(klines: pl.DataFrame, config: LiqMapConfig) -> pl.DataFrame:
     if "interval" in bars.columns:
         bars = bars.filter(pl.col("interval") == config.price_interval)
     step = interval_ms(config.price_interval)
-    close_ms = _ms("close_time") if "close_time" in bars.columns else _ms("event_time") + step
-    avail = _ms("available_at") if "available_at" in bars.columns else close_ms
+    close_ms = ms("close_time") if "close_time" in bars.columns else ms("event_time") + step
+    avail = ms("available_at") if "available_at" in bars.columns else close_ms
     ties = [c for c in ("close", "high", "low", "open", "close_time", "volume") if c in bars.columns]
-    rows = (bars.select("symbol", _ms("event_time").alias("ev"), avail.alias("avail"), *ties)
-            .filter(pl.col("ev").is_not_null() & pl.col("avail").is_not_null())
-            .sort(["symbol", "ev", "avail", *ties], descending=[False, False, False] + [True] * len(ties),
-                  nulls_last=True)
-            .unique(["symbol", "ev"], keep="first", maintain_order=True))
-    return _latest_known(rows, "ev").select("symbol", "avail", "high", "low", "close")
+    rows = (bars.select("symbol", ms("event_time").alias("ev"), avail.alias("avail"), *ties)
+            .filter(pl.col("ev").is_not_null() & pl.col("avail").is_not_null()))
+    rows = first_copies(rows, "ev", ["avail", *ties], [False] + [True] * len(ties))
+    return latest_known(rows, "ev").select("symbol", "avail", "high", "low", "close")
 
 
 def _series(oi: pl.DataFrame, bars: pl.DataFrame) -> _Series:
@@ -225,29 +208,31 @@ def _series(oi: pl.DataFrame, bars: pl.DataFrame) -> _Series:
         close=bars["close"].to_numpy())
 
 
-def _first_cross(values: np.ndarray, first: np.ndarray, threshold: np.ndarray) -> np.ndarray:
-    """For each i: the smallest j >= first[i] with values[j] <= threshold[i], else len(values).
+def _first_cross(values: np.ndarray, first: np.ndarray, threshold: np.ndarray, stop: np.ndarray) -> np.ndarray:
+    """For each i: the smallest j in [first[i], stop[i]) with values[j] <= threshold[i], else len(values).
 
-    Binary lifting over a sparse table of running minima: O((n + m) log n), all vectorised.
+    Binary lifting over a sparse table of running minima, with levels up to the longest [first, stop):
+    O((n + m) log w), all vectorised.
     """
     n = values.size
     pos = first.astype(np.int64).copy()
-    if n == 0:
-        return pos
+    if n == 0 or pos.size == 0:
+        return np.full(pos.size, n, dtype=np.int64)
+    span = int(np.max(stop - first))
     levels = [values]
-    while (1 << len(levels)) <= n:
+    while (1 << len(levels)) <= span:
         prev, half = levels[-1], 1 << (len(levels) - 1)
         levels.append(np.minimum(prev[:-half], prev[half:]))
     for k in range(len(levels) - 1, -1, -1):
         table, width = levels[k], 1 << k
-        ok = pos + width <= n
-        idx = np.where(ok, pos, 0)
-        jump = ok & (table[np.minimum(idx, table.size - 1)] > threshold)
-        pos = np.where(jump, pos + width, pos)
-    return np.minimum(pos, n)
+        # no value <= threshold in [pos, pos + width), all before stop: skip the block
+        jump = (pos + width <= stop) & (table[np.minimum(pos, table.size - 1)] > threshold)
+        pos += np.where(jump, width, 0)
+    crossed = (pos < stop) & (values[np.minimum(pos, n - 1)] <= threshold)
+    return np.where(crossed, pos, n)
 
 
-def _positions(s: _Series, config: LiqMapConfig) -> _Positions:
+def _openings(s: _Series, config: LiqMapConfig) -> _Openings:
     n_oi = s.oi.size
     d_oi = np.diff(s.oi, prepend=s.oi[:1]) if n_oi else s.oi
     entry_bar = np.searchsorted(s.bar_avail, s.oi_avail, side="right") - 1
@@ -260,38 +245,58 @@ def _positions(s: _Series, config: LiqMapConfig) -> _Positions:
     w = np.asarray(config.leverage_weights, dtype=float)
     keep = w > 0
     lev, w = lev[keep], w[keep]
-    n_t = lev.size
     mmr = config.maintenance_margin_rate
 
-    row = np.repeat(rows, 2 * n_t)
-    tier = np.tile(np.arange(n_t), 2 * rows.size)
-    is_long = np.tile(np.repeat([True, False], n_t), rows.size)
-    price = s.close[entry_bar[row]]
-    liq = np.where(is_long, price * (1 - 1 / lev[tier] + mmr), price * (1 + 1 / lev[tier] - mmr))
-    amount = d_oi[row] * np.where(is_long, config.long_share, 1 - config.long_share) * w[tier]
-    nz = amount > 0
-    row, is_long, liq, amount = row[nz], is_long[nz], liq[nz], amount[nz]
-
-    first = entry_bar[row] + 1
-    cross = np.empty(row.size, dtype=np.int64)
-    cross[is_long] = _first_cross(s.low, first[is_long], liq[is_long])
-    cross[~is_long] = _first_cross(-s.high, first[~is_long], -liq[~is_long])
+    # bars are published in order, so entry bars never decrease along the rows
+    bars = entry_bar[rows]
+    new_entry = np.ones(rows.size, dtype=bool)
+    new_entry[1:] = bars[1:] != bars[:-1]
+    entries = bars[new_entry]
+    price = s.close[entries][:, None]
+    liq = np.stack([price * (1 - 1 / lev + mmr), price * (1 + 1 / lev - mmr)])
+    # A bar through the level matters only while some row of the entry bar is younger than expiry:
+    # one published later leaves every such position ending at expiry anyway.
+    expiry_ms = int(config.expiry_days * _DAY_MS)
+    last_start = s.oi_avail[rows][np.nonzero(np.append(new_entry[1:], rows.size > 0))[0]]
+    first = np.repeat(entries + 1, lev.size)
+    stop = np.repeat(np.searchsorted(s.bar_avail, last_start + expiry_ms, side="left"), lev.size)
+    cross = np.stack([_first_cross(s.low, first, liq[0].ravel(), stop),
+                      _first_cross(-s.high, first, -liq[1].ravel(), stop)]).reshape(liq.shape)
     n_bars = s.bar_avail.size
-    liq_time = np.where(cross < n_bars, s.bar_avail[np.minimum(cross, n_bars - 1)], _NEVER)
-    start = s.oi_avail[row]
-    end = np.minimum(liq_time, start + int(config.expiry_days * _DAY_MS))
-    return _Positions(start=start, end=end, is_long=is_long, liq_price=liq, amount=amount,
-                      log_scale=s.log_scale[row], bin=config.bin_index(liq))
+    liq_time = np.where(cross < n_bars, s.bar_avail[np.minimum(cross, n_bars - 1)], _NEVER) if n_bars else \
+        np.full(liq.shape, _NEVER)
+    return _Openings(start=s.oi_avail[rows], d_oi=d_oi[rows], log_scale=s.log_scale[rows],
+                     entry=np.cumsum(new_entry) - 1, entry_rows=np.append(np.nonzero(new_entry)[0], rows.size),
+                     share=np.array([config.long_share, 1 - config.long_share]),
+                     weight=w, liq_price=liq, bin=config.bin_index(liq), liq_time=liq_time, expiry_ms=expiry_ms)
+
+
+def _positions(o: _Openings) -> _Positions:
+    """One entry per position with a positive amount, in position order."""
+    n_rows, n_t = o.start.size, o.weight.size
+    amount = ((o.d_oi[:, None] * o.share[None, :])[:, :, None] * o.weight[None, None, :]).ravel()
+    per_row = (n_rows, 2, n_t)
+
+    def per_position(a: np.ndarray) -> np.ndarray:  # (side, entry, tier) -> position order
+        return a[:, o.entry, :].transpose(1, 0, 2).ravel()
+
+    nz = amount > 0
+    start = np.broadcast_to(o.start[:, None, None], per_row).ravel()[nz]
+    return _Positions(start=start, end=np.minimum(per_position(o.liq_time)[nz], start + o.expiry_ms),
+                      is_long=np.broadcast_to(np.array([True, False])[None, :, None], per_row).ravel()[nz],
+                      liq_price=per_position(o.liq_price)[nz], amount=amount[nz],
+                      log_scale=np.broadcast_to(o.log_scale[:, None, None], per_row).ravel()[nz],
+                      bin=per_position(o.bin)[nz])
 
 
 def _symbol_inputs(oi: pl.DataFrame, klines: pl.DataFrame, config: LiqMapConfig
                    ) -> dict[str, tuple[_Series, _Positions]]:
-    oi_p, bars_p = _prepare_oi(oi), _prepare_bars(klines, config)
+    oi_p, bars_p = prepare_oi(oi), _prepare_bars(klines, config)
     out = {}
     for (symbol,), oi_sym in oi_p.group_by(["symbol"], maintain_order=True):
         bars_sym = bars_p.filter(pl.col("symbol") == symbol)
         s = _series(oi_sym, bars_sym)
-        out[symbol] = (s, _positions(s, config))
+        out[symbol] = (s, _positions(_openings(s, config)))
     return out
 
 
@@ -396,19 +401,47 @@ def _snapshots(symbol: str, s: _Series, p: _Positions, config: LiqMapConfig) -> 
 
 # ------------------------------------------------------------------ per-trade feature
 
+# Trades x price bins of one block of the screening map (float64 cells): bounds its memory.
+_SCREEN_CELLS = 2_000_000
+# (trade, position) pairs gathered at once when summing bins exactly: bounds that memory.
+_PAIR_BUDGET = 4_000_000
+# The screening map keeps running totals, whose rounding differs from the exact sum's: a bin whose
+# total is within this share of its gross (everything added to it) of the threshold is summed exactly.
+_SCREEN_SLACK = 1e-7
+# The survival factor of a block's positions relative to its first trade stays within e**this.
+_MAX_LOG_SPAN = 300.0
+
+
 def liq_features_for_trades(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.DataFrame,
                             atr: pl.DataFrame, config: LiqMapConfig | None = None) -> pl.DataFrame:
     """Per trade: the nearest estimated liquidation cluster in the trade's direction, as of decision_time.
 
     `trades`: trade_id, symbol, direction ('BULLISH' | 'BEARISH'), decision_time. `atr`: trade_id,
-    atr (USDT, the ATR known at decision_time). The map is evaluated at exactly decision_time (not the
-    previous snapshot). BEARISH looks for long-liquidation clusters below the price (forced selling
-    that fuels a drop); BULLISH for short-liquidation clusters above it (forced buying that fuels a
-    squeeze). Columns: `FEATURE_SCHEMA`; feature values are NULL when no cluster lies in that
-    direction, when the newest OI row is older than `max_oi_age_minutes` or the price older than
-    `max_price_age_minutes` (liq_map_time and liq_map_age_minutes are kept so staleness is visible).
+    atr (USDT, the ATR known at decision_time). `oi` and `klines` as for `estimate_liquidation_map`.
+    The map is evaluated at exactly decision_time (not the previous snapshot). BEARISH looks for
+    long-liquidation clusters below the price (forced selling that fuels a drop); BULLISH for
+    short-liquidation clusters above it (forced buying that fuels a squeeze). Columns:
+    `FEATURE_SCHEMA`; feature values are NULL when no cluster lies in that direction, when the
+    newest OI row is older than `max_oi_age_minutes` or the price older than `max_price_age_minutes`
+    (liq_map_time and liq_map_age_minutes are kept so staleness is visible).
     """
     config = config or LiqMapConfig()
+    check_trades(trades)
+    t = (trades.select(pl.col("trade_id").cast(pl.Utf8), "symbol", "direction", "decision_time")
+         .with_row_index("row")
+         .join(atr.select(pl.col("trade_id").cast(pl.Utf8), pl.col("atr").cast(pl.Float64)), on="trade_id",
+               how="left"))
+    oi_by = oi.partition_by("symbol", as_dict=True) if "symbol" in oi.columns else {}
+    kl_by = klines.partition_by("symbol", as_dict=True) if "symbol" in klines.columns else {}
+    parts = [ts.select("row", "trade_id").hstack(symbol_liq_features(
+                 ts, prepare_oi(oi_by.get((symbol,), oi.clear())), kl_by.get((symbol,), klines.clear()), config))
+             for (symbol,), ts in t.group_by(["symbol"], maintain_order=True)]
+    return pl.concat(parts).sort("row").select(FEATURE_SCHEMA.names()) if parts else \
+        pl.DataFrame(schema=FEATURE_SCHEMA)
+
+
+def check_trades(trades: pl.DataFrame) -> None:
+    """Raise ValueError naming the first trade whose direction is not BULLISH or BEARISH (any case)."""
     need = {"trade_id", "symbol", "direction", "decision_time"}
     if missing := need - set(trades.columns):
         raise ValueError(f"trades frame lacks columns {sorted(missing)}; got {trades.columns}")
@@ -417,31 +450,22 @@ def liq_features_for_trades(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.D
     if bad.height:
         raise ValueError(f"direction must be BULLISH or BEARISH; trade {bad['trade_id'][0]!r} has "
                          f"{bad['direction'][0]!r}")
-    t = trades.select(pl.col("trade_id").cast(pl.Utf8), "symbol", direction.alias("direction"),
-                      _ms("decision_time").alias("d_ms")).with_row_index("row")
-    atr_df = atr.select(pl.col("trade_id").cast(pl.Utf8), pl.col("atr").cast(pl.Float64))
 
-    inputs = _symbol_inputs(oi, klines, config)
-    heads, per_bins = [], []
-    for (symbol,), ts in t.group_by(["symbol"], maintain_order=True):
-        if symbol not in inputs:
-            continue
-        head, per_bin = _trade_maps(ts, *inputs[symbol], config)
-        heads.append(head)
-        per_bins.append(per_bin)
 
-    base = t.join(atr_df, on="trade_id", how="left")
-    if heads:
-        base = base.join(pl.concat(heads), on="row", how="left")
-        clusters = _nearest_clusters(pl.concat(per_bins), base, config)
-        base = base.join(clusters, on="row", how="left")
-    else:
-        base = base.with_columns(pl.lit(None, pl.Float64).alias(c) for c in
-                                 ("price", "oi_now", "cluster_price", "cluster_usd")).with_columns(
-            pl.lit(None, pl.Int64).alias("map_ms"), pl.lit(None, pl.Boolean).alias("fresh"))
-    usable = pl.col("fresh").fill_null(False)
-    return base.sort("row").select(
-        "trade_id",
+def symbol_liq_features(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.DataFrame,
+                        config: LiqMapConfig) -> pl.DataFrame:
+    """`liq_features_for_trades` for one symbol's trades (direction, decision_time, atr), given its
+    `prepare_oi` rows and its klines; FEATURE_SCHEMA without trade_id, row for row. Rows published
+    after the last decision may be left out of `oi` and `klines`: they change nothing."""
+    d_ms = trades.select(ms("decision_time")).to_series().to_numpy()
+    want_long = trades.select(pl.col("direction").cast(pl.Utf8).str.to_uppercase() == "BEARISH").to_series()
+    columns = [c for c in FEATURE_SCHEMA.names() if c != "trade_id"]
+    if oi.height == 0 or d_ms.size == 0:
+        return pl.DataFrame([pl.Series(c, [None] * d_ms.size, FEATURE_SCHEMA[c]) for c in columns])
+    s = _series(oi, _prepare_bars(klines, config))
+    parts = _symbol_features(d_ms, want_long.to_numpy(), s, _openings(s, config), config)
+    usable = pl.col("fresh")
+    return parts.with_columns(atr=trades["atr"].cast(pl.Float64)).select(
         pl.when(usable & (pl.col("atr") > 0))
         .then((pl.col("price") - pl.col("cluster_price")).abs() / pl.col("atr"))
         .alias("distance_to_liq_cluster"),
@@ -449,14 +473,13 @@ def liq_features_for_trades(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.D
         pl.when(usable).then(pl.col("cluster_usd")).alias("liq_cluster_notional_usd"),
         _from_ms("map_ms").alias("liq_map_time"),
         ((pl.col("d_ms") - pl.col("map_ms")) / _MINUTE_MS).alias("liq_map_age_minutes"),
-    ).cast(dict(FEATURE_SCHEMA))
+    ).cast({c: FEATURE_SCHEMA[c] for c in columns})
 
 
-def _trade_maps(ts: pl.DataFrame, s: _Series, p: _Positions, config: LiqMapConfig
-                ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """(per trade: price, OI, map time, freshness; per trade and bin on its side: alive amounts)."""
-    d = ts["d_ms"].to_numpy()
-    rows = ts["row"].to_numpy()
+def _symbol_features(d: np.ndarray, want_long: np.ndarray, s: _Series, o: _Openings, config: LiqMapConfig
+                     ) -> pl.DataFrame:
+    """Per trade of one symbol, row for row: d_ms, price, OI, map time, freshness, and the nearest
+    cluster's price and notional (NULL when none)."""
     oi_idx = np.searchsorted(s.oi_avail, d, side="right") - 1
     bar_idx = np.searchsorted(s.bar_avail, d, side="right") - 1
     has_oi, has_bar = oi_idx >= 0, bar_idx >= 0
@@ -466,43 +489,236 @@ def _trade_maps(ts: pl.DataFrame, s: _Series, p: _Positions, config: LiqMapConfi
     fresh = (has_oi & has_bar & (d - map_ms <= config.max_oi_age_minutes * _MINUTE_MS)
              & (d - bar_avail <= config.max_price_age_minutes * _MINUTE_MS))
     price = s.close[bar_i] if s.close.size else np.full(d.size, np.nan)
-    head = pl.DataFrame({
-        "row": rows, "price": np.where(has_bar, price, np.nan),
-        "oi_now": np.where(has_oi, s.oi[oi_i], np.nan),
+    cluster_price, cluster_usd = _nearest_clusters(d, s.log_scale[oi_i], s.oi[oi_i], fresh, want_long, o, config)
+    return pl.DataFrame({
+        "d_ms": d, "price": np.where(has_bar, price, np.nan),
         "map_ms": map_ms, "has_oi": has_oi, "fresh": fresh,
-    }).with_columns(pl.col("price").fill_nan(None), pl.col("oi_now").fill_nan(None),
+        "cluster_price": cluster_price, "cluster_usd": cluster_usd,
+    }).with_columns(pl.col("price", "cluster_price", "cluster_usd").fill_nan(None),
                     pl.when("has_oi").then(pl.col("map_ms")).alias("map_ms")).drop("has_oi")
 
-    # positions possibly alive at d: start in (d - expiry, d] (they are sorted by start)
-    lo = np.searchsorted(p.start, d - int(config.expiry_days * _DAY_MS), side="right")
-    hi = np.searchsorted(p.start, d, side="right")
-    hi = np.where(fresh, hi, lo)
-    counts = hi - lo
-    trade_of = np.repeat(np.arange(d.size), counts)
-    offsets = np.repeat(lo - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
-    pos = np.arange(trade_of.size) + offsets
-    want_long = (ts["direction"] == "BEARISH").to_numpy()
-    alive = (p.end[pos] > d[trade_of]) & (p.is_long[pos] == want_long[trade_of])
-    trade_of, pos = trade_of[alive], pos[alive]
-    amount = p.amount[pos] * np.exp(s.log_scale[oi_i[trade_of]] - p.log_scale[pos])
-    # Sum per (trade, bin) sequentially in position order: a parallel group-by would sum in a varying
-    # order, and the last-bit differences would break "the same inputs give the same feature".
-    order = np.lexsort((pos, p.bin[pos], trade_of))
-    trade_of, pos, amount = trade_of[order], pos[order], amount[order]
-    bins = p.bin[pos]
-    new_group = np.ones(trade_of.size, dtype=bool)
-    new_group[1:] = (trade_of[1:] != trade_of[:-1]) | (bins[1:] != bins[:-1])
-    first = np.nonzero(new_group)[0]
-    per_bin = pl.DataFrame({
-        "row": rows[trade_of[first]], "bin": bins[first],
-        "base": np.add.reduceat(amount, first) if first.size else amount,
-        "usd": np.add.reduceat(amount * p.liq_price[pos], first) if first.size else amount,
-    })
-    return head, per_bin
+
+@dataclass(frozen=True)
+class _Trades:
+    """The fresh trades of one side of one symbol, in time order."""
+
+    rows: np.ndarray       # index into the symbol's trades
+    d: np.ndarray          # decision time, ms
+    log_scale: np.ndarray  # series log_scale of the OI row known at d
+    oi: np.ndarray         # that row's OI (base units)
 
 
-def _nearest_clusters(per_bin: pl.DataFrame, base: pl.DataFrame, config: LiqMapConfig) -> pl.DataFrame:
-    bins = per_bin.join(base.select("row", "direction", "oi_now"), on="row")
+@dataclass(frozen=True)
+class _BinIndex:
+    """One side's (entry, tier) groups sorted by (bin, entry, tier): the groups of a bin are contiguous."""
+
+    side: int
+    bin0: int
+    n_bins: int
+    key: np.ndarray     # ((bin - bin0) * entries + entry) * tiers + tier, sorted
+    entry: np.ndarray   # of each key
+    tier: np.ndarray
+    row_lo: np.ndarray  # per entry: its first row
+    row_hi: np.ndarray  # per entry: one past its last row
+
+    @classmethod
+    def of(cls, o: _Openings, side: int) -> _BinIndex:
+        bins = o.bin[side]
+        n_entries, n_tiers = bins.shape
+        bin0 = int(bins.min())
+        n_bins = int(bins.max()) - bin0 + 1
+        offset = (bins - bin0).ravel()
+        # stable: (entry, tier) order kept within a bin; a radix sort when the bins fit 16 bits
+        order = np.argsort(offset.astype(np.uint16) if n_bins <= 1 << 16 else offset, kind="stable")
+        entry, tier = np.divmod(order, n_tiers)
+        return cls(side, bin0, n_bins, (offset[order] * n_entries + entry) * n_tiers + tier, entry, tier,
+                   o.entry_rows[:-1], o.entry_rows[1:])
+
+
+def _nearest_clusters(d: np.ndarray, log_scale_d: np.ndarray, oi_d: np.ndarray, fresh: np.ndarray,
+                      want_long: np.ndarray, o: _Openings, config: LiqMapConfig
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Per trade: the notional-weighted liquidation price and USD notional of the nearest cluster bin
+    on the trade's side as of d (NaN when none or not fresh).
+
+    Nothing of size trades x positions or trades x bins is built. A side's trades are taken in time
+    order, in blocks of at most _SCREEN_CELLS trade-bin cells. A block's map at each of its trades
+    is screened with running totals (as `_snapshots` does: positions enter and leave as difference
+    arrays), grouping the positions of an entry bar and tier that enter and leave between the same
+    trades. Then the candidate bins nearest the price are summed exactly, position by position in
+    position order, until one reaches the threshold: the same sums, in the same order, as summing
+    every bin of every trade.
+    """
+    price = np.full(d.size, np.nan)
+    usd = np.full(d.size, np.nan)
+    if o.start.size == 0:
+        return price, usd
+    for side, want in ((0, True), (1, False)):
+        rows = np.nonzero(fresh & (want_long == want))[0]
+        if rows.size == 0 or o.share[side] == 0:
+            continue
+        rows = rows[np.argsort(d[rows], kind="stable")]
+        tr = _Trades(rows, d[rows], log_scale_d[rows], oi_d[rows])
+        index = _BinIndex.of(o, side)
+        k_start = _count_before(tr.d, o.start)  # alive at trade k iff k_start <= k < k_end
+        k_expiry = _count_before(tr.d, o.start + o.expiry_ms)
+        k_liq = np.searchsorted(tr.d, o.liq_time[side], side="left")
+        for c0, c1 in _blocks(tr.log_scale, max(1, _SCREEN_CELLS // index.n_bins)):
+            r0 = np.searchsorted(o.start, tr.d[c0] - o.expiry_ms, side="right")
+            r1 = np.searchsorted(o.start, tr.d[c1 - 1], side="right")
+            if r1 <= r0:
+                continue
+            candidate = _screen(o, index, tr, c0, c1, slice(r0, r1), k_start[r0:r1], k_expiry[r0:r1], k_liq,
+                                config)
+            block = _Trades(tr.rows[c0:c1], tr.d[c0:c1], tr.log_scale[c0:c1], tr.oi[c0:c1])
+            found, price_k, usd_k = _confirm(block, candidate, o, index, config)
+            price[block.rows[found]], usd[block.rows[found]] = price_k, usd_k
+    return price, usd
+
+
+def _count_before(sorted_times: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """np.searchsorted(sorted_times, times, side="left") for sorted `times`, by counting (no search)."""
+    cut = np.searchsorted(times, sorted_times, side="right")
+    return np.repeat(np.arange(sorted_times.size + 1), np.diff(cut, prepend=0, append=times.size))
+
+
+def _blocks(log_scale: np.ndarray, max_trades: int) -> list[tuple[int, int]]:
+    """Consecutive [c0, c1) of at most max_trades trades whose survival factors span <= _MAX_LOG_SPAN."""
+    out, c0, n = [], 0, log_scale.size
+    while c0 < n:
+        c1 = min(n, c0 + max_trades)
+        # log_scale never increases in time: the first trade past the span ends the block
+        c1 = min(c1, max(c0 + 1, int(np.searchsorted(-log_scale[c0:c1], _MAX_LOG_SPAN - log_scale[c0],
+                                                      side="right")) + c0))
+        out.append((c0, c1))
+        c0 = c1
+    return out
+
+
+def _screen(o: _Openings, index: _BinIndex, tr: _Trades, c0: int, c1: int, rows: slice, k_start: np.ndarray,
+            k_expiry: np.ndarray, k_liq: np.ndarray, config: LiqMapConfig) -> np.ndarray:
+    """(trades c0..c1) x bins: whether the bin may hold a cluster at the trade (a superset of those that do)."""
+    kc, n_bins, side = c1 - c0, index.n_bins, index.side
+    ks = np.clip(k_start, c0, c1) - c0
+    kx = np.clip(k_expiry, c0, c1) - c0
+    entry = o.entry[rows]
+    # rows of one entry bar that enter and expire between the same trades act as one
+    first = np.nonzero(np.concatenate([[True], (entry[1:] != entry[:-1]) | (ks[1:] != ks[:-1])
+                                       | (kx[1:] != kx[:-1])]))[0]
+    ref = tr.log_scale[c0]
+    scaled = np.add.reduceat(o.d_oi[rows] * np.exp(ref - o.log_scale[rows]), first)
+    entry, ks, kx = entry[first], ks[first], kx[first]
+    ke = np.minimum(np.clip(k_liq[entry], c0, c1) - c0, kx[:, None])
+    b = o.bin[side][entry] - index.bin0
+    u = (scaled[:, None] * (o.share[side] * o.weight)[None, :]).ravel()
+    flat_s = (ks[:, None] * n_bins + b).ravel()
+    flat_e = (ke * n_bins + b).ravel()
+    size = (kc + 1) * n_bins
+    # groups alive per (trade, bin): exact integers, so a bin whose positions all left is no candidate
+    alive = np.cumsum((np.bincount(flat_s, minlength=size) - np.bincount(flat_e, minlength=size))
+                      .reshape(kc + 1, n_bins)[:kc], axis=0, dtype=np.int32)
+    candidate = alive > 0
+    if config.cluster_quantile is None:
+        added = np.bincount(flat_s, u, size)
+        level = (added - np.bincount(flat_e, u, size)).reshape(kc + 1, n_bins)[:kc]
+        np.cumsum(level, axis=0, out=level)
+        gross = added.reshape(kc + 1, n_bins)[:kc]
+        np.cumsum(gross, axis=0, out=gross)
+        # level * scale >= thr - slack * gross * scale, with scale = exp(log_scale - ref) > 0
+        gross *= -_SCREEN_SLACK
+        gross += (config.cluster_min_share_of_oi * tr.oi[c0:c1] / np.exp(tr.log_scale[c0:c1] - ref))[:, None]
+        candidate &= level >= gross
+    return candidate
+
+
+def _confirm(tr: _Trades, candidate: np.ndarray, o: _Openings, index: _BinIndex, config: LiqMapConfig
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact sums of candidate bins, nearest the price first (longs: highest bin, shorts: lowest):
+    (indices into tr with a cluster, its price, its USD notional)."""
+    if config.cluster_quantile is not None:
+        # a quantile over all of a trade's bins needs every bin summed exactly
+        k, col = np.nonzero(candidate)
+        base, usd, n = _exact_bins(tr.d[k], tr.log_scale[k], col, o, index)
+        per_bin = pl.DataFrame({"row": k, "bin": col, "base": base, "usd": usd}).filter(pl.Series(n > 0))
+        trades = pl.DataFrame({"row": np.arange(tr.rows.size), "direction": "BEARISH" if index.side == 0
+                               else "BULLISH", "oi_now": tr.oi})
+        picked = _pick_clusters(per_bin, trades, config)
+        return picked["row"].to_numpy(), picked["cluster_price"].to_numpy(), picked["cluster_usd"].to_numpy()
+    thr = config.cluster_min_share_of_oi * tr.oi
+    out_k, out_price, out_usd = [], [], []
+    pending = np.nonzero(candidate.any(axis=1))[0]
+    n_bins = candidate.shape[1]
+    while pending.size:
+        cand = candidate[pending]
+        col = (n_bins - 1 - np.argmax(cand[:, ::-1], axis=1)) if index.side == 0 else np.argmax(cand, axis=1)
+        base, usd, n = _exact_bins(tr.d[pending], tr.log_scale[pending], col, o, index)
+        ok = (n > 0) & (base >= thr[pending])
+        out_k.append(pending[ok])
+        out_price.append(usd[ok] / base[ok])
+        out_usd.append(usd[ok])
+        pending, col = pending[~ok], col[~ok]
+        candidate[pending, col] = False
+        pending = pending[candidate[pending].any(axis=1)]
+    if not out_k:
+        return np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0)
+    return np.concatenate(out_k), np.concatenate(out_price), np.concatenate(out_usd)
+
+
+def _exact_bins(d: np.ndarray, log_scale_d: np.ndarray, col: np.ndarray, o: _Openings, index: _BinIndex
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each query (decision d, bin bin0 + col): base-unit and USD sums of the side's positions
+    alive at d in the bin, each scaled by the OI decreases between its opening and d, and their
+    count. Summed in position order by np.add.reduceat (pairwise): the same floating-point sums
+    whatever else is computed alongside."""
+    side, n_entries, n_tiers = index.side, o.bin.shape[1], o.bin.shape[2]
+    r_lo = np.searchsorted(o.start, d - o.expiry_ms, side="right")
+    r_hi = np.searchsorted(o.start, d, side="right")
+    e_lo = o.entry[np.minimum(r_lo, o.entry.size - 1)]
+    e_hi = np.where(r_hi > r_lo, o.entry[np.maximum(r_hi - 1, 0)] + 1, e_lo)
+    g_lo = np.searchsorted(index.key, (col * n_entries + e_lo) * n_tiers, side="left")
+    g_hi = np.searchsorted(index.key, (col * n_entries + e_hi) * n_tiers, side="left")
+    base, usd, count = np.zeros(d.size), np.zeros(d.size), np.zeros(d.size, dtype=np.int64)
+    # at most this many rows per group: bounds a chunk's pairs before they are listed
+    per_group = max(1, int((index.row_hi - index.row_lo).max()))
+    budget = np.cumsum((g_hi - g_lo) * per_group)
+    q0 = 0
+    while q0 < d.size:
+        done = budget[q0 - 1] if q0 else 0
+        q1 = max(q0 + 1, int(np.searchsorted(budget, done + _PAIR_BUDGET, side="right")))
+        q, g, _ = _expand(np.arange(q0, q1), g_lo[q0:q1], g_hi[q0:q1])
+        entry, tier = index.entry[g], index.tier[g]
+        # a row opened in (d - expiry, d] is alive at d until its group's level is traded through
+        alive = o.liq_time[side, entry, tier] > d[q]
+        q, entry, tier = q[alive], entry[alive], tier[alive]
+        # tiers of one entry bar in one bin interleave by row: sort those into position order
+        interleaved = bool(np.any((q[1:] == q[:-1]) & (entry[1:] == entry[:-1])))
+        q, r, n = _expand(q, np.maximum(index.row_lo[entry], r_lo[q]), np.minimum(index.row_hi[entry], r_hi[q]))
+        tier, entry = np.repeat(tier, n), np.repeat(entry, n)
+        amount = (o.d_oi[r] * o.share[side]) * o.weight[tier]
+        positive = amount > 0
+        q, r, tier, entry, amount = q[positive], r[positive], tier[positive], entry[positive], amount[positive]
+        if q.size:
+            if interleaved:
+                order = np.lexsort((tier, r, q))
+                q, r, tier, entry, amount = q[order], r[order], tier[order], entry[order], amount[order]
+            value = amount * np.exp(log_scale_d[q] - o.log_scale[r])
+            first = np.nonzero(np.concatenate([[True], q[1:] != q[:-1]]))[0]
+            base[q[first]] = np.add.reduceat(value, first)
+            usd[q[first]] = np.add.reduceat(value * o.liq_price[side, entry, tier], first)
+            count[q[first]] = np.diff(np.append(first, q.size))
+        q0 = q1
+    return base, usd, count
+
+
+def _expand(owner: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The integers lo[i]..hi[i]-1 for each i, flat: (owner[i] of each, the integers, counts per i)."""
+    n = np.maximum(hi - lo, 0)
+    return np.repeat(owner, n), np.arange(int(n.sum())) + np.repeat(lo - (np.cumsum(n) - n), n), n
+
+
+def _pick_clusters(per_bin: pl.DataFrame, trades: pl.DataFrame, config: LiqMapConfig) -> pl.DataFrame:
+    """Of each trade's bins (row, bin, base, usd), the nearest cluster: row, cluster_price, cluster_usd."""
+    bins = per_bin.join(trades.select("row", "direction", "oi_now"), on="row")
     is_cluster = pl.lit(True)
     if config.cluster_min_share_of_oi is not None:
         is_cluster &= pl.col("base") >= config.cluster_min_share_of_oi * pl.col("oi_now")
