@@ -580,8 +580,9 @@ class Warehouse:
 # ---------------------------------------------------------------------------------------------- helpers
 
 def frame(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object] | None = None) -> pl.DataFrame:
-    """Run `sql` and return a polars DataFrame (through Arrow, no per-row copies)."""
-    return con.sql(sql, params=list(params) if params else None).pl()
+    """Run `sql` and return a polars DataFrame (through Arrow, no per-row copies). `execute` with parameters,
+    not `sql(params=...)`: the latter is 50-80x slower on duckdb 1.5 for a filtered read."""
+    return (con.execute(sql, list(params)) if params else con.execute(sql)).pl()
 
 
 def remove_stale_tmp_files(folder: Path, older_than: timedelta) -> int:
