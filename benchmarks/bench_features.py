@@ -75,7 +75,7 @@ def generate_market(con: duckdb.DuckDBPyConnection, n_symbols: int, years: float
                TIMESTAMPTZ '{START}' + to_minutes(5 * i + 5)
                    + CASE WHEN {messy} AND hash(s, i, 3) % 100 = 0 THEN INTERVAL 7 MINUTE ELSE INTERVAL 0 MINUTE END
                    AS available_at,
-               'synthetic' AS source
+               'synthetic' AS source, 'binance' AS venue, 0 AS revision
         FROM range({n_symbols}) a(s), range({n5}) b(i)
         WHERE hash(s, i, 7) % 500 <> 0                                     -- scattered gaps
         ORDER BY symbol, event_time
@@ -87,7 +87,8 @@ def generate_market(con: duckdb.DuckDBPyConnection, n_symbols: int, years: float
         SELECT 'S' || lpad(s::VARCHAR, 3, '0') AS symbol, TIMESTAMPTZ '{START}' + to_hours(h * i) AS event_time,
                round(1e-4 + sin(i / 30.0 + s) * 2e-4 + ((hash(s, i) % 100)::INTEGER - 50) / 1e6, 6) AS funding_rate,
                h::SMALLINT AS funding_interval_hours,
-               TIMESTAMPTZ '{START}' + to_hours(h * i) AS available_at, 'synthetic' AS source
+               TIMESTAMPTZ '{START}' + to_hours(h * i) AS available_at, 'synthetic' AS source,
+               'binance' AS venue, 0 AS revision
         FROM sym, range(({n1h} // h)::BIGINT) b(i)
         ORDER BY symbol, event_time
     """)
@@ -98,7 +99,7 @@ def generate_market(con: duckdb.DuckDBPyConnection, n_symbols: int, years: float
         SELECT 'S' || lpad(s::VARCHAR, 3, '0') AS symbol, '1h' AS interval,
                TIMESTAMPTZ '{START}' + to_hours(i) AS event_time, TIMESTAMPTZ '{START}' + to_hours(i + 1) AS close_time,
                c * 0.999 AS open, c * 1.004 AS high, c * 0.995 AS low, c AS close, 10.0 + i % 17 AS volume,
-               TIMESTAMPTZ '{START}' + to_hours(i + 1) AS available_at, 'synthetic' AS source
+               TIMESTAMPTZ '{START}' + to_hours(i + 1) AS available_at, 'synthetic' AS source, 0 AS revision
         FROM b ORDER BY symbol, event_time
     """)
     con.execute(f"""
@@ -107,7 +108,7 @@ def generate_market(con: duckdb.DuckDBPyConnection, n_symbols: int, years: float
                TIMESTAMPTZ '{START}' + to_hours(4 * i) AS event_time,
                1e4 * (1 + (hash(s, i, 11) % 1000)::INTEGER) AS long_liquidation_usd,
                1e4 * (1 + (hash(s, i, 12) % 1000)::INTEGER) AS short_liquidation_usd,
-               TIMESTAMPTZ '{START}' + to_hours(4 * i + 4) AS available_at, 'synthetic' AS source
+               TIMESTAMPTZ '{START}' + to_hours(4 * i + 4) AS available_at, 'synthetic' AS source, 0 AS revision
         FROM range({n_symbols}) a(s), range({n1h // 4}) b(i)
         ORDER BY symbol, event_time
     """)
@@ -147,9 +148,59 @@ def connect_synthetic(db: Path, n_trades: int, threads: int, memory_limit: str) 
     return con
 
 
+def connect_parquet(db: Path, n_trades: int, threads: int, memory_limit: str) -> duckdb.DuckDBPyConnection:
+    """Plain Parquet: each table one file sorted by symbol and time (written once beside the generated file),
+    read through views over read_parquet."""
+    folder = db.parent / "parquet"
+    names = (*MARKET_TABLES, f"trades_{n_trades}")
+    if not all((folder / f"{n}.parquet").exists() for n in names):
+        folder.mkdir(exist_ok=True)
+        with duckdb.connect() as con:
+            con.execute(f"ATTACH '{db}' AS synthetic (READ_ONLY)")
+            for n in names:
+                order = " ORDER BY symbol, event_time" if n in MARKET_TABLES else ""
+                con.execute(f"COPY (SELECT * FROM synthetic.{n}{order}) TO '{folder / n}.parquet' "
+                            "(FORMAT parquet, COMPRESSION zstd)")
+    con = duckdb.connect()
+    configure(con, threads, memory_limit)
+    for n in MARKET_TABLES:
+        con.execute(f"CREATE VIEW {n} AS SELECT * FROM read_parquet('{folder / n}.parquet')")
+    con.execute(f"CREATE VIEW trades AS SELECT * FROM read_parquet('{folder}/trades_{n_trades}.parquet')")
+    return con
+
+
+def connect_ducklake(db: Path, n_trades: int, threads: int, memory_limit: str) -> duckdb.DuckDBPyConnection:
+    """The warehouse as the asset reads it: a DuckLake lake (SQLite catalog, Parquet files partitioned by symbol
+    and year) through Warehouse.connect(venue='binance'), the same connection build_context opens. Filled once
+    beside the generated file."""
+    from qml_pipeline.store.warehouse import Warehouse
+
+    wh = Warehouse(db.parent / "lake")
+    trades = f"trades_{n_trades}"
+    marker = db.parent / "lake" / f".filled-{trades}"
+    if not marker.exists():
+        con = wh.connect(read_only=False)
+        con.execute(f"ATTACH IF NOT EXISTS '{db}' AS synthetic (READ_ONLY)")
+        have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = "
+                                          "current_database()").fetchall()}
+        if not (db.parent / "lake" / ".filled-market").exists():
+            for n in MARKET_TABLES:
+                con.execute(f"INSERT INTO {n} BY NAME SELECT * FROM synthetic.{n} ORDER BY symbol, event_time")
+            (db.parent / "lake" / ".filled-market").touch()
+        if trades not in have:
+            con.execute(f"CREATE TABLE {trades} AS SELECT * FROM synthetic.{trades}")
+        con.close()
+        marker.touch()
+    con = wh.connect(venue="binance")
+    configure(con, threads, memory_limit)
+    con.execute(f"CREATE OR REPLACE TEMP VIEW trades AS SELECT * FROM {trades}")
+    return con
+
+
 # How a stage opens the data: (generated DuckDB file, trade count, threads, memory_limit) -> a
 # connection with the views trades, open_interest, funding_rates, klines and liquidations.
-STORAGES: dict[str, Callable[[Path, int, int, str], duckdb.DuckDBPyConnection]] = {"duckdb": connect_synthetic}
+STORAGES: dict[str, Callable[[Path, int, int, str], duckdb.DuckDBPyConnection]] = {
+    "duckdb": connect_synthetic, "parquet": connect_parquet, "ducklake": connect_ducklake}
 
 
 # ------------------------------------------------------------------ stages
@@ -191,9 +242,9 @@ def peak_rss() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
-def child(stage: str, db: Path, n_trades: int, args: argparse.Namespace) -> dict:
+def child(stage: str, db: Path, n_trades: int, args: argparse.Namespace, storage: str) -> dict:
     cmd = [sys.executable, __file__, "--stage", stage, "--db", str(db), "--stage-trades", str(n_trades),
-           "--threads", str(args.threads), "--memory-limit", args.memory_limit, "--storage", args.storage]
+           "--threads", str(args.threads), "--memory-limit", args.memory_limit, "--storage", storage]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"stage {stage} at {n_trades} trades failed (exit {proc.returncode}; -9 = killed, "
@@ -217,13 +268,16 @@ def main() -> None:
     ap.add_argument("--memory-limit", default=DUCKDB_MEMORY_LIMIT,
                     help="DuckDB memory_limit (it spills beyond it); default: the asset's")
     ap.add_argument("--messy", action="store_true", help="publish 1%% of OI rows 7 min late (out of order)")
-    ap.add_argument("--storage", choices=sorted(STORAGES), default="duckdb", help="how the stages read the data")
+    ap.add_argument("--storage", choices=sorted(STORAGES), nargs="+", default=["duckdb"],
+                    help="how the stages read the data; several are timed side by side, round by round "
+                         "(e.g. --storage parquet ducklake: the warehouse's DuckLake against plain Parquet)")
     ap.add_argument("--keep", metavar="DIR", help="write the synthetic DuckDB file into DIR and keep it")
     ap.add_argument("--db", help=argparse.SUPPRESS)
     ap.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
     ap.add_argument("--stage-trades", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.stage:
+        args.storage = args.storage[0]
         run_stage(args)
         return
 
@@ -242,27 +296,34 @@ def main() -> None:
         print(f"data: {args.symbols} symbols x {args.years} years, {sizes} generated in "
               f"{time.perf_counter() - t0:.1f} s ({os.path.getsize(db) / 2**20:.0f} MiB on disk); "
               f"OI publication lag constant per symbol: {'yes' if lag_constant else 'no (out-of-order rows)'}")
-        print(f"storage {args.storage}; DuckDB threads={args.threads}, memory_limit={args.memory_limit}; "
+        storages = args.storage if args.stage is None else [args.storage]
+        print(f"storage {', '.join(storages)}; DuckDB threads={args.threads}, memory_limit={args.memory_limit}; "
               f"load average {os.getloadavg()}")
-        results = {}
+        results, by_storage = {}, {}
         for i, n in enumerate(args.trades):
             runs = args.runs[min(i, len(args.runs) - 1)]
-            got: dict[str, list[dict]] = {s: [] for s in STAGES}
+            got: dict[tuple[str, str], list[dict]] = {(st, s): [] for st in storages for s in STAGES}
             for _ in range(runs):
+                for st in storages:
+                    for stage in STAGES:
+                        got[(st, stage)].append(child(stage, db, n, args, st))
+            for st in storages:
                 for stage in STAGES:
-                    got[stage].append(child(stage, db, n, args))
-            results[n] = got
-            bare, asset = (min(r["seconds"] for r in got[s]) for s in ("bare", "asset"))
-            for stage, rs in got.items():
-                r = rs[-1]
-                times = ", ".join(f"{x['seconds']:.2f}" for x in rs)
-                print(f"{n:>9,} trades  {stage:5s}: best {min(x['seconds'] for x in rs):7.2f} s "
-                      f"(runs {times}), peak RSS "
-                      f"{gib(max(x['peak'] for x in rs))} (RSS after imports and connect {gib(r['before'])}); "
-                      f"{r['rows']} rows x {r['columns']} columns; NULLs {r['nulls']}")
-            peak = max(r["peak"] for r in got["asset"])
-            print(f"{n:>9,} trades  ratio asset / bare = {asset / bare:.2f}x (goal <= 5x at 100k); "
-                  f"asset peak RSS {gib(peak)} (goal < 4 GiB at 100k, < 8 GiB at 1M)")
+                    rs = got[(st, stage)]
+                    r = rs[-1]
+                    times = ", ".join(f"{x['seconds']:.2f}" for x in rs)
+                    print(f"{n:>9,} trades  {st:8s} {stage:5s}: best {min(x['seconds'] for x in rs):7.2f} s "
+                          f"(runs {times}), peak RSS {gib(max(x['peak'] for x in rs))} (RSS after imports and "
+                          f"connect {gib(r['before'])}); {r['rows']} rows x {r['columns']} columns; NULLs {r['nulls']}")
+                bare, asset = (min(r["seconds"] for r in got[(st, s)]) for s in ("bare", "asset"))
+                peak = max(r["peak"] for r in got[(st, "asset")])
+                by_storage[(n, st)] = asset
+                print(f"{n:>9,} trades  {st:8s} ratio asset / bare = {asset / bare:.2f}x (goal <= 5x at 100k); "
+                      f"asset peak RSS {gib(peak)} (goal < 4 GiB at 100k, < 8 GiB at 1M)")
+            if "ducklake" in storages and "parquet" in storages:
+                print(f"{n:>9,} trades  the asset on DuckLake / on plain Parquet = "
+                      f"{by_storage[(n, 'ducklake')] / by_storage[(n, 'parquet')]:.2f}x (goal <= 1.2x)")
+            results[n] = {s: got[(storages[0], s)] for s in STAGES}
         counts = sorted(results)
         for a, b in zip(counts, counts[1:]):
             pa, pb = (max(r["peak"] for r in results[n]["asset"]) for n in (a, b))
