@@ -1,6 +1,8 @@
 """Writers and readers hammering one lake from separate processes (the concurrency test and its benchmark).
 
-Each writer merges new funding rows and replaces its own group of research_gates rows in a loop; each reader
+Each writer merges new funding rows and replaces its own group of research_gates rows in a loop, with 0-0.2 s of
+other work between two writes (back-to-back writers would let the earlier starter win every DuckLake conflict); each
+reader
 counts rows read-only. Every process prints one JSON line: commits, failures (a WarehouseBusyError is a loud
 failure), reader errors and whether a reader ever saw a count go down (a torn or lost write)."""
 
@@ -18,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 WRITER = """
-import json, sys, time, logging
+import json, logging, random, sys, time
 from datetime import datetime, timedelta, timezone
 import polars as pl
 from qml_pipeline.store import schemas
@@ -49,6 +51,7 @@ while time.monotonic() < deadline:
         failures += 1
         errors.append(str(exc)[:200])
     i += 1
+    time.sleep(random.uniform(0, 0.2))  # the work between two writes (a fetch, a computation)
 print(json.dumps({"role": "writer", "writer": writer, "commits": commits, "failures": failures,
                   "retries": len(retries), "errors": errors[:3]}))
 """

@@ -261,13 +261,14 @@ class Warehouse:
 
     def __init__(self, root: str | os.PathLike[str], *, catalog: str = "", data_path: str = "",
                  tags: Mapping[str, str] | None = None, snapshot: int | None = None,
-                 commit_attempts: int = 8, retry_base_s: float = 0.2):
+                 commit_attempts: int = 12, retry_base_s: float = 0.1, retry_cap_s: float = 2.0):
         self.location = location(root, catalog, data_path)
         self.root = self.location.root
         self.tags = dict(tags or {})
         self.snapshot = snapshot
         self.commit_attempts = commit_attempts
         self.retry_base_s = retry_base_s
+        self.retry_cap_s = retry_cap_s
         self.last_snapshot: int | None = None
 
     # ------------------------------------------------------------------------ configuration
@@ -426,7 +427,8 @@ class Warehouse:
                 if not _is_retryable(exc):
                     raise
                 last = exc
-                pause = self.retry_base_s * (2 ** attempt) * (0.5 + random.random())
+                # capped so a writer that lost a few races is not starved by its own growing pauses
+                pause = min(self.retry_cap_s, self.retry_base_s * (2 ** attempt)) * (0.5 + random.random())
                 log.warning("%s: commit attempt %d failed (%s); retrying in %.2fs", message, attempt + 1,
                             str(exc).splitlines()[-1][:200], pause)
                 time.sleep(pause)
