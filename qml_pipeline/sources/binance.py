@@ -31,7 +31,7 @@ import polars as pl
 from qml_pipeline.store import schemas
 from qml_pipeline.config import PROJECT_ROOT
 from qml_pipeline.sources.http_client import HttpClient
-from qml_pipeline.sources.binance_archive import ArchiveReport, BinanceArchive
+from qml_pipeline.sources.binance_archive import ArchiveReport, BinanceArchive, archive_client
 from qml_pipeline.sources.binance_rest import FUNDING_LIMIT, KLINES_LIMIT, BinanceRest
 from qml_pipeline.sources.grid import Coverage, Gap, Grid, KnownGap, gaps_for, missing_on_grid, read_known_gaps
 from qml_pipeline.timeutil import UTC, interval_ms, utc_now
@@ -67,7 +67,7 @@ class BinanceSource:
                  cache_dir: str | os.PathLike[str] | None = None,
                  now: Callable[[], datetime] = utc_now, known_gaps_file: str | os.PathLike[str] | None = None):
         self.client = HttpClient(fapi_url, on_progress=on_progress)
-        self.archive_client = HttpClient(archive_url, on_progress=on_progress)
+        self.archive_client = archive_client(archive_url, on_progress)
         self.rest = BinanceRest(self.client, oi_publication_lag_s, now=now)
         self.archive = BinanceArchive(self.archive_client, Path(cache_dir or DEFAULT_CACHE_DIR),
                                       oi_publication_lag_s, now=now)
