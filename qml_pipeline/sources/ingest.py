@@ -23,7 +23,7 @@ from qml_pipeline.sources.grid import (Coverage, Gap, Grid, describe_stamps, mis
                                        missing_settlements, without_known_gaps)
 from qml_pipeline.store import schemas
 from qml_pipeline.store.schemas import TS, Table
-from qml_pipeline.store.warehouse import MergeStats, Warehouse
+from qml_pipeline.store.warehouse import MergeStats, Warehouse, sql_literal
 from qml_pipeline.timeutil import interval_ms, next_month, to_ms
 
 RAW_TABLES = (schemas.FUNDING_RATES, schemas.OPEN_INTEREST, schemas.KLINES)
@@ -175,19 +175,17 @@ def _series_column(table: Table) -> list[str]:
     return ["interval"] if table is schemas.KLINES else []
 
 
-def _stored_filter(source: MarketSource, table: Table, windows: list[Window]) -> tuple[list[str], list[object]]:
-    """WHERE terms and parameters selecting the first publications of `windows`' symbols and series."""
-    where = ["venue = ?" if "venue" in table.names else "true"]
-    params: list[object] = [source.venue] if "venue" in table.names else []
+def _stored_filter(source: MarketSource, table: Table, windows: list[Window], start: datetime,
+                   end: datetime) -> str:
+    """WHERE clause (with literals: the lake prunes files only on constants) selecting the first publications
+    of `windows`' symbols and series in [start, end)."""
+    where = [f"venue = {sql_literal(source.venue)}" if "venue" in table.names else "true"]
     symbols = sorted({w.symbol for w in windows})
-    where.append(f"symbol IN ({', '.join('?' for _ in symbols)})")
-    params += symbols
+    where.append(f"symbol IN ({', '.join(map(sql_literal, symbols))})")
     if table is schemas.KLINES:
-        series = sorted({w.variant for w in windows})
-        where.append(f'"interval" IN ({", ".join("?" for _ in series)})')
-        params += series
-    where.append("revision = 0")
-    return where, params
+        where.append(f'"interval" IN ({", ".join(sql_literal(v) for v in sorted({w.variant for w in windows}))})')
+    where += ["revision = 0", f"event_time >= {sql_literal(start)}", f"event_time < {sql_literal(end)}"]
+    return " AND ".join(where)
 
 
 def stored_rows_of(wh: Warehouse, source: MarketSource, windows: list[Window]) -> list[pl.DataFrame]:
@@ -199,20 +197,26 @@ def stored_rows_of(wh: Warehouse, source: MarketSource, windows: list[Window]) -
         raise ValueError("stored_rows_of takes windows of one table")
     ranges: dict[tuple[datetime, datetime], list[int]] = {}
     for i, w in enumerate(windows):
-        ranges.setdefault((_stored_lower_bound(w), w.end), []).append(i)
+        if table is schemas.FUNDING_RATES:  # few rows: one query over the span
+            lo, hi = min(map(_stored_lower_bound, windows)), max(w.end for w in windows)
+        else:
+            lo, hi = _stored_lower_bound(w), w.end
+        ranges.setdefault((lo, hi), []).append(i)
     out: list[pl.DataFrame] = [pl.DataFrame()] * len(windows)
     extra = ", funding_interval_hours" if table is schemas.FUNDING_RATES else ""
     keys = ["symbol", *_series_column(table)]
     for (lo, hi), members in ranges.items():
-        where, params = _stored_filter(source, table, [windows[i] for i in members])
+        where = _stored_filter(source, table, [windows[i] for i in members], lo, hi)
         rows = wh.query(f"SELECT event_time{extra}, {', '.join(_ident(k) for k in keys)} FROM {table.name} "
-                        f"WHERE {' AND '.join(where)} AND event_time >= ? AND event_time < ? ORDER BY event_time",
-                        [*params, lo, hi])
+                        f"WHERE {where} ORDER BY event_time")
         parts = rows.partition_by(keys, as_dict=True, maintain_order=True) if rows.height else {}
         for i in members:
             w = windows[i]
             part = parts.get((w.symbol, w.variant) if table is schemas.KLINES else (w.symbol,))
-            out[i] = (part.drop(keys) if part is not None else rows.drop(keys).clear())
+            part = part.drop(keys) if part is not None else rows.drop(keys).clear()
+            if (lo, hi) != (_stored_lower_bound(w), w.end):
+                part = part.filter((pl.col("event_time") >= _stored_lower_bound(w)) & (pl.col("event_time") < w.end))
+            out[i] = part
     return out
 
 
@@ -268,15 +272,14 @@ def _month_summaries(wh: Warehouse, source: MarketSource, windows: list[Window])
         offset = "CASE \"interval\" " + " ".join(f"WHEN '{v}' THEN {o}" for v, (_, o) in ms.items()) + " END"
     else:
         step, offset = (str(x) for x in ms[series[0]])
-    where, params = _stored_filter(source, table, windows)
+    where = _stored_filter(source, table, windows, min(w.start for w in windows), max(w.end for w in windows))
     keys = ["symbol", *_series_column(table)]
     # the month from the epoch (naive arithmetic: the time-zone aware date_trunc is several times slower)
     month = "epoch_ms(date_trunc('month', make_timestamp(epoch_us(event_time))))"
     rows = wh.query(
         f"SELECT {', '.join(_ident(k) for k in keys)}, {month} AS month_ms, count(*) AS n, min(event_time) AS first, "
         f"max(event_time) AS last, count(*) FILTER (WHERE (epoch_ms(event_time) - ({offset})) % ({step}) = 0) AS on_grid "
-        f"FROM {table.name} WHERE {' AND '.join(where)} AND event_time >= ? AND event_time < ? GROUP BY ALL",
-        [*params, min(w.start for w in windows), max(w.end for w in windows)])
+        f"FROM {table.name} WHERE {where} GROUP BY ALL")
     out = {}
     for r in rows.iter_rows(named=True):
         out[(r["symbol"], r.get("interval", ""), r["month_ms"])] = (r["n"], r["first"], r["last"], r["on_grid"])
@@ -350,9 +353,11 @@ def plan_fetch(wh: Warehouse, source: MarketSource, window: Window, *, refetch: 
 
 def fetch_and_validate(source: MarketSource, window: Window, fetch_from: datetime,
                        funding_rate_cap: float = schemas.DEFAULT_FUNDING_RATE_CAP,
-                       plausibility: schemas.BarPlausibility | None = None) -> tuple[pl.DataFrame, pl.Series]:
+                       plausibility: schemas.BarPlausibility | None = None,
+                       validate: bool = True) -> tuple[pl.DataFrame, pl.Series]:
     """The source's answer for [fetch_from, window end), validated (schemas.ValidationError names the rows;
-    nothing is written then), and the grid stamps it lacks."""
+    nothing is written then) unless the caller validates it with others (`validate_batch`), and the grid
+    stamps it lacks."""
     part = Window(window.table, window.symbol, fetch_from, window.end, window.variant)
     frame = _answer(source, part)
     known = source.known_gaps(window.table.name, window.symbol, window.variant)
@@ -366,8 +371,30 @@ def fetch_and_validate(source: MarketSource, window: Window, fetch_from: datetim
             key = list(window.table.key)
             frame = pl.concat([frame, again]).unique(key, keep="first", maintain_order=True).sort(key)
             answer_missing = without_known_gaps(missing_stamps(source, window, frame, start=fetch_from), known)[0]
-    schemas.validate(window.table, frame, funding_rate_cap, plausibility)
+    if validate:
+        schemas.validate(window.table, frame, funding_rate_cap, plausibility)
     return frame, answer_missing
+
+
+def validate_batch(frames: list[tuple[Window, pl.DataFrame]], funding_rate_cap: float,
+                   plausibility: schemas.BarPlausibility | None) -> None:
+    """Validate the answers of many windows together, one contract check per table (the checks' cost is mostly
+    per call, not per row). A ValidationError names the rows and, as `where`, the first window holding one."""
+    by_table: dict[str, list[tuple[Window, pl.DataFrame]]] = {}
+    for window, frame in frames:
+        by_table.setdefault(window.table.name, []).append((window, frame))
+    for parts in by_table.values():
+        try:
+            schemas.validate(parts[0][0].table, pl.concat([f for _, f in parts]), funding_rate_cap, plausibility)
+        except schemas.ValidationError as exc:
+            first = exc.failures["index"].drop_nulls().min()
+            offset = 0
+            for window, frame in parts:
+                if first is not None and offset <= first < offset + frame.height:
+                    exc.where = window.label()
+                    break
+                offset += frame.height
+            raise
 
 
 def _answer(source: MarketSource, window: Window) -> pl.DataFrame:
@@ -409,10 +436,10 @@ def ingest_windows(wh: Warehouse, source: MarketSource, windows: Iterable[Window
     """Plan, fetch, validate, merge and measure `windows` (any tables and symbols, in order).
 
     What is stored is read once for all windows before anything is fetched (`read_stored`). The answers are
-    merged in one snapshot per table-merge batch: all of them, unless the fetched rows pass `flush_rows`, in
-    which case a batch is written after the symbol that passed it (a symbol's windows are never split). A
-    window whose answer breaks its table's contract raises before its batch is written: the batches before
-    it stay, as one snapshot each. Windows fetched are measured again as stored after their merge; the
+    validated and merged in one snapshot per batch: all of them, unless the fetched rows pass `flush_rows`, in
+    which case a batch is written after the symbol that passed it (a symbol's windows are never split). An
+    answer that breaks its table's contract raises before its batch is written: the batches before it stay,
+    as one snapshot each. Windows fetched are measured again as stored after their merge; the
     others keep what was read before (nothing of this run wrote to them)."""
     windows = list(windows)
     stored = [StoredWindow() for _ in windows] if refetch else read_stored(wh, source, windows)
@@ -425,7 +452,7 @@ def ingest_windows(wh: Warehouse, source: MarketSource, windows: Iterable[Window
                 if progress:
                     progress(f"fetching {window.label()} from {result.fetched_from:%Y-%m-%d %H:%M}")
                 frame, result.answer_missing = fetch_and_validate(source, window, result.fetched_from,
-                                                                  funding_rate_cap, plausibility)
+                                                                  funding_rate_cap, plausibility, validate=False)
                 result.fetched = frame.height
                 pending.append((i, frame))
         except InputError as exc:
@@ -433,6 +460,7 @@ def ingest_windows(wh: Warehouse, source: MarketSource, windows: Iterable[Window
             raise
         last_of_symbol = i + 1 == len(windows) or windows[i + 1].symbol != window.symbol
         if pending and (i + 1 == len(windows) or (last_of_symbol and sum(f.height for _, f in pending) >= flush_rows)):
+            validate_batch([(windows[k], f) for k, f in pending], funding_rate_cap, plausibility)
             _merge_batch(wh, [(results[k], f) for k, f in pending])
             pending = []
     reread = [i for i, r in enumerate(results) if refetch or r.fetched_from is not None]

@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -36,7 +37,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,29 @@ def _sql_string(value: str) -> str:
 
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def sql_literal(value: object) -> str:
+    """`value` as a SQL literal. Filters on the lake are written with literals, not `?` parameters: DuckLake
+    prunes files (by symbol and year partition, and by column statistics) only on constants known when the
+    query is planned; with parameters a read of one symbol scans every file of the table (measured: 10x the
+    CPU for a year of one symbol's 5-minute open interest among ten symbols)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"no SQL literal for {value!r}")
+        return repr(value)
+    if isinstance(value, str):
+        return _sql_string(value)
+    if isinstance(value, datetime):
+        kind = "TIMESTAMPTZ" if value.tzinfo is not None else "TIMESTAMP"
+        return f"{kind} {_sql_string(value.isoformat(sep=' '))}"
+    if isinstance(value, date):
+        return f"DATE {_sql_string(value.isoformat())}"
+    raise TypeError(f"no SQL literal for {type(value).__name__} {value!r}")
 
 
 def load_extensions(con: duckdb.DuckDBPyConnection) -> None:
@@ -509,22 +533,17 @@ class Warehouse:
              end: datetime | None = None, revisions: bool = False, **equals: object) -> pl.DataFrame:
         """Rows of `table` (optionally one symbol, or several, and [start, end) of its time column). For tables
         with revisions, only each key's first publication unless revisions=True."""
-        where, params = [], []
+        where = []
         if isinstance(symbol, str):
-            where.append("symbol = ?")
-            params.append(symbol)
+            where.append(f"symbol = {sql_literal(symbol)}")
         elif symbol is not None:
-            where.append(f"symbol IN ({', '.join('?' for _ in symbol)})")
-            params += list(symbol)
+            where.append(f"symbol IN ({', '.join(sql_literal(s) for s in symbol) or 'NULL'})")
         for col, value in equals.items():
-            where.append(f"{_ident(col)} = ?")
-            params.append(value)
+            where.append(f"{_ident(col)} = {sql_literal(value)}")
         if start is not None:
-            where.append(f"{_ident(table.time_column)} >= ?")
-            params.append(start)
+            where.append(f"{_ident(table.time_column)} >= {sql_literal(start)}")
         if end is not None:
-            where.append(f"{_ident(table.time_column)} < ?")
-            params.append(end)
+            where.append(f"{_ident(table.time_column)} < {sql_literal(end)}")
         if table.revisioned and not revisions:
             where.append("revision = 0")
         cols = ", ".join(_ident(c) for c in table.names)
@@ -532,7 +551,7 @@ class Warehouse:
         order = list(table.key) + (["revision"] if table.revisioned else [])
         if order:
             sql += " ORDER BY " + ", ".join(_ident(k) for k in order)
-        df = self.query(sql, params)
+        df = self.query(sql)
         return schemas.conform(table, df) if df.height else schemas.empty(table)
 
     def snapshots(self) -> pl.DataFrame:
@@ -723,12 +742,13 @@ def _merge(con: duckdb.DuckDBPyConnection, table: Table, df: pl.DataFrame,
     key = ", ".join(_ident(k) for k in table.key)
     on = " AND ".join(f"s.{_ident(k)} = i.{_ident(k)}" for k in table.key)
     same = " AND ".join(f"s.{_ident(v)} IS NOT DISTINCT FROM i.{_ident(v)}" for v in table.value_columns)
+    # the stored rows the incoming ones can meet, bounded with literals so the lake reads only their files
     prune = []
     if "symbol" in table.names:
-        prune.append(f"symbol IN (SELECT DISTINCT symbol FROM {src})")
+        prune.append(f"symbol IN ({', '.join(sql_literal(v) for v in df['symbol'].unique().sort())})")
     if table.time_column:
-        t = _ident(table.time_column)
-        prune.append(f"{t} BETWEEN (SELECT min({t}) FROM {src}) AND (SELECT max({t}) FROM {src})")
+        t = table.time_column
+        prune.append(f"{_ident(t)} BETWEEN {sql_literal(df[t].min())} AND {sql_literal(df[t].max())}")
     con.execute(f"""
         CREATE TEMP TABLE merge_plan AS
         WITH stored AS (SELECT * FROM {target} WHERE {' AND '.join(prune) or 'true'}),
