@@ -154,10 +154,12 @@ class BinanceSource:
             df, _ = self._from_archive(
                 lambda: self.archive.open_interest(symbol, period, start, min(end, boundary)))
             frames.append(df)
-        if end > boundary:
-            rest = self.rest.open_interest(symbol, period, max(start, boundary), end)
+        # REST pages cover 500 stamps each: never page through the future (a live month's window ends there)
+        rest_end = min(end, self.now())
+        if rest_end > max(start, boundary):
+            rest = self.rest.open_interest(symbol, period, max(start, boundary), rest_end)
             frames.append(rest)
-            for lo, hi in self._closed_day_gaps(rest, "open_interest", symbol, period, max(start, boundary), end):
+            for lo, hi in self._closed_day_gaps(rest, "open_interest", symbol, period, max(start, boundary), rest_end):
                 frames.append(self._from_archive(lambda: self.archive.open_interest(symbol, period, lo, hi))[0])
         return self._concat(schemas.OPEN_INTEREST, frames)
 
