@@ -23,6 +23,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("sample", "binance")
 # Where the symbol universe comes from: QML_SYMBOLS, or Binance's USD-M perpetuals (exchangeInfo).
 UNIVERSES = ("configured", "binance_usdm")
+# Dagster executors a deployment can pick (dagster_project/executors.py)
+EXECUTORS = ("default", "in_process", "multiprocess", "k8s", "docker", "celery", "celery_k8s")
 # Binance's open-interest periods (REST /futures/data/openInterestHist and the archive's buckets).
 OI_PERIODS = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -84,6 +86,8 @@ class Settings:
     universe: str = "configured"
     # the daily refresh runs this many symbols per run (one run per chunk; a failing symbol fails its chunk)
     refresh_symbols_per_run: int = 50
+    # the Dagster executor of every job (dagster_project/executors.py): default, multiprocess, k8s, celery, ...
+    executor: str = "default"
     kline_intervals: tuple[str, ...] = ("1h", "4h")
     oi_period: str = "5m"
     # "sample": the bundled Freqtrade data directory and open-interest file (offline);
@@ -126,6 +130,8 @@ class Settings:
         out: list[str] = []
         if self.source not in SOURCES:
             out.append(f"QML_SOURCE={self.source!r}: expected one of {list(SOURCES)}")
+        if self.executor not in EXECUTORS:
+            out.append(f"QML_EXECUTOR={self.executor!r}: expected one of {list(EXECUTORS)}")
         if self.universe not in UNIVERSES:
             out.append(f"QML_UNIVERSE={self.universe!r}: expected one of {list(UNIVERSES)}")
         elif self.universe == "binance_usdm" and self.source == "sample":

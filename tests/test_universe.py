@@ -96,3 +96,16 @@ def test_universe_setting_is_validated() -> None:
         Settings.from_env({"QML_REFRESH_SYMBOLS_PER_RUN": "0"})
     assert Settings.from_env({"QML_BINANCE_ARCHIVE_URL": "file:///data/binance"}).binance_archive_url == \
         "file:///data/binance"
+
+
+def test_the_executor_is_configuration() -> None:
+    import dagster as dg
+
+    from dagster_project.executors import configured_executor
+
+    assert configured_executor("default") is None
+    assert configured_executor("multiprocess") is dg.multiprocess_executor
+    with pytest.raises(ImportError, match="QML_EXECUTOR=k8s needs the dagster-k8s package"):
+        configured_executor("k8s")
+    with pytest.raises(SettingsError, match="QML_EXECUTOR='spark': expected one of"):
+        Settings.from_env({"QML_EXECUTOR": "spark"})

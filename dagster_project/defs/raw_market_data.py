@@ -1,4 +1,5 @@
-"""Raw market-data assets: funding rates, open interest and klines, partitioned by symbol and UTC month."""
+"""Raw market-data assets: funding rates, open interest and klines, partitioned by symbol and UTC year (the work inside
+a partition is done month by month: dagster_project/partitions.py)."""
 
 import time
 from collections import defaultdict

@@ -1,4 +1,4 @@
-"""The daily refresh: yesterday's and today's month partitions of every symbol, a chunk of symbols per run,
+"""The daily refresh: the year partitions holding yesterday and today of every symbol, a chunk of symbols per run,
 then everything downstream once every chunk has succeeded."""
 
 

@@ -1,12 +1,20 @@
-"""Fetch raw market data for a symbol and window from a source, validate it, measure it, merge it.
+"""Fetch raw market data for windows (a table, symbol and month each) from a source, validate it, merge it,
+measure it.
 
-The order matters: every window of a run is fetched and validated before anything is written (a bad
-answer refuses the whole run), then all of one symbol's windows are merged in one snapshot, then each
-window is measured against the grid it should fill, as stored. A short answer never deletes stored rows
-(the merge only adds); it leaves stamps missing, which `WindowResult.stored_missing` lists.
+The order matters: what is stored is read for every window first; then the windows' answers are fetched and
+validated before any of them is written (a bad answer refuses the batch), merged in one snapshot (one merge
+statement per table), and each window is measured against the grid it should fill, as stored. A short answer
+never deletes stored rows (the merge only adds); it leaves stamps missing, which `WindowResult.stored_missing`
+lists. A run over many symbols is one batch unless its answers pass `FLUSH_ROWS` rows (then one batch per
+group of whole symbols, bounding memory).
 
 Incremental: a window whose stored rows already fill its grid is not fetched again; otherwise the fetch
 starts `overlap` before the first missing stamp (late corrections at the live edge become revisions).
+
+Cost: the reads are per table, not per window. A calendar month the source's coverage does not cut is judged
+by counting its stored on-grid stamps in one aggregate query (`read_stored`); its stamps are read only when
+the count falls short, or for months cut by a listing, a delisting or the live edge, and for funding (whose
+grid follows the interval in force). A universe refresh therefore reads a few rows per symbol, not a year.
 """
 
 from __future__ import annotations
