@@ -17,22 +17,29 @@ from dagster._core.instance.ref import InstanceRef
 ROOT = Path(__file__).resolve().parent.parent
 
 JOB = """
-import sys, time
+import os, sys, time
+from pathlib import Path
 import dagster as dg
 from dagster._core.instance.ref import InstanceRef
 from dagster_project.defs.raw_market_data import WRITER_POOL
 
 
+MARKS = Path(os.environ["POOL_DEMO_DIR"])
+
+
 @dg.asset(pool=WRITER_POOL)
 def writer() -> dg.MaterializeResult:
     start = time.time()
-    time.sleep(3)
+    while len(list(MARKS.glob("reader-*"))) < 2 and time.time() < start + 120:  # both runs are up
+        time.sleep(0.2)
+    time.sleep(2)
     return dg.MaterializeResult(metadata={"start": start, "end": time.time()})
 
 
 @dg.asset
-def reader() -> dg.MaterializeResult:
+def reader(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     start = time.time()
+    (MARKS / f"reader-{context.run_id}").touch()
     time.sleep(3)
     return dg.MaterializeResult(metadata={"start": start, "end": time.time()})
 
@@ -59,7 +66,7 @@ def test_two_runs_launched_together_take_turns_in_the_writer_pool(tmp_path: Path
     instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))  # its storage created once, first
     script = tmp_path / "pool_demo.py"
     script.write_text(textwrap.dedent(JOB))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "POOL_DEMO_DIR": str(tmp_path)}
     runs = [subprocess.Popen([sys.executable, "-W", "ignore", str(script), str(home)], cwd=tmp_path, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     for proc in runs:
