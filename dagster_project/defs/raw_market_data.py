@@ -89,8 +89,9 @@ def _raw_asset(table: Table, description: str) -> dg.AssetsDefinition:
                               description=f"the rows this run fetched meet the {table.name} contract (pandera: types, "
                                           "ranges, finite numbers, one row per key"
                                           + (", plausible bars (QML_BAR_OUTLIER_*)" if table is schemas.KLINES else "")
-                                          + "); failures are named by symbol and time, and nothing of the run is "
-                                            "written"),
+                                          + "); failures are named by symbol and time, and nothing of their batch is "
+                                            "written (a run writes its symbols in batches of up to 2M rows; earlier "
+                                            "batches stay)"),
             dg.AssetCheckSpec(COMPLETE_CHECK, asset=table.name, blocking=True, partitions_def=RAW_PARTITIONS,
                               description="after the merge, the partition holds every stamp its source should fill "
                                           "(candle grid, 5-minute OI grid, funding settlements with their "
