@@ -141,3 +141,22 @@ def test_reads_of_several_symbols_and_literal_filters_return_what_single_reads_d
     assert sql_literal("it's") == "'it''s'"
     assert sql_literal(JAN) == "TIMESTAMPTZ '2024-01-01 00:00:00+00:00'"
     assert sql_literal(True) == "TRUE" and sql_literal(None) == "NULL" and sql_literal(3) == "3"
+
+
+class MovingEdgeSource(GridSource):
+    """Covered up to a live edge that moves 10 minutes forward each time the coverage is asked (a long run)."""
+
+    def __init__(self, rows: pl.DataFrame, edge: datetime):
+        super().__init__(rows)
+        self.edge = edge
+
+    def coverage(self, table: str, symbol: str, variant: str) -> Coverage:
+        self.edge += timedelta(minutes=10)
+        return Coverage(JAN, self.edge)
+
+
+def test_a_window_is_measured_against_the_live_edge_it_was_fetched_at(tmp_path: Path) -> None:
+    edge = JAN + timedelta(days=20)
+    served = oi_rows("AAAUSDT", JAN, edge + timedelta(minutes=10))  # what the source had when the run began
+    results = ingest_windows(Warehouse(tmp_path), MovingEdgeSource(served, edge), windows("AAAUSDT")[:1])
+    assert results[0].fetched == 20 * 288 + 2 and results[0].complete, results[0].completeness_message()

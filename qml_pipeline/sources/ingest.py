@@ -450,6 +450,7 @@ def ingest_windows(wh: Warehouse, source: MarketSource, windows: Iterable[Window
     as one snapshot each. Windows fetched are measured again as stored after their merge; the
     others keep what was read before (nothing of this run wrote to them)."""
     windows = list(windows)
+    source = CoverageAsPlanned(source)
     stored = [StoredWindow() for _ in windows] if refetch else read_stored(wh, source, windows)
     results = [WindowResult(w) for w in windows]
     pending: list[tuple[int, pl.DataFrame]] = []
@@ -477,6 +478,26 @@ def ingest_windows(wh: Warehouse, source: MarketSource, windows: Iterable[Window
     for result, window_stored in zip(results, stored):
         measure_stored(wh, source, result, window_stored)
     return results
+
+
+class CoverageAsPlanned:
+    """`source`, with each series' coverage frozen at its first use in a run: a window is planned, fetched and
+    measured against the same live edge. A run over many symbols takes minutes; measured against a later edge,
+    stamps that became due after the window was fetched would show as missing (a false failure of the
+    `complete` check, seen at the live edge of a 300-symbol backfill)."""
+
+    def __init__(self, source: MarketSource):
+        self._source = source
+        self._coverage: dict[tuple[str, str, str], Coverage] = {}
+
+    def coverage(self, table: str, symbol: str, variant: str) -> Coverage:
+        key = (table, symbol, variant)
+        if key not in self._coverage:
+            self._coverage[key] = self._source.coverage(table, symbol, variant)
+        return self._coverage[key]
+
+    def __getattr__(self, name: str):
+        return getattr(self._source, name)
 
 
 def _merge_batch(wh: Warehouse, frames: list[tuple[WindowResult, pl.DataFrame]]) -> None:
