@@ -22,7 +22,8 @@ from dagster_project.defs.schedules import JOBS, SCHEDULES, SENSORS
 from dagster_project.defs.sensitivity import SENSITIVITY_ASSETS
 from dagster_project.defs.trades import baseline_metrics, trades
 from dagster_project.defs.view import context_cards, pattern_cards, research_report
-from dagster_project.resources import default_resources
+from dagster_project.executors import configured_executor
+from dagster_project.resources import SETTINGS, default_resources
 
 RESEARCH_ASSETS = [data_quality, venue_divergence, trades, baseline_metrics, open_interest_aggregate, liquidation_map,
                    liquidations, trade_context_features, ohlcv_windows, context_error_analysis, context_overlay,
@@ -36,4 +37,5 @@ defs = dg.Definitions(
     schedules=SCHEDULES,
     sensors=SENSORS,
     resources=default_resources(),
+    executor=configured_executor(SETTINGS.executor),
 )

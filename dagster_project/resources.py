@@ -13,6 +13,7 @@ from qml_pipeline.config import Settings
 from qml_pipeline.sources.ingest import MarketSource
 from qml_pipeline.sources.coinglass import CoinglassClient, coinglass_from_env
 from qml_pipeline.sources.sample import SampleSource
+from qml_pipeline.sources.universe import Universe, binance_usdm_universe, configured_universe
 from qml_pipeline.store.schemas import BarPlausibility
 from qml_pipeline.store.warehouse import Warehouse
 
@@ -47,6 +48,9 @@ class MarketDataResource(dg.ConfigurableResource):
     OKX are read from their APIs, QML_BYBIT_URL and QML_OKX_URL) and its settings."""
 
     source: str = SETTINGS.source
+    # where the symbols come from (QML_UNIVERSE): "configured" = `symbols`, "binance_usdm" = exchangeInfo
+    universe: str = SETTINGS.universe
+    symbols: list[str] = list(SETTINGS.symbols)
     sample_dir: str = SETTINGS.sample_dir
     binance_fapi_url: str = SETTINGS.binance_fapi_url
     binance_archive_url: str = SETTINGS.binance_archive_url
@@ -66,6 +70,17 @@ class MarketDataResource(dg.ConfigurableResource):
     def plausibility(self) -> BarPlausibility:
         """When a kline is implausible (QML_BAR_OUTLIER_*; schemas.BarPlausibility)."""
         return BarPlausibility(self.bar_outlier_factor, self.bar_outlier_min_log_move, self.bar_outlier_window)
+
+    def universe_symbols(self) -> Universe:
+        """The symbols the raw assets should cover now (the Binance universe costs one exchangeInfo request)."""
+        if self.universe == "binance_usdm":
+            from qml_pipeline.sources.binance_rest import BinanceRest
+            from qml_pipeline.sources.http_client import HttpClient
+
+            return binance_usdm_universe(BinanceRest(HttpClient(self.binance_fapi_url)).exchange_info())
+        if self.universe == "configured":
+            return configured_universe(self.symbols)
+        raise ValueError(f"unknown universe {self.universe!r}: use 'configured' or 'binance_usdm'")
 
     def open(self, log: Callable[[str], None] | None = None, cache_dir: Path | None = None,
              venue: str = "binance") -> MarketSource:

@@ -21,6 +21,10 @@ from qml_pipeline.trades.contract import parse_column_map
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("sample", "binance")
+# Where the symbol universe comes from: QML_SYMBOLS, or Binance's USD-M perpetuals (exchangeInfo).
+UNIVERSES = ("configured", "binance_usdm")
+# Dagster executors a deployment can pick (dagster_project/executors.py)
+EXECUTORS = ("default", "in_process", "multiprocess", "k8s", "docker", "celery", "celery_k8s")
 # Binance's open-interest periods (REST /futures/data/openInterestHist and the archive's buckets).
 OI_PERIODS = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -80,6 +84,12 @@ class Settings:
     # snapshots older than this many days are expired by the weekly maintenance (time travel reaches back so far)
     warehouse_retention_days: int = 30
     symbols: tuple[str, ...] = ("BTCUSDT", "ETHUSDT")
+    # "configured": the symbols above; "binance_usdm": every USD-M perpetual Binance lists (delisted ones kept)
+    universe: str = "configured"
+    # the daily refresh runs this many symbols per run (one run per chunk; a failing symbol fails its chunk)
+    refresh_symbols_per_run: int = 50
+    # the Dagster executor of every job (dagster_project/executors.py): default, multiprocess, k8s, celery, ...
+    executor: str = "default"
     kline_intervals: tuple[str, ...] = ("1h", "4h")
     oi_period: str = "5m"
     # "sample": the bundled Freqtrade data directory and open-interest file (offline);
@@ -137,6 +147,13 @@ class Settings:
         out: list[str] = []
         if self.source not in SOURCES:
             out.append(f"QML_SOURCE={self.source!r}: expected one of {list(SOURCES)}")
+        if self.executor not in EXECUTORS:
+            out.append(f"QML_EXECUTOR={self.executor!r}: expected one of {list(EXECUTORS)}")
+        if self.universe not in UNIVERSES:
+            out.append(f"QML_UNIVERSE={self.universe!r}: expected one of {list(UNIVERSES)}")
+        elif self.universe == "binance_usdm" and self.source == "sample":
+            out.append("QML_UNIVERSE=binance_usdm needs QML_SOURCE=binance: the bundled sample holds only its own "
+                       "symbols (use QML_SYMBOLS)")
         if not self.symbols:
             out.append("QML_SYMBOLS is empty: name at least one symbol, e.g. BTCUSDT,ETHUSDT")
         out += [f"QML_SYMBOLS: {p}" for p in filter(None, map(symbol_problem, self.symbols))]
@@ -154,6 +171,8 @@ class Settings:
         if self.oi_period not in OI_PERIODS:
             out.append(f"QML_OI_PERIOD={self.oi_period!r}: expected one of {list(OI_PERIODS)}")
         for name in ("binance_fapi_url", "binance_archive_url"):
+            if name == "binance_archive_url" and re.match(r"^file:///\S*$", self.binance_archive_url):
+                continue  # a local mirror of the archive's layout, read in place
             if not re.match(r"^https?://[^\s/]+", getattr(self, name)):
                 out.append(f"{env_name(name)}={getattr(self, name)!r}: expected an http(s) URL, e.g. "
                            f"{getattr(Settings, name)}")
@@ -163,6 +182,7 @@ class Settings:
             out.append(f"QML_START_DATE={self.start_date!r}: expected a date as YYYY-MM-DD, e.g. 2021-12-01")
         for name, low, high, what in (
                 ("oi_publication_lag_seconds", 0, None, "seconds, 0 or more"),
+                ("refresh_symbols_per_run", 1, None, "a whole number of symbols, 1 or more, e.g. 50"),
                 ("funding_rate_cap", 0, 1, "a fraction per interval above 0 and at most 1 (0.03 = 3%)"),
                 ("model_epochs", 1, None, "a whole number of epochs, 1 or more"),
                 ("bar_outlier_factor", 1, None, "a multiple of the median move above 1, e.g. 50"),

@@ -74,7 +74,7 @@ def test_funding_off_the_grid_fails_with_the_readable_message(tmp_path):
     assert not result.success
     description, _ = failure_of(result)
     assert description == (
-        f"funding_rates BTCUSDT [2024-02-01, 2024-03-01): {path} BTCUSDT: 1 settlement time(s) lie more than 5 "
+        f"funding_rates BTCUSDT [2024-01-01, 2024-02-01): {path} BTCUSDT: 1 settlement time(s) lie more than 5 "
         "minutes from the hourly settlement grid: 2024-02-15T08:17:00+00:00. That is not millisecond jitter, so "
         "they are not snapped; expected settlements on the hour (e.g. 08:00:00, served as 07:59:59.998 or "
         "08:00:00.005)")
@@ -88,7 +88,7 @@ def test_two_different_candles_for_one_hour_fail_naming_both_rows(tmp_path):
                                              .with_columns(pl.col("close") * 1.1)]))
     result = materialize_raw(tmp_path / "wh", sample, "klines")
     description, _ = failure_of(result)
-    assert description.startswith(f"klines BTCUSDT 1h [2024-02-01, 2024-03-01): {path}: 1 key(s) appear twice with "
+    assert description.startswith(f"klines BTCUSDT 1h [2024-01-01, 2024-02-01): {path}: 1 key(s) appear twice with "
                                   "different values")
     assert "rows 19354 and 26391 (date 2024-02-15T09:00:00+00:00): close 52199.2 vs 57419.12" in description
     assert Warehouse(tmp_path / "wh").read(schemas.KLINES).height == 0

@@ -9,12 +9,14 @@ import dagster as dg
 import polars as pl
 
 from dagster_project.definitions import defs
-from dagster_project.defs.schedules import daily_refresh, refresh_requests
-from dagster_project.resources import MarketDataResource
+from dagster_project.defs.raw_market_data import RAW_ASSETS, RAW_CHECKS
+from dagster_project.defs.schedules import (CHUNK_TAG, all_chunks_refreshed, daily_refresh, refresh_of_instance,
+                                            refresh_requests)
+from dagster_project.resources import MarketDataResource, WarehouseResource
 from qml_pipeline.sources.sample import SampleSource
 from qml_pipeline.store import schemas
 from qml_pipeline.store.warehouse import Warehouse
-from tests.dagster_runs import materialize_raw, partition_metadata
+from tests.dagster_runs import QUIET, instance_with, materialize_raw, partition_metadata
 
 ROOT = Path(__file__).parent.parent
 UTC = timezone.utc
@@ -42,21 +44,29 @@ def test_one_run_covers_a_symbol_range_and_is_idempotent(tmp_path: Path) -> None
     result = _materialize(tmp_path, "BTCUSDT", "2024-01-15", "2024-02-18")
     assert result.success
     mats = result.get_asset_materialization_events()
-    assert {m.partition for m in mats if m.asset_key.to_user_string() == "funding_rates"} == {
-        "BTCUSDT|2024-01-01", "BTCUSDT|2024-02-01"}
+    assert {m.partition for m in mats if m.asset_key.to_user_string() == "funding_rates"} == {"BTCUSDT|2024"}
     wh = Warehouse(tmp_path)
     first = {t: wh.read(schemas.TABLES[t]).drop("ingested_at") for t in ("funding_rates", "open_interest", "klines")}
-    assert first["funding_rates"].height == (31 + 29) * 3
-    assert first["klines"].filter(pl.col("interval") == "1h").height == (31 + 29) * 24
-    assert first["klines"].filter(pl.col("interval") == "4h").height == (31 + 29) * 6
-    # the archive hole (hour_end 2024-02-16 15:00 .. 2024-02-17 00:00, 10 rows) stays a hole, a known one
-    assert first["open_interest"].height == (31 + 29) * 24 - 10
+    # the year partition holds all of 2024 the sample has, whatever days the run was asked for
+    sample, y0, y1 = SampleSource(ROOT / "sample_data"), datetime(2024, 1, 1, tzinfo=UTC), datetime(2025, 1, 1, tzinfo=UTC)
+    assert first["funding_rates"].height == sample.funding_rates("BTCUSDT", y0, y1).height > 1000
+    for interval in ("1h", "4h"):
+        assert first["klines"].filter(pl.col("interval") == interval).height == \
+            sample.klines("BTCUSDT", interval, y0, y1).height > 2000
+    oi = sample.open_interest("BTCUSDT", "1h", y0, y1).height
+    assert first["open_interest"].height == oi > 8000
     assert all(e.passed for e in result.get_asset_check_evaluations())
-    feb = partition_metadata(result, "open_interest")["BTCUSDT|2024-02-01"]
-    assert feb["dagster/row_count"] == 29 * 24 - 10 and feb["known_gap_stamps"] == 10 and feb["missing_stamps"] == 0
+    year = partition_metadata(result, "open_interest")["BTCUSDT|2024"]
+    # the archive hole (hour_end 2024-02-16 15:00 .. 2024-02-17 00:00, 10 rows) stays a hole, a known one
+    assert year["dagster/row_count"] == oi and year["known_gap_stamps"] == 10
+    assert year["missing_stamps"] == 0 and year["rows_fetched"] == oi
+    complete = next(e for e in result.get_asset_check_evaluations()
+                    if e.check_name == "complete" and e.partition == "BTCUSDT|2024" and e.asset_key.path == ["open_interest"])
+    assert "10 stamp(s) in known gaps" in complete.description
     again = _materialize(tmp_path, "BTCUSDT", "2024-01-15", "2024-02-18")
     assert again.success
     assert all(p["rows_fetched"] == 0 for p in partition_metadata(again, "klines").values())  # complete: not fetched
+    assert partition_metadata(again, "klines")["BTCUSDT|2024"]["dagster/row_count"] == first["klines"].height
     for t, df in first.items():
         assert wh.read(schemas.TABLES[t]).drop("ingested_at").equals(df), t
     assert (tmp_path / "catalog.sqlite").exists()
@@ -84,35 +94,63 @@ def test_bad_rows_fail_the_contract_check_and_are_not_written(tmp_path: Path) ->
     assert failed and failed[0].check_name == "contract"
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     description = failure.step_failure_data.user_failure_data.description
-    assert ("binance BTCUSDT event_time 2024-02-01 08:00:00+00:00 column funding_rate: fails 'in_range(-0.03, 0.03)' "
+    assert ("binance BTCUSDT event_time 2024-01-01 08:00:00+00:00 column funding_rate: fails 'in_range(-0.03, 0.03)' "
             "(value: 0.5)") in description
     assert "row 1" not in description
     assert Warehouse(tmp_path).read(schemas.FUNDING_RATES).drop("ingested_at").equals(before)
 
 
-def test_daily_schedule_requests_one_run_per_symbol_range() -> None:
-    requests = refresh_requests("2024-03-10", ("BTCUSDT", "ETHUSDT"))
-    assert [r.tags["dagster/asset_partition_range_start"] for r in requests] == [
-        "BTCUSDT|2024-03-01", "ETHUSDT|2024-03-01"]
-    assert [r.tags["dagster/asset_partition_range_end"] for r in requests] == [
-        "BTCUSDT|2024-03-01", "ETHUSDT|2024-03-01"]
-    first_of_month = refresh_requests("2024-04-01", ("BTCUSDT",))  # yesterday's month is refreshed once more
-    assert first_of_month[0].tags["dagster/asset_partition_range_start"] == "BTCUSDT|2024-03-01"
-    assert first_of_month[0].tags["dagster/asset_partition_range_end"] == "BTCUSDT|2024-04-01"
-    ctx = dg.build_schedule_context(scheduled_execution_time=datetime(2024, 3, 10, 0, 10, tzinfo=UTC))
-    assert len(daily_refresh(ctx)) == 2
+def test_daily_schedule_requests_one_run_per_chunk_of_the_instance_symbols() -> None:
+    symbols = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+    requests = refresh_requests("2024-03-10", symbols, per_run=2)
+    assert [(r.tags["dagster/asset_partition_range_start"], r.tags["dagster/asset_partition_range_end"])
+            for r in requests] == [("BTCUSDT|2024", "ETHUSDT|2024"), ("SOLUSDT|2024", "SOLUSDT|2024")]
+    assert [r.tags[CHUNK_TAG] for r in requests] == ["1/2", "2/2"]
+    new_year = refresh_requests("2024-01-01", ("BTCUSDT",), per_run=50)  # yesterday's year is refreshed once more
+    assert new_year[0].tags["dagster/asset_partition_range_start"] == "BTCUSDT|2023"
+    assert new_year[0].tags["dagster/asset_partition_range_end"] == "BTCUSDT|2024"
+    instance = dg.DagsterInstance.ephemeral()
+    assert isinstance(refresh_of_instance(instance, "2024-03-10"), dg.SkipReason)  # no symbol partitions yet
+    instance.add_dynamic_partitions("symbols", list(symbols))
+    runs = refresh_of_instance(instance, "2024-03-10")
+    assert len(runs) == 1 and runs[0].tags["dagster/asset_partition_range_end"] == "SOLUSDT|2024"
+    instance.add_dynamic_partitions("symbols", ["XRPUSDT"])  # a new symbol: no code change, no reload
+    assert refresh_of_instance(instance, "2024-03-10")[0].tags["dagster/asset_partition_range_end"] == "XRPUSDT|2024"
+    assert daily_refresh.cron_schedule == "10 0 * * *"
 
 
-def test_research_waits_for_the_latest_run_of_every_symbol() -> None:
-    from dagster_project.defs.schedules import all_symbols_refreshed
+def test_a_refresh_run_over_a_symbol_range_materialises_each_symbol_year(tmp_path: Path) -> None:
+    instance = instance_with(["BTCUSDT", "ETHUSDT"])
+    request = refresh_requests("2024-03-10", ("BTCUSDT", "ETHUSDT"), per_run=50)[0]
+    result = dg.materialize([*RAW_ASSETS, *RAW_CHECKS], instance=instance, tags=request.tags, raise_on_error=False,
+                            resources={"warehouse": WarehouseResource(root=str(tmp_path)),
+                                       "market": MarketDataResource(source="sample")}, run_config=QUIET)
+    assert result.success
+    assert {e.partition for e in result.get_asset_materialization_events()} == {"BTCUSDT|2024", "ETHUSDT|2024"}
+    klines = partition_metadata(result, "klines")
+    stored = Warehouse(tmp_path).query("SELECT symbol, count(*) AS n FROM klines GROUP BY 1")
+    assert {s: klines[f"{s}|2024"]["dagster/row_count"] for s in ("BTCUSDT", "ETHUSDT")} == dict(stored.iter_rows())
+    checks = {e.asset_key.to_user_string(): e for e in result.get_asset_check_evaluations()
+              if e.check_name == "stored_rows_valid"}
+    assert checks["klines"].passed and checks["klines"].metadata["covered"].value == (
+        "24 symbol-month(s) this run wrote, 2 symbol(s)")
+    again = dg.materialize([*RAW_ASSETS, *RAW_CHECKS], instance=instance, tags=request.tags, raise_on_error=False,
+                           resources={"warehouse": WarehouseResource(root=str(tmp_path)),
+                                      "market": MarketDataResource(source="sample")}, run_config=QUIET)
+    checks = {e.asset_key.to_user_string(): e for e in again.get_asset_check_evaluations()
+              if e.check_name == "stored_rows_valid"}
+    assert checks["klines"].metadata["covered"].value == "nothing: this run wrote no row"
 
-    def run(symbol: str, status: dg.DagsterRunStatus) -> dg.DagsterRun:
-        return dg.DagsterRun(job_name="raw_refresh", status=status,
-                             tags={"dagster/asset_partition_range_start": f"{symbol}|2024-03-09"})
 
+def test_research_waits_for_the_latest_run_of_every_chunk() -> None:
     ok, failed = dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE
-    # newest first, as the instance lists them: ETH failed once, then its re-execution succeeded
-    assert all_symbols_refreshed([run("ETHUSDT", ok), run("BTCUSDT", ok), run("ETHUSDT", failed)],
-                                 ("BTCUSDT", "ETHUSDT"))
-    assert not all_symbols_refreshed([run("ETHUSDT", failed), run("BTCUSDT", ok)], ("BTCUSDT", "ETHUSDT"))
-    assert not all_symbols_refreshed([run("BTCUSDT", ok)], ("BTCUSDT", "ETHUSDT"))
+
+    def run(chunk: str, status: dg.DagsterRunStatus) -> dg.DagsterRun:
+        return dg.DagsterRun(job_name="raw_refresh", status=status, tags={CHUNK_TAG: chunk})
+
+    # newest first, as the instance lists them: chunk 2 failed once, then its re-execution succeeded
+    assert all_chunks_refreshed([run("2/2", ok), run("1/2", ok), run("2/2", failed)])[0]
+    done, waiting = all_chunks_refreshed([run("2/2", failed), run("1/2", ok)])
+    assert not done and waiting == "chunk(s) 2 of 2 not yet succeeded"
+    assert not all_chunks_refreshed([run("1/2", ok)])[0]
+    assert not all_chunks_refreshed([])[0]

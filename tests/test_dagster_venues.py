@@ -34,7 +34,7 @@ SYMBOL = "BTCUSDT"
 NOW = datetime(2024, 3, 15, 12, 0, tzinfo=UTC)
 LAUNCH = datetime(2024, 2, 26, tzinfo=UTC)  # Bybit's listing: nothing is expected before it
 M5, H8 = timedelta(minutes=5), timedelta(hours=8)
-FEB, MAR = f"{SYMBOL}|2024-02-01", f"{SYMBOL}|2024-03-01"
+YEAR = f"{SYMBOL}|2024"  # the year partition: its months January .. the live edge
 VENUE_ASSETS = ("bybit_funding_rates", "bybit_open_interest", "okx_funding_rates", "okx_open_interest")
 
 
@@ -94,7 +94,7 @@ def test_venue_assets_write_their_venue_with_the_binance_checks(tmp_path, venues
     assert {(a, c) for a in VENUE_ASSETS for c in ("contract", "complete", "stored_rows_valid")} <= by_check
     for asset in VENUE_ASSETS:
         assert {e.partition for e in result.get_asset_materialization_events()
-                if e.asset_key.to_user_string() == asset} == {FEB, MAR}, asset
+                if e.asset_key.to_user_string() == asset} == {YEAR}, asset
 
     # Bybit: every 5-minute stamp from the launch to the live edge, in coins and USD, known at stamp + 5 min
     oi = _stored(tmp_path, schemas.OPEN_INTEREST, "bybit")
@@ -103,20 +103,19 @@ def test_venue_assets_write_their_venue_with_the_binance_checks(tmp_path, venues
     assert oi["open_interest_value"].null_count() == 0
     funding = _stored(tmp_path, schemas.FUNDING_RATES, "bybit")
     assert funding["event_time"].min() == LAUNCH and funding["event_time"].max() == NOW - 4 * timedelta(hours=1)
-    # OKX: only the newest 1,440 open-interest rows exist; funding three months back
+    # OKX: only the newest 1,440 open-interest rows exist; funding three months back (the fake's from January)
     okx_oi = _stored(tmp_path, schemas.OPEN_INTEREST, "okx")
     assert okx_oi.height == 1439 and okx_oi["event_time"].min() == NOW - 1439 * M5
-    assert _stored(tmp_path, schemas.FUNDING_RATES, "okx")["event_time"].min() == datetime(2024, 2, 1, tzinfo=UTC)
+    assert _stored(tmp_path, schemas.FUNDING_RATES, "okx")["event_time"].min() == datetime(2024, 1, 1, tzinfo=UTC)
     # the venues' rows never touch Binance's
     assert _stored(tmp_path, schemas.OPEN_INTEREST, "binance").is_empty()
 
-    # per partition: what is stored, and where the source serves data (so an empty month is not a hole)
+    # per partition: what is stored, and where the source serves data (so the empty months are not holes)
     okx_parts = partition_metadata(result, "okx_open_interest")
-    assert okx_parts[FEB]["dagster/row_count"] == 0 and okx_parts[FEB]["missing_stamps"] == 0
-    assert okx_parts[FEB]["source_serves"] == "5m [2024-03-10 12:05, 2024-03-15 11:53)"
-    assert okx_parts[MAR]["dagster/row_count"] == 1439 and okx_parts[MAR]["missing_stamps"] == 0
+    assert okx_parts[YEAR]["dagster/row_count"] == 1439 and okx_parts[YEAR]["missing_stamps"] == 0
+    assert okx_parts[YEAR]["source_serves"] == "5m [2024-03-10 12:05, 2024-03-15 11:53)"
     bybit_parts = partition_metadata(result, "bybit_open_interest")
-    assert bybit_parts[FEB]["first_time"] == str(LAUNCH)
+    assert bybit_parts[YEAR]["first_time"] == str(LAUNCH)
     assert sum(p["dagster/row_count"] for p in bybit_parts.values()) == oi.height
     meta = {e.materialization.asset_key.to_user_string(): e.materialization.metadata
             for e in result.get_asset_materialization_events()}
@@ -164,11 +163,13 @@ def test_missing_settlement_fails_the_complete_check_and_deletes_nothing(tmp_pat
     complete = {e.partition: e for e in result.get_asset_check_evaluations()
                 if e.asset_key.to_user_string() == "okx_funding_rates" and e.check_name == "complete"
                 and e.partition}
-    assert complete[FEB].passed and not complete[MAR].passed
-    assert "2024-03-05T08:00Z" in complete[MAR].metadata["missing"].value
-    assert complete[MAR].metadata["missing_stamps"].value == 1
+    assert set(complete) == {YEAR} and not complete[YEAR].passed
+    missing = complete[YEAR].metadata["missing"].value
+    assert missing.startswith("funding_rates BTCUSDT [2024-03-01, ") and "2024-03-05T08:00Z" in missing
+    assert "2024-02-01" not in missing  # the complete months are counted, not listed
+    assert complete[YEAR].metadata["missing_stamps"].value == 1
     stored = _stored(tmp_path, schemas.FUNDING_RATES, "okx")
-    assert hole not in stored["event_time"].to_list() and stored.height == (NOW - datetime(2024, 2, 1, tzinfo=UTC)) // H8
+    assert hole not in stored["event_time"].to_list() and stored.height == (NOW - datetime(2024, 1, 1, tzinfo=UTC)) // H8
     # the other venue's assets are unaffected
     assert all(e.passed for e in result.get_asset_check_evaluations()
                if e.asset_key.to_user_string().startswith("bybit_"))

@@ -41,16 +41,18 @@ def test_one_run_covers_every_symbol_when_they_are_consecutive_partitions():
     with pytest.raises(ValueError, match=r"\['DOGEUSDT'\] are not among the 'symbols' partitions"):
         symbol_blocks(["DOGEUSDT"], known)
     [request] = intraday_requests(NOW + timedelta(minutes=30), ["BTCUSDT", "ETHUSDT", "SOLUSDT"], known, 15, 60)
-    assert request.tags[RANGE_START] == "BTCUSDT|2024-03-01" and request.tags[RANGE_END] == "SOLUSDT|2024-03-01"
+    assert request.tags[RANGE_START] == "BTCUSDT|2024" and request.tags[RANGE_END] == "SOLUSDT|2024"
     assert request.tags[OVERLAP_TAG] == "60" and request.tags[INTRADAY_TAG] == "2024-03-15T12:30"
     assert request.job_name == intraday_job.name and request.run_key == "intraday-20240315T1230-BTCUSDT-SOLUSDT"
     assert {k.to_user_string() for k in request.asset_selection} == {
         "funding_rates", "open_interest", "klines", "context_cards", "pattern_cards"}
 
 
-def test_just_after_midnight_on_the_first_the_previous_month_is_completed_too():
+def test_just_after_midnight_on_new_years_day_the_previous_year_is_completed_too():
+    [request] = intraday_requests(datetime(2025, 1, 1, 0, 15, tzinfo=UTC), SYMBOLS, SYMBOLS, 15, 60)
+    assert request.tags[RANGE_START] == "BTCUSDT|2024" and request.tags[RANGE_END] == "ETHUSDT|2025"
     [request] = intraday_requests(datetime(2024, 4, 1, 0, 15, tzinfo=UTC), SYMBOLS, SYMBOLS, 15, 60)
-    assert request.tags[RANGE_START] == "BTCUSDT|2024-03-01" and request.tags[RANGE_END] == "ETHUSDT|2024-04-01"
+    assert request.tags[RANGE_START] == "BTCUSDT|2024" and request.tags[RANGE_END] == "ETHUSDT|2024"
 
 
 @pytest.mark.parametrize("hhmm,refresh,due", [
@@ -77,7 +79,7 @@ def test_refresh_interval_and_overlap_settings():
         run_overlap({OVERLAP_TAG: "an hour"})
 
 
-def test_the_schedule_adds_missing_symbols_and_skips_while_a_run_is_in_flight(monkeypatch):
+def test_the_schedule_refreshes_every_symbol_partition_and_skips_while_a_run_is_in_flight(monkeypatch):
     with dg.instance_for_test() as instance:
         context = dg.build_schedule_context(instance=instance, scheduled_execution_time=NOW + timedelta(minutes=15))
         skipped = intraday_refresh(context)
@@ -88,9 +90,11 @@ def test_the_schedule_adds_missing_symbols_and_skips_while_a_run_is_in_flight(mo
 
 def _schedule_ticks(instance: dg.DagsterInstance) -> None:
     context = dg.build_schedule_context(instance=instance, scheduled_execution_time=NOW + timedelta(minutes=15))
-    requests = intraday_refresh(context)
-    assert isinstance(requests, list) and len(requests) == 1
-    assert instance.get_dynamic_partitions("symbols") == list(Settings().symbols)
+    skipped = intraday_refresh(context)  # the symbol_universe sensor has not added any symbol yet
+    assert isinstance(skipped, dg.SkipReason) and "symbol_universe sensor" in skipped.skip_message
+    sync_symbols(instance, ["BTCUSDT", "ETHUSDT", "DELISTEDUSDT"])
+    [request] = intraday_refresh(context)  # every partition, a delisted symbol's too (its edge is then empty)
+    assert request.tags[RANGE_START] == "BTCUSDT|2024" and request.tags[RANGE_END] == "DELISTEDUSDT|2024"
     instance.add_run(dg.DagsterRun(job_name=intraday_job.name, run_id="r1", status=dg.DagsterRunStatus.STARTED))
     skipped = intraday_refresh(dg.build_schedule_context(instance=instance,
                                                          scheduled_execution_time=NOW + timedelta(minutes=30)))
@@ -135,7 +139,7 @@ def test_ticks_fetch_only_the_new_edge_and_cards_say_how_fresh_each_value_is(tmp
         assert max(ends) < ms(NOW + timedelta(minutes=minutes))
         parts = {e.partition for e in result.get_asset_materialization_events()
                  if e.asset_key.to_user_string() == "open_interest"}
-        assert parts == {f"{s}|2024-03-01" for s in SYMBOLS}
+        assert parts == {f"{s}|2024" for s in SYMBOLS}
         meta = [e.materialization.metadata for e in result.get_asset_materialization_events()
                 if e.asset_key.to_user_string() == "open_interest"]
         assert {m["overlap_minutes"].value for m in meta} == {60}

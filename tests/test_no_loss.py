@@ -21,7 +21,7 @@ from tests.test_dagster_binance import NOW, SYMBOL, live  # noqa: F401  (the fix
 UTC = timezone.utc
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample_data"
-MARCH = "2024-03-01"
+YEAR = "2024"  # the partition holding March 2024
 
 
 def _rest(url: str, refetch: bool = False) -> MarketDataResource:
@@ -51,7 +51,7 @@ def test_an_empty_rest_answer_deletes_nothing(live, fake_binance):  # noqa: F811
     assert again.success  # the stored rows still fill every grid: the partitions stay complete
     for table, df in before.items():
         assert Warehouse(root).read(schemas.TABLES[table], revisions=True).equals(df), table
-    meta = partition_metadata(again, "klines")[f"{SYMBOL}|{MARCH}"]
+    meta = partition_metadata(again, "klines")[f"{SYMBOL}|{YEAR}"]
     assert meta["rows_fetched"] == 0 and meta["dagster/row_count"] == before["klines"].height
 
 
@@ -62,10 +62,13 @@ def test_a_gappy_rest_answer_is_written_as_what_it_is_and_fails_the_partition_na
     fake_binance.klines[(SYMBOL, "1h")] = [k for k in fake_binance.klines[(SYMBOL, "1h")] if k[0] not in hole_ms]
     result = _march(root, url)
     assert not result.success  # the blocking completeness check stops what depends on it
-    assert _complete_evaluations(result, "klines") == {f"{SYMBOL}|{MARCH}": False}
+    assert _complete_evaluations(result, "klines") == {f"{SYMBOL}|{YEAR}": False}
     failed = next(e for e in result.get_asset_check_evaluations()
-                  if e.check_name == "complete" and e.partition == f"{SYMBOL}|{MARCH}" and not e.passed)
-    assert "3 stamp(s): 2024-03-06T03:00Z .. 2024-03-06T05:00Z (3)" in failed.metadata["missing"].value
+                  if e.check_name == "complete" and e.partition == f"{SYMBOL}|{YEAR}" and not e.passed)
+    assert failed.metadata["missing"].value == (
+        "klines BTCUSDT 1h [2024-03-01, 2024-03-15 12:00): 3 stamp(s): 2024-03-06T03:00Z .. 2024-03-06T05:00Z (3)")
+    assert failed.description.startswith("klines BTCUSDT 1h [2024-03-01, 2024-03-15 12:00): 3 stamp(s) missing after the "
+                                         "merge")
     stored = Warehouse(root).read(schemas.KLINES).filter(pl.col("interval") == "1h")
     assert stored.height > 0 and not set(hole) & set(stored["event_time"].to_list())
     # the hole filled later: the next run fetches from it and the partition is complete
@@ -74,7 +77,7 @@ def test_a_gappy_rest_answer_is_written_as_what_it_is_and_fails_the_partition_na
     start = datetime(2024, 1, 31, tzinfo=UTC)
     fake_binance.add_klines(SYMBOL, "1h", start, (NOW + timedelta(days=1) - start) // step)
     fixed = _march(root, url)
-    assert fixed.success and _complete_evaluations(fixed, "klines") == {f"{SYMBOL}|{MARCH}": True}
+    assert fixed.success and _complete_evaluations(fixed, "klines") == {f"{SYMBOL}|{YEAR}": True}
 
 
 def _sample_without_one_hour(tmp_path: Path, hour: datetime) -> Path:
@@ -96,7 +99,7 @@ def test_a_sample_file_missing_one_hour_keeps_the_stored_1h_and_4h_bars(tmp_path
     assert result.success
     after = Warehouse(root).read(schemas.KLINES)
     assert after.drop("ingested_at").equals(before.drop("ingested_at"))  # the 05:00 bar and its 4h bar are kept
-    meta = partition_metadata(result, "klines")["BTCUSDT|2024-02-01"]
+    meta = partition_metadata(result, "klines")["BTCUSDT|2024"]
     assert meta["answer_missing_stamps"] == 2  # the source lacked the 1h bar and the 4h bar built from it
     assert meta["missing_stamps"] == 0  # ... which the warehouse still holds
 

@@ -251,3 +251,22 @@ def test_report_escapes_text(tmp_path: Path):
     doc = write_report(tmp_path, notes=['<img src="http://x">  & <script>']).read_text(encoding="utf-8")
     assert "&lt;img src=&quot;http://x&quot;&gt;  &amp; &lt;script&gt;" in doc
     assert "<script" not in doc
+
+
+def test_each_gate_says_how_many_trades_and_symbols_its_verdict_rests_on(tmp_path: Path):
+    from qml_pipeline.view.build import gate_dicts, verdict_basis
+
+    trades = pl.DataFrame({"symbol": ["AUSDT", "AUSDT", "BUSDT", "CUSDT"], "outcome": ["WIN", "LOSS", "TIMEOUT",
+                                                                                      "NOT_FILLED"],
+                           "decision_time": [datetime(2022, 5, 1), datetime(2023, 1, 1), datetime(2024, 2, 1),
+                                             datetime(2024, 3, 1)]})
+    backtest = pl.DataFrame({"period": ["all", "judging"], "variant": ["baseline", "baseline"],
+                             "scope": ["overall", "overall"], "trades": [3, 1]})
+    basis = verdict_basis(trades, backtest)
+    assert basis == {"phase9": "rests on 3 filled trades of 2 symbol(s), 2022-2024",
+                     "phase10": "rests on the 1 later (out-of-sample) trades of the 3 filled trades of 2 symbol(s), "
+                                "2022-2024"}
+    gates = pl.DataFrame({"gate": ["phase9"], "part": ["min_trades"], "passed": [False], "gate_passed": [False],
+                          "message": ["3 filled trades, need >= 200"]})
+    path = write_report(tmp_path, gates=gate_dicts(gates, False, basis))
+    assert "rests on 3 filled trades of 2 symbol(s), 2022-2024" in path.read_text()

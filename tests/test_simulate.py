@@ -138,3 +138,13 @@ def test_reference_trades_real_data():
     # BEARISH trades receive funding when rates are positive (as they mostly were): net cost < 0
     shorts = filled.filter(pl.col("direction") == "BEARISH")
     assert shorts["funding_r"].sum() < 0 < filled.filter(pl.col("direction") == "BULLISH")["funding_r"].sum()
+
+
+@pytest.mark.skipif(not realdata.available(), reason="bundled real data not present")
+def test_reference_trades_in_worker_processes_equal_the_serial_ones():
+    klines = pl.concat([realdata.klines(s, i) for s in ("BTCUSDT", "ETHUSDT") for i in ("1h", "4h")],
+                       how="diagonal_relaxed").filter(pl.col("event_time").dt.year() == 2024)
+    funding = pl.concat([realdata.funding(s) for s in ("BTCUSDT", "ETHUSDT")])
+    serial = reference_trades(klines, funding, ["1h", "4h"], workers=1)
+    assert serial.height > 50
+    assert reference_trades(klines, funding, ["1h", "4h"], workers=2).equals(serial)

@@ -1,12 +1,14 @@
-"""Raw market-data assets: funding rates, open interest and klines, partitioned by symbol and UTC month.
+"""Raw market-data assets: funding rates, open interest and klines, partitioned by symbol and UTC year (the work
+inside a partition is done month by month: dagster_project/partitions.py).
 
 Binance's assets are named after their tables (`funding_rates`, `open_interest`, `klines`); each other venue
 configured in QML_VENUES adds `<venue>_funding_rates` and `<venue>_open_interest`, made by the same factory
 (same partitions, checks, pool and refresh) and writing the same tables with their `venue` (docs/venues.md).
 """
 
+import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 
 import dagster as dg
@@ -14,18 +16,22 @@ import polars as pl
 
 from dagster_project.failures import input_errors_as_failures
 from dagster_project.metadata import markdown_table, table_metadata
-from dagster_project.partitions import RAW_PARTITIONS
+from dagster_project.partitions import RAW_PARTITIONS, months_by_symbol, partition_key
 from dagster_project.resources import SETTINGS, MarketDataResource, WarehouseResource
 from qml_pipeline.sources.grid import Coverage, describe_stamps
-from qml_pipeline.sources.ingest import DEFAULT_OVERLAP, WindowResult, ingest_symbol, month_windows, variants
+from qml_pipeline.sources.ingest import DEFAULT_OVERLAP, WindowResult, ingest_windows, month_windows, variants
 from qml_pipeline.store import schemas
 from qml_pipeline.store.schemas import Table
-from qml_pipeline.timeutil import EPOCH, day_start, utc_now
+from qml_pipeline.store.warehouse import Warehouse
+from qml_pipeline.timeutil import EPOCH, month_starts, next_month, utc_now
 
 RAW_GROUP = "raw_market_data"
 CONTRACT_CHECK = "contract"
 COMPLETE_CHECK = "complete"
 WRITER_POOL = "warehouse_writer"
+PROGRESS_EVERY_S = 15.0
+# the stored-rows check reads and validates at most this many symbol-months at once (about 1M rows of 5m OI)
+STORED_CHECK_SYMBOL_MONTHS = 120
 # A run tag: re-read an incomplete window from this many minutes before its first missing stamp (default: a day,
 # DEFAULT_OVERLAP); the intraday schedule sets QML_INTRADAY_OVERLAP_MINUTES.
 OVERLAP_TAG = "qml/overlap_minutes"
@@ -46,15 +52,6 @@ def live_edge(source: object) -> datetime:
     else the wall clock), so the current month is asked for up to now, not up to its end."""
     clock = getattr(source, "now", None)
     return clock() if callable(clock) else utc_now()
-
-
-def _months_by_symbol(partition_keys: list[str]) -> dict[str, list[datetime]]:
-    """`SYMBOL|YYYY-MM-01` keys -> per symbol, its months (sorted)."""
-    months: dict[str, set[datetime]] = defaultdict(set)
-    for key in partition_keys:
-        symbol, month = str(key).split("|")
-        months[symbol].add(day_start(month))
-    return {s: sorted(m) for s, m in sorted(months.items())}
 
 
 def raw_asset_name(table: Table, venue: str) -> str:
@@ -78,8 +75,23 @@ def _span(coverage: Coverage) -> str:
     return f"[{first}, {end})"
 
 
+
+def throttled(log: Callable[[str], None], every_s: float = PROGRESS_EVERY_S) -> Callable[[str], None]:
+    """`log`, passing at most one message per `every_s` seconds: progress stays visible in a long run, while
+    each message is an event-log write (a run over hundreds of symbols would otherwise log thousands)."""
+    last = [float("-inf")]
+
+    def progress(message: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= every_s:
+            last[0] = now
+            log(message)
+    return progress
+
+
 def _partition_metadata(results: list[WindowResult]) -> dict[str, object]:
-    """What one partition (symbol, month) holds after this run: true for that partition only."""
+    """What one partition (symbol, year) holds after this run, summed over its months: true for that
+    partition only."""
     stored = sum(r.stored_rows for r in results)
     firsts = [r.first_time for r in results if r.first_time]
     lasts = [r.last_time for r in results if r.last_time]
@@ -96,6 +108,17 @@ def _partition_metadata(results: list[WindowResult]) -> dict[str, object]:
         "windows": markdown_table(pl.DataFrame([r.as_row() for r in results])),
         "snapshot_id": next((r.snapshot_id for r in results if r.snapshot_id is not None), -1),
     }
+
+
+def _completeness(results: list[WindowResult]) -> str:
+    """A partition's completeness in a few lines: the incomplete months in full, the complete ones counted."""
+    missing = [r.completeness_message() for r in results if not r.complete]
+    complete = [r for r in results if r.complete]
+    known = sum(r.known_missing.len() for r in complete)
+    reasons = sorted({reason for r in complete for reason in r.known_reasons})
+    summary = (f"{len(complete)} of {len(results)} month window(s) complete, {sum(r.stored_rows for r in complete)} "
+               f"row(s) stored" + (f"; {known} stamp(s) in known gaps ({'; '.join(reasons)})" if known else ""))
+    return "; ".join(missing + [summary])
 
 
 def _raw_asset(table: Table, description: str, venue: str = "binance") -> dg.AssetsDefinition:
@@ -115,56 +138,59 @@ def _raw_asset(table: Table, description: str, venue: str = "binance") -> dg.Ass
                               description=f"the rows this run fetched meet the {table.name} contract (pandera: types, "
                                           "ranges, finite numbers, one row per key"
                                           + (", plausible bars (QML_BAR_OUTLIER_*)" if table is schemas.KLINES else "")
-                                          + "); failures are named by symbol and time, and nothing of the run is "
-                                            "written"),
+                                          + "); failures are named by symbol and time, and nothing of their batch is "
+                                            "written (a run writes its symbols in batches of up to 2M rows; earlier "
+                                            "batches stay)"),
             dg.AssetCheckSpec(COMPLETE_CHECK, asset=name, blocking=True, partitions_def=RAW_PARTITIONS,
                               description=f"after the merge, the partition holds every {venue} stamp its source "
                                           "should fill (candle grid, OI period grid, funding settlements with their "
                                           "interval) where the source serves data (its coverage: listing, history "
                                           "depth, live edge), apart from known permanent gaps; missing stamps are "
-                                          "listed")],
+                                          "listed by month")],
     )
     def raw_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                   market: MarketDataResource) -> Iterator[dg.AssetCheckResult | dg.MaterializeResult]:
         wh = warehouse.for_run(context)
-        source = market.open(context.log.info, cache_dir=wh.cache_dir, venue=venue)
+        progress = throttled(context.log.info)
+        source = market.open(progress, cache_dir=wh.cache_dir, venue=venue)
         incomplete: list[str] = []
-        fetched = 0
         overlap = run_overlap(context.run.tags)
         edge = live_edge(source)
-        for symbol, months in _months_by_symbol(context.partition_keys).items():
-            series = variants(table, SETTINGS.kline_intervals, market.oi_period)
-            windows = month_windows(table, symbol, months, series, until=edge)
-            try:
-                with input_errors_as_failures(f"{table.name} {symbol}: "):
-                    results = ingest_symbol(wh, source, windows, refetch=market.refetch, overlap=overlap,
-                                            funding_rate_cap=market.funding_rate_cap,
-                                            plausibility=market.plausibility(), progress=context.log.info)
-            except dg.Failure as failure:
-                cause = failure.__context__
-                if isinstance(cause, schemas.ValidationError):
-                    shown = markdown_table(cause.failures.drop("index"))
-                    yield dg.AssetCheckResult(check_name=CONTRACT_CHECK, passed=False,
-                                              metadata={"symbol": symbol, "failures": shown})
-                raise
-            fetched += sum(r.fetched for r in results)
-            serves = "; ".join(f"{v or table.name} {_span(source.coverage(table.name, symbol, v))}" for v in series)
-            per_month: dict[datetime, list[WindowResult]] = defaultdict(list)
-            for r in results:
-                per_month[r.window.start].append(r)
-            for month, month_results in per_month.items():
-                key = f"{symbol}|{month:%Y-%m-%d}"
-                context.add_asset_metadata({**_partition_metadata(month_results), "source_serves": serves},
-                                           partition_key=key)
-                missing = [r for r in month_results if not r.complete]
-                if missing:
-                    incomplete.append(key)
-                context.log_event(dg.AssetCheckEvaluation(
-                    asset_key=context.asset_key, check_name=COMPLETE_CHECK, passed=not missing, partition=key,
-                    blocking=True, description="; ".join(r.completeness_message() for r in month_results),
-                    metadata={"missing_stamps": sum(r.stored_missing.len() for r in month_results),
-                              "missing": "; ".join(describe_stamps(r.stored_missing) for r in missing) or "none",
-                              "known_gap_stamps": sum(r.known_missing.len() for r in month_results)}))
+        series = variants(table, SETTINGS.kline_intervals, market.oi_period)
+        by_symbol = months_by_symbol(context.partition_keys)
+        windows = [w for symbol, months in by_symbol.items()
+                   for w in month_windows(table, symbol, months, series, until=edge)]
+        try:
+            with input_errors_as_failures(f"{name}: "):
+                results = ingest_windows(wh, source, windows, refetch=market.refetch, overlap=overlap,
+                                         funding_rate_cap=market.funding_rate_cap,
+                                         plausibility=market.plausibility(), progress=progress)
+        except dg.Failure as failure:
+            cause = failure.__context__
+            if isinstance(cause, schemas.ValidationError):
+                shown = markdown_table(cause.failures.drop("index"))
+                yield dg.AssetCheckResult(check_name=CONTRACT_CHECK, passed=False,
+                                          metadata={"window": cause.where, "failures": shown})
+            raise
+        fetched = sum(r.fetched for r in results)
+        per_partition: dict[str, list[WindowResult]] = defaultdict(list)
+        for r in results:
+            per_partition[partition_key(r.window.symbol, r.window.start)].append(r)
+        serves = {s: "; ".join(f"{v or table.name} {_span(source.coverage(table.name, s, v))}" for v in series)
+                  for s in by_symbol}
+        for key, part_results in per_partition.items():
+            context.add_asset_metadata({**_partition_metadata(part_results),
+                                        "source_serves": serves[part_results[0].window.symbol]}, partition_key=key)
+            missing = [r for r in part_results if not r.complete]
+            if missing:
+                incomplete.append(key)
+            context.log_event(dg.AssetCheckEvaluation(
+                asset_key=context.asset_key, check_name=COMPLETE_CHECK, passed=not missing, partition=key,
+                blocking=True, description=_completeness(part_results),
+                metadata={"missing_stamps": sum(r.stored_missing.len() for r in part_results),
+                          "missing": "; ".join(f"{r.window.label()}: {describe_stamps(r.stored_missing)}"
+                                               for r in missing) or "none",
+                          "known_gap_stamps": sum(r.known_missing.len() for r in part_results)}))
         archive = [r.as_dict() for r in getattr(source, "archive_reports", [])]
         collapsed = getattr(source, "identical_duplicates", {})
         notes = getattr(source, "notes", [])
@@ -207,18 +233,60 @@ def raw_assets(venues: tuple[str, ...]) -> list[dg.AssetsDefinition]:
             for v in venues for table in venue_tables(v)]
 
 
+def stored_contract_failures(wh: Warehouse, table: Table, market: MarketDataResource,
+                             scope: dict[str, list[datetime]] | None, venue: str = "binance"
+                             ) -> tuple[int, pl.DataFrame]:
+    """(rows checked, contract failures) of the stored rows, all revisions, of each symbol's months in `scope`
+    (None: the whole table, one symbol at a time), `venue`'s rows where the table has venues. Symbols sharing a range are read and validated together,
+    at most STORED_CHECK_SYMBOL_MONTHS symbol-months at a time."""
+    by_venue = {"venue": venue} if "venue" in table.names else {}
+    if scope is None:
+        symbols = wh.query(f"SELECT DISTINCT symbol FROM {table.name} ORDER BY 1")["symbol"].to_list() \
+            if "symbol" in table.names else [None]
+        batches = [([s] if s else [], None, None) for s in symbols]
+    else:
+        ranges: dict[tuple[datetime, datetime], list[str]] = defaultdict(list)
+        for symbol, months in scope.items():
+            ranges[(months[0], next_month(months[-1]))].append(symbol)
+        batches = []
+        for (start, end), symbols in ranges.items():
+            per = max(1, STORED_CHECK_SYMBOL_MONTHS // max(1, len(month_starts(start, end))))
+            batches += [(symbols[i:i + per], start, end) for i in range(0, len(symbols), per)]
+    frames, checked = [], 0
+    for symbols, start, end in batches:
+        stored = wh.read(table, symbol=symbols or None, start=start, end=end, revisions=True, **by_venue)
+        checked += stored.height
+        frames.append(schemas.validation_failures(table, stored, market.funding_rate_cap, market.plausibility()))
+    if not frames:
+        return 0, schemas.validation_failures(table, schemas.empty(table))
+    return checked, pl.concat(frames, how="diagonal_relaxed")
+
+
 def _stored_contract_check(table: Table, venue: str) -> dg.AssetChecksDefinition:
-    by_venue = "venue" in table.names
+    of_venue = f" of {venue}" if "venue" in table.names else ""
 
     @dg.asset_check(asset=raw_asset_name(table, venue), name="stored_rows_valid",
-                    description=f"every stored {table.name} row" + (f" of {venue}" if by_venue else "")
-                                + " (all revisions) meets the contract; stored keys unique per revision")
-    def check(warehouse: WarehouseResource, market: MarketDataResource) -> dg.AssetCheckResult:
-        stored = warehouse.get().read(table, revisions=True, **({"venue": venue} if by_venue else {}))
-        failures = schemas.validation_failures(table, stored, market.funding_rate_cap, market.plausibility())
+                    description=f"every stored {table.name} row{of_venue} (all revisions) of the symbol-months this "
+                                "run wrote "
+                                "(the whole table outside a partitioned run) meets the contract; stored keys "
+                                "unique per revision")
+    def check(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource,
+              market: MarketDataResource) -> dg.AssetCheckResult:
+        wh = warehouse.get()
+        scope = None
+        if context.has_partition_key_range:
+            covered = months_by_symbol(context.op_execution_context.partition_keys)
+            written = wh.months_written(table, wh.snapshots_of_run(context.run.run_id))
+            scope = {s: [m for m in months if m in set(covered[s])]
+                     for s, months in written.items() if s in covered}
+            scope = {s: m for s, m in scope.items() if m}
+        checked, failures = stored_contract_failures(wh, table, market, scope, venue)
+        what = ("the whole table" if scope is None else
+                f"{sum(len(m) for m in scope.values())} symbol-month(s) this run wrote, {len(scope)} symbol(s)"
+                if scope else "nothing: this run wrote no row")
         return dg.AssetCheckResult(passed=failures.height == 0,
-                                   metadata={"dagster/row_count": stored.height,
-                                             "failures": markdown_table(failures.drop("index"))})
+                                   metadata={"dagster/row_count": checked, "covered": what,
+                                             "failures": markdown_table(failures.drop("index", strict=False))})
 
     return check
 

@@ -31,7 +31,7 @@ import polars as pl
 from qml_pipeline.store import schemas
 from qml_pipeline.config import PROJECT_ROOT
 from qml_pipeline.sources.http_client import HttpClient
-from qml_pipeline.sources.binance_archive import ArchiveReport, BinanceArchive
+from qml_pipeline.sources.binance_archive import ArchiveReport, BinanceArchive, archive_client
 from qml_pipeline.sources.binance_rest import FUNDING_LIMIT, KLINES_LIMIT, BinanceRest
 from qml_pipeline.sources.grid import Coverage, Gap, Grid, KnownGap, gaps_for, missing_on_grid, read_known_gaps
 from qml_pipeline.timeutil import UTC, interval_ms, utc_now
@@ -67,7 +67,7 @@ class BinanceSource:
                  cache_dir: str | os.PathLike[str] | None = None,
                  now: Callable[[], datetime] = utc_now, known_gaps_file: str | os.PathLike[str] | None = None):
         self.client = HttpClient(fapi_url, on_progress=on_progress)
-        self.archive_client = HttpClient(archive_url, on_progress=on_progress)
+        self.archive_client = archive_client(archive_url, on_progress)
         self.rest = BinanceRest(self.client, oi_publication_lag_s, now=now)
         self.archive = BinanceArchive(self.archive_client, Path(cache_dir or DEFAULT_CACHE_DIR),
                                       oi_publication_lag_s, now=now)
@@ -154,10 +154,12 @@ class BinanceSource:
             df, _ = self._from_archive(
                 lambda: self.archive.open_interest(symbol, period, start, min(end, boundary)))
             frames.append(df)
-        if end > boundary:
-            rest = self.rest.open_interest(symbol, period, max(start, boundary), end)
+        # REST pages cover 500 stamps each: never page through the future (a live month's window ends there)
+        rest_end = min(end, self.now())
+        if rest_end > max(start, boundary):
+            rest = self.rest.open_interest(symbol, period, max(start, boundary), rest_end)
             frames.append(rest)
-            for lo, hi in self._closed_day_gaps(rest, "open_interest", symbol, period, max(start, boundary), end):
+            for lo, hi in self._closed_day_gaps(rest, "open_interest", symbol, period, max(start, boundary), rest_end):
                 frames.append(self._from_archive(lambda: self.archive.open_interest(symbol, period, lo, hi))[0])
         return self._concat(schemas.OPEN_INTEREST, frames)
 

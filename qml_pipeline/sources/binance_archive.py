@@ -20,6 +20,13 @@ costs one small CHECKSUM request, and is downloaded again only when the checksum
 `revalidate=True` re-checks every cached file. Cached bytes are re-hashed on every read, so a
 corrupted cache entry is downloaded again rather than used.
 
+A local mirror (`file:///path`, the archive's layout on disk, e.g. synced from the public bucket) is read in
+place by `LocalMirror`: every zip is still verified against its CHECKSUM, nothing is copied into the cache,
+and no HTTP request is made.
+
+Parsing: the CSVs of one fetch are parsed by polars in one call per run of files sharing a header (a
+month of daily metrics is one parse, not 30); when that fails, each file is parsed alone so the error names it.
+
 Rows come out in the same shapes as the REST source (`schemas.conform`), with source
 'binance_archive'. Known archive defects are handled and counted in `ArchiveReport`, never trusted:
 exact duplicate rows (whole days duplicated 2020-09..2021-05) are dropped, partial days (fewer than
@@ -31,7 +38,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
+import time
 import uuid
 import zipfile
 import zlib
@@ -43,10 +52,12 @@ from pathlib import Path
 import polars as pl
 
 from qml_pipeline.store import schemas
-from qml_pipeline.sources.http_client import HttpClient
+from qml_pipeline.sources.http_client import HttpClient, RequestStats
 from qml_pipeline.store.schemas import TS, check_symbol
 from qml_pipeline.sources.funding import snap_funding_times
 from qml_pipeline.timeutil import UTC, interval_ms, month_starts, next_month, to_ms, utc_now
+
+log = logging.getLogger(__name__)
 
 SOURCE = "binance_archive"
 METRICS_PERIOD_MINUTES = 5
@@ -211,6 +222,16 @@ def read_archive_csv(csv_bytes: bytes, columns: dict[str, pl.DataType]) -> tuple
 
     Returns (frame, had_header). Extra columns in a headered file are ignored.
     """
+    schema, skip, header = _csv_layout(csv_bytes, columns)
+    try:
+        df = pl.read_csv(csv_bytes, has_header=False, skip_rows=skip, schema=schema)
+    except pl.exceptions.PolarsError as exc:
+        raise ValueError(_first_bad_value(csv_bytes, schema, skip) or f"unreadable CSV: {exc}") from None
+    return df.select(list(columns)), header
+
+
+def _csv_layout(csv_bytes: bytes, columns: dict[str, pl.DataType]) -> tuple[pl.Schema, int, bool]:
+    """(schema, lines to skip, had_header) of one archive CSV; raises ValueError as `read_archive_csv` does."""
     header = has_header(csv_bytes)
     if header:
         first_line = csv_bytes.lstrip(b"\xef\xbb\xbf").split(b"\n", 1)[0].decode().strip()
@@ -218,19 +239,42 @@ def read_archive_csv(csv_bytes: bytes, columns: dict[str, pl.DataType]) -> tuple
         absent = [c for c in columns if c not in names]
         if absent:
             raise ValueError(f"archive CSV header {names} lacks columns {absent}")
-        schema = pl.Schema({n: columns.get(n, pl.Utf8) for n in names})
-    else:
-        width = csv_bytes.split(b"\n", 1)[0].count(b",") + 1
-        if width != len(columns):
-            raise ValueError(f"headerless archive CSV has {width} columns; expected {len(columns)} "
-                             f"({list(columns)})")
-        schema = pl.Schema(columns)
-    skip = 1 if header else 0
-    try:
-        df = pl.read_csv(csv_bytes, has_header=False, skip_rows=skip, schema=schema)
-    except pl.exceptions.PolarsError as exc:
-        raise ValueError(_first_bad_value(csv_bytes, schema, skip) or f"unreadable CSV: {exc}") from None
-    return df.select(list(columns)), header
+        return pl.Schema({n: columns.get(n, pl.Utf8) for n in names}), 1, True
+    width = csv_bytes.split(b"\n", 1)[0].count(b",") + 1
+    if width != len(columns):
+        raise ValueError(f"headerless archive CSV has {width} columns; expected {len(columns)} "
+                         f"({list(columns)})")
+    return pl.Schema(columns), 0, False
+
+
+def read_archive_csvs(csvs: list[bytes], columns: dict[str, pl.DataType]) -> tuple[pl.DataFrame | None, list[bool]]:
+    """Several archive CSVs as one frame in `columns`, in order: one polars parse per run of consecutive files
+    with the same layout. Returns (frame, or None when no file has a row; had_header per file). Raises
+    ValueError (a layout) or polars' error (a value) without naming the file: parse that file alone for that."""
+    frames: list[pl.DataFrame] = []
+    headers: list[bool] = []
+    run: list[bytes] = []
+    run_schema: pl.Schema | None = None
+
+    def flush() -> None:
+        if run:
+            buf = b"".join(run)
+            if buf.strip():
+                frames.append(pl.read_csv(buf, has_header=False, schema=run_schema).select(list(columns)))
+            run.clear()
+
+    for csv in csvs:
+        schema, skip, header = _csv_layout(csv, columns)
+        headers.append(header)
+        body = csv.split(b"\n", 1)[1] if skip and b"\n" in csv else (b"" if skip else csv)
+        if schema != run_schema:
+            flush()
+            run_schema = schema
+        if body and not body.endswith(b"\n"):
+            body += b"\n"
+        run.append(body)
+    flush()
+    return (pl.concat(frames) if frames else None), headers
 
 
 def _first_bad_value(csv_bytes: bytes, schema: pl.Schema, skip: int) -> str | None:
@@ -267,15 +311,64 @@ def _ms_or_us(col: str) -> pl.Expr:
 
 # ---------------------------------------------------------------------------- the source
 
+class LocalMirror:
+    """The archive's layout in a local directory (`file:///path`), read in place with the HttpClient calls
+    BinanceArchive makes: a file the mirror lacks is None (as a 404 is), counted in `stats` like requests."""
+
+    def __init__(self, url: str, on_progress: Callable[[str], None] | None = None):
+        path = url.removeprefix("file://")
+        if not path.startswith("/"):
+            raise ValueError(f"archive mirror {url!r}: expected an absolute file URL, e.g. file:///data/binance")
+        self.root = Path(path)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"archive mirror {url!r}: {self.root} is not a directory (QML_BINANCE_ARCHIVE_URL)")
+        self.base_url = self.root.as_uri() + "/"
+        self.on_progress = on_progress
+        self.stats = RequestStats()
+
+    def url_for(self, path: str) -> str:
+        return (self.root / path.lstrip("/")).as_uri()
+
+    def get_bytes_or_none_on_404(self, path: str) -> bytes | None:
+        self.stats.requests += 1
+        try:
+            data = (self.root / path.lstrip("/")).read_bytes()
+        except FileNotFoundError:
+            return None
+        self.stats.bytes_received += len(data)
+        return data
+
+    def reset_stats(self) -> RequestStats:
+        old, self.stats = self.stats, RequestStats()
+        return old
+
+    def pause(self, seconds: float, why: str) -> None:
+        log.info("waiting %.1f s: %s", seconds, why)
+        self.stats.waited_s += seconds
+        time.sleep(seconds)
+
+    def progress(self, message: str) -> None:
+        log.info(message)
+        if self.on_progress is not None:
+            self.on_progress(message)
+
+
+def archive_client(url: str, on_progress: Callable[[str], None] | None = None) -> HttpClient | LocalMirror:
+    """The client for QML_BINANCE_ARCHIVE_URL: a local mirror for file:// URLs, else the HTTP client."""
+    return LocalMirror(url, on_progress) if url.startswith("file://") else HttpClient(url, on_progress=on_progress)
+
+
 class BinanceArchive:
-    """Reader of data.binance.vision through the project's HttpClient (base URL = the archive URL)."""
+    """Reader of data.binance.vision through the project's HttpClient (base URL = the archive URL), or of a
+    local mirror of it (`LocalMirror`: read in place, never copied into the cache)."""
 
     name = SOURCE
 
-    def __init__(self, client: HttpClient, cache_dir: str | os.PathLike[str], oi_publication_lag_s: int = 0,
+    def __init__(self, client: HttpClient | LocalMirror, cache_dir: str | os.PathLike[str], oi_publication_lag_s: int = 0,
                  *, now: Callable[[], datetime] = utc_now, recheck_after: timedelta = timedelta(days=7),
                  revalidate: bool = False, monthly_min_days: int = 2):
         self.client = client
+        self.caches = not isinstance(client, LocalMirror)  # a local mirror is read in place
         self.cache_dir = Path(cache_dir)
         self.oi_publication_lag_s = oi_publication_lag_s
         self.now = now
@@ -343,7 +436,7 @@ class BinanceArchive:
 
     def _download(self, f: ArchiveFile, report: ArchiveReport) -> bytes | None:
         """The verified zip bytes of `f`, from the cache when allowed; None when the archive lacks it."""
-        cached = self._cached(f.path)
+        cached = self._cached(f.path) if self.caches else None
         closed_long_ago = f.end + self.recheck_after <= self.now()
         if cached is not None and closed_long_ago and not self.revalidate:
             report.files_from_cache += 1
@@ -370,7 +463,8 @@ class BinanceArchive:
                 f"({self.client.url_for(f.path)}.CHECKSUM); the file is corrupt or was replaced "
                 f"mid-download. Nothing of this fetch was loaded; run it again, and if it persists "
                 f"report it to Binance.")
-        self._store(f.path, data, got)
+        if self.caches:
+            self._store(f.path, data, got)
         report.files_downloaded += 1
         return data
 
@@ -393,29 +487,41 @@ class BinanceArchive:
                     f"{f.name} ({self.client.url_for(f.path)}) is not a readable zip, twice ({first}; then {exc}), "
                     f"although its sha256 matches the published CHECKSUM: the archive serves a broken file. It was "
                     f"removed from the cache ({self._cache_path(f.path)}); nothing of this fetch was loaded.") from None
-            self._store(f.path, again, hashlib.sha256(again).hexdigest())
+            if self.caches:
+                self._store(f.path, again, hashlib.sha256(again).hexdigest())
             return csv
 
     def _read_files(self, files: Iterable[ArchiveFile], columns: dict[str, pl.DataType],
                     report: ArchiveReport, what: str) -> pl.DataFrame | None:
-        frames = []
+        read: list[tuple[ArchiveFile, bytes]] = []
         files = list(files)
         report.files_needed += len(files)
         for i, f in enumerate(files, 1):
             data = self._download(f, report)
             if data is None:
                 continue
+            csv = self._csv_of(f, data, report)
             try:
-                df, header = read_archive_csv(self._csv_of(f, data, report), columns)
-            except (ValueError, pl.exceptions.PolarsError) as exc:
+                _csv_layout(csv, columns)
+            except ValueError as exc:
                 self.last_report = report
                 raise ArchiveFileError(f"{f.name} ({self.client.url_for(f.path)}): {exc}") from None
-            report.headered_files += header
-            report.headerless_files += not header
-            frames.append(df.with_columns(pl.lit(f.start).cast(TS).alias("_file_start")))
+            read.append((f, csv))
             if i % 30 == 0:
                 self.client.progress(f"archive {what}: {i}/{len(files)} files")
-        return pl.concat(frames) if frames else None
+        try:
+            df, headers = read_archive_csvs([csv for _, csv in read], columns)
+        except (ValueError, pl.exceptions.PolarsError):
+            for f, csv in read:  # parse each file alone: the error names the one that cannot be read
+                try:
+                    read_archive_csv(csv, columns)
+                except (ValueError, pl.exceptions.PolarsError) as exc:
+                    self.last_report = report
+                    raise ArchiveFileError(f"{f.name} ({self.client.url_for(f.path)}): {exc}") from None
+            raise
+        report.headered_files += sum(headers)
+        report.headerless_files += len(headers) - sum(headers)
+        return df
 
     # ------------------------------------------------------------------ open interest
 
@@ -442,7 +548,7 @@ class BinanceArchive:
             pl.col("symbol").fill_null(symbol),
         )
         key = ["symbol", "event_time"]
-        exact = df.unique(subset=[c for c in df.columns if c != "_file_start"], keep="first", maintain_order=True)
+        exact = df.unique(keep="first", maintain_order=True)
         deduped = exact.unique(subset=key, keep="first", maintain_order=True)
         report.duplicate_rows = df.height - exact.height
         report.conflicting_duplicates = exact.height - deduped.height
@@ -486,7 +592,7 @@ class BinanceArchive:
         raw = self._read_files(files, FUNDING_COLUMNS, report, f"fundingRate {symbol}")
         if raw is None:
             return schemas.empty(schemas.FUNDING_RATES)
-        exact = raw.drop("_file_start").unique(keep="first", maintain_order=True)
+        exact = raw.unique(keep="first", maintain_order=True)
         report.duplicate_rows = raw.height - exact.height
         df = snap_funding_times(exact.with_columns(
             _ms_or_us("calc_time").cast(TS).alias("exchange_time")))
@@ -543,7 +649,7 @@ class BinanceArchive:
         if raw is None:
             return schemas.empty(schemas.KLINES)
         now_ms = to_ms(self.now())
-        df = raw.drop("_file_start").with_columns(_ms_or_us("open_time").alias("open_ms"))
+        df = raw.with_columns(_ms_or_us("open_time").alias("open_ms"))
         exact = df.unique(keep="first", maintain_order=True)
         deduped = exact.unique(subset=["open_ms"], keep="first", maintain_order=True)
         report.duplicate_rows = df.height - exact.height
@@ -571,7 +677,10 @@ class BinanceArchive:
     # ------------------------------------------------------------------ planning
 
     def requests_needed(self, files: Iterable[ArchiveFile]) -> int:
-        """HTTP requests fetching `files` would cost now, given the cache (0, 1 or 2 per file)."""
+        """HTTP requests fetching `files` would cost now, given the cache (0, 1 or 2 per file; 0 from a local
+        mirror)."""
+        if not self.caches:
+            return 0
         n, now = 0, self.now()
         for f in files:
             cached = self._cache_path(f.path).exists()

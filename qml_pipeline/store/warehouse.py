@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -36,7 +37,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,29 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def sql_literal(value: object) -> str:
+    """`value` as a SQL literal. Filters on the lake are written with literals, not `?` parameters: DuckLake
+    prunes files (by symbol and year partition, and by column statistics) only on constants known when the
+    query is planned; with parameters a read of one symbol scans every file of the table (measured: 10x the
+    CPU for a year of one symbol's 5-minute open interest among ten symbols)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"no SQL literal for {value!r}")
+        return repr(value)
+    if isinstance(value, str):
+        return _sql_string(value)
+    if isinstance(value, datetime):
+        kind = "TIMESTAMPTZ" if value.tzinfo is not None else "TIMESTAMP"
+        return f"{kind} {_sql_string(value.isoformat(sep=' '))}"
+    if isinstance(value, date):
+        return f"DATE {_sql_string(value.isoformat())}"
+    raise TypeError(f"no SQL literal for {type(value).__name__} {value!r}")
+
+
 def load_extensions(con: duckdb.DuckDBPyConnection) -> None:
     """Load DuckLake and both catalog scanners, installing them from the pinned PyPI packages when DuckDB's
     extension directory lacks them (there is no network to download them from)."""
@@ -233,6 +257,13 @@ class Batch:
 
     def merge(self, table: Table, df: pl.DataFrame) -> None:
         self.ops.append(_Op("merge", table, schemas.conform(table, df)))
+
+    def merge_parts(self, table: Table, frames: Sequence[pl.DataFrame]) -> None:
+        """Merge several frames of one table whose keys are disjoint (e.g. one symbol's months) in one
+        statement; the result is a list of MergeStats, one per frame, in order."""
+        parts = [schemas.conform(table, f).with_columns(pl.lit(k, dtype=pl.Int32).alias(PART_COLUMN))
+                 for k, f in enumerate(frames)]
+        self.ops.append(_Op("merge_parts", table, pl.concat(parts) if parts else None, {"parts": len(frames)}))
 
     def replace_table(self, table: Table, df: pl.DataFrame, *, allow_empty: bool = True) -> None:
         self.ops.append(_Op("replace", table, schemas.conform(table, df), {"allow_empty": allow_empty}))
@@ -500,23 +531,21 @@ class Warehouse:
         with self.session() as con:
             return frame(con, sql, params)
 
-    def read(self, table: Table, *, symbol: str | None = None, start: datetime | None = None,
+    def read(self, table: Table, *, symbol: str | Sequence[str] | None = None, start: datetime | None = None,
              end: datetime | None = None, revisions: bool = False, **equals: object) -> pl.DataFrame:
-        """Rows of `table` (optionally one symbol and [start, end) of its time column). For tables with
-        revisions, only each key's first publication unless revisions=True."""
-        where, params = [], []
-        if symbol is not None:
-            where.append("symbol = ?")
-            params.append(symbol)
+        """Rows of `table` (optionally one symbol, or several, and [start, end) of its time column). For tables
+        with revisions, only each key's first publication unless revisions=True."""
+        where = []
+        if isinstance(symbol, str):
+            where.append(f"symbol = {sql_literal(symbol)}")
+        elif symbol is not None:
+            where.append(f"symbol IN ({', '.join(sql_literal(s) for s in symbol) or 'NULL'})")
         for col, value in equals.items():
-            where.append(f"{_ident(col)} = ?")
-            params.append(value)
+            where.append(f"{_ident(col)} = {sql_literal(value)}")
         if start is not None:
-            where.append(f"{_ident(table.time_column)} >= ?")
-            params.append(start)
+            where.append(f"{_ident(table.time_column)} >= {sql_literal(start)}")
         if end is not None:
-            where.append(f"{_ident(table.time_column)} < ?")
-            params.append(end)
+            where.append(f"{_ident(table.time_column)} < {sql_literal(end)}")
         if table.revisioned and not revisions:
             where.append("revision = 0")
         cols = ", ".join(_ident(c) for c in table.names)
@@ -524,7 +553,7 @@ class Warehouse:
         order = list(table.key) + (["revision"] if table.revisioned else [])
         if order:
             sql += " ORDER BY " + ", ".join(_ident(k) for k in order)
-        df = self.query(sql, params)
+        df = self.query(sql)
         return schemas.conform(table, df) if df.height else schemas.empty(table)
 
     def snapshots(self) -> pl.DataFrame:
@@ -540,6 +569,20 @@ class Warehouse:
         df = self.snapshots().filter(pl.col("commit_extra_info").str.contains(f'"dagster_run_id": "{run_id}"',
                                                                               literal=True))
         return df["snapshot_id"].to_list()
+
+    def months_written(self, table: Table, snapshots: Sequence[int]) -> dict[str, list[datetime]]:
+        """Symbol -> the UTC months (first instants) of the rows `table` gained from the first to the last of
+        `snapshots` (every snapshot in between included)."""
+        if not snapshots or "symbol" not in table.names or table.time_column is None:
+            return {}
+        month = f"date_trunc('month', make_timestamp(epoch_us({_ident(table.time_column)})))"
+        df = self.query(f"SELECT DISTINCT symbol, epoch_ms({month}) AS month_ms FROM ducklake_table_insertions("
+                        f"current_database(), 'main', ?, ?, ?) ORDER BY ALL",
+                        [table.name, min(snapshots), max(snapshots)])
+        out: dict[str, list[datetime]] = {}
+        for symbol, month_ms in df.iter_rows():
+            out.setdefault(symbol, []).append(datetime.fromtimestamp(month_ms / 1000, tz=timezone.utc))
+        return out
 
     def summary(self) -> pl.DataFrame:
         """Per table (and symbol): rows and time range, for the demo and metadata."""
@@ -632,6 +675,8 @@ def _apply(con: duckdb.DuckDBPyConnection, op: _Op) -> MergeStats | WriteStats |
     cols = ", ".join(_ident(c) for c in table.names)
     if op.kind == "merge":
         return _merge(con, table, op.frame)
+    if op.kind == "merge_parts":
+        return _merge_parts(con, table, op.frame, op.args["parts"])
     if op.kind == "replace":
         old = con.execute(f"SELECT count(*) FROM {target}").fetchone()[0]
         if op.frame.height == 0 and old and not op.args["allow_empty"]:
@@ -674,10 +719,23 @@ def _apply(con: duckdb.DuckDBPyConnection, op: _Op) -> MergeStats | WriteStats |
     raise ValueError(f"unknown write {op.kind}")
 
 
-def _merge(con: duckdb.DuckDBPyConnection, table: Table, df: pl.DataFrame) -> MergeStats:
+def _merge_parts(con: duckdb.DuckDBPyConnection, table: Table, df: pl.DataFrame | None,
+                 parts: int) -> list[MergeStats]:
+    """`_merge` of frames concatenated with their index in PART_COLUMN; one MergeStats per frame."""
+    if df is None or df.height == 0:
+        if not table.revisioned:
+            raise ValueError(f"{table.name} keeps no revisions: merge is for raw tables; use replace_table")
+        return [MergeStats(table.name, 0, 0, 0, 0) for _ in range(parts)]
+    counts = _merge(con, table, df, by_part=True)
+    return [MergeStats(table.name, *counts.get(k, (0, 0, 0, 0))) for k in range(parts)]
+
+
+def _merge(con: duckdb.DuckDBPyConnection, table: Table, df: pl.DataFrame,
+           by_part: bool = False) -> MergeStats | dict[int, tuple[int, int, int, int]]:
     """Insert rows of `df` whose key is new (revision 0) or whose values differ from every stored version of
     their key (revision = latest + 1, available_at no earlier than ingested_at). In SQL, inside the caller's
-    transaction; stored rows are never changed."""
+    transaction; stored rows are never changed. `by_part`: `df` carries PART_COLUMN and the counts
+    (offered, inserted, revised, unchanged) come back per part."""
     if not table.revisioned:
         raise ValueError(f"{table.name} keeps no revisions: merge is for raw tables; use replace_table")
     if df.height == 0:
@@ -687,12 +745,13 @@ def _merge(con: duckdb.DuckDBPyConnection, table: Table, df: pl.DataFrame) -> Me
     key = ", ".join(_ident(k) for k in table.key)
     on = " AND ".join(f"s.{_ident(k)} = i.{_ident(k)}" for k in table.key)
     same = " AND ".join(f"s.{_ident(v)} IS NOT DISTINCT FROM i.{_ident(v)}" for v in table.value_columns)
+    # the stored rows the incoming ones can meet, bounded with literals so the lake reads only their files
     prune = []
     if "symbol" in table.names:
-        prune.append(f"symbol IN (SELECT DISTINCT symbol FROM {src})")
+        prune.append(f"symbol IN ({', '.join(sql_literal(v) for v in df['symbol'].unique().sort())})")
     if table.time_column:
-        t = _ident(table.time_column)
-        prune.append(f"{t} BETWEEN (SELECT min({t}) FROM {src}) AND (SELECT max({t}) FROM {src})")
+        t = table.time_column
+        prune.append(f"{_ident(t)} BETWEEN {sql_literal(df[t].min())} AND {sql_literal(df[t].max())}")
     con.execute(f"""
         CREATE TEMP TABLE merge_plan AS
         WITH stored AS (SELECT * FROM {target} WHERE {' AND '.join(prune) or 'true'}),
@@ -701,9 +760,11 @@ def _merge(con: duckdb.DuckDBPyConnection, table: Table, df: pl.DataFrame) -> Me
                  FROM {src} i JOIN stored s ON {on} AND {same or 'true'})
         SELECT i.*, l._latest, coalesce(m._same, false) AS _same
         FROM {src} i LEFT JOIN latest l USING ({key}) LEFT JOIN same m USING ({key})""")
-    counts = con.execute("SELECT count(*) FILTER (WHERE _latest IS NULL), "
-                         "count(*) FILTER (WHERE _latest IS NOT NULL AND NOT _same), count(*) FILTER (WHERE _same) "
-                         "FROM merge_plan").fetchone()
+    group = PART_COLUMN if by_part else "0"
+    per_part = {int(k): (int(n), int(a), int(b), int(c)) for k, n, a, b, c in con.execute(
+        f"SELECT {group}, count(*), count(*) FILTER (WHERE _latest IS NULL), "
+        "count(*) FILTER (WHERE _latest IS NOT NULL AND NOT _same), count(*) FILTER (WHERE _same) "
+        f"FROM merge_plan GROUP BY ALL").fetchall()}
     select = []
     for c in table.names:
         if c == "revision":
@@ -716,9 +777,12 @@ def _merge(con: duckdb.DuckDBPyConnection, table: Table, df: pl.DataFrame) -> Me
     con.execute(f"INSERT INTO {target} ({cols}) SELECT {', '.join(select)} FROM merge_plan WHERE NOT _same")
     con.execute("DROP TABLE merge_plan")
     con.unregister(src)
-    return MergeStats(table.name, df.height, counts[0], counts[1], counts[2])
+    if by_part:
+        return per_part
+    return MergeStats(table.name, *per_part[0])
 
 
+PART_COLUMN = "_merge_part"
 LAKE_FILES = (CATALOG_FILE, CATALOG_FILE + "-wal", CATALOG_FILE + "-shm", DATA_DIR)
 
 

@@ -7,6 +7,9 @@ window or the holding period runs past the last bar) yields no row.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -17,6 +20,8 @@ from qml_pipeline.trades.detector import DetectorConfig, detect_patterns
 from qml_pipeline.trades.contract import REFERENCE_SOURCE, TRADES, validate_trades
 
 _MS = pl.Datetime("ms", "UTC")
+# below this many bars the reference detector runs in this process (measured: docs/scale.md)
+PARALLEL_MIN_BARS = 400_000
 
 
 @dataclass(frozen=True)
@@ -161,14 +166,41 @@ def simulate_trades(patterns: pl.DataFrame, klines: pl.DataFrame, funding: pl.Da
 
 def reference_trades(klines_all: pl.DataFrame, funding_all: pl.DataFrame | None, timeframes: list[str],
                      config: DetectorConfig | None = None,
-                     sim_config: SimulationConfig | None = None) -> pl.DataFrame:
-    """Detector + simulation for every symbol of `klines_all` and each interval in `timeframes`."""
-    frames = []
-    for (symbol, interval), k in sorted(klines_all.filter(pl.col("interval").is_in(timeframes))
-                                        .group_by("symbol", "interval"), key=lambda g: g[0]):
-        patterns = detect_patterns(k, config)
-        if patterns.height:
-            frames.append(simulate_trades(patterns, k, funding_all, sim_config))
+                     sim_config: SimulationConfig | None = None, workers: int | None = None) -> pl.DataFrame:
+    """Detector + simulation for every symbol of `klines_all` and each interval in `timeframes`.
+
+    Symbols and intervals are independent, so with many bars they run in `workers` processes (default: one per
+    core once the klines hold PARALLEL_MIN_BARS bars; a spawned worker costs about a second to start). The
+    trades are the same, in the same order, whatever the number of workers."""
+    groups = sorted(klines_all.filter(pl.col("interval").is_in(timeframes)).group_by("symbol", "interval"),
+                    key=lambda g: g[0])
+    jobs = [(k, _funding_of(funding_all, symbol), config, sim_config) for (symbol, _), k in groups]
+    if workers is None:
+        workers = os.cpu_count() or 1 if sum(k.height for k, *_ in jobs) >= PARALLEL_MIN_BARS else 1
+    workers = max(1, min(workers, len(jobs)))
+    if workers == 1:
+        frames = [_trades_of_group(job) for job in jobs]
+    else:
+        # spawn, not fork: a forked child of a process running polars' or DuckDB's threads can deadlock
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            frames = list(pool.map(_trades_of_group, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+    frames = [f for f in frames if f.height]
     if not frames:
         return pl.DataFrame(schema=TRADES.polars_schema)
     return pl.concat(frames).sort("decision_time", "trade_id")
+
+
+def _funding_of(funding_all: pl.DataFrame | None, symbol: str) -> pl.DataFrame | None:
+    if funding_all is None or "symbol" not in funding_all.columns:
+        return funding_all
+    return funding_all.filter(pl.col("symbol") == symbol)
+
+
+def _trades_of_group(job: tuple[pl.DataFrame, pl.DataFrame | None, DetectorConfig | None, SimulationConfig | None]
+                     ) -> pl.DataFrame:
+    """The trades of one symbol and interval (a module-level function: process pools pickle it by name)."""
+    klines, funding, config, sim_config = job
+    patterns = detect_patterns(klines, config)
+    if not patterns.height:
+        return pl.DataFrame(schema=TRADES.polars_schema)
+    return simulate_trades(patterns, klines, funding, sim_config)

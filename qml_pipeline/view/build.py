@@ -174,11 +174,26 @@ def recent_pattern_cards(wh: Warehouse, limit: int = 20, days: float | None = No
     return pattern_cards_for_render(cards, adjustments)
 
 
-def gate_dicts(gates: pl.DataFrame, override: bool) -> list[dict]:
+def verdict_basis(trades: pl.DataFrame, backtest: pl.DataFrame) -> dict[str, str]:
+    """Per gate, what its verdict rests on: the filled trades and symbols phase 9 compared, and for phase 10
+    the later trades its out-of-sample judgement used (so a reader sees how small an effect it could see)."""
+    filled = trades.filter(pl.col("outcome").is_in(FILLED_OUTCOMES))
+    years = filled["decision_time"].dt.year() if filled.height else pl.Series([], dtype=pl.Int32)
+    base = (f"{filled.height} filled trades of {filled['symbol'].n_unique()} symbol(s)"
+            + (f", {years.min()}-{years.max()}" if filled.height else ""))
+    out = {"phase9": f"rests on {base}"}
+    judged = backtest.filter((pl.col("period") == "judging") & (pl.col("variant") == "baseline")
+                             & (pl.col("scope") == "overall")) if backtest.height else backtest
+    out["phase10"] = (f"rests on the {judged['trades'][0]} later (out-of-sample) trades of the {base}"
+                      if judged.height else f"rests on {base}")
+    return out
+
+
+def gate_dicts(gates: pl.DataFrame, override: bool, basis: dict[str, str] | None = None) -> list[dict]:
     out = []
     for gate in gates["gate"].unique(maintain_order=True).to_list():
         rows = gates.filter(pl.col("gate") == gate)
-        out.append({"gate": gate, "passed": bool(rows["gate_passed"][0]),
+        out.append({"gate": gate, "passed": bool(rows["gate_passed"][0]), "basis": (basis or {}).get(gate, ""),
                     "parts": rows.select("part", "passed", "message").rename({"part": "name"}).to_dicts(),
                     "override": "QML_OVERRIDE_GATES=1: later phases ran past this gate"
                                 if override and not rows["gate_passed"][0] else ""})
@@ -242,5 +257,5 @@ def write_research_report(wh: Warehouse, out_dir: Path, inputs: ReportInputs) ->
         out_dir, context_cards=latest_context_cards(wh), pattern_cards=recent_pattern_cards(wh),
         equity_curves=curves, winners_vs_losers=stats,
         feature_values=feature_values, per_year_metrics=per_year, data_quality=wh.read(schemas.DATA_QUALITY),
-        gates=gate_dicts(gates, inputs.override_gates), model_summary=latest_model_summary(wh.root / "models"),
+        gates=gate_dicts(gates, inputs.override_gates, verdict_basis(trades, backtest)), model_summary=latest_model_summary(wh.root / "models"),
         evidence_can=ev.can, evidence_cannot=ev.cannot, evidence_parts=ev.parts, notes=inputs.notes)

@@ -364,8 +364,9 @@ def _gates_html(gates: list[dict] | None) -> str:
                          f'<b>{_e(p.get("name"))}</b>: {_e(p.get("message"))}</li>')
         extra = f"<div>{_e(g['message'])}</div>" if g.get("message") and not parts else ""
         override = f'<div class="sub">override: {_e(g["override"])}</div>' if g.get("override") else ""
+        basis = f'<div class="sub">{_e(g["basis"])}</div>' if g.get("basis") else ""
         out.append(f'<div class="gate {cls}"><span class="badge {cls}">{word}</span> '
-                   f'<b>{_e(g.get("gate", "gate"))}</b>{extra}<ul>{"".join(parts)}</ul>{override}</div>')
+                   f'<b>{_e(g.get("gate", "gate"))}</b>{basis}{extra}<ul>{"".join(parts)}</ul>{override}</div>')
     return "".join(out)
 
 
