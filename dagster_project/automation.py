@@ -1,0 +1,35 @@
+"""When Dagster rebuilds what, declared on the assets (declarative automation) and evaluated by ONE sensor,
+`research_automation` (dagster_project/defs/schedules.py).
+
+- Raw assets have no condition: the `daily_refresh` schedule runs them, a chunk of symbols per run
+  (QML_REFRESH_SYMBOLS_PER_RUN) over the year partitions holding yesterday and today. `on_cron` would ask for the
+  latest year only (missing the last day of December on the 1st of January) and for every symbol in one run.
+- Everything downstream rebuilds once per day, after the daily refresh tick, as soon as each of its inputs has
+  been updated since that tick (or is requested in the same evaluation, so the whole graph is one run), no input
+  is still being refreshed (a queued or running chunk), and every blocking check of its inputs passed (the raw
+  `contract`/`complete` checks, the research gates). It does not follow every upstream update (`eager`): the
+  intraday refresh updates the raw tables every few minutes, and the research must not be rebuilt each time.
+- `warehouse_maintenance` keeps its weekly `on_cron`.
+
+The cron is read at import: schedules and automation conditions are definitions, fixed when the code loads.
+"""
+
+import dagster as dg
+
+DAILY_REFRESH_CRON = "10 0 * * *"
+MAINTENANCE_CRON = "0 3 * * 0"
+
+AFTER_DAILY_REFRESH = (
+    dg.AutomationCondition.cron_tick_passed(DAILY_REFRESH_CRON).since_last_handled()
+    & dg.AutomationCondition.all_deps_updated_since_cron(DAILY_REFRESH_CRON)
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+    & dg.AutomationCondition.all_deps_blocking_checks_passed()
+).with_label("after_daily_refresh")
+
+
+def after_rebuild_of(asset: str) -> dg.AutomationCondition:
+    """For a check that judges `asset`'s rows about another asset: run when `asset` is rebuilt (in that run, when
+    the sensor requests both), not when the checked asset alone is."""
+    return dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets(asset)).with_label(
+        f"after_{asset}")
