@@ -7,6 +7,7 @@ into a WARN result (visible in the UI and the report) that blocks nothing."""
 import dagster as dg
 import polars as pl
 
+from dagster_project.automation import after_rebuild_of
 from dagster_project.defs.context import (
     ohlcv_windows,
     trade_context_features,
@@ -197,7 +198,7 @@ def context_model(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
         "phase10_gate": phase10_status})
 
 
-@dg.asset_check(asset="context_model", description="the fusion model's out-of-sample (walk-forward) AUC is "
+@dg.asset_check(asset="context_model", automation_condition=after_rebuild_of("context_model"), description="the fusion model's out-of-sample (walk-forward) AUC is "
                                                    "above chance (0.5); a warning, since few trades make it noisy")
 def model_beats_chance(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     rows = warehouse.get().read(schemas.MODEL_EVALUATION).filter(
