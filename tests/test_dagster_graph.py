@@ -88,8 +88,8 @@ def test_automation_conditions() -> None:
     # checks that judge another asset's rebuild follow it into its run
     labels = {(k.asset_key.to_user_string(), k.name): GRAPH.get(k).automation_condition
               for k in GRAPH.asset_check_keys}
-    assert labels[("klines", "quality_BTCUSDT")].get_label() == "after_data_quality"
-    assert labels[("context_model", "model_beats_chance")].get_label() == "after_context_model"
+    assert labels[("klines", "quality_BTCUSDT")].get_label() == "with_data_quality"
+    assert labels[("context_model", "model_beats_chance")].get_label() == "with_context_model"
     repo = defs.get_repository_def()
     sensors = {s.name: s for s in repo.sensor_defs}
     assert isinstance(sensors["research_automation"], dg.AutomationConditionSensorDefinition)
