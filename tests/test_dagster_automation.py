@@ -57,7 +57,7 @@ def _walk(tmp_path: Path, stack: contextlib.ExitStack) -> None:
     resources = {"warehouse": WarehouseResource(root=str(tmp_path)), "market": MarketDataResource(source="sample"),
                  "trade_source": TradeSourceResource(export_path=""),
                  "research": ResearchResource(override_gates=False, model_epochs=2),
-                 "coinglass": CoinglassResource(api_key_env="QML_TEST_NO_SUCH_KEY")}
+                 "coinglass": CoinglassResource()}
     project = dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, resources=resources)
     instance = stack.enter_context(dg.instance_for_test())  # a stored instance: the schedule context needs its ref
     sync_symbols(instance, ["BTCUSDT"])

@@ -24,7 +24,7 @@ def _resources(root: Path, override: bool, export: str = "", column_map: str = "
     return {"warehouse": WarehouseResource(root=str(root)), "market": MarketDataResource(source="sample"),
             "trade_source": TradeSourceResource(export_path=export, column_map=column_map),
             "research": ResearchResource(override_gates=override, model_epochs=3),
-            "coinglass": CoinglassResource(api_key_env="QML_TEST_NO_SUCH_KEY")}
+            "coinglass": CoinglassResource()}
 
 
 def _research(root: Path, override: bool, **kw) -> dg.ExecuteInProcessResult:
