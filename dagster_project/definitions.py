@@ -1,41 +1,39 @@
-"""The one Definitions object: every asset, check, job, schedule and resource of the pipeline."""
+"""The one Definitions object: every asset, check, job, schedule and sensor found in dagster_project/defs (a
+`dg` project: pyproject.toml [tool.dg]), with the resources, the executor and the daily automation condition of
+every asset downstream of the raw tables (dagster_project/automation.py)."""
+
+from pathlib import Path
 
 import dagster as dg
 
-from dagster_project.defs.context import (
-                                          liquidation_map,
-                                          liquidations,
-                                          ohlcv_windows,
-                                          open_interest_aggregate,
-                                          trade_context_features,
-)
-from dagster_project.defs.maintenance import warehouse_maintenance
-from dagster_project.defs.quality import data_quality, raw_data_quality, venue_divergence
-from dagster_project.defs.raw_market_data import RAW_ASSETS, RAW_CHECKS
-from dagster_project.defs.research import (
-                                          context_error_analysis,
-                                          context_model,
-                                          context_overlay,
-                                          model_beats_chance,
-)
-from dagster_project.defs.schedules import JOBS, SCHEDULES, SENSORS
-from dagster_project.defs.sensitivity import SENSITIVITY_ASSETS
-from dagster_project.defs.trades import baseline_metrics, trades
-from dagster_project.defs.view import context_cards, pattern_cards, research_report
+from dagster_project.automation import AFTER_DAILY_REFRESH
+from dagster_project.defs.raw_market_data import RAW_CHECKS, RAW_GROUP
+from dagster_project.defs.maintenance import GROUP as MAINTENANCE_GROUP
 from dagster_project.executors import configured_executor
 from dagster_project.resources import SETTINGS, default_resources
 
-RESEARCH_ASSETS = [data_quality, venue_divergence, trades, baseline_metrics, open_interest_aggregate, liquidation_map,
-                   liquidations, trade_context_features, ohlcv_windows, context_error_analysis, context_overlay,
-                   context_model, *SENSITIVITY_ASSETS, context_cards, pattern_cards, research_report]
-RESEARCH_CHECKS = [raw_data_quality, model_beats_chance]
+# groups not rebuilt after the daily refresh: the raw tables (the schedule runs them) and the maintenance (weekly)
+OWN_TRIGGER_GROUPS = (RAW_GROUP, MAINTENANCE_GROUP)
 
-defs = dg.Definitions(
-    assets=[*RAW_ASSETS, *RESEARCH_ASSETS, warehouse_maintenance],
-    asset_checks=[*RAW_CHECKS, *RESEARCH_CHECKS],
-    jobs=JOBS,
-    schedules=SCHEDULES,
-    sensors=SENSORS,
-    resources=default_resources(),
-    executor=configured_executor(SETTINGS.executor),
-)
+
+def _daily(spec: dg.AssetSpec) -> dg.AssetSpec:
+    if spec.group_name in OWN_TRIGGER_GROUPS:
+        return spec
+    return spec.replace_attributes(automation_condition=AFTER_DAILY_REFRESH)
+
+
+def build_defs() -> dg.Definitions:
+    found = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+    # a definition imported by another defs module is found twice: keep each object once
+    assets = list({id(a): a for a in found.assets or []}.values())
+    return dg.Definitions(
+        assets=dg.map_asset_specs(_daily, assets), asset_checks=found.asset_checks, jobs=found.jobs,
+        schedules=found.schedules, sensors=found.sensors, resources=default_resources(),
+        executor=configured_executor(SETTINGS.executor))
+
+
+defs = build_defs()
+
+# what runs after the raw tables (the research job's assets and checks; tests and the demo materialize these)
+RESEARCH_ASSETS = [a for a in defs.assets if not {s.group_name for s in a.specs} & set(OWN_TRIGGER_GROUPS)]
+RESEARCH_CHECKS = [c for c in defs.asset_checks if all(c is not raw for raw in RAW_CHECKS)]

@@ -11,7 +11,8 @@ import dagster as dg
 from qml_pipeline.trades.build import TradeSourceConfig
 from qml_pipeline.config import Settings
 from qml_pipeline.sources.ingest import MarketSource
-from qml_pipeline.sources.coinglass import CoinglassClient, coinglass_from_env
+from qml_pipeline.sources.coinglass import (DEFAULT_BASE_URL, ENV_API_KEY, ENV_BASE_URL, ENV_PLAN_MIN_INTERVAL,
+                                            CoinglassClient, coinglass_from_env)
 from qml_pipeline.sources.sample import SampleSource
 from qml_pipeline.sources.universe import Universe, binance_usdm_universe, configured_universe
 from qml_pipeline.store.schemas import BarPlausibility
@@ -140,18 +141,27 @@ class ResearchResource(dg.ConfigurableResource):
 
 
 class CoinglassResource(dg.ConfigurableResource):
-    """Optional Coinglass liquidation history. The key is read from the environment variable named
-    here when a client is made, so it never enters Dagster's run config, logs or metadata."""
+    """Optional Coinglass liquidation history. The key is a Dagster `EnvVar` (COINGLASS_API_KEY): the UI and run
+    config show the variable's name, never its value; empty = Coinglass is skipped."""
 
-    api_key_env: str = "COINGLASS_API_KEY"
+    api_key: str = ""
+    plan_min_interval: str = "4h"  # COINGLASS_PLAN_MIN_INTERVAL
+    base_url: str = DEFAULT_BASE_URL  # COINGLASS_BASE_URL
 
     def client(self) -> "CoinglassClient | None":
-        env = dict(os.environ)
-        env["COINGLASS_API_KEY"] = os.environ.get(self.api_key_env, "")
-        return coinglass_from_env(env)
+        return coinglass_from_env({ENV_API_KEY: self.api_key, ENV_PLAN_MIN_INTERVAL: self.plan_min_interval,
+                                   ENV_BASE_URL: self.base_url})
+
+
+def coinglass_resource() -> CoinglassResource:
+    """The Coinglass resource of the deployment: the key as an EnvVar when it is set (an unset EnvVar would fail
+    every run; without a key the asset is skipped with its reason)."""
+    return CoinglassResource(api_key=dg.EnvVar(ENV_API_KEY) if os.environ.get(ENV_API_KEY) else "",
+                             plan_min_interval=os.environ.get(ENV_PLAN_MIN_INTERVAL) or "4h",
+                             base_url=os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL)
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
     return {"warehouse": WarehouseResource(), "market": MarketDataResource(),
             "trade_source": TradeSourceResource(), "research": ResearchResource(),
-            "coinglass": CoinglassResource()}
+            "coinglass": coinglass_resource()}

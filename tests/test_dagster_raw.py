@@ -10,7 +10,7 @@ import polars as pl
 
 from dagster_project.definitions import defs
 from dagster_project.defs.raw_market_data import RAW_ASSETS, RAW_CHECKS
-from dagster_project.defs.schedules import (CHUNK_TAG, all_chunks_refreshed, daily_refresh, refresh_of_instance,
+from dagster_project.defs.schedules import (CHUNK_TAG, daily_refresh, refresh_of_instance,
                                             refresh_requests)
 from dagster_project.resources import MarketDataResource, WarehouseResource
 from qml_pipeline.sources.sample import SampleSource
@@ -142,15 +142,3 @@ def test_a_refresh_run_over_a_symbol_range_materialises_each_symbol_year(tmp_pat
     assert checks["klines"].metadata["covered"].value == "nothing: this run wrote no row"
 
 
-def test_research_waits_for_the_latest_run_of_every_chunk() -> None:
-    ok, failed = dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE
-
-    def run(chunk: str, status: dg.DagsterRunStatus) -> dg.DagsterRun:
-        return dg.DagsterRun(job_name="raw_refresh", status=status, tags={CHUNK_TAG: chunk})
-
-    # newest first, as the instance lists them: chunk 2 failed once, then its re-execution succeeded
-    assert all_chunks_refreshed([run("2/2", ok), run("1/2", ok), run("2/2", failed)])[0]
-    done, waiting = all_chunks_refreshed([run("2/2", failed), run("1/2", ok)])
-    assert not done and waiting == "chunk(s) 2 of 2 not yet succeeded"
-    assert not all_chunks_refreshed([run("1/2", ok)])[0]
-    assert not all_chunks_refreshed([])[0]

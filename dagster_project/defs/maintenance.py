@@ -4,6 +4,7 @@ from datetime import timedelta
 
 import dagster as dg
 
+from dagster_project.automation import MAINTENANCE_CRON
 from dagster_project.defs.raw_market_data import WRITER_POOL
 from dagster_project.resources import WarehouseResource
 
@@ -11,7 +12,7 @@ GROUP = "maintenance"
 
 
 @dg.asset(group_name=GROUP, kinds={"ducklake"}, pool=WRITER_POOL,
-          automation_condition=dg.AutomationCondition.on_cron("0 3 * * 0"))
+          automation_condition=dg.AutomationCondition.on_cron(MAINTENANCE_CRON))
 def warehouse_maintenance(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
     """Weekly (Sunday 03:00 UTC): flush rows DuckLake inlined in the catalog into Parquet, merge small files,
     expire snapshots older than the retention (QML_WAREHOUSE_RETENTION_DAYS, default 30: time travel reaches

@@ -8,6 +8,7 @@ from datetime import timedelta
 import dagster as dg
 import polars as pl
 
+from dagster_project.automation import after_rebuild_of
 from dagster_project.defs.raw_market_data import raw_asset_keys, raw_asset_name, venue_tables
 from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.resources import SETTINGS, MarketDataResource, WarehouseResource
@@ -38,8 +39,11 @@ def data_quality(context: dg.AssetExecutionContext, warehouse: WarehouseResource
 
 def _quality_specs() -> list[dg.AssetCheckSpec]:
     return [dg.AssetCheckSpec(f"quality_{symbol}", asset=asset, additional_deps=[data_quality],
+                              automation_condition=after_rebuild_of("data_quality"),
                               description=f"{venue} {table} {symbol}: >= {MIN_COMPLETENESS:.0%} complete, no "
-                                          f"duplicates, fresh within {MAX_DATA_AGE} (live sources)")
+                                          f"duplicates, fresh within {MAX_DATA_AGE} (live sources), judged on "
+                                          "data_quality as rebuilt in the same run (the research job and the "
+                                          "automation sensor run it there; raw refresh runs leave it out)")
             for asset, table, venue in RAW_SERIES for symbol in SETTINGS.symbols]
 
 

@@ -121,6 +121,12 @@ def _completeness(results: list[WindowResult]) -> str:
     return "; ".join(missing + [summary])
 
 
+def _run_partitions(context: dg.AssetExecutionContext) -> str:
+    """The partitions a run covers, as its range (a run-level check result says which ones it judged)."""
+    r = context.partition_key_range
+    return r.start if r.start == r.end else f"{r.start} ... {r.end} ({len(context.partition_keys)} partitions)"
+
+
 def _raw_asset(table: Table, description: str, venue: str = "binance") -> dg.AssetsDefinition:
     name = raw_asset_name(table, venue)
 
@@ -135,7 +141,8 @@ def _raw_asset(table: Table, description: str, venue: str = "binance") -> dg.Ass
         metadata={**table_metadata(table), "venue": venue},
         check_specs=[
             dg.AssetCheckSpec(CONTRACT_CHECK, asset=name, blocking=True,
-                              description=f"the rows this run fetched meet the {table.name} contract (pandera: types, "
+                              description=f"one result per run (its partitions are in the metadata): the rows this "
+                                          f"run fetched meet the {table.name} contract (pandera: types, "
                                           "ranges, finite numbers, one row per key"
                                           + (", plausible bars (QML_BAR_OUTLIER_*)" if table is schemas.KLINES else "")
                                           + "); failures are named by symbol and time, and nothing of their batch is "
@@ -170,7 +177,8 @@ def _raw_asset(table: Table, description: str, venue: str = "binance") -> dg.Ass
             if isinstance(cause, schemas.ValidationError):
                 shown = markdown_table(cause.failures.drop("index"))
                 yield dg.AssetCheckResult(check_name=CONTRACT_CHECK, passed=False,
-                                          metadata={"window": cause.where, "failures": shown})
+                                          metadata={"window": cause.where, "failures": shown,
+                                                    "partitions": _run_partitions(context)})
             raise
         fetched = sum(r.fetched for r in results)
         per_partition: dict[str, list[WindowResult]] = defaultdict(list)
@@ -208,7 +216,9 @@ def _raw_asset(table: Table, description: str, venue: str = "binance") -> dg.Ass
                       or "none"},
             check_results=[
                 dg.AssetCheckResult(check_name=CONTRACT_CHECK, passed=True,
-                                    metadata={"rows_checked": fetched}),
+                                    description=f"per run: {fetched} fetched row(s) of {len(context.partition_keys)} "
+                                                "partition(s) meet the contract",
+                                    metadata={"rows_checked": fetched, "partitions": _run_partitions(context)}),
                 dg.AssetCheckResult(check_name=COMPLETE_CHECK, passed=not incomplete,
                                     description=(f"incomplete partitions: {', '.join(incomplete)}" if incomplete
                                                  else f"all {len(context.partition_keys)} partition(s) complete"),

@@ -1,8 +1,13 @@
-"""The seed's research phases: 9 (winners vs losers, gate), 10 (rule overlay backtest, gate), 11 (model)."""
+"""The seed's research phases: 9 (winners vs losers), 10 (rule overlay backtest), 11 (model), and the gates between
+them: `phase9_gate` and `phase10_gate` are assets whose blocking `passed` check stops the next phase, in a run and
+in declarative automation alike. They sit on their own nodes (not on the phase assets) so the sensitivity runs
+and the report, which explain the verdicts, still run when a gate fails. QML_OVERRIDE_GATES=1 turns a failed gate
+into a WARN result (visible in the UI and the report) that blocks nothing."""
 
 import dagster as dg
 import polars as pl
 
+from dagster_project.automation import after_rebuild_of
 from dagster_project.defs.context import (
     ohlcv_windows,
     trade_context_features,
@@ -31,30 +36,22 @@ from qml_pipeline.trades.metrics import apply_timeout_policy
 GROUP = "research"
 
 
-def _gate_check(name: str, gate) -> dg.AssetCheckResult:
-    return dg.AssetCheckResult(
-        check_name=name, passed=gate.passed, severity=dg.AssetCheckSeverity.ERROR, description=gate.message,
-        metadata={"parts": markdown_table(gate_summary(gate)),
-                  **{p.name: dg.MetadataValue.text(("PASS " if p.passed else "FAIL ") + p.message) for p in gate.parts}})
+GATE_CHECK = "passed"
 
 
-def _open_gate(context: dg.AssetExecutionContext, wh, gate: str, override: bool) -> str:
+def gate_status(gates: pl.DataFrame, gate: str, override: bool) -> tuple[bool, str]:
+    """(the stored `gate` passed, its one-line status: passed, FAILED with the failed parts and how to override,
+    or OVERRIDDEN: ...)."""
+    rows = gates.filter(pl.col("gate") == gate)
+    passed = bool(rows.height and rows["gate_passed"][0])
     try:
-        status = require_gate(wh.read(schemas.RESEARCH_GATES), gate, override)
+        return passed, require_gate(rows, gate, override)
     except GateClosedError as exc:
-        raise dg.Failure(description=str(exc)) from exc
-    if status.startswith("OVERRIDDEN"):
-        context.log.warning(status)
-    return status
+        return passed, str(exc)
 
 
 @dg.asset(deps=[trade_context_features], group_name=GROUP, kinds={"ducklake", "duckdb"},
-          metadata=table_metadata(schemas.CONTEXT_ERROR_ANALYSIS),
-          check_specs=[dg.AssetCheckSpec("phase9_gate", asset="context_error_analysis",
-                                         description="200+ trades, a feature that differs significantly "
-                                                     "(BH-adjusted), 70% of losers with an identifiable context issue "
-                                                     "(the seed's literal part) and losers with an issue more often "
-                                                     "than winners (Fisher's exact test)")])
+          metadata=table_metadata(schemas.CONTEXT_ERROR_ANALYSIS))
 def context_error_analysis(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                            research: ResearchResource) -> dg.MaterializeResult:
     """Phase 9: winners vs losers on every context feature (with the minimum detectable effect), the
@@ -75,25 +72,50 @@ def context_error_analysis(context: dg.AssetExecutionContext, warehouse: Warehou
                   "winners_vs_losers": markdown_table(shown),
                   "issue_shares_by_definition": markdown_table(result.issue_sensitivity),
                   "review_sheet": dg.MetadataValue.path(str(result.review_files["combined"])),
-                  "review_workbook": dg.MetadataValue.path(str(result.review_files["workbook"]))},
-        check_results=[_gate_check("phase9_gate", result.gate)])
+                  "review_workbook": dg.MetadataValue.path(str(result.review_files["workbook"])),
+                  "gate": result.gate.message, "gate_parts": markdown_table(gate_summary(result.gate))})
 
 
-@dg.asset(deps=[context_error_analysis], group_name=GROUP, kinds={"ducklake", "duckdb"},
-          metadata=table_metadata(schemas.CONTEXT_OVERLAY),
-          check_specs=[dg.AssetCheckSpec("phase10_gate", asset="context_overlay",
-                                         description="out of sample (thresholds tuned on earlier trades): win rate up "
-                                                     "> 5 points and per-trade Sharpe up > 0.2 (annualised at the "
-                                                     "control's trade rate), against confidence alone and against "
-                                                     "every trade, each above chance of the same size")])
+def _gate_asset(gate: str, phase: str, judges: str) -> dg.AssetsDefinition:
+    name = f"{gate}_gate"
+
+    @dg.asset(name=name, deps=[phase], group_name=GROUP, kinds={"ducklake"},
+              description=f"The {gate} gate as {phase} stored it (table research_gates, gate = '{gate}'); its "
+                          f"blocking `{GATE_CHECK}` check stops everything downstream unless QML_OVERRIDE_GATES=1.",
+              check_specs=[dg.AssetCheckSpec(GATE_CHECK, asset=name, blocking=True, description=judges)])
+    def gate_asset(warehouse: WarehouseResource, research: ResearchResource) -> dg.MaterializeResult:
+        rows = warehouse.get().read(schemas.RESEARCH_GATES).filter(pl.col("gate") == gate)
+        passed, status = gate_status(rows, gate, research.override_gates)
+        overridden = research.override_gates and not passed
+        parts = {r["part"]: dg.MetadataValue.text(("PASS " if r["passed"] else "FAIL ") + r["message"])
+                 for r in rows.iter_rows(named=True)}
+        return dg.MaterializeResult(
+            metadata={"status": status, "evaluated_at": str(rows["evaluated_at"][0]) if rows.height else "never"},
+            check_results=[dg.AssetCheckResult(
+                check_name=GATE_CHECK, passed=passed, description=status,
+                # an overridden failure is shown (WARN) but blocks nothing
+                severity=dg.AssetCheckSeverity.WARN if overridden else dg.AssetCheckSeverity.ERROR,
+                metadata={"overridden": overridden, **parts})])
+
+    return gate_asset
+
+
+phase9_gate = _gate_asset("phase9", "context_error_analysis",
+                          "200+ trades, a feature that differs significantly (BH-adjusted), 70% of losers with an "
+                          "identifiable context issue (the seed's literal part) and losers with an issue more often "
+                          "than winners (Fisher's exact test)")
+
+
+@dg.asset(deps=[phase9_gate], group_name=GROUP, kinds={"ducklake", "duckdb"},
+          metadata=table_metadata(schemas.CONTEXT_OVERLAY))
 def context_overlay(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                     research: ResearchResource) -> dg.MaterializeResult:
     """Phase 10: the seed's ContextOverlay per trade (itemised), its backtest vs the baseline (sizing,
     filtering and its control confidence_only; tuned on earlier trades, judged on later ones) with
     nulls, cluster bootstrap intervals and minimum detectable effects, and the gate. Runs only past
-    the phase 9 gate, or with QML_OVERRIDE_GATES=1 (recorded)."""
+    the phase 9 gate (its blocking check), or with QML_OVERRIDE_GATES=1 (recorded)."""
     wh = warehouse.for_run(context)
-    gate_status = _open_gate(context, wh, "phase9", research.override_gates)
+    _, phase9_status = gate_status(wh.read(schemas.RESEARCH_GATES), "phase9", research.override_gates)
     plot = wh.root / "reports" / "equity_baseline_vs_overlay.png"
     result = run_phase10(wh.read(schemas.TRADES), wh.read(schemas.TRADE_CONTEXT_FEATURES), plot,
                          Phase10Settings(timeout_as=research.timeout_as))
@@ -110,35 +132,41 @@ def context_overlay(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     ).select("variant", "control", "metric", "control_value", "variant_value", "diff", "ci_low", "ci_high",
              "ci_low_independent", "ci_high_independent", "null_p95", "null_percentile", "mde")
     return dg.MaterializeResult(
-        metadata={"phase9_gate": gate_status, "metrics": markdown_table(overall),
+        metadata={"phase9_gate": phase9_status, "metrics": markdown_table(overall),
                   "judged_differences": markdown_table(judged),
                   "rules_fired": markdown_table(result.backtest.rule_counts),
                   "tuned_thresholds": str(result.tuned.config), "tuning_objective": result.tuned.objective,
                   "equity_curve": dg.MetadataValue.md(f"![equity curve](file://{result.plot})"),
-                  "equity_curve_path": dg.MetadataValue.path(str(result.plot))},
-        check_results=[_gate_check("phase10_gate", result.gate)])
+                  "equity_curve_path": dg.MetadataValue.path(str(result.plot)),
+                  "gate": result.gate.message, "gate_parts": markdown_table(gate_summary(result.gate))})
+
+
+phase10_gate = _gate_asset("phase10", "context_overlay",
+                           "out of sample (thresholds tuned on earlier trades): win rate up > 5 points and per-trade "
+                           "Sharpe up > 0.2 (annualised at the control's trade rate), against confidence alone and "
+                           "against every trade, each above chance of the same size")
 
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec("context_model", deps=[context_overlay, ohlcv_windows], group_name=GROUP, kinds={"pytorch"},
+        dg.AssetSpec("context_model", deps=[phase10_gate, ohlcv_windows], group_name=GROUP, kinds={"pytorch"},
                      description="Phase 11: the fusion network (50-bar OHLCV CNN + LSTM, context dense, fused "
                                  "head), judged by purged walk-forward against the probability baselines (base rate, "
                                  "base_confidence calibrated per fold), a logistic regression and the rule overlay "
                                  "with phase 10's tuned thresholds, then trained on every trade and saved as a new "
                                  "version (warehouse/models/<version>/). Earlier versions are kept and listed.",
                      metadata=table_metadata(schemas.MODEL_EVALUATION)),
-        dg.AssetSpec("model_predictions", deps=[context_overlay, ohlcv_windows], group_name=GROUP,
+        dg.AssetSpec("model_predictions", deps=[phase10_gate, ohlcv_windows], group_name=GROUP,
                      kinds={"ducklake", "duckdb"}, metadata=table_metadata(schemas.MODEL_PREDICTIONS),
                      description="Each trade's adjusted confidence from the fusion model, out of sample "
                                  "(walk-forward), with the model version."),
     ])
 def context_model(context: dg.AssetExecutionContext, warehouse: WarehouseResource, research: ResearchResource):
-    """Runs only past the phase 10 gate, or with QML_OVERRIDE_GATES=1 (recorded in the metadata)."""
+    """Runs only past the phase 10 gate (its blocking check), or with QML_OVERRIDE_GATES=1 (recorded)."""
     from qml_pipeline.research.model import ModelConfig
 
     wh = warehouse.for_run(context)
-    gate_status = _open_gate(context, wh, "phase10", research.override_gates)
+    _, phase10_status = gate_status(wh.read(schemas.RESEARCH_GATES), "phase10", research.override_gates)
     trade_ids, windows = load_windows(windows_path(warehouse))
     trades = apply_timeout_policy(wh.read(schemas.TRADES), research.timeout_as)
     features = wh.read(schemas.TRADE_CONTEXT_FEATURES)
@@ -153,7 +181,7 @@ def context_model(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     for note in result.notes:
         context.log.info(note)
     yield dg.MaterializeResult(asset_key="context_model", metadata={
-        "version": result.version, "phase10_gate": gate_status, "verdict": result.report.verdict,
+        "version": result.version, "phase10_gate": phase10_status, "verdict": result.report.verdict,
         "overlay_thresholds": str(tuned),
         "out_of_sample": markdown_table(result.report.overall),
         "per_year": markdown_table(result.report.per_year),
@@ -167,10 +195,10 @@ def context_model(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     predicted = result.predictions.filter(pl.col("probability").is_not_null()).height
     yield dg.MaterializeResult(asset_key="model_predictions", metadata={
         "version": result.version, "trades": result.predictions.height, "out_of_sample_predictions": predicted,
-        "phase10_gate": gate_status})
+        "phase10_gate": phase10_status})
 
 
-@dg.asset_check(asset="context_model", description="the fusion model's out-of-sample (walk-forward) AUC is "
+@dg.asset_check(asset="context_model", automation_condition=after_rebuild_of("context_model"), description="the fusion model's out-of-sample (walk-forward) AUC is "
                                                    "above chance (0.5); a warning, since few trades make it noisy")
 def model_beats_chance(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     rows = warehouse.get().read(schemas.MODEL_EVALUATION).filter(

@@ -1,6 +1,10 @@
 """The daily refresh (the year partitions holding yesterday and today of every symbol, a chunk of symbols per
-run, then everything downstream once every chunk has succeeded) and the intraday refresh (the live edge of every
-symbol in one run, then the cards, every few minutes)."""
+run; everything downstream follows by declarative automation, dagster_project/automation.py), the automation
+sensor that evaluates those conditions, and the intraday refresh (the live edge of every symbol in one run, then
+the cards, every few minutes).
+
+The one switch: turn on `daily_refresh` (STOPPED by default). `research_automation` is RUNNING by default and
+does nothing until raw data is refreshed after a daily tick (and the weekly warehouse maintenance)."""
 
 
 from collections.abc import Sequence
@@ -8,6 +12,7 @@ from datetime import date, datetime, timedelta
 
 import dagster as dg
 
+from dagster_project.automation import DAILY_REFRESH_CRON
 from dagster_project.defs.raw_market_data import OVERLAP_TAG, RAW_CHECKS, RAW_GROUP
 from dagster_project.defs.quality import raw_data_quality
 from dagster_project.defs.universe import symbol_universe
@@ -18,13 +23,16 @@ from qml_pipeline.features.liquidation_map import LiqMapConfig
 REFRESH_TAG = "qml/refresh_date"
 CHUNK_TAG = "qml/refresh_chunk"
 
+# the quality_<SYMBOL> checks judge data_quality's rows: they run where data_quality is rebuilt, not here
 raw_refresh_job = dg.define_asset_job(
-    "raw_refresh", selection=dg.AssetSelection.groups(RAW_GROUP),
-    description="Raw market data for a range of symbols and UTC months (one run per symbol-range).")
+    "raw_refresh", selection=dg.AssetSelection.groups(RAW_GROUP) - dg.AssetSelection.checks(raw_data_quality),
+    description="Raw market data for a range of symbols and UTC years (one run per symbol-range).")
 
 research_job = dg.define_asset_job(
-    "research", selection=dg.AssetSelection.all() - dg.AssetSelection.groups(RAW_GROUP, "maintenance"),
-    description="Everything downstream of the raw tables: trades, features, analysis, model, report.")
+    "research", selection=(dg.AssetSelection.all() - dg.AssetSelection.groups(RAW_GROUP, "maintenance"))
+    | dg.AssetSelection.checks(raw_data_quality),
+    description="Everything downstream of the raw tables: trades, features, analysis, model, report, and the "
+                "quality_<SYMBOL> checks on the rebuilt data_quality (what the automation sensor runs daily).")
 
 
 def refresh_requests(scheduled_date: str, symbols: Sequence[str], per_run: int) -> list[dg.RunRequest]:
@@ -40,25 +48,11 @@ def refresh_requests(scheduled_date: str, symbols: Sequence[str], per_run: int) 
             for k, chunk in enumerate(chunks, 1)]
 
 
-def all_chunks_refreshed(runs: list[dg.DagsterRun]) -> tuple[bool, str]:
-    """(True when the newest run of every chunk of a refresh succeeded, what is still missing). A failed
-    run re-executed later counts as its re-execution."""
-    latest: dict[str, dg.DagsterRun] = {}
-    expected = 0
-    for run in runs:  # the instance lists runs newest first
-        chunk = run.tags.get(CHUNK_TAG, "1/1")
-        latest.setdefault(chunk.split("/")[0], run)
-        expected = max(expected, int(chunk.split("/")[1]))
-    waiting = [k for k in map(str, range(1, expected + 1))
-               if k not in latest or latest[k].status != dg.DagsterRunStatus.SUCCESS]
-    return (expected > 0 and not waiting), (f"chunk(s) {', '.join(waiting)} of {expected} not yet succeeded"
-                                            if waiting else "")
-
-
-@dg.schedule(cron_schedule="10 0 * * *", job=raw_refresh_job, execution_timezone="UTC",
+@dg.schedule(cron_schedule=DAILY_REFRESH_CRON, job=raw_refresh_job, execution_timezone="UTC",
              default_status=dg.DefaultScheduleStatus.STOPPED,
              description="Daily at 00:10 UTC: refresh yesterday and today for every symbol partition, "
-                         "QML_REFRESH_SYMBOLS_PER_RUN symbols per run.")
+                         "QML_REFRESH_SYMBOLS_PER_RUN symbols per run. THE switch: the research_automation sensor "
+                         "(on by default) then rebuilds everything downstream once every chunk succeeded.")
 def daily_refresh(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
     return refresh_of_instance(context.instance, context.scheduled_execution_time.date().isoformat())
 
@@ -72,18 +66,11 @@ def refresh_of_instance(instance: dg.DagsterInstance, scheduled_date: str) -> li
     return refresh_requests(scheduled_date, symbols, SETTINGS.refresh_symbols_per_run)
 
 
-@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[raw_refresh_job],
-                      request_job=research_job, default_status=dg.DefaultSensorStatus.STOPPED,
-                      description="Once every chunk of a day's refresh has succeeded, rebuild downstream.")
-def research_after_refresh(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
-    refresh_date = context.dagster_run.tags.get(REFRESH_TAG)
-    if refresh_date is None:
-        return dg.SkipReason("not a scheduled refresh run")
-    runs = context.instance.get_runs(filters=dg.RunsFilter(tags={REFRESH_TAG: refresh_date}))
-    done, waiting = all_chunks_refreshed(runs)
-    if not done:
-        return dg.SkipReason(f"refresh {refresh_date}: waiting, {waiting}")
-    return dg.RunRequest(run_key=f"research-{refresh_date}", tags={REFRESH_TAG: refresh_date})
+research_automation = dg.AutomationConditionSensorDefinition(
+    "research_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Evaluates the assets' automation conditions (dagster_project/automation.py): after the daily "
+                "refresh, everything downstream of the raw tables once every chunk is in, stopped by failed "
+                "blocking checks (raw completeness, the research gates); the weekly warehouse maintenance.")
 
 
 # ---------------------------------------------------------------- intraday: fresh cards (docs/cards.md)
@@ -154,4 +141,4 @@ def intraday_refresh(context: dg.ScheduleEvaluationContext) -> list[dg.RunReques
 
 JOBS = [raw_refresh_job, research_job, intraday_job]
 SCHEDULES = [daily_refresh, intraday_refresh]
-SENSORS = [research_after_refresh, symbol_universe]
+SENSORS = [research_automation, symbol_universe]

@@ -7,12 +7,14 @@ from dagster_project.failures import input_errors_as_failures
 from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.resources import TradeSourceResource, WarehouseResource
 from qml_pipeline.store import schemas
+from qml_pipeline.research.phase9 import AnalysisConfig
 from qml_pipeline.trades.build import baseline_metrics as compute_baseline_metrics
 from qml_pipeline.trades.build import build_trades
 from qml_pipeline.trades.contract import FILLED_OUTCOMES
 
 GROUP = "trades"
-MIN_TRADES_FOR_PHASE9 = 200
+# the phase 9 gate's minimum (the library owns it: research/phase9.py AnalysisConfig)
+MIN_TRADES_FOR_PHASE9 = AnalysisConfig().min_trades
 
 
 @dg.asset(
