@@ -16,7 +16,7 @@ from qml_pipeline.features.liquidation_map import (
 )
 from qml_pipeline.features import liquidation_map as lm
 from qml_pipeline.store.schemas import TS
-from qml_pipeline.timeutil import interval_ms
+from qml_pipeline.timeutil import DAY_MS, MINUTE_MS, interval_ms
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 H = timedelta(hours=1)
@@ -529,7 +529,7 @@ def reference_liq_features(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.Da
         pl.when(usable).then(pl.col("cluster_price")).alias("liq_cluster_price"),
         pl.when(usable).then(pl.col("cluster_usd")).alias("liq_cluster_notional_usd"),
         _reference_from_ms("map_ms").alias("liq_map_time"),
-        ((pl.col("d_ms") - pl.col("map_ms")) / lm._MINUTE_MS).alias("liq_map_age_minutes"),
+        ((pl.col("d_ms") - pl.col("map_ms")) / MINUTE_MS).alias("liq_map_age_minutes"),
     ).cast(dict(FEATURE_SCHEMA))
 
 
@@ -544,8 +544,8 @@ def _reference_trade_maps(ts: pl.DataFrame, s: lm._Series, p: lm._Positions, con
     oi_i, bar_i = np.maximum(oi_idx, 0), np.maximum(bar_idx, 0)
     map_ms = np.where(has_oi, s.oi_avail[oi_i], 0)
     bar_avail = s.bar_avail[bar_i] if s.bar_avail.size else np.zeros(d.size, dtype=np.int64)
-    fresh = (has_oi & has_bar & (d - map_ms <= config.max_oi_age_minutes * lm._MINUTE_MS)
-             & (d - bar_avail <= config.max_price_age_minutes * lm._MINUTE_MS))
+    fresh = (has_oi & has_bar & (d - map_ms <= config.max_oi_age_minutes * MINUTE_MS)
+             & (d - bar_avail <= config.max_price_age_minutes * MINUTE_MS))
     price = s.close[bar_i] if s.close.size else np.full(d.size, np.nan)
     head = pl.DataFrame({
         "row": rows, "price": np.where(has_bar, price, np.nan),
@@ -555,7 +555,7 @@ def _reference_trade_maps(ts: pl.DataFrame, s: lm._Series, p: lm._Positions, con
                     pl.when("has_oi").then(pl.col("map_ms")).alias("map_ms")).drop("has_oi")
 
     # positions possibly alive at d: start in (d - expiry, d] (they are sorted by start)
-    lo = np.searchsorted(p.start, d - int(config.expiry_days * lm._DAY_MS), side="right")
+    lo = np.searchsorted(p.start, d - int(config.expiry_days * DAY_MS), side="right")
     hi = np.searchsorted(p.start, d, side="right")
     hi = np.where(fresh, hi, lo)
     counts = hi - lo
@@ -606,7 +606,7 @@ def _reference_positions(s: lm._Series, config: LiqMapConfig) -> lm._Positions:
     has_bar = entry_bar >= 0
     bar_age = s.oi_avail - s.bar_avail[np.maximum(entry_bar, 0)] if s.bar_avail.size else np.zeros(n_oi)
     # The first row has no previous OI to differ from: positions opened before the series are unknown.
-    usable = has_bar & (d_oi > 0) & (bar_age <= config.max_price_age_minutes * lm._MINUTE_MS)
+    usable = has_bar & (d_oi > 0) & (bar_age <= config.max_price_age_minutes * MINUTE_MS)
     rows = np.nonzero(usable)[0]
     lev = np.asarray(config.leverage_tiers, dtype=float)
     w = np.asarray(config.leverage_weights, dtype=float)
@@ -631,7 +631,7 @@ def _reference_positions(s: lm._Series, config: LiqMapConfig) -> lm._Positions:
     n_bars = s.bar_avail.size
     liq_time = np.where(cross < n_bars, s.bar_avail[np.minimum(cross, n_bars - 1)], lm._NEVER)
     start = s.oi_avail[row]
-    end = np.minimum(liq_time, start + int(config.expiry_days * lm._DAY_MS))
+    end = np.minimum(liq_time, start + int(config.expiry_days * DAY_MS))
     return lm._Positions(start=start, end=end, is_long=is_long, liq_price=liq, amount=amount,
                          log_scale=s.log_scale[row], bin=config.bin_index(liq))
 

@@ -54,6 +54,8 @@ from datetime import datetime
 import polars as pl
 
 from qml_pipeline.features.point_in_time import FeatureConfig
+from qml_pipeline.formats import fmt_age, fmt_pct, fmt_usd
+from qml_pipeline.markdown import escape
 from qml_pipeline.features.liquidation_map import LiqMapConfig
 from qml_pipeline.research.overlay import REFERENCE_INTERVAL_HOURS, funding_8h_expr
 from qml_pipeline.store.schemas import TS
@@ -114,40 +116,6 @@ CONTEXT_CARD_SCHEMA = pl.Schema({
 
 
 # ---------------------------------------------------------------- formatting
-
-def fmt_usd(price: float | None) -> str | None:
-    """'$95.2K', '$1.23M', '$3,412', '$0.4521'."""
-    if price is None:
-        return None
-    a = abs(price)
-    if a >= 1e9:
-        return f"${price / 1e9:.2f}B"
-    if a >= 1e6:
-        return f"${price / 1e6:.2f}M"
-    if a >= 1e4:
-        return f"${price / 1e3:.1f}K"
-    if a >= 100:
-        return f"${price:,.0f}"
-    if a >= 1:
-        return f"${price:.2f}"
-    return f"${price:.4f}"
-
-
-def fmt_age(minutes: float | None) -> str | None:
-    """'12 min', '3.5 h', '2.1 d'."""
-    if minutes is None:
-        return None
-    if minutes >= 2 * 1440:
-        return f"{minutes / 1440:.1f} d"
-    if minutes >= 120:
-        return f"{minutes / 60:.1f} h"
-    return f"{minutes:.0f} min"
-
-
-def fmt_pct(value: float | None, decimals: int = 1) -> str | None:
-    """A percent value with its sign: '+3.2%', '-0.5%'."""
-    return None if value is None else f"{value:+.{decimals}f}%"
-
 
 def _funding_text(rate: float, hours: int, rate_8h: float) -> str:
     text = f"{rate * 100:+.3f}% / {hours}h"
@@ -618,10 +586,6 @@ def _age_line(minutes: float | None) -> str:
     return f"{age} old" if age else "—"
 
 
-def _md(text: object) -> str:
-    return str(text).replace("|", "\\|")
-
-
 def context_cards_markdown(df: pl.DataFrame) -> str:
     """The command-bar cards per symbol as markdown tables (value, status, age)."""
     if df.height == 0:
@@ -649,7 +613,7 @@ def context_cards_markdown(df: pl.DataFrame) -> str:
             [_age_line(r["funding_age_minutes"]), _age_line(r["oi_age_minutes"]), _age_line(r["liq_age_minutes"])],
         ]
         table = ["| " + " | ".join(rows[0]) + " |", "|:---:|:---:|:---:|"]
-        table += ["| " + " | ".join(_md(x) for x in row) + " |" for row in rows[1:]]
+        table += ["| " + " | ".join(escape(x) for x in row) + " |" for row in rows[1:]]
         parts.append(head + "\n\n" + "\n".join(table))
     return "\n\n".join(parts)
 
@@ -666,11 +630,11 @@ def pattern_cards_markdown(df: pl.DataFrame) -> str:
                  f"- Base confidence: **{r['base_confidence_text']}**"]
         if r["adjustments"]:
             lines.append("- Context adjustments (multiplicative):")
-            lines += [f"  - {_md(a['reason'])} **{a['effect']}**" for a in r["adjustments"]]
+            lines += [f"  - {escape(a['reason'])} **{a['effect']}**" for a in r["adjustments"]]
         else:
             lines.append("- Context adjustments: none fired")
         if r["no_effect"]:
-            lines.append("- No effect: " + "; ".join(_md(x) for x in r["no_effect"]))
+            lines.append("- No effect: " + "; ".join(escape(x) for x in r["no_effect"]))
         mult = ""
         if r["multiplier"] is not None:
             mult = f" (multiplier x{r['multiplier']:.2f}"
@@ -681,6 +645,6 @@ def pattern_cards_markdown(df: pl.DataFrame) -> str:
         if r["model_text"]:
             lines.append(f"- Model probability: **{r['model_text']}**")
         elif r.get("model_gate"):
-            lines.append(f"- Model probability: not shown ({_md(r['model_gate'])})")
+            lines.append(f"- Model probability: not shown ({escape(r['model_gate'])})")
         parts.append("\n".join(lines))
     return "\n\n".join(parts)

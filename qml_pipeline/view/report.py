@@ -13,7 +13,7 @@ import html
 import io
 import math
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +24,10 @@ from qml_pipeline.view.cards import (
     MISSING,
     NO_CLUSTER,
     STALE,
-    fmt_age,
-    fmt_usd,
     liq_arrow,
     oi_card_value,
 )
+from qml_pipeline.formats import cell_text, fmt_age, fmt_usd
 from qml_pipeline.timeutil import utc_now
 
 REPORT_FILE = "report.html"
@@ -112,32 +111,7 @@ def _na(what: str) -> str:
 
 
 def _fmt_cell(col: str, value: object) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M")
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "—"
-        if math.isinf(value):
-            return "∞" if value > 0 else "-∞"
-        name = col.lower()
-        if name.endswith("_minutes"):
-            return fmt_age(value) or "—"
-        if name in ("win_rate", "completeness", "share", "share_not_better") or name.endswith("_share"):
-            return f"{value * 100:.1f}%"
-        if name.startswith(("p_", "mw_p", "ks_p")) or name.endswith("_p"):
-            return f"{value:.3g}"
-        if abs(value) >= 1000:
-            return f"{value:,.0f}"
-        return f"{value:.3f}" if abs(value) < 10 else f"{value:.2f}"
-    if isinstance(value, int):
-        return f"{value:,}" if abs(value) >= 10_000 else str(value)
-    return str(value)
+    return cell_text(value, col) or "—"
 
 
 def table_html(df: pl.DataFrame, columns: Sequence[str] | None = None, warn: pl.Series | None = None) -> str:
