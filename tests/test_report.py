@@ -13,7 +13,8 @@ import pytest
 
 from qml_pipeline.view.cards import context_cards, pattern_cards
 from qml_pipeline.trades.metrics import equity_curve, summarize
-from qml_pipeline.research.overlay import GatePart, apply_overlay, make_gate
+from qml_pipeline.research.gates import GatePart, make_gate
+from qml_pipeline.research.overlay import apply_overlay
 from qml_pipeline.view.report import REPORT_FILE, write_report
 from qml_pipeline.store.schemas import TS
 from tests.test_cards import AS_OF, H, funding_frame, klines_frame, liq_frame, oi_frame

@@ -11,7 +11,8 @@ from dagster_project.defs.context import (
 from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.resources import ResearchResource, WarehouseResource
 from qml_pipeline.features.windows import load_windows
-from qml_pipeline.research.overlay import apply_overlay, config_from_tuning
+from qml_pipeline.research.overlay import apply_overlay
+from qml_pipeline.research.overlay_tuning import config_from_tuning
 from qml_pipeline.research.phase9 import AnalysisConfig
 from qml_pipeline.research.phases import (
     GateClosedError,
