@@ -46,9 +46,14 @@ def to_ms(dt: datetime) -> int:
     return (dt - EPOCH) // timedelta(milliseconds=1)
 
 
-def epoch_ms(stamps: pl.Series) -> np.ndarray:
-    """A timestamp Series (any unit, or Int64 ms) as an int64 array of ms since the epoch."""
-    return stamps.cast(pl.Datetime("ms", "UTC")).dt.epoch("ms").to_numpy()
+def epoch_ms(values: pl.Series | np.ndarray | list) -> np.ndarray:
+    """Epoch milliseconds as float64 (NaN for null) from datetimes (any unit) or epoch ms."""
+    s = values if isinstance(values, pl.Series) else pl.Series(values)
+    if s.dtype == pl.Object:
+        raise ValueError("times must be datetimes or epoch milliseconds")
+    if isinstance(s.dtype, pl.Datetime):
+        s = s.dt.cast_time_unit("ms").dt.epoch("ms")
+    return s.cast(pl.Float64).fill_null(float("nan")).to_numpy().astype(np.float64)
 
 
 def from_ms(ms: int) -> datetime:

@@ -6,7 +6,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from qml_pipeline.research.model import ModelConfig
+from qml_pipeline.research.model_data import ModelConfig
 from qml_pipeline.research.gates import GatePart, make_gate
 from qml_pipeline.research.phases import GateClosedError, ModelInputs, gate_rows, require_gate, run_phase11
 

@@ -136,7 +136,7 @@ def context_overlay(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     ])
 def context_model(context: dg.AssetExecutionContext, warehouse: WarehouseResource, research: ResearchResource):
     """Runs only past the phase 10 gate, or with QML_OVERRIDE_GATES=1 (recorded in the metadata)."""
-    from qml_pipeline.research.model import ModelConfig
+    from qml_pipeline.research.model_data import ModelConfig
 
     wh = warehouse.for_run(context)
     gate_status = _open_gate(context, wh, "phase10", research.override_gates)

@@ -244,7 +244,8 @@ def run_phase11(inputs: ModelInputs, model_dir: Path, model_config, n_folds: int
     logistic and the overlay (its scores from `inputs`, i.e. with the thresholds phase 10 tuned),
     then the published model trained on every trade, saved under `model_dir/<version>/` beside
     earlier versions."""
-    from qml_pipeline.research.model import data_fingerprint, train_model
+    from qml_pipeline.research.model import train_model
+    from qml_pipeline.research.model_data import data_fingerprint
 
     if len(inputs.trade_ids) < 4 * n_folds:
         raise ValueError(f"only {len(inputs.trade_ids)} filled trades with a full OHLCV window: too few for "

@@ -52,7 +52,7 @@ def _funding_arrays(funding: pl.DataFrame | None, symbol: str | None, bar_open_m
     if symbol is not None and "symbol" in f.columns:
         f = f.filter(pl.col("symbol") == symbol)
     f = f.sort("event_time")
-    t = epoch_ms(f["event_time"])
+    t = epoch_ms(f["event_time"]).astype(np.int64)
     rate = f["funding_rate"].cast(pl.Float64).to_numpy()
     mark = (f["mark_price"].cast(pl.Float64).to_numpy() if "mark_price" in f.columns
             else np.full(len(t), np.nan))
@@ -75,7 +75,7 @@ def simulate_trades(patterns: pl.DataFrame, klines: pl.DataFrame, funding: pl.Da
         if patterns[col].n_unique() > 1:
             raise ValueError(f"simulate_trades takes one {col} at a time; use reference_trades for many")
     k = klines.sort("event_time")
-    o_ms = epoch_ms(k["event_time"])
+    o_ms = epoch_ms(k["event_time"]).astype(np.int64)
     op, hi, lo, cl = (k[c].cast(pl.Float64).to_numpy() for c in ("open", "high", "low", "close"))
     n = len(o_ms)
     open_times = k["event_time"].cast(TS).to_list()
@@ -86,7 +86,7 @@ def simulate_trades(patterns: pl.DataFrame, klines: pl.DataFrame, funding: pl.Da
     out: dict[str, list] = {c: [] for c in ("trade_id", "entry_time", "exit_time", "exit_price",
                                             "gross_r_multiple", "fees_r", "funding_r", "outcome")}
     keep: list[int] = []
-    dec_ms = epoch_ms(patterns["decision_time"])
+    dec_ms = epoch_ms(patterns["decision_time"]).astype(np.int64)
     # One pass per pattern over at most fill_timeout_bars + max_hold_bars bars.
     for p, row in enumerate(patterns.iter_rows(named=True)):
         short = row["direction"] == "BEARISH"
