@@ -11,7 +11,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from qml_pipeline.view.cards import context_cards, pattern_cards
+from qml_pipeline.view.cards import context_cards
+from qml_pipeline.view.pattern_cards import pattern_cards
 from qml_pipeline.trades.metrics import equity_curve, summarize
 from qml_pipeline.research.gates import GatePart, make_gate
 from qml_pipeline.research.overlay import apply_overlay

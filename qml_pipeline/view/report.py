@@ -19,14 +19,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from qml_pipeline.view.cards import (
-    LIQ_WORDS,
-    MISSING,
-    NO_CLUSTER,
-    STALE,
-    liq_arrow,
-    oi_card_value,
-)
+from qml_pipeline.view.card_text import liq_arrow, oi_card_value
+from qml_pipeline.view.cards import LIQ_WORDS, MISSING, NO_CLUSTER, STALE
 from qml_pipeline.formats import cell_text, fmt_age, fmt_usd
 from qml_pipeline.timeutil import utc_now
 
