@@ -1,3 +1,4 @@
+import html
 import os
 import re
 import shutil
@@ -250,9 +251,12 @@ def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path):
 
 
 def test_report_escapes_text(tmp_path: Path):
-    doc = write_report(tmp_path, notes=['<img src="http://x">  & <script>']).read_text(encoding="utf-8")
-    assert "&lt;img src=&quot;http://x&quot;&gt;  &amp; &lt;script&gt;" in doc
-    assert "<script" not in doc
+    note = '<img src="http://x">  & <script>'
+    doc = write_report(tmp_path, notes=[note]).read_text(encoding="utf-8")
+    shown = re.search(r'<div class="notes"><ul><li>(.*?)</li>', doc).group(1)
+    assert shown.startswith("&lt;img src=") and "&amp; &lt;script&gt;" in shown
+    assert html.unescape(shown) == note
+    assert "<script" not in doc and "<img src=\"http" not in doc
 
 
 def test_each_gate_says_how_many_trades_and_symbols_its_verdict_rests_on(tmp_path: Path):
