@@ -15,6 +15,7 @@ from qml_pipeline.features.liquidation_map import (
     liq_features_for_trades,
 )
 from qml_pipeline.features import liquidation_map as lm
+from qml_pipeline.features.point_in_time import ms, prepare_oi
 from qml_pipeline.store.schemas import TS
 from qml_pipeline.timeutil import DAY_MS, MINUTE_MS, interval_ms
 
@@ -499,7 +500,7 @@ def reference_liq_features(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.Da
         raise ValueError(f"direction must be BULLISH or BEARISH; trade {bad['trade_id'][0]!r} has "
                          f"{bad['direction'][0]!r}")
     t = trades.select(pl.col("trade_id").cast(pl.Utf8), "symbol", direction.alias("direction"),
-                      _reference_ms("decision_time").alias("d_ms")).with_row_index("row")
+                      ms("decision_time").alias("d_ms")).with_row_index("row")
     atr_df = atr.select(pl.col("trade_id").cast(pl.Utf8), pl.col("atr").cast(pl.Float64))
 
     inputs = _reference_symbol_inputs(oi, klines, config)
@@ -528,7 +529,7 @@ def reference_liq_features(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.Da
         .alias("distance_to_liq_cluster"),
         pl.when(usable).then(pl.col("cluster_price")).alias("liq_cluster_price"),
         pl.when(usable).then(pl.col("cluster_usd")).alias("liq_cluster_notional_usd"),
-        _reference_from_ms("map_ms").alias("liq_map_time"),
+        lm._from_ms("map_ms").alias("liq_map_time"),
         ((pl.col("d_ms") - pl.col("map_ms")) / MINUTE_MS).alias("liq_map_age_minutes"),
     ).cast(dict(FEATURE_SCHEMA))
 
@@ -638,11 +639,13 @@ def _reference_positions(s: lm._Series, config: LiqMapConfig) -> lm._Positions:
 
 def _reference_symbol_inputs(oi: pl.DataFrame, klines: pl.DataFrame, config: LiqMapConfig
                              ) -> dict[str, tuple[lm._Series, lm._Positions]]:
-    oi_p, bars_p = _reference_prepare_oi(oi), _reference_prepare_bars(klines, config)
+    # the inputs by the library's point-in-time rules (tested above); the reference is what follows
+    oi_p = prepare_oi(oi).select("symbol", "avail", "open_interest")
+    bars_p = lm._prepare_bars(klines, config)
     out = {}
     for (symbol,), oi_sym in oi_p.group_by(["symbol"], maintain_order=True):
         bars_sym = bars_p.filter(pl.col("symbol") == symbol)
-        s = _reference_series(oi_sym, bars_sym)
+        s = lm._series(oi_sym, bars_sym)
         out[symbol] = (s, _reference_positions(s, config))
     return out
 
@@ -667,82 +670,3 @@ def _reference_first_cross(values: np.ndarray, first: np.ndarray, threshold: np.
         jump = ok & (table[np.minimum(idx, table.size - 1)] > threshold)
         pos = np.where(jump, pos + width, pos)
     return np.minimum(pos, n)
-
-
-def _reference_ms(col: str) -> pl.Expr:
-    return pl.col(col).cast(TS).dt.epoch("ms")
-
-
-def _reference_from_ms(col: str) -> pl.Expr:
-    return pl.col(col).cast(pl.Int64).cast(TS)
-
-
-def _reference_latest_known(frame: pl.DataFrame, stamp: str) -> pl.DataFrame:
-    """Drop rows published no earlier than some later-stamped row of the same symbol.
-
-    "The value known at t" is the row with the latest stamp among rows with available_at <= t
-    (features.py), so such a row is never the newest at any time. The rows left have strictly
-    increasing available_at in stamp order: a search on available_at finds the value known at t.
-    """
-    later_min = pl.col("avail").cum_min(reverse=True).shift(-1).over("symbol")
-    return (frame.sort("symbol", stamp)
-            .filter(later_min.is_null() | (pl.col("avail") < later_min)))
-
-
-def _reference_prepare_oi(oi: pl.DataFrame) -> pl.DataFrame:
-    """One row per (symbol, event_time), by the open-interest rule of features.py.
-
-    OI <= 0 (or missing) is a hole in the data, never a real zero: dropped first. Of the copies of
-    one stamp the earliest published wins, then the largest value (then the largest period_minutes),
-    so a later re-publication never replaces what a trader saw. Without event_time, available_at is
-    the stamp.
-    """
-    need = {"symbol", "available_at", "open_interest"}
-    if missing := need - set(oi.columns):
-        raise ValueError(f"open interest frame lacks columns {sorted(missing)}; got {oi.columns}")
-    stamp = _reference_ms("event_time") if "event_time" in oi.columns else _reference_ms("available_at")
-    period = pl.col("period_minutes") if "period_minutes" in oi.columns else pl.lit(0)
-    rows = (oi.select("symbol", stamp.alias("stamp"), _reference_ms("available_at").alias("avail"),
-                      pl.col("open_interest").cast(pl.Float64), period.alias("period"))
-            .filter(pl.col("open_interest").is_not_null() & (pl.col("open_interest") > 0)
-                    & pl.col("stamp").is_not_null() & pl.col("avail").is_not_null())
-            .sort(["symbol", "stamp", "avail", "open_interest", "period"],
-                  descending=[False, False, False, True, True], nulls_last=True)
-            .unique(["symbol", "stamp"], keep="first", maintain_order=True))
-    return _reference_latest_known(rows, "stamp").select("symbol", "avail", "open_interest")
-
-
-def _reference_prepare_bars(klines: pl.DataFrame, config: LiqMapConfig) -> pl.DataFrame:
-    """One row per bar (symbol, event_time) of `price_interval`, by the kline rule of features.py.
-
-    A bar is known at its available_at (close_time if the frame has no available_at). Of the copies
-    of one bar the earliest published wins, then the larger close, high, low, open, close_time,
-    volume; a bar published no earlier than a later bar is dropped (`_latest_known`).
-    """
-    need = {"symbol", "event_time", "high", "low", "close"}
-    if missing := need - set(klines.columns):
-        raise ValueError(f"klines frame lacks columns {sorted(missing)}; got {klines.columns}")
-    bars = klines
-    if "interval" in bars.columns:
-        bars = bars.filter(pl.col("interval") == config.price_interval)
-    step = interval_ms(config.price_interval)
-    close_ms = _reference_ms("close_time") if "close_time" in bars.columns else _reference_ms("event_time") + step
-    avail = _reference_ms("available_at") if "available_at" in bars.columns else close_ms
-    ties = [c for c in ("close", "high", "low", "open", "close_time", "volume") if c in bars.columns]
-    rows = (bars.select("symbol", _reference_ms("event_time").alias("ev"), avail.alias("avail"), *ties)
-            .filter(pl.col("ev").is_not_null() & pl.col("avail").is_not_null())
-            .sort(["symbol", "ev", "avail", *ties], descending=[False, False, False] + [True] * len(ties),
-                  nulls_last=True)
-            .unique(["symbol", "ev"], keep="first", maintain_order=True))
-    return _reference_latest_known(rows, "ev").select("symbol", "avail", "high", "low", "close")
-
-
-def _reference_series(oi: pl.DataFrame, bars: pl.DataFrame) -> lm._Series:
-    oi_v = oi["open_interest"].to_numpy()
-    prev = np.concatenate([[oi_v[0]], oi_v[:-1]]) if oi_v.size else oi_v
-    # dOI < 0 closes that fraction of every open position (each contract equally likely to close).
-    frac_closed = np.where(oi_v < prev, (prev - oi_v) / prev, 0.0)
-    return lm._Series(
-        oi_avail=oi["avail"].to_numpy(), oi=oi_v, log_scale=np.cumsum(np.log1p(-frac_closed)),
-        bar_avail=bars["avail"].to_numpy(), high=bars["high"].to_numpy(), low=bars["low"].to_numpy(),
-        close=bars["close"].to_numpy())
