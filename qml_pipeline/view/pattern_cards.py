@@ -6,7 +6,7 @@ pattern_cards and pattern_card_adjustments tables and their shape for the render
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import polars as pl
@@ -65,40 +65,38 @@ def _card_items(r: dict) -> list[dict]:
         items.append({"rule": rule, "reason": reason, "effect": _effect(mult) if applied else None,
                       "mult": mult, "applied": applied})
 
-    fr, fm = r.get("funding_rule"), r.get("funding_mult")
+    def rule(name: str, state: str | None, mult: float | None, missing: str, fired: Callable[[], str],
+             neutral: Callable[[], str]) -> None:
+        """One rule's item: no data, fired (changed the multiplier) or neutral."""
+        if state == "missing":
+            add(name, missing, mult)
+        elif mult is not None and mult != 1.0:
+            add(name, fired(), mult, applied=True)
+        else:
+            add(name, neutral(), mult)
+
+    fr = r.get("funding_rule")
     if fr is None:
         add("overlay", "no overlay row for this trade")
         return items
-    if fr == "missing":
-        add("funding", "Funding: no data at decision time", fm)
-    elif fm is not None and fm != 1.0:
-        label = "crowded longs" if fr == "crowded_longs" else "crowded shorts"
-        add("funding", f"{_funding_reason(r)} ({label})", fm, applied=True)
-    else:
-        word = fr.replace("_", " ")
-        add("funding", f"{_funding_reason(r)} ({word})", fm)
-    oir, oim, oi = r.get("oi_rule"), r.get("oi_mult"), r.get("oi_change_24h")
-    if oir == "missing":
-        add("oi", "OI: no data at decision time", oim)
-    elif oim is not None and oim != 1.0:
-        meaning = "conviction" if oir == "rising" else "weak"
-        add("oi", f"OI {oir} {oi:+.1f}% 24h ({meaning})", oim, applied=True)
-    else:
-        add("oi", f"OI {oir} {oi:+.1f}% 24h" if oi is not None else f"OI {oir}", oim)
+    rule("funding", fr, r.get("funding_mult"), "Funding: no data at decision time",
+         lambda: f"{_funding_reason(r)} ({'crowded longs' if fr == 'crowded_longs' else 'crowded shorts'})",
+         lambda: f"{_funding_reason(r)} ({fr.replace('_', ' ')})")
+    oir, oi = r.get("oi_rule"), r.get("oi_change_24h")
+    rule("oi", oir, r.get("oi_mult"), "OI: no data at decision time",
+         lambda: f"OI {oir} {oi:+.1f}% 24h ({'conviction' if oir == 'rising' else 'weak'})",
+         lambda: f"OI {oir} {oi:+.1f}% 24h" if oi is not None else f"OI {oir}")
     lr, lm, dist = r.get("liq_rule"), r.get("liq_mult"), r.get("distance_to_liq_cluster")
     if dist is not None and math.isnan(dist):
         dist = None
     price = fmt_usd(r.get("liq_cluster_price"))
     where = f" {price}" if price else ""
-    if lr == "missing":
-        add("liq", "Liq cluster: no estimate at decision time", lm)
-    elif lr == "disabled":
+    no_estimate = "Liq cluster: no estimate at decision time"
+    if lr == "disabled":
         add("liq", "Liq rule disabled", lm)
-    elif lm is not None and lm != 1.0:
-        add("liq", f"Near liq cluster{where} ({dist:.2f} ATR)", lm, applied=True)
     else:
-        add("liq", f"Liq cluster{where} {dist:.2f} ATR away (far)" if dist is not None
-            else "Liq cluster: no estimate at decision time", lm)
+        rule("liq", lr, lm, no_estimate, lambda: f"Near liq cluster{where} ({dist:.2f} ATR)",
+             lambda: f"Liq cluster{where} {dist:.2f} ATR away (far)" if dist is not None else no_estimate)
     return items
 
 
