@@ -515,7 +515,7 @@ def reference_liq_features(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.Da
     base = t.join(atr_df, on="trade_id", how="left")
     if heads:
         base = base.join(pl.concat(heads), on="row", how="left")
-        clusters = _reference_nearest_clusters(pl.concat(per_bins), base, config)
+        clusters = lm._pick_clusters(pl.concat(per_bins), base, config)  # the cluster rule, as the library
         base = base.join(clusters, on="row", how="left")
     else:
         base = base.with_columns(pl.lit(None, pl.Float64).alias(c) for c in
@@ -583,36 +583,8 @@ def _reference_trade_maps(ts: pl.DataFrame, s: lm._Series, p: lm._Positions, con
     return head, per_bin
 
 
-def _reference_nearest_clusters(per_bin: pl.DataFrame, base: pl.DataFrame, config: LiqMapConfig) -> pl.DataFrame:
-    bins = per_bin.join(base.select("row", "direction", "oi_now"), on="row")
-    is_cluster = pl.lit(True)
-    if config.cluster_min_share_of_oi is not None:
-        is_cluster &= pl.col("base") >= config.cluster_min_share_of_oi * pl.col("oi_now")
-    if config.cluster_quantile is not None:
-        is_cluster &= pl.col("base") >= pl.col("base").quantile(config.cluster_quantile, "linear").over("row")
-    return (bins.filter(is_cluster)
-            # notional-weighted mean liquidation price of the bin: below the price for longs, above for shorts
-            .with_columns((pl.col("usd") / pl.col("base")).alias("cluster_price"))
-            .with_columns(pl.when(pl.col("direction") == "BEARISH").then(-pl.col("cluster_price"))
-                          .otherwise(pl.col("cluster_price")).alias("_order"))
-            .sort("row", "_order")
-            .group_by("row", maintain_order=True)
-            .agg(pl.col("cluster_price").first(), pl.col("usd").first().alias("cluster_usd")))
-
-
 def _reference_positions(s: lm._Series, config: LiqMapConfig) -> lm._Positions:
-    n_oi = s.oi.size
-    d_oi = np.diff(s.oi, prepend=s.oi[:1]) if n_oi else s.oi
-    entry_bar = np.searchsorted(s.bar_avail, s.oi_avail, side="right") - 1
-    has_bar = entry_bar >= 0
-    bar_age = s.oi_avail - s.bar_avail[np.maximum(entry_bar, 0)] if s.bar_avail.size else np.zeros(n_oi)
-    # The first row has no previous OI to differ from: positions opened before the series are unknown.
-    usable = has_bar & (d_oi > 0) & (bar_age <= config.max_price_age_minutes * MINUTE_MS)
-    rows = np.nonzero(usable)[0]
-    lev = np.asarray(config.leverage_tiers, dtype=float)
-    w = np.asarray(config.leverage_weights, dtype=float)
-    keep = w > 0
-    lev, w = lev[keep], w[keep]
+    rows, entry_bar, d_oi, lev, w = lm._opening_rows(s, config)  # which rows open positions: the library's rule
     n_t = lev.size
     mmr = config.maintenance_margin_rate
 

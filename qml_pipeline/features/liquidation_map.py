@@ -230,7 +230,10 @@ def _first_cross(values: np.ndarray, first: np.ndarray, threshold: np.ndarray, s
     return np.where(crossed, pos, n)
 
 
-def _openings(s: _Series, config: LiqMapConfig) -> _Openings:
+def _opening_rows(s: _Series, config: LiqMapConfig
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The OI rows that open positions (OI rose and a fresh bar prices them): (rows, entry bar of every
+    OI row, OI change of every row, leverage tiers, their weights), tiers of weight 0 left out."""
     n_oi = s.oi.size
     d_oi = np.diff(s.oi, prepend=s.oi[:1]) if n_oi else s.oi
     entry_bar = np.searchsorted(s.bar_avail, s.oi_avail, side="right") - 1
@@ -238,11 +241,14 @@ def _openings(s: _Series, config: LiqMapConfig) -> _Openings:
     bar_age = s.oi_avail - s.bar_avail[np.maximum(entry_bar, 0)] if s.bar_avail.size else np.zeros(n_oi)
     # The first row has no previous OI to differ from: positions opened before the series are unknown.
     usable = has_bar & (d_oi > 0) & (bar_age <= config.max_price_age_minutes * MINUTE_MS)
-    rows = np.nonzero(usable)[0]
     lev = np.asarray(config.leverage_tiers, dtype=float)
     w = np.asarray(config.leverage_weights, dtype=float)
     keep = w > 0
-    lev, w = lev[keep], w[keep]
+    return np.nonzero(usable)[0], entry_bar, d_oi, lev[keep], w[keep]
+
+
+def _openings(s: _Series, config: LiqMapConfig) -> _Openings:
+    rows, entry_bar, d_oi, lev, w = _opening_rows(s, config)
     mmr = config.maintenance_margin_rate
 
     # bars are published in order, so entry bars never decrease along the rows
