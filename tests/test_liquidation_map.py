@@ -17,7 +17,7 @@ from qml_pipeline.features.liquidation_map import (
 from qml_pipeline.features import liquidation_map as lm
 from qml_pipeline.features.point_in_time import ms, prepare_oi
 from qml_pipeline.store.schemas import TS
-from qml_pipeline.timeutil import DAY_MS, MINUTE_MS, interval_ms
+from qml_pipeline.timeutil import DAY_MS, interval_ms
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 H = timedelta(hours=1)
@@ -491,14 +491,8 @@ def reference_liq_features(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.Da
     """liq_features_for_trades before it streamed (commit c75d929): every (trade, position) pair of a
     symbol at once. Slow and memory-hungry; kept only to prove the streaming version gives the same."""
     config = config or LiqMapConfig()
-    need = {"trade_id", "symbol", "direction", "decision_time"}
-    if missing := need - set(trades.columns):
-        raise ValueError(f"trades frame lacks columns {sorted(missing)}; got {trades.columns}")
+    lm.check_trades(trades)
     direction = pl.col("direction").cast(pl.Utf8).str.to_uppercase()
-    bad = trades.filter(~direction.is_in(["BULLISH", "BEARISH"]) | direction.is_null())
-    if bad.height:
-        raise ValueError(f"direction must be BULLISH or BEARISH; trade {bad['trade_id'][0]!r} has "
-                         f"{bad['direction'][0]!r}")
     t = trades.select(pl.col("trade_id").cast(pl.Utf8), "symbol", direction.alias("direction"),
                       ms("decision_time").alias("d_ms")).with_row_index("row")
     atr_df = atr.select(pl.col("trade_id").cast(pl.Utf8), pl.col("atr").cast(pl.Float64))
@@ -523,15 +517,7 @@ def reference_liq_features(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.Da
             pl.lit(None, pl.Int64).alias("map_ms"), pl.lit(None, pl.Boolean).alias("fresh"))
     usable = pl.col("fresh").fill_null(False)
     return base.sort("row").select(
-        "trade_id",
-        pl.when(usable & (pl.col("atr") > 0))
-        .then((pl.col("price") - pl.col("cluster_price")).abs() / pl.col("atr"))
-        .alias("distance_to_liq_cluster"),
-        pl.when(usable).then(pl.col("cluster_price")).alias("liq_cluster_price"),
-        pl.when(usable).then(pl.col("cluster_usd")).alias("liq_cluster_notional_usd"),
-        lm._from_ms("map_ms").alias("liq_map_time"),
-        ((pl.col("d_ms") - pl.col("map_ms")) / MINUTE_MS).alias("liq_map_age_minutes"),
-    ).cast(dict(FEATURE_SCHEMA))
+        "trade_id", *lm.feature_columns(usable)).cast(dict(FEATURE_SCHEMA))
 
 
 def _reference_trade_maps(ts: pl.DataFrame, s: lm._Series, p: lm._Positions, config: LiqMapConfig
@@ -539,15 +525,7 @@ def _reference_trade_maps(ts: pl.DataFrame, s: lm._Series, p: lm._Positions, con
     """(per trade: price, OI, map time, freshness; per trade and bin on its side: alive amounts)."""
     d = ts["d_ms"].to_numpy()
     rows = ts["row"].to_numpy()
-    oi_idx = np.searchsorted(s.oi_avail, d, side="right") - 1
-    bar_idx = np.searchsorted(s.bar_avail, d, side="right") - 1
-    has_oi, has_bar = oi_idx >= 0, bar_idx >= 0
-    oi_i, bar_i = np.maximum(oi_idx, 0), np.maximum(bar_idx, 0)
-    map_ms = np.where(has_oi, s.oi_avail[oi_i], 0)
-    bar_avail = s.bar_avail[bar_i] if s.bar_avail.size else np.zeros(d.size, dtype=np.int64)
-    fresh = (has_oi & has_bar & (d - map_ms <= config.max_oi_age_minutes * MINUTE_MS)
-             & (d - bar_avail <= config.max_price_age_minutes * MINUTE_MS))
-    price = s.close[bar_i] if s.close.size else np.full(d.size, np.nan)
+    has_oi, has_bar, oi_i, map_ms, fresh, price = lm._known_at(d, s, config)  # the library's point-in-time lookup
     head = pl.DataFrame({
         "row": rows, "price": np.where(has_bar, price, np.nan),
         "oi_now": np.where(has_oi, s.oi[oi_i], np.nan),

@@ -469,21 +469,13 @@ def symbol_liq_features(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.DataF
     s = _series(oi, _prepare_bars(klines, config))
     parts = _symbol_features(d_ms, want_long.to_numpy(), s, _openings(s, config), config)
     usable = pl.col("fresh")
-    return parts.with_columns(atr=trades["atr"].cast(pl.Float64)).select(
-        pl.when(usable & (pl.col("atr") > 0))
-        .then((pl.col("price") - pl.col("cluster_price")).abs() / pl.col("atr"))
-        .alias("distance_to_liq_cluster"),
-        pl.when(usable).then(pl.col("cluster_price")).alias("liq_cluster_price"),
-        pl.when(usable).then(pl.col("cluster_usd")).alias("liq_cluster_notional_usd"),
-        _from_ms("map_ms").alias("liq_map_time"),
-        ((pl.col("d_ms") - pl.col("map_ms")) / MINUTE_MS).alias("liq_map_age_minutes"),
-    ).cast({c: FEATURE_SCHEMA[c] for c in columns})
+    return parts.with_columns(atr=trades["atr"].cast(pl.Float64)).select(*feature_columns(usable)).cast({c: FEATURE_SCHEMA[c] for c in columns})
 
 
-def _symbol_features(d: np.ndarray, want_long: np.ndarray, s: _Series, o: _Openings, config: LiqMapConfig
-                     ) -> pl.DataFrame:
-    """Per trade of one symbol, row for row: d_ms, price, OI, map time, freshness, and the nearest
-    cluster's price and notional (NULL when none)."""
+def _known_at(d: np.ndarray, s: _Series, config: LiqMapConfig
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """At each decision time d (ms): (has OI, has a bar, index of the OI row known, the map's time
+    (that row's avail, 0 without one), whether OI and price are fresh enough, the last close)."""
     oi_idx = np.searchsorted(s.oi_avail, d, side="right") - 1
     bar_idx = np.searchsorted(s.bar_avail, d, side="right") - 1
     has_oi, has_bar = oi_idx >= 0, bar_idx >= 0
@@ -493,6 +485,25 @@ def _symbol_features(d: np.ndarray, want_long: np.ndarray, s: _Series, o: _Openi
     fresh = (has_oi & has_bar & (d - map_ms <= config.max_oi_age_minutes * MINUTE_MS)
              & (d - bar_avail <= config.max_price_age_minutes * MINUTE_MS))
     price = s.close[bar_i] if s.close.size else np.full(d.size, np.nan)
+    return has_oi, has_bar, oi_i, map_ms, fresh, price
+
+
+def feature_columns(usable: pl.Expr) -> list[pl.Expr]:
+    """The feature columns from price, cluster_price, cluster_usd, atr, d_ms and map_ms (NULL unless `usable`)."""
+    return [pl.when(usable & (pl.col("atr") > 0))
+            .then((pl.col("price") - pl.col("cluster_price")).abs() / pl.col("atr"))
+            .alias("distance_to_liq_cluster"),
+            pl.when(usable).then(pl.col("cluster_price")).alias("liq_cluster_price"),
+            pl.when(usable).then(pl.col("cluster_usd")).alias("liq_cluster_notional_usd"),
+            _from_ms("map_ms").alias("liq_map_time"),
+            ((pl.col("d_ms") - pl.col("map_ms")) / MINUTE_MS).alias("liq_map_age_minutes")]
+
+
+def _symbol_features(d: np.ndarray, want_long: np.ndarray, s: _Series, o: _Openings, config: LiqMapConfig
+                     ) -> pl.DataFrame:
+    """Per trade of one symbol, row for row: d_ms, price, OI, map time, freshness, and the nearest
+    cluster's price and notional (NULL when none)."""
+    has_oi, has_bar, oi_i, map_ms, fresh, price = _known_at(d, s, config)
     cluster_price, cluster_usd = _nearest_clusters(d, s.log_scale[oi_i], s.oi[oi_i], fresh, want_long, o, config)
     return pl.DataFrame({
         "d_ms": d, "price": np.where(has_bar, price, np.nan),
