@@ -17,7 +17,7 @@ from qml_pipeline.features.liquidation_map import (
 from qml_pipeline.features import liquidation_map as lm
 from qml_pipeline.features.point_in_time import ms, prepare_oi
 from qml_pipeline.store.schemas import TS
-from qml_pipeline.timeutil import DAY_MS, interval_ms
+from qml_pipeline.timeutil import DAY_MS
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 H = timedelta(hours=1)
