@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pyarrow.csv as pacsv
@@ -40,11 +40,10 @@ from qml_pipeline.sources.binance_archive import (
     read_archive_csv,
 )
 from qml_pipeline.sources.binance_rest import FUNDING_LIMIT, KLINES_LIMIT, OI_LIMIT, BinanceRest
-from qml_pipeline.timeutil import month_starts
+from qml_pipeline.timeutil import UTC, month_starts
 from tests.fake_archive import FakeArchive, day_range
 from tests.fake_binance import FakeBinance
 
-UTC = timezone.utc
 START = datetime(2024, 1, 1, tzinfo=UTC)
 
 

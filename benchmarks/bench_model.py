@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from qml_pipeline.research.evaluation import evaluate_models  # noqa: E402
-from qml_pipeline.research.model import ModelConfig, torch, train_model  # noqa: E402
+from qml_pipeline.research.model import torch, train_model  # noqa: E402
+from qml_pipeline.research.model_data import ModelConfig  # noqa: E402
 from tests.synthetic import model_set  # noqa: E402
 
 

@@ -15,6 +15,7 @@ from datetime import date
 from pathlib import Path
 
 from qml_pipeline.errors import InputError
+from qml_pipeline.sources.venues import BINANCE_OI_PERIODS
 from qml_pipeline.store.schemas import DEFAULT_FUNDING_RATE_CAP, VENUES, BarPlausibility, symbol_problem
 from qml_pipeline.timeutil import INTERVAL_MS
 from qml_pipeline.trades.contract import parse_column_map
@@ -25,8 +26,6 @@ SOURCES = ("sample", "binance")
 UNIVERSES = ("configured", "binance_usdm")
 # Dagster executors a deployment can pick (dagster_project/executors.py)
 EXECUTORS = ("default", "in_process", "multiprocess", "k8s", "docker", "celery", "celery_k8s")
-# Binance's open-interest periods (REST /futures/data/openInterestHist and the archive's buckets).
-OI_PERIODS = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 # a cron step of minutes (*/n) only ticks evenly when n divides the hour
 CARDS_REFRESH_MINUTES = (1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60)
@@ -168,8 +167,8 @@ class Settings:
             if bad:
                 out.append(f"{env_name(name)}: {bad} not interval(s); expected Binance notation, one of "
                            f"{list(INTERVAL_MS)}")
-        if self.oi_period not in OI_PERIODS:
-            out.append(f"QML_OI_PERIOD={self.oi_period!r}: expected one of {list(OI_PERIODS)}")
+        if self.oi_period not in BINANCE_OI_PERIODS:
+            out.append(f"QML_OI_PERIOD={self.oi_period!r}: expected one of {list(BINANCE_OI_PERIODS)}")
         for name in ("binance_fapi_url", "binance_archive_url"):
             if name == "binance_archive_url" and re.match(r"^file:///\S*$", self.binance_archive_url):
                 continue  # a local mirror of the archive's layout, read in place

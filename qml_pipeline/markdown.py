@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import polars as pl
+
+from qml_pipeline.formats import cell_text
+
+
+def escape(text: object) -> str:
+    """Text safe inside a markdown table cell (pipes escaped, one line)."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def cell(value: object, float_digits: int = 4) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M")
-    if isinstance(value, float):
-        return f"{value:.{float_digits}g}"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return f"{value:,}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    return escape(cell_text(value, float_digits=float_digits) or "")
 
 
 def markdown_table(df: pl.DataFrame, max_rows: int = 50, float_digits: int = 4,

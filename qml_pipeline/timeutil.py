@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date, datetime, timedelta, timezone
+
+import numpy as np
+import polars as pl
 
 UTC = timezone.utc
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
 
 INTERVAL_MS = {
     "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000, "30m": 1_800_000,
@@ -19,11 +26,13 @@ def interval_values_sql() -> str:
     return ", ".join(f"('{k}', {v})" for k, v in INTERVAL_MS.items())
 
 
-def interval_ms(interval: str) -> int:
+def interval_ms(interval: str, served: Mapping[str, int] = INTERVAL_MS, who: str = "") -> int:
+    """Milliseconds of an interval (Binance notation) among those `served` (`who` names the server)."""
     try:
-        return INTERVAL_MS[interval]
+        return served[interval]
     except KeyError:
-        raise ValueError(f"unknown interval {interval!r}; expected one of {sorted(INTERVAL_MS, key=INTERVAL_MS.get)}") from None
+        raise ValueError(f"unknown {who + ' ' if who else ''}interval {interval!r}; expected one of "
+                         f"{sorted(served, key=served.get)}") from None
 
 
 def utc_now() -> datetime:
@@ -35,6 +44,16 @@ def to_ms(dt: datetime) -> int:
     if dt.tzinfo is None:
         raise ValueError(f"naive datetime {dt!r}: pass a timezone-aware UTC time")
     return (dt - EPOCH) // timedelta(milliseconds=1)
+
+
+def epoch_ms(values: pl.Series | np.ndarray | list) -> np.ndarray:
+    """Epoch milliseconds as float64 (NaN for null) from datetimes (any unit) or epoch ms."""
+    s = values if isinstance(values, pl.Series) else pl.Series(values)
+    if s.dtype == pl.Object:
+        raise ValueError("times must be datetimes or epoch milliseconds")
+    if isinstance(s.dtype, pl.Datetime):
+        s = s.dt.cast_time_unit("ms").dt.epoch("ms")
+    return s.cast(pl.Float64).fill_null(float("nan")).to_numpy().astype(np.float64)
 
 
 def from_ms(ms: int) -> datetime:

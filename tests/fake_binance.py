@@ -12,25 +12,25 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+from qml_pipeline.timeutil import HOUR_MS, INTERVAL_MS, from_ms
+
+try:
+    from tests.fake_server import RequestLog, ms
+except ImportError:
+    from fake_server import RequestLog, ms
+
 FUNDING_PATH = "/fapi/v1/fundingRate"
 FUNDING_INFO_PATH = "/fapi/v1/fundingInfo"
 OI_PATH = "/futures/data/openInterestHist"
 KLINES_PATH = "/fapi/v1/klines"
 EXCHANGE_INFO_PATH = "/fapi/v1/exchangeInfo"
-HOUR_MS = 3_600_000
-INTERVAL_MS = {"1m": 60_000, "5m": 300_000, "15m": 900_000, "1h": HOUR_MS, "4h": 4 * HOUR_MS,
-               "1d": 24 * HOUR_MS}
-
-
-def ms(dt: datetime) -> int:
-    return int(dt.timestamp() * 1000)
 
 
 @dataclass
@@ -43,17 +43,16 @@ class Fault:
     delay_s: float = 0.0
 
 
-class FakeBinance:
+class FakeBinance(RequestLog):
     """In-memory Binance USD-M REST endpoints served from `httpserver`."""
 
     def __init__(self, httpserver: HTTPServer):
+        super().__init__()
         self.server = httpserver
         self.funding: dict[str, list[dict[str, Any]]] = {}
         self.funding_info_rows: list[dict[str, Any]] = []
         self.oi: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.klines: dict[tuple[str, str], list[list[Any]]] = {}
-        self.requests: list[tuple[str, dict[str, str]]] = []
-        self.faults: list[Fault] = []
         self.used_weight = 0
         self.weight_header: int | None = None  # overrides the computed header when set
         # When a window holds more OI rows than `limit`, serve the latest ones (True) or the
@@ -155,21 +154,12 @@ class FakeBinance:
             else:
                 raise ValueError(f"unknown fault {kind!r}")
 
-    def count(self, path: str | None = None) -> int:
-        return sum(1 for p, _ in self.requests if path is None or p == path)
-
-    def params(self, path: str) -> list[dict[str, str]]:
-        return [a for p, a in self.requests if p == path]
-
     # ------------------------------------------------------------------ serving
 
     def _wrap(self, path: str, handler: Callable[[dict[str, str]], tuple[Any, int]]) -> Callable[[Request], Response]:
         def respond(request: Request) -> Response:
-            args = dict(request.args)
-            self.requests.append((path, args))
-            fault = next((f for f in self.faults if f.path in (None, path)), None)
+            args, fault = self._record(path, request)
             if fault is not None:
-                self.faults.remove(fault)
                 if fault.kind == "slow":
                     time.sleep(fault.delay_s)
                 elif fault.kind == "malformed":
@@ -218,7 +208,7 @@ class FakeBinance:
             firsts[symbol] = min([k[0] for k in rows] + [firsts.get(symbol, 2 ** 62)])
         for symbol, first in firsts.items():
             if symbol not in listed:
-                self.add_symbol(symbol, datetime.fromtimestamp(first / 1000, tz=timezone.utc))
+                self.add_symbol(symbol, from_ms(first))
                 listed[symbol] = self.symbols.pop(symbol)
         return {"timezone": "UTC", "serverTime": 0, "futuresType": "U_MARGINED", "rateLimits": [],
                 "assets": [], "symbols": list(listed.values())}, 1

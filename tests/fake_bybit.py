@@ -22,6 +22,8 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
+from qml_pipeline.timeutil import HOUR_MS
+
 try:
     from tests.fake_server import CannedFault, RecordingServer, ms
 except ImportError:
@@ -31,7 +33,6 @@ INSTRUMENTS_PATH = "/v5/market/instruments-info"
 OI_PATH = "/v5/market/open-interest"
 MARK_KLINE_PATH = "/v5/market/mark-price-kline"
 FUNDING_PATH = "/v5/market/funding/history"
-HOUR_MS = 3_600_000
 OI_INTERVALS_MS = {"5min": 300_000, "15min": 900_000, "30min": 1_800_000, "1h": HOUR_MS, "4h": 4 * HOUR_MS,
                    "1d": 24 * HOUR_MS}
 KLINE_INTERVALS_MS = {"1": 60_000, "5": 300_000, "15": 900_000, "30": 1_800_000, "60": HOUR_MS,

@@ -20,15 +20,16 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
+try:
+    from tests.fake_server import ms
+except ImportError:
+    from fake_server import ms
+
 PAIR_PATH = "/api/futures/liquidation/history"
 AGG_PATH = "/api/futures/liquidation/aggregated-history"
 FAKE_KEY = "cg-test-0123456789abcdef-SECRET"
 INTERVAL_MS = {"1m": 60_000, "5m": 300_000, "30m": 1_800_000, "1h": 3_600_000, "4h": 14_400_000,
                "1d": 86_400_000}
-
-
-def ms(dt: datetime) -> int:
-    return int(dt.timestamp() * 1000)
 
 
 @dataclass

@@ -22,6 +22,8 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Response
 
+from qml_pipeline.timeutil import HOUR_MS
+
 try:
     from tests.fake_server import CannedFault, RecordingServer, ms
 except ImportError:
@@ -30,7 +32,6 @@ except ImportError:
 INSTRUMENTS_PATH = "/api/v5/public/instruments"
 OI_PATH = "/api/v5/rubik/stat/contracts/open-interest-history"
 FUNDING_PATH = "/api/v5/public/funding-rate-history"
-HOUR_MS = 3_600_000
 PERIODS_MS = {"5m": 300_000, "15m": 900_000, "30m": 1_800_000, "1H": HOUR_MS, "2H": 2 * HOUR_MS,
               "4H": 4 * HOUR_MS, "6Hutc": 6 * HOUR_MS, "12Hutc": 12 * HOUR_MS, "1Dutc": 24 * HOUR_MS,
               "1D": 24 * HOUR_MS}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import polars as pl
 import pytest
@@ -19,9 +19,8 @@ from qml_pipeline.sources.binance_rest import (
     OutOfRestWindowError,
     ServedValueError,
 )
-from qml_pipeline.timeutil import to_ms
+from qml_pipeline.timeutil import UTC, to_ms
 
-UTC = timezone.utc
 FUNDING = "/fapi/v1/fundingRate"
 INFO = "/fapi/v1/fundingInfo"
 OI = "/futures/data/openInterestHist"

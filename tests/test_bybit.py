@@ -3,8 +3,7 @@ and short answers measured against the grid and coverage of the MarketSource pro
 
 from __future__ import annotations
 
-import random
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -14,10 +13,9 @@ from qml_pipeline.sources.http_client import HttpClient, HttpError, RateLimitedE
 from qml_pipeline.sources.venue_source import LIVE_EDGE_GRACE, NotServedError
 from qml_pipeline.sources.venues import UnknownSymbolError
 from qml_pipeline.store import schemas
-from qml_pipeline.timeutil import to_ms
-from tests.venue_helpers import expected_stamps, missing
+from qml_pipeline.timeutil import UTC, to_ms
+from tests.venue_helpers import expected_stamps, make_venue_reader, missing
 
-UTC = timezone.utc
 OI = "/v5/market/open-interest"
 MARK = "/v5/market/mark-price-kline"
 FUNDING = "/v5/market/funding/history"
@@ -30,9 +28,7 @@ M5 = timedelta(minutes=5)
 
 
 def make_reader(fake, fake_time, now: datetime = NOW, lag_s: int = 0, **kw) -> BybitSource:
-    client = bybit.make_client(fake.url, sleep=fake_time.sleep, clock=fake_time.clock, rng=random.Random(3),
-                               timeout_s=(2, 5), **kw)
-    return BybitSource(client, oi_publication_lag_s=lag_s, now=lambda: now)
+    return make_venue_reader(bybit, BybitSource, fake, fake_time, now, lag_s, 3, **kw)
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ from qml_pipeline.view.build import (CARD_LOOKBACK, ModelGate, build_context_car
                                      model_gate, recent_pattern_cards)
 from qml_pipeline.view.card_store import (PATTERN_CARDS_SINCE_SQL, RECENT_PATTERN_DAYS, read_latest_context_cards,
                                           read_pattern_cards, write_context_cards, write_pattern_cards)
-from qml_pipeline.view.cards import (CONTEXT_CARD_SCHEMA, CardConfig, context_card_rows, pattern_card_rows, pattern_cards,
-                                     pattern_cards_for_render, pattern_cards_markdown)
+from qml_pipeline.view.card_text import pattern_cards_markdown
+from qml_pipeline.view.cards import CONTEXT_CARD_SCHEMA, CardConfig, context_card_rows
+from qml_pipeline.view.pattern_cards import pattern_card_rows, pattern_cards, pattern_cards_for_render
 from tests.card_lake import card_lake, fill_market
 from tests.test_cards import AS_OF, H, _features, _trades, funding_frame, klines_frame, liq_frame, one_card, oi_frame
 

@@ -4,14 +4,9 @@ import duckdb
 import polars as pl
 import pytest
 
-from qml_pipeline.view.cards import (
-    CardConfig,
-    context_cards,
-    context_cards_markdown,
-    pattern_cards,
-    pattern_cards_markdown,
-    with_oi_aggregate,
-)
+from qml_pipeline.view.card_text import context_cards_markdown, pattern_cards_markdown
+from qml_pipeline.view.cards import CardConfig, context_cards, with_oi_aggregate
+from qml_pipeline.view.pattern_cards import pattern_cards
 from qml_pipeline.features.point_in_time import FeatureConfig, build_trade_context_features
 from qml_pipeline.features.liquidation_map import LiqMapConfig
 from qml_pipeline.research.overlay import apply_overlay, funding_8h_expr

@@ -20,7 +20,8 @@ from qml_pipeline.store import schemas
 from qml_pipeline.store.warehouse import Warehouse
 from qml_pipeline.view.build import build_context_cards, latest_context_cards, recent_pattern_cards
 from qml_pipeline.view.card_store import write_context_cards
-from qml_pipeline.view.cards import context_cards_markdown, fmt_age, fmt_usd, pattern_cards_markdown
+from qml_pipeline.formats import fmt_age, fmt_usd
+from qml_pipeline.view.card_text import context_cards_markdown, pattern_cards_markdown
 from qml_pipeline.view.export import (EXPORT_FILE, SCHEMA_VERSION, cards_document, context_card_json,
                                       load_schema, pattern_card_json, write_cards_export)
 from qml_pipeline.view.report import write_report

@@ -16,13 +16,12 @@ from qml_pipeline.features.aggregate import build_open_interest_aggregate
 from qml_pipeline.view.build import build_context_cards, card_as_of
 from qml_pipeline.features.context import REALISED_LIQ_SQL, build_context
 from qml_pipeline.features.point_in_time import (
-    DAY_MS,
-    HOUR_MS,
     OI_COLUMNS,
     FeatureConfig,
     _stale_limits,
     build_trade_context_features,
 )
+from qml_pipeline.timeutil import DAY_MS, HOUR_MS
 from tests.test_features import CFG as FEATURES_CFG
 from tests.test_features import connect as features_connection
 from tests.test_features import random_data

@@ -6,7 +6,8 @@ import polars as pl
 import pytest
 from scipy import stats as sps
 
-from qml_pipeline.research.overlay import apply_overlay, overlay_backtest
+from qml_pipeline.research.overlay import apply_overlay
+from qml_pipeline.research.overlay_backtest import overlay_backtest
 from qml_pipeline.research.phases import Phase10Settings, run_phase9, run_phase10
 from tests.synthetic import context_trade_set
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import email.utils
 import random
+import time
 
 import pytest
 
@@ -50,6 +52,15 @@ def test_429_waits_retry_after_then_succeeds(served, fake_time):
     assert fake_time.sleeps == [7.0, 7.0]
     assert served.count(INFO) == 3
     assert client.stats.retries == 2 and client.stats.waited_s == pytest.approx(14.0)
+
+
+def test_429_retry_after_as_http_date_and_garbage(served, fake_time):
+    # RFC 9110 allows Retry-After as an HTTP date (read against the real clock); garbage: the default
+    served.inject("429", retry_after=email.utils.formatdate(time.time() + 120, usegmt=True))
+    served.inject("429", retry_after="soon")
+    client = make_client(served, fake_time, default_retry_after_s=9)
+    assert len(client.get_json(INFO)) == 2
+    assert fake_time.sleeps[0] == pytest.approx(120, abs=3) and fake_time.sleeps[1] == 9.0
 
 
 def test_429_without_retry_after_uses_default(served, fake_time):
@@ -122,6 +133,12 @@ def test_timeouts_exhausted(served, fake_time):
     client = make_client(served, fake_time, timeout_s=(1, 0.15), max_retries=1)
     with pytest.raises(HttpError, match="timed out on all 2 attempts"):
         client.get_json(INFO)
+    # the single-threaded fake is still sleeping through the slow answers: let it finish, or the late
+    # answer lands in the next test run on this server
+    deadline = time.monotonic() + 5
+    while served.count(INFO) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.6)
 
 
 def test_connection_refused_is_retried_then_raised(fake_time):

@@ -15,8 +15,9 @@ from qml_pipeline.features.liquidation_map import (
     liq_features_for_trades,
 )
 from qml_pipeline.features import liquidation_map as lm
+from qml_pipeline.features.point_in_time import ms, prepare_oi
 from qml_pipeline.store.schemas import TS
-from qml_pipeline.timeutil import interval_ms
+from qml_pipeline.timeutil import DAY_MS
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
 H = timedelta(hours=1)
@@ -490,16 +491,10 @@ def reference_liq_features(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.Da
     """liq_features_for_trades before it streamed (commit c75d929): every (trade, position) pair of a
     symbol at once. Slow and memory-hungry; kept only to prove the streaming version gives the same."""
     config = config or LiqMapConfig()
-    need = {"trade_id", "symbol", "direction", "decision_time"}
-    if missing := need - set(trades.columns):
-        raise ValueError(f"trades frame lacks columns {sorted(missing)}; got {trades.columns}")
+    lm.check_trades(trades)
     direction = pl.col("direction").cast(pl.Utf8).str.to_uppercase()
-    bad = trades.filter(~direction.is_in(["BULLISH", "BEARISH"]) | direction.is_null())
-    if bad.height:
-        raise ValueError(f"direction must be BULLISH or BEARISH; trade {bad['trade_id'][0]!r} has "
-                         f"{bad['direction'][0]!r}")
     t = trades.select(pl.col("trade_id").cast(pl.Utf8), "symbol", direction.alias("direction"),
-                      _reference_ms("decision_time").alias("d_ms")).with_row_index("row")
+                      ms("decision_time").alias("d_ms")).with_row_index("row")
     atr_df = atr.select(pl.col("trade_id").cast(pl.Utf8), pl.col("atr").cast(pl.Float64))
 
     inputs = _reference_symbol_inputs(oi, klines, config)
@@ -514,7 +509,7 @@ def reference_liq_features(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.Da
     base = t.join(atr_df, on="trade_id", how="left")
     if heads:
         base = base.join(pl.concat(heads), on="row", how="left")
-        clusters = _reference_nearest_clusters(pl.concat(per_bins), base, config)
+        clusters = lm._pick_clusters(pl.concat(per_bins), base, config)  # the cluster rule, as the library
         base = base.join(clusters, on="row", how="left")
     else:
         base = base.with_columns(pl.lit(None, pl.Float64).alias(c) for c in
@@ -522,15 +517,7 @@ def reference_liq_features(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.Da
             pl.lit(None, pl.Int64).alias("map_ms"), pl.lit(None, pl.Boolean).alias("fresh"))
     usable = pl.col("fresh").fill_null(False)
     return base.sort("row").select(
-        "trade_id",
-        pl.when(usable & (pl.col("atr") > 0))
-        .then((pl.col("price") - pl.col("cluster_price")).abs() / pl.col("atr"))
-        .alias("distance_to_liq_cluster"),
-        pl.when(usable).then(pl.col("cluster_price")).alias("liq_cluster_price"),
-        pl.when(usable).then(pl.col("cluster_usd")).alias("liq_cluster_notional_usd"),
-        _reference_from_ms("map_ms").alias("liq_map_time"),
-        ((pl.col("d_ms") - pl.col("map_ms")) / lm._MINUTE_MS).alias("liq_map_age_minutes"),
-    ).cast(dict(FEATURE_SCHEMA))
+        "trade_id", *lm.feature_columns(usable)).cast(dict(FEATURE_SCHEMA))
 
 
 def _reference_trade_maps(ts: pl.DataFrame, s: lm._Series, p: lm._Positions, config: LiqMapConfig
@@ -538,15 +525,7 @@ def _reference_trade_maps(ts: pl.DataFrame, s: lm._Series, p: lm._Positions, con
     """(per trade: price, OI, map time, freshness; per trade and bin on its side: alive amounts)."""
     d = ts["d_ms"].to_numpy()
     rows = ts["row"].to_numpy()
-    oi_idx = np.searchsorted(s.oi_avail, d, side="right") - 1
-    bar_idx = np.searchsorted(s.bar_avail, d, side="right") - 1
-    has_oi, has_bar = oi_idx >= 0, bar_idx >= 0
-    oi_i, bar_i = np.maximum(oi_idx, 0), np.maximum(bar_idx, 0)
-    map_ms = np.where(has_oi, s.oi_avail[oi_i], 0)
-    bar_avail = s.bar_avail[bar_i] if s.bar_avail.size else np.zeros(d.size, dtype=np.int64)
-    fresh = (has_oi & has_bar & (d - map_ms <= config.max_oi_age_minutes * lm._MINUTE_MS)
-             & (d - bar_avail <= config.max_price_age_minutes * lm._MINUTE_MS))
-    price = s.close[bar_i] if s.close.size else np.full(d.size, np.nan)
+    has_oi, has_bar, oi_i, map_ms, fresh, price = lm._known_at(d, s, config)  # the library's point-in-time lookup
     head = pl.DataFrame({
         "row": rows, "price": np.where(has_bar, price, np.nan),
         "oi_now": np.where(has_oi, s.oi[oi_i], np.nan),
@@ -555,7 +534,7 @@ def _reference_trade_maps(ts: pl.DataFrame, s: lm._Series, p: lm._Positions, con
                     pl.when("has_oi").then(pl.col("map_ms")).alias("map_ms")).drop("has_oi")
 
     # positions possibly alive at d: start in (d - expiry, d] (they are sorted by start)
-    lo = np.searchsorted(p.start, d - int(config.expiry_days * lm._DAY_MS), side="right")
+    lo = np.searchsorted(p.start, d - int(config.expiry_days * DAY_MS), side="right")
     hi = np.searchsorted(p.start, d, side="right")
     hi = np.where(fresh, hi, lo)
     counts = hi - lo
@@ -582,36 +561,8 @@ def _reference_trade_maps(ts: pl.DataFrame, s: lm._Series, p: lm._Positions, con
     return head, per_bin
 
 
-def _reference_nearest_clusters(per_bin: pl.DataFrame, base: pl.DataFrame, config: LiqMapConfig) -> pl.DataFrame:
-    bins = per_bin.join(base.select("row", "direction", "oi_now"), on="row")
-    is_cluster = pl.lit(True)
-    if config.cluster_min_share_of_oi is not None:
-        is_cluster &= pl.col("base") >= config.cluster_min_share_of_oi * pl.col("oi_now")
-    if config.cluster_quantile is not None:
-        is_cluster &= pl.col("base") >= pl.col("base").quantile(config.cluster_quantile, "linear").over("row")
-    return (bins.filter(is_cluster)
-            # notional-weighted mean liquidation price of the bin: below the price for longs, above for shorts
-            .with_columns((pl.col("usd") / pl.col("base")).alias("cluster_price"))
-            .with_columns(pl.when(pl.col("direction") == "BEARISH").then(-pl.col("cluster_price"))
-                          .otherwise(pl.col("cluster_price")).alias("_order"))
-            .sort("row", "_order")
-            .group_by("row", maintain_order=True)
-            .agg(pl.col("cluster_price").first(), pl.col("usd").first().alias("cluster_usd")))
-
-
 def _reference_positions(s: lm._Series, config: LiqMapConfig) -> lm._Positions:
-    n_oi = s.oi.size
-    d_oi = np.diff(s.oi, prepend=s.oi[:1]) if n_oi else s.oi
-    entry_bar = np.searchsorted(s.bar_avail, s.oi_avail, side="right") - 1
-    has_bar = entry_bar >= 0
-    bar_age = s.oi_avail - s.bar_avail[np.maximum(entry_bar, 0)] if s.bar_avail.size else np.zeros(n_oi)
-    # The first row has no previous OI to differ from: positions opened before the series are unknown.
-    usable = has_bar & (d_oi > 0) & (bar_age <= config.max_price_age_minutes * lm._MINUTE_MS)
-    rows = np.nonzero(usable)[0]
-    lev = np.asarray(config.leverage_tiers, dtype=float)
-    w = np.asarray(config.leverage_weights, dtype=float)
-    keep = w > 0
-    lev, w = lev[keep], w[keep]
+    rows, entry_bar, d_oi, lev, w = lm._opening_rows(s, config)  # which rows open positions: the library's rule
     n_t = lev.size
     mmr = config.maintenance_margin_rate
 
@@ -631,18 +582,20 @@ def _reference_positions(s: lm._Series, config: LiqMapConfig) -> lm._Positions:
     n_bars = s.bar_avail.size
     liq_time = np.where(cross < n_bars, s.bar_avail[np.minimum(cross, n_bars - 1)], lm._NEVER)
     start = s.oi_avail[row]
-    end = np.minimum(liq_time, start + int(config.expiry_days * lm._DAY_MS))
+    end = np.minimum(liq_time, start + int(config.expiry_days * DAY_MS))
     return lm._Positions(start=start, end=end, is_long=is_long, liq_price=liq, amount=amount,
                          log_scale=s.log_scale[row], bin=config.bin_index(liq))
 
 
 def _reference_symbol_inputs(oi: pl.DataFrame, klines: pl.DataFrame, config: LiqMapConfig
                              ) -> dict[str, tuple[lm._Series, lm._Positions]]:
-    oi_p, bars_p = _reference_prepare_oi(oi), _reference_prepare_bars(klines, config)
+    # the inputs by the library's point-in-time rules (tested above); the reference is what follows
+    oi_p = prepare_oi(oi).select("symbol", "avail", "open_interest")
+    bars_p = lm._prepare_bars(klines, config)
     out = {}
     for (symbol,), oi_sym in oi_p.group_by(["symbol"], maintain_order=True):
         bars_sym = bars_p.filter(pl.col("symbol") == symbol)
-        s = _reference_series(oi_sym, bars_sym)
+        s = lm._series(oi_sym, bars_sym)
         out[symbol] = (s, _reference_positions(s, config))
     return out
 
@@ -667,82 +620,3 @@ def _reference_first_cross(values: np.ndarray, first: np.ndarray, threshold: np.
         jump = ok & (table[np.minimum(idx, table.size - 1)] > threshold)
         pos = np.where(jump, pos + width, pos)
     return np.minimum(pos, n)
-
-
-def _reference_ms(col: str) -> pl.Expr:
-    return pl.col(col).cast(TS).dt.epoch("ms")
-
-
-def _reference_from_ms(col: str) -> pl.Expr:
-    return pl.col(col).cast(pl.Int64).cast(TS)
-
-
-def _reference_latest_known(frame: pl.DataFrame, stamp: str) -> pl.DataFrame:
-    """Drop rows published no earlier than some later-stamped row of the same symbol.
-
-    "The value known at t" is the row with the latest stamp among rows with available_at <= t
-    (features.py), so such a row is never the newest at any time. The rows left have strictly
-    increasing available_at in stamp order: a search on available_at finds the value known at t.
-    """
-    later_min = pl.col("avail").cum_min(reverse=True).shift(-1).over("symbol")
-    return (frame.sort("symbol", stamp)
-            .filter(later_min.is_null() | (pl.col("avail") < later_min)))
-
-
-def _reference_prepare_oi(oi: pl.DataFrame) -> pl.DataFrame:
-    """One row per (symbol, event_time), by the open-interest rule of features.py.
-
-    OI <= 0 (or missing) is a hole in the data, never a real zero: dropped first. Of the copies of
-    one stamp the earliest published wins, then the largest value (then the largest period_minutes),
-    so a later re-publication never replaces what a trader saw. Without event_time, available_at is
-    the stamp.
-    """
-    need = {"symbol", "available_at", "open_interest"}
-    if missing := need - set(oi.columns):
-        raise ValueError(f"open interest frame lacks columns {sorted(missing)}; got {oi.columns}")
-    stamp = _reference_ms("event_time") if "event_time" in oi.columns else _reference_ms("available_at")
-    period = pl.col("period_minutes") if "period_minutes" in oi.columns else pl.lit(0)
-    rows = (oi.select("symbol", stamp.alias("stamp"), _reference_ms("available_at").alias("avail"),
-                      pl.col("open_interest").cast(pl.Float64), period.alias("period"))
-            .filter(pl.col("open_interest").is_not_null() & (pl.col("open_interest") > 0)
-                    & pl.col("stamp").is_not_null() & pl.col("avail").is_not_null())
-            .sort(["symbol", "stamp", "avail", "open_interest", "period"],
-                  descending=[False, False, False, True, True], nulls_last=True)
-            .unique(["symbol", "stamp"], keep="first", maintain_order=True))
-    return _reference_latest_known(rows, "stamp").select("symbol", "avail", "open_interest")
-
-
-def _reference_prepare_bars(klines: pl.DataFrame, config: LiqMapConfig) -> pl.DataFrame:
-    """One row per bar (symbol, event_time) of `price_interval`, by the kline rule of features.py.
-
-    A bar is known at its available_at (close_time if the frame has no available_at). Of the copies
-    of one bar the earliest published wins, then the larger close, high, low, open, close_time,
-    volume; a bar published no earlier than a later bar is dropped (`_latest_known`).
-    """
-    need = {"symbol", "event_time", "high", "low", "close"}
-    if missing := need - set(klines.columns):
-        raise ValueError(f"klines frame lacks columns {sorted(missing)}; got {klines.columns}")
-    bars = klines
-    if "interval" in bars.columns:
-        bars = bars.filter(pl.col("interval") == config.price_interval)
-    step = interval_ms(config.price_interval)
-    close_ms = _reference_ms("close_time") if "close_time" in bars.columns else _reference_ms("event_time") + step
-    avail = _reference_ms("available_at") if "available_at" in bars.columns else close_ms
-    ties = [c for c in ("close", "high", "low", "open", "close_time", "volume") if c in bars.columns]
-    rows = (bars.select("symbol", _reference_ms("event_time").alias("ev"), avail.alias("avail"), *ties)
-            .filter(pl.col("ev").is_not_null() & pl.col("avail").is_not_null())
-            .sort(["symbol", "ev", "avail", *ties], descending=[False, False, False] + [True] * len(ties),
-                  nulls_last=True)
-            .unique(["symbol", "ev"], keep="first", maintain_order=True))
-    return _reference_latest_known(rows, "ev").select("symbol", "avail", "high", "low", "close")
-
-
-def _reference_series(oi: pl.DataFrame, bars: pl.DataFrame) -> lm._Series:
-    oi_v = oi["open_interest"].to_numpy()
-    prev = np.concatenate([[oi_v[0]], oi_v[:-1]]) if oi_v.size else oi_v
-    # dOI < 0 closes that fraction of every open position (each contract equally likely to close).
-    frac_closed = np.where(oi_v < prev, (prev - oi_v) / prev, 0.0)
-    return lm._Series(
-        oi_avail=oi["avail"].to_numpy(), oi=oi_v, log_scale=np.cumsum(np.log1p(-frac_closed)),
-        bar_avail=bars["avail"].to_numpy(), high=bars["high"].to_numpy(), low=bars["low"].to_numpy(),
-        close=bars["close"].to_numpy())

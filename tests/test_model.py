@@ -22,15 +22,9 @@ from qml_pipeline.research.evaluation import (
     platt,
     walk_forward_splits,
 )
-from qml_pipeline.research.model import (
-    ContextNormaliser,
-    FusionNet,
-    ModelConfig,
-    TrainedModel,
-    align_inputs,
-    data_fingerprint,
-    train_model,
-)
+from qml_pipeline.research.model import TrainedModel, train_model
+from qml_pipeline.research.model_data import ContextNormaliser, ModelConfig, align_inputs, data_fingerprint
+from qml_pipeline.research.model_network import FusionNet
 from qml_pipeline.store.schemas import TS
 from tests.synthetic import model_set as synthetic
 
@@ -41,7 +35,7 @@ FAST = ModelConfig(epochs=15, lr=3e-3, batch_size=64, patience=5, seed=0)
 # --- network and training -----------------------------------------------------------------------
 
 def test_shapes_through_the_network() -> None:
-    import torch  # after qml_pipeline.research.model, which sets OpenMP's wait policy before torch loads
+    import torch  # after qml_pipeline.research.model_network, which sets OpenMP's wait policy before torch loads
 
     windows, context, labels = synthetic(60)
     norm = ContextNormaliser.for_frame(context).fit(context)

@@ -3,8 +3,7 @@ coverage, available_at, rate limits, errors, and short answers measured against 
 
 from __future__ import annotations
 
-import random
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import polars as pl
 import pytest
@@ -15,10 +14,9 @@ from qml_pipeline.sources.okx import OkxSource
 from qml_pipeline.sources.venue_source import LIVE_EDGE_GRACE
 from qml_pipeline.sources.venues import OutOfHistoryError, UnknownSymbolError
 from qml_pipeline.store import schemas
-from qml_pipeline.timeutil import to_ms
-from tests.venue_helpers import expected_stamps, missing
+from qml_pipeline.timeutil import UTC, to_ms
+from tests.venue_helpers import expected_stamps, make_venue_reader, missing
 
-UTC = timezone.utc
 OI = "/api/v5/rubik/stat/contracts/open-interest-history"
 FUNDING = "/api/v5/public/funding-rate-history"
 INSTRUMENTS = "/api/v5/public/instruments"
@@ -30,9 +28,7 @@ M5 = timedelta(minutes=5)
 
 
 def make_reader(fake, fake_time, now: datetime = NOW, lag_s: int = 0, **kw) -> OkxSource:
-    client = okx.make_client(fake.url, sleep=fake_time.sleep, clock=fake_time.clock, rng=random.Random(5),
-                             timeout_s=(2, 5), **kw)
-    return OkxSource(client, oi_publication_lag_s=lag_s, now=lambda: now)
+    return make_venue_reader(okx, OkxSource, fake, fake_time, now, lag_s, 5, **kw)
 
 
 @pytest.fixture

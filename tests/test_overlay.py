@@ -5,19 +5,12 @@ import polars as pl
 import pytest
 
 from qml_pipeline.research import overlay as ov
-from qml_pipeline.research.overlay import (
-    VARIANTS,
-    GateResult,
-    OverlayConfig,
-    OverlayGateConfig,
-    apply_overlay,
-    equity_curve_plot,
-    overlay_backtest,
-    phase10_gate,
-    rule_counts,
-    split_by_time,
-    tune_and_judge,
-)
+from qml_pipeline.research import overlay_tuning
+from qml_pipeline.research.gates import GateResult
+from qml_pipeline.research.overlay import OverlayConfig, apply_overlay, rule_counts
+from qml_pipeline.research.overlay_backtest import VARIANTS, equity_curve_plot, overlay_backtest
+from qml_pipeline.research.overlay_gate import OverlayGateConfig, phase10_gate
+from qml_pipeline.research.overlay_tuning import split_by_time, tune_and_judge
 from qml_pipeline.store.schemas import TS
 
 T0 = datetime(2023, 1, 1, tzinfo=UTC)
@@ -270,7 +263,7 @@ def test_tune_on_early_judge_on_late_never_sees_late_trades(monkeypatch):
         seen.append(set(trades["trade_id"]))
         return real(trades, features, config)
 
-    monkeypatch.setattr(ov, "apply_overlay", spy)
+    monkeypatch.setattr(overlay_tuning, "apply_overlay", spy)
     res = tune_and_judge(t, f, GRID, split_fraction=0.6, n_resamples=50)
     early, late = set(res.tuning_trade_ids), set(res.judging_trade_ids)
     assert early and late and not early & late

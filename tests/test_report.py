@@ -1,3 +1,4 @@
+import html
 import os
 import re
 import shutil
@@ -11,9 +12,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from qml_pipeline.view.cards import context_cards, pattern_cards
+from qml_pipeline.view.cards import context_cards
+from qml_pipeline.view.pattern_cards import pattern_cards
 from qml_pipeline.trades.metrics import equity_curve, summarize
-from qml_pipeline.research.overlay import GatePart, apply_overlay, make_gate
+from qml_pipeline.research.gates import GatePart, make_gate
+from qml_pipeline.research.overlay import apply_overlay
 from qml_pipeline.view.report import REPORT_FILE, write_report
 from qml_pipeline.store.schemas import TS
 from tests.test_cards import AS_OF, H, funding_frame, klines_frame, liq_frame, oi_frame
@@ -248,9 +251,12 @@ def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path):
 
 
 def test_report_escapes_text(tmp_path: Path):
-    doc = write_report(tmp_path, notes=['<img src="http://x">  & <script>']).read_text(encoding="utf-8")
-    assert "&lt;img src=&quot;http://x&quot;&gt;  &amp; &lt;script&gt;" in doc
-    assert "<script" not in doc
+    note = '<img src="http://x">  & <script>'
+    doc = write_report(tmp_path, notes=[note]).read_text(encoding="utf-8")
+    shown = re.search(r'<div class="notes"><ul><li>(.*?)</li>', doc).group(1)
+    assert shown.startswith("&lt;img src=") and "&amp; &lt;script&gt;" in shown
+    assert html.unescape(shown) == note
+    assert "<script" not in doc and "<img src=\"http" not in doc
 
 
 def test_each_gate_says_how_many_trades_and_symbols_its_verdict_rests_on(tmp_path: Path):

@@ -6,8 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from qml_pipeline.research.model import ModelConfig
-from qml_pipeline.research.overlay import GatePart, make_gate
+from qml_pipeline.research.model_data import ModelConfig
+from qml_pipeline.research.gates import GatePart, make_gate
 from qml_pipeline.research.phases import GateClosedError, ModelInputs, gate_rows, require_gate, run_phase11
 
 UTC = timezone.utc

@@ -3,7 +3,7 @@ contract."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import polars as pl
 import pytest
@@ -17,9 +17,8 @@ from qml_pipeline.sources.venues import (
     venue_symbol,
 )
 from qml_pipeline.store import schemas
-from qml_pipeline.timeutil import to_ms
+from qml_pipeline.timeutil import UTC, to_ms
 
-UTC = timezone.utc
 T0 = datetime(2024, 3, 1, tzinfo=UTC)
 H = timedelta(hours=1)
 

@@ -16,7 +16,8 @@ from dagster_project.defs.context import (
 from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.resources import ResearchResource, WarehouseResource
 from qml_pipeline.features.windows import load_windows
-from qml_pipeline.research.overlay import apply_overlay, config_from_tuning
+from qml_pipeline.research.overlay import apply_overlay
+from qml_pipeline.research.overlay_tuning import config_from_tuning
 from qml_pipeline.research.phase9 import AnalysisConfig
 from qml_pipeline.research.phases import (
     GateClosedError,
@@ -163,7 +164,7 @@ phase10_gate = _gate_asset("phase10", "context_overlay",
     ])
 def context_model(context: dg.AssetExecutionContext, warehouse: WarehouseResource, research: ResearchResource):
     """Runs only past the phase 10 gate (its blocking check), or with QML_OVERRIDE_GATES=1 (recorded)."""
-    from qml_pipeline.research.model import ModelConfig
+    from qml_pipeline.research.model_data import ModelConfig
 
     wh = warehouse.for_run(context)
     _, phase10_status = gate_status(wh.read(schemas.RESEARCH_GATES), "phase10", research.override_gates)

@@ -11,7 +11,7 @@ from qml_pipeline.store import schemas
 from qml_pipeline.store.warehouse import Warehouse
 from qml_pipeline.view.build import (ReportInputs, latest_context_cards, recent_pattern_cards, refresh_context_cards,
                                      refresh_pattern_cards, report_notes, write_research_report)
-from qml_pipeline.view.cards import context_cards_markdown, pattern_cards_markdown
+from qml_pipeline.view.card_text import context_cards_markdown, pattern_cards_markdown
 from qml_pipeline.view.export import SCHEMA_VERSION, write_cards_export
 
 GROUP = "researcher_view"

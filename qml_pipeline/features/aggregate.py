@@ -34,11 +34,9 @@ import polars as pl
 from qml_pipeline.features.point_in_time import FeatureConfig
 from qml_pipeline.store import schemas
 from qml_pipeline.store.schemas import OPEN_INTEREST_AGGREGATE, VENUES
-from qml_pipeline.timeutil import to_ms
+from qml_pipeline.timeutil import DAY_MS, HOUR_MS, to_ms
 
 STEP_MS = 5 * 60_000
-HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
 MAX_MS = 9223372036854775807
 AGGREGATE_FEATURES = ("oi_agg_change_24h", "oi_agg_change_7d", "oi_agg_percentile_30d", "oi_binance_share",
                       "oi_agg_venues", "funding_spread_8h", "funding_spread_venues")

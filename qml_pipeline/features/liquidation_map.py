@@ -25,7 +25,7 @@ import polars as pl
 
 from qml_pipeline.features.point_in_time import first_copies, latest_known, ms, prepare_oi
 from qml_pipeline.store.schemas import LIQUIDATION_MAP, TS
-from qml_pipeline.timeutil import interval_ms
+from qml_pipeline.timeutil import DAY_MS, MINUTE_MS, interval_ms
 
 FEATURE_SCHEMA = pl.Schema({
     "trade_id": pl.Utf8,
@@ -36,8 +36,6 @@ FEATURE_SCHEMA = pl.Schema({
     "liq_map_age_minutes": pl.Float64,
 })
 
-_MINUTE_MS = 60_000
-_DAY_MS = 86_400_000
 _NEVER = np.iinfo(np.int64).max
 # Snapshots are computed in blocks of this many days, anchored to the Unix epoch, so the pro-rata
 # scale factors stay within float range however long the series (and blocks never depend on data).
@@ -232,19 +230,25 @@ def _first_cross(values: np.ndarray, first: np.ndarray, threshold: np.ndarray, s
     return np.where(crossed, pos, n)
 
 
-def _openings(s: _Series, config: LiqMapConfig) -> _Openings:
+def _opening_rows(s: _Series, config: LiqMapConfig
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The OI rows that open positions (OI rose and a fresh bar prices them): (rows, entry bar of every
+    OI row, OI change of every row, leverage tiers, their weights), tiers of weight 0 left out."""
     n_oi = s.oi.size
     d_oi = np.diff(s.oi, prepend=s.oi[:1]) if n_oi else s.oi
     entry_bar = np.searchsorted(s.bar_avail, s.oi_avail, side="right") - 1
     has_bar = entry_bar >= 0
     bar_age = s.oi_avail - s.bar_avail[np.maximum(entry_bar, 0)] if s.bar_avail.size else np.zeros(n_oi)
     # The first row has no previous OI to differ from: positions opened before the series are unknown.
-    usable = has_bar & (d_oi > 0) & (bar_age <= config.max_price_age_minutes * _MINUTE_MS)
-    rows = np.nonzero(usable)[0]
+    usable = has_bar & (d_oi > 0) & (bar_age <= config.max_price_age_minutes * MINUTE_MS)
     lev = np.asarray(config.leverage_tiers, dtype=float)
     w = np.asarray(config.leverage_weights, dtype=float)
     keep = w > 0
-    lev, w = lev[keep], w[keep]
+    return np.nonzero(usable)[0], entry_bar, d_oi, lev[keep], w[keep]
+
+
+def _openings(s: _Series, config: LiqMapConfig) -> _Openings:
+    rows, entry_bar, d_oi, lev, w = _opening_rows(s, config)
     mmr = config.maintenance_margin_rate
 
     # bars are published in order, so entry bars never decrease along the rows
@@ -256,7 +260,7 @@ def _openings(s: _Series, config: LiqMapConfig) -> _Openings:
     liq = np.stack([price * (1 - 1 / lev + mmr), price * (1 + 1 / lev - mmr)])
     # A bar through the level matters only while some row of the entry bar is younger than expiry:
     # one published later leaves every such position ending at expiry anyway.
-    expiry_ms = int(config.expiry_days * _DAY_MS)
+    expiry_ms = int(config.expiry_days * DAY_MS)
     last_start = s.oi_avail[rows][np.nonzero(np.append(new_entry[1:], rows.size > 0))[0]]
     first = np.repeat(entries + 1, lev.size)
     stop = np.repeat(np.searchsorted(s.bar_avail, last_start + expiry_ms, side="left"), lev.size)
@@ -325,8 +329,8 @@ def estimate_liquidation_map(oi: pl.DataFrame, klines: pl.DataFrame,
 def _snapshots(symbol: str, s: _Series, p: _Positions, config: LiqMapConfig) -> pl.DataFrame:
     if p.start.size == 0:
         return pl.DataFrame(schema=LIQUIDATION_MAP.polars_schema)
-    cadence = config.snapshot_every_minutes * _MINUTE_MS
-    max_oi_age = config.max_oi_age_minutes * _MINUTE_MS
+    cadence = config.snapshot_every_minutes * MINUTE_MS
+    max_oi_age = config.max_oi_age_minutes * MINUTE_MS
     first_k = -(-int(p.start.min()) // cadence)
     last_k = (int(s.oi_avail[-1]) + int(max_oi_age)) // cadence
     grid = np.arange(first_k, last_k + 1, dtype=np.int64) * cadence
@@ -337,13 +341,13 @@ def _snapshots(symbol: str, s: _Series, p: _Positions, config: LiqMapConfig) -> 
     bar_idx = np.searchsorted(s.bar_avail, grid, side="right") - 1
     fresh = ((oi_idx >= 0) & (bar_idx >= 0)
              & (grid - s.oi_avail[np.maximum(oi_idx, 0)] <= max_oi_age)
-             & (grid - s.bar_avail[np.maximum(bar_idx, 0)] <= config.max_price_age_minutes * _MINUTE_MS))
+             & (grid - s.bar_avail[np.maximum(bar_idx, 0)] <= config.max_price_age_minutes * MINUTE_MS))
     log_scale_k = s.log_scale[np.maximum(oi_idx, 0)]
     oi_k = s.oi[np.maximum(oi_idx, 0)]
 
     k_start = np.searchsorted(grid, p.start, side="left")
     k_end = np.searchsorted(grid, p.end, side="left")
-    block = max(1, _BLOCK_DAYS * _DAY_MS // cadence)
+    block = max(1, _BLOCK_DAYS * DAY_MS // cadence)
     # block boundaries on the epoch-anchored grid, so they never depend on where the data starts
     bounds = np.unique(np.concatenate([[0], np.nonzero(np.diff((grid // cadence) // block))[0] + 1,
                                        [grid.size]]))
@@ -465,30 +469,41 @@ def symbol_liq_features(trades: pl.DataFrame, oi: pl.DataFrame, klines: pl.DataF
     s = _series(oi, _prepare_bars(klines, config))
     parts = _symbol_features(d_ms, want_long.to_numpy(), s, _openings(s, config), config)
     usable = pl.col("fresh")
-    return parts.with_columns(atr=trades["atr"].cast(pl.Float64)).select(
-        pl.when(usable & (pl.col("atr") > 0))
-        .then((pl.col("price") - pl.col("cluster_price")).abs() / pl.col("atr"))
-        .alias("distance_to_liq_cluster"),
-        pl.when(usable).then(pl.col("cluster_price")).alias("liq_cluster_price"),
-        pl.when(usable).then(pl.col("cluster_usd")).alias("liq_cluster_notional_usd"),
-        _from_ms("map_ms").alias("liq_map_time"),
-        ((pl.col("d_ms") - pl.col("map_ms")) / _MINUTE_MS).alias("liq_map_age_minutes"),
-    ).cast({c: FEATURE_SCHEMA[c] for c in columns})
+    return parts.with_columns(atr=trades["atr"].cast(pl.Float64)).select(*feature_columns(usable)).cast({c: FEATURE_SCHEMA[c] for c in columns})
 
 
-def _symbol_features(d: np.ndarray, want_long: np.ndarray, s: _Series, o: _Openings, config: LiqMapConfig
-                     ) -> pl.DataFrame:
-    """Per trade of one symbol, row for row: d_ms, price, OI, map time, freshness, and the nearest
-    cluster's price and notional (NULL when none)."""
+def _known_at(d: np.ndarray, s: _Series, config: LiqMapConfig
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """At each decision time d (ms): (has OI, has a bar, index of the OI row known, the map's time
+    (that row's avail, 0 without one), whether OI and price are fresh enough, the last close)."""
     oi_idx = np.searchsorted(s.oi_avail, d, side="right") - 1
     bar_idx = np.searchsorted(s.bar_avail, d, side="right") - 1
     has_oi, has_bar = oi_idx >= 0, bar_idx >= 0
     oi_i, bar_i = np.maximum(oi_idx, 0), np.maximum(bar_idx, 0)
     map_ms = np.where(has_oi, s.oi_avail[oi_i], 0)
     bar_avail = s.bar_avail[bar_i] if s.bar_avail.size else np.zeros(d.size, dtype=np.int64)
-    fresh = (has_oi & has_bar & (d - map_ms <= config.max_oi_age_minutes * _MINUTE_MS)
-             & (d - bar_avail <= config.max_price_age_minutes * _MINUTE_MS))
+    fresh = (has_oi & has_bar & (d - map_ms <= config.max_oi_age_minutes * MINUTE_MS)
+             & (d - bar_avail <= config.max_price_age_minutes * MINUTE_MS))
     price = s.close[bar_i] if s.close.size else np.full(d.size, np.nan)
+    return has_oi, has_bar, oi_i, map_ms, fresh, price
+
+
+def feature_columns(usable: pl.Expr) -> list[pl.Expr]:
+    """The feature columns from price, cluster_price, cluster_usd, atr, d_ms and map_ms (NULL unless `usable`)."""
+    return [pl.when(usable & (pl.col("atr") > 0))
+            .then((pl.col("price") - pl.col("cluster_price")).abs() / pl.col("atr"))
+            .alias("distance_to_liq_cluster"),
+            pl.when(usable).then(pl.col("cluster_price")).alias("liq_cluster_price"),
+            pl.when(usable).then(pl.col("cluster_usd")).alias("liq_cluster_notional_usd"),
+            _from_ms("map_ms").alias("liq_map_time"),
+            ((pl.col("d_ms") - pl.col("map_ms")) / MINUTE_MS).alias("liq_map_age_minutes")]
+
+
+def _symbol_features(d: np.ndarray, want_long: np.ndarray, s: _Series, o: _Openings, config: LiqMapConfig
+                     ) -> pl.DataFrame:
+    """Per trade of one symbol, row for row: d_ms, price, OI, map time, freshness, and the nearest
+    cluster's price and notional (NULL when none)."""
+    has_oi, has_bar, oi_i, map_ms, fresh, price = _known_at(d, s, config)
     cluster_price, cluster_usd = _nearest_clusters(d, s.log_scale[oi_i], s.oi[oi_i], fresh, want_long, o, config)
     return pl.DataFrame({
         "d_ms": d, "price": np.where(has_bar, price, np.nan),

@@ -29,10 +29,8 @@ import numpy as np
 import polars as pl
 
 from qml_pipeline.store.schemas import TRADE_CONTEXT_FEATURES, TS
-from qml_pipeline.timeutil import interval_values_sql
+from qml_pipeline.timeutil import DAY_MS, HOUR_MS, interval_values_sql
 
-HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True)

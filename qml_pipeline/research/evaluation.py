@@ -28,7 +28,9 @@ from scipy.optimize import minimize
 from scipy.special import expit
 
 from qml_pipeline.research.bootstrap import bootstrap_distribution, cluster_labels, interval
-from qml_pipeline.research.model import ContextNormaliser, ModelConfig, check_inputs, epoch_ms, targets, train_model
+from qml_pipeline.research.model import train_model
+from qml_pipeline.research.model_data import ContextNormaliser, ModelConfig, check_inputs, targets
+from qml_pipeline.timeutil import epoch_ms
 from qml_pipeline.store.schemas import TS
 
 EPS = 1e-7

@@ -28,13 +28,7 @@ import xlsxwriter
 from scipy import stats as sps
 
 from qml_pipeline.research.gates import GatePart, GateResult, make_gate, power_text
-from qml_pipeline.research.overlay import (
-    OverlayConfig,
-    funding_8h_expr,
-    join_context,
-    rule_columns,
-    with_overlay_inputs,
-)
+from qml_pipeline.research.overlay import (OverlayConfig, funding_8h_expr, join_context, rule_columns, with_overlay_inputs)
 from qml_pipeline.research.power import mde_cliffs_delta, mde_two_shares
 from qml_pipeline.trades.contract import FILLED_OUTCOMES
 from qml_pipeline.trades.metrics import TIMEOUT_POLICIES, apply_timeout_policy

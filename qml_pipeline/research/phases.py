@@ -15,9 +15,10 @@ import polars as pl
 
 from qml_pipeline.research.evaluation import EvaluationReport, evaluate_models
 from qml_pipeline.research.gates import GateResult
-from qml_pipeline.research.overlay import (BacktestResult, OverlayConfig, OverlayGateConfig, TuneResult, apply_overlay,
-                                           equity_curve_plot, join_context, overlay_backtest, phase10_gate,
-                                           tune_and_judge, tuning_rows)
+from qml_pipeline.research.overlay import OverlayConfig, apply_overlay, join_context
+from qml_pipeline.research.overlay_backtest import BacktestResult, equity_curve_plot, overlay_backtest
+from qml_pipeline.research.overlay_gate import OverlayGateConfig, phase10_gate
+from qml_pipeline.research.overlay_tuning import TuneResult, tune_and_judge, tuning_rows
 from qml_pipeline.research.phase9 import (AnalysisConfig, context_issue_share, issue_sensitivity, label_trades,
                                           phase9_gate, review_export, winners_vs_losers, with_derived_features)
 from qml_pipeline.store import schemas
@@ -243,7 +244,8 @@ def run_phase11(inputs: ModelInputs, model_dir: Path, model_config, n_folds: int
     logistic and the overlay (its scores from `inputs`, i.e. with the thresholds phase 10 tuned),
     then the published model trained on every trade, saved under `model_dir/<version>/` beside
     earlier versions."""
-    from qml_pipeline.research.model import data_fingerprint, train_model
+    from qml_pipeline.research.model import train_model
+    from qml_pipeline.research.model_data import data_fingerprint
 
     if len(inputs.trade_ids) < 4 * n_folds:
         raise ValueError(f"only {len(inputs.trade_ids)} filled trades with a full OHLCV window: too few for "

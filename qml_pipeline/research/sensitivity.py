@@ -24,8 +24,10 @@ import polars as pl
 
 from qml_pipeline.features.point_in_time import FeatureConfig, build_trade_context_features
 from qml_pipeline.research.gates import GateResult
-from qml_pipeline.research.overlay import (OverlayConfig, apply_overlay, overlay_backtest, phase10_gate, split_by_time,
-                                           tune_and_judge)
+from qml_pipeline.research.overlay import OverlayConfig, apply_overlay
+from qml_pipeline.research.overlay_backtest import overlay_backtest
+from qml_pipeline.research.overlay_gate import phase10_gate
+from qml_pipeline.research.overlay_tuning import split_by_time, tune_and_judge
 from qml_pipeline.research.phase9 import AnalysisConfig
 from qml_pipeline.research.phases import Phase9Result, Phase10Settings, run_phase9
 from qml_pipeline.research.regimes import trade_regimes

@@ -53,6 +53,7 @@ import polars as pl
 
 from qml_pipeline.store import schemas
 from qml_pipeline.sources.http_client import HttpClient, RequestStats
+from qml_pipeline.sources.venues import BINANCE_OI_PERIODS
 from qml_pipeline.store.schemas import TS, check_symbol
 from qml_pipeline.sources.funding import snap_funding_times
 from qml_pipeline.timeutil import UTC, interval_ms, month_starts, next_month, to_ms, utc_now
@@ -79,7 +80,6 @@ KLINES_COLUMNS = {
     "volume": pl.Float64, "close_time": pl.Int64, "quote_volume": pl.Float64, "count": pl.Int64,
     "taker_buy_volume": pl.Float64, "taker_buy_quote_volume": pl.Float64, "ignore": pl.Utf8,
 }
-OI_PERIODS = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
 
 
 class ChecksumError(ValueError):
@@ -532,8 +532,8 @@ class BinanceArchive:
         `period_minutes` 5 and knowable time: it is still a 5-minute snapshot, as in the sample's
         hourly file, so nothing claims more than the row holds.
         """
-        if period not in OI_PERIODS:
-            raise ValueError(f"open-interest period {period!r}: expected one of {OI_PERIODS} "
+        if period not in BINANCE_OI_PERIODS:
+            raise ValueError(f"open-interest period {period!r}: expected one of {BINANCE_OI_PERIODS} "
                              f"(the archive holds 5-minute rows; coarser periods take each bucket's last)")
         report = self.last_report = ArchiveReport("open_interest", symbol, start, end)
         if end <= start:

@@ -23,6 +23,7 @@ from qml_pipeline.store import schemas
 from qml_pipeline.errors import InputError
 from qml_pipeline.sources.funding import FUNDING_LOOKBACK_MS, snap_funding_times, with_funding_intervals
 from qml_pipeline.sources.http_client import BadResponseError, HttpClient
+from qml_pipeline.sources.venues import BINANCE_OI_PERIODS
 from qml_pipeline.store.schemas import TS
 from qml_pipeline.timeutil import UTC, interval_ms, to_ms, utc_now
 
@@ -40,7 +41,6 @@ FUNDING_LIMIT = 1000
 OI_LIMIT = 500
 KLINES_LIMIT = 1500
 OI_REST_WINDOW = timedelta(days=30)
-OI_PERIODS = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
 ARCHIVE_METRICS_URL = "https://data.binance.vision/?prefix=data/futures/um/daily/metrics/{symbol}/"
 
 # Binance's per-endpoint limits besides the IP weight (their docs, 2025-2026): fundingRate and
@@ -207,8 +207,8 @@ class BinanceRest:
 
     def open_interest(self, symbol: str, period: str, start: datetime, end: datetime) -> pl.DataFrame:
         """Open-interest rows stamped in [start, end); `start` must lie within the last 30 days."""
-        if period not in OI_PERIODS:
-            raise ValueError(f"open-interest period {period!r}: Binance serves {OI_PERIODS}")
+        if period not in BINANCE_OI_PERIODS:
+            raise ValueError(f"open-interest period {period!r}: Binance serves {BINANCE_OI_PERIODS}")
         oldest = self.oi_rest_window_start()
         if start < oldest:
             older = "the whole range is" if end <= oldest else "the range starts"

@@ -40,7 +40,7 @@ from qml_pipeline.sources.http_client import HttpClient, VenueRules
 from qml_pipeline.sources.venue_frames import funding_frame, open_interest_frame
 from qml_pipeline.sources.venue_source import VenueSource
 from qml_pipeline.sources.venues import Instrument, UnknownSymbolError, split_symbol, venue_period
-from qml_pipeline.timeutil import from_ms, interval_ms, to_ms
+from qml_pipeline.timeutil import HOUR_MS, from_ms, interval_ms, to_ms
 
 VENUE = "bybit"
 SOURCE = "bybit_rest"
@@ -53,7 +53,6 @@ FUNDING_PATH = "/v5/market/funding/history"
 OI_LIMIT = 200
 FUNDING_LIMIT = 200
 KLINE_LIMIT = 1000
-HOUR_MS = 3_600_000
 # The mark-price kline interval of each open-interest period (Bybit's kline notation).
 KLINE_INTERVALS = {"5m": "5", "15m": "15", "30m": "30", "1h": "60", "4h": "240", "1d": "D"}
 IP_LIMIT = (("/",), 600, 5.0)

@@ -39,8 +39,8 @@ import polars as pl
 
 from qml_pipeline.errors import InputError
 from qml_pipeline.store import schemas
-from qml_pipeline.timeutil import INTERVAL_MS as TIME_INTERVAL_MS
-from qml_pipeline.timeutil import utc_now
+from qml_pipeline import timeutil
+from qml_pipeline.timeutil import to_ms, utc_now
 from qml_pipeline.sources.http_client import (
     BadResponseError,
     HttpClient,
@@ -48,7 +48,6 @@ from qml_pipeline.sources.http_client import (
     RateLimitedError,
 )
 from qml_pipeline.store.schemas import LIQUIDATIONS, TS
-from qml_pipeline.timeutil import to_ms
 
 SOURCE = "coinglass"
 AGGREGATED_EXCHANGE = "ALL"
@@ -66,7 +65,7 @@ DEFAULT_EXCHANGES = ("Binance", "OKX", "Bybit")
 DEFAULT_LIMIT = 1000
 
 # Coinglass's intervals are Binance's notation without 3d.
-INTERVAL_MS = {k: v for k, v in TIME_INTERVAL_MS.items() if k != "3d"}
+INTERVAL_MS = {k: v for k, v in timeutil.INTERVAL_MS.items() if k != "3d"}
 # The interval floor of each plan, for messages (Coinglass docs, liquidation endpoints, 2025).
 PLAN_FLOORS = {"Hobbyist": "4h", "Startup": "30m", "Standard": "1m", "Professional": "1m", "Enterprise": "1m"}
 # Below this a stamp is read as seconds: 1e11 ms is March 1973, 1e11 s is the year 5138.
@@ -133,10 +132,7 @@ class _Secret:
 
 
 def interval_ms(interval: str) -> int:
-    try:
-        return INTERVAL_MS[interval]
-    except KeyError:
-        raise ValueError(f"unknown Coinglass interval {interval!r}; expected one of {list(INTERVAL_MS)}") from None
+    return timeutil.interval_ms(interval, INTERVAL_MS, "Coinglass")
 
 
 def allowed_intervals(plan_min_interval: str) -> list[str]:

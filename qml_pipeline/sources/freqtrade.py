@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -25,10 +25,9 @@ from qml_pipeline.sources.candles import resample_klines
 from qml_pipeline.sources.files import FileInputError, read_table, require_columns, times_or_raise
 from qml_pipeline.sources.funding import FUNDING_SNAP_TOLERANCE, snap_funding_times, with_funding_intervals
 from qml_pipeline.sources.grid import Coverage, Grid
-from qml_pipeline.timeutil import interval_ms
+from qml_pipeline.timeutil import EPOCH, interval_ms
 
 SOURCE = "freqtrade"
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 FILE_COLUMNS = ("date", "open", "high", "low", "close", "volume")
 _FILE = re.compile(r"^(?P<pair>[A-Z0-9]+_[A-Z0-9]+_[A-Z0-9]+)-(?P<tf>\d+[mhdw])-(?P<kind>futures|funding_rate|mark)"
                    r"\.(?P<ext>feather|parquet)$")

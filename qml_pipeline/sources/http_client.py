@@ -12,8 +12,8 @@ passing fault", what a ban looks like); `BINANCE` is the default. The shared rul
   (default `time.time`), not an arbitrary monotonic origin.
 - Per-endpoint request limits (e.g. `/futures/data/*`: 1000 requests per 5 minutes) are a sliding
   window per group of paths: `set_path_limit`.
-- 429 (rate limited) and 418 (IP banned after ignoring 429s): wait `Retry-After` seconds (or
-  `default_retry_after_s`), at most `max_retries` times, never longer than `max_retry_after_s` at
+- 429 (rate limited) and 418 (IP banned after ignoring 429s): wait `Retry-After` (seconds, or an
+  HTTP date read by urllib3's parser; else `default_retry_after_s`), at most `max_retries` times, never longer than `max_retry_after_s` at
   once: a longer ban raises `RateLimitedError` at once rather than blocking a run for hours.
 - 5xx, timeouts, connection errors: exponential backoff with full jitter
   (`uniform(0, min(cap, base * 2**attempt))`), at most `max_retries` retries, then `HttpError`.
@@ -26,6 +26,11 @@ passing fault", what a ban looks like); `BINANCE` is the default. The shared rul
 - A 200 whose body is not JSON is retried `malformed_json_retries` times (2 by default: a truncated
   body from a proxy is usually transient), then raises `BadResponseError` with the URL and the first
   200 characters of the body.
+
+Every retry above (transport, 5xx, 429/418/bans, a venue's body codes, malformed JSON) takes one path,
+`_Retries.again`: count, wait through the injectable `sleep`, or raise the error that names the URL and
+the attempts. urllib3's `Retry` is not mounted on the session: it sleeps with `time.sleep` (tests inject
+`sleep`), knows no 418 or venue ban, and has no ceiling that turns a long ban into an error.
 
 Other APIs (e.g. Coinglass) use the same client: `get_json(..., headers=...)` sends per-request
 headers (never stored, so a secret header stays out of the client's state), `last_headers` holds
@@ -50,12 +55,16 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
+from urllib3.exceptions import InvalidHeader
+from urllib3.util.retry import Retry
 
 log = logging.getLogger(__name__)
 
 WEIGHT_HEADER = "X-MBX-USED-WEIGHT-1M"
 # Seconds added after a minute boundary before resuming, for clock skew against Binance's servers.
 MINUTE_BOUNDARY_MARGIN_S = 0.5
+# parses an HTTP-date Retry-After; the waits themselves go through the client's injectable sleep
+_RETRY_AFTER = Retry(retry_after_max=math.inf)
 _SECRET_PARAMS = re.compile(r"^(signature|api_?key|apikey|key|token|secret|password)$", re.I)
 
 
@@ -214,6 +223,27 @@ class _PathLimit:
         return self.sent[0] + self.window_s - now
 
 
+class _Retries:
+    """The one retry path of a request: at most `limit` retries, each after a wait through the client
+    (given, e.g. Retry-After, or else the client's jittered backoff), counted in its stats."""
+
+    def __init__(self, client: HttpClient, limit: int):
+        self.client = client
+        self.limit = limit
+        self.done = 0
+
+    def again(self, wait_s: float | None, why: str, failure: Callable[[int], HttpError],
+              longest_s: float = math.inf, cause: BaseException | None = None) -> None:
+        """Wait, then return to try again; raise `failure(attempts made)` when the retries are used up
+        or the wait is longer than `longest_s`."""
+        wait = self.client._backoff(self.done) if wait_s is None else wait_s
+        if self.done >= self.limit or wait > longest_s:
+            raise failure(self.done + 1) from cause
+        self.client._wait(wait, f"{why}; retry {self.done + 1}/{self.limit}")
+        self.done += 1
+        self.client.stats.retries += 1
+
+
 class HttpClient:
     """GET JSON or bytes from one base URL (absolute URLs allowed for downloads), politely."""
 
@@ -267,51 +297,38 @@ class HttpClient:
                  headers: Mapping[str, str] | None = None) -> Any:
         """GET `path` and return its parsed JSON; `weight` is the request's Binance IP weight;
         `headers` are sent with this request only."""
-        malformed_left = self.malformed_json_retries
-        body_retries = 0
+        malformed = _Retries(self, self.malformed_json_retries)
+        body_faults = _Retries(self, self.max_retries)
         while True:
             resp, url = self._request(path, params, weight, allow_404=False, headers=headers)
             assert resp is not None
             try:
                 payload = resp.json()
             except (ValueError, json.JSONDecodeError):
-                if malformed_left > 0:
-                    tried = self.malformed_json_retries - malformed_left
-                    malformed_left -= 1
-                    self.stats.retries += 1
-                    self._wait(self._backoff(tried), f"malformed JSON from {url}; retrying")
-                    continue
-                snippet = resp.text[:200]
-                raise BadResponseError(
-                    f"{url} answered HTTP {resp.status_code} with a body that is not JSON "
-                    f"(after {self.malformed_json_retries + 1} attempts); first 200 characters: {snippet!r}",
-                    url=url, status=resp.status_code) from None
+                status, snippet = resp.status_code, resp.text[:200]
+                malformed.again(None, f"malformed JSON from {url}", lambda n: BadResponseError(
+                    f"{url} answered HTTP {status} with a body that is not JSON (after {n} attempts); "
+                    f"first 200 characters: {snippet!r}", url=url, status=status))
+                continue
             err = self.rules.error_in_body(payload)
             if err is None:
                 return payload
             code, msg = err
-            limited = str(code) in self.rules.rate_limit_codes
-            if not limited and str(code) not in self.rules.transient_codes:
-                raise self.rules.api_error(code, msg, url, resp.status_code, venue=self.rules.name)
-            if limited:
+            status, name = resp.status_code, self.rules.name
+            if str(code) in self.rules.rate_limit_codes:
                 wait = self.rules.body_rate_limit_wait(resp.headers, self._clock())
                 wait = self.rules.default_body_rate_limit_wait_s if wait is None or wait <= 0 else wait
-                if body_retries >= self.max_retries or wait > self.max_retry_after_s:
-                    raise RateLimitedError(
-                        f"{self.rules.name} rate limited (code {code}: {msg}) for GET {url} after "
-                        f"{body_retries + 1} attempt(s); wait {wait:.0f} s before trying again, and lower "
-                        f"the request rate", url=url, status=resp.status_code, retry_after_s=wait)
-                why = f"{self.rules.name} code {code} ({msg}): rate limited"
+                body_faults.again(wait, f"{name} code {code} ({msg}): rate limited", lambda n: RateLimitedError(
+                    f"{name} rate limited (code {code}: {msg}) for GET {url} after {n} attempt(s); wait "
+                    f"{wait:.0f} s before trying again, and lower the request rate", url=url, status=status,
+                    retry_after_s=wait), longest_s=self.max_retry_after_s)
+            elif str(code) in self.rules.transient_codes:
+                body = resp.text[:1000]
+                body_faults.again(None, f"{name} code {code} ({msg}): a passing fault", lambda n: HttpError(
+                    f"GET {url} failed with {name} code {code} ({msg}) on all {n} attempts", url=url,
+                    status=status, body=body))
             else:
-                if body_retries >= self.max_retries:
-                    raise HttpError(f"GET {url} failed with {self.rules.name} code {code} ({msg}) on all "
-                                    f"{body_retries + 1} attempts", url=url, status=resp.status_code,
-                                    body=resp.text[:1000])
-                wait = self._backoff(body_retries)
-                why = f"{self.rules.name} code {code} ({msg}): a passing fault"
-            self._wait(wait, f"{why}; retry {body_retries + 1}/{self.max_retries}")
-            body_retries += 1
-            self.stats.retries += 1
+                raise self.rules.api_error(code, msg, url, status, venue=name)
 
     def get_bytes(self, url_or_path: str, params: Mapping[str, Any] | None = None) -> bytes:
         """GET a path under the base URL, or an absolute URL, and return the body."""
@@ -395,10 +412,17 @@ class HttpClient:
         self.stats.weight_used = max(self.stats.weight_used, used)
 
     def _retry_after(self, resp: requests.Response) -> float:
+        """Retry-After in seconds (a number, or an HTTP date: urllib3's parser), else the default."""
         raw = resp.headers.get("Retry-After")
+        if raw is None:
+            return float(self.default_retry_after_s)
         try:
-            return max(0.0, float(raw)) if raw is not None else float(self.default_retry_after_s)
+            return max(0.0, float(raw))
         except ValueError:
+            pass
+        try:
+            return float(_RETRY_AFTER.parse_retry_after(raw))
+        except InvalidHeader:
             return float(self.default_retry_after_s)
 
     def _rate_limit(self, resp: requests.Response) -> tuple[float, str] | None:
@@ -423,7 +447,7 @@ class HttpClient:
         url = self.url_for(url_or_path)
         path = urlsplit(url).path
         shown = redact_url(requests.Request("GET", url, params=dict(params or {})).prepare().url or url)
-        attempt = 0
+        retries = _Retries(self, self.max_retries)
         while True:
             self._throttle(path, weight)
             self.stats.requests += 1
@@ -432,12 +456,9 @@ class HttpClient:
                 resp = self.session.get(url, params=params, headers=headers, timeout=self.timeout_s)
             except (requests.Timeout, requests.ConnectionError) as exc:
                 kind = "timed out" if isinstance(exc, requests.Timeout) else "could not connect"
-                if attempt >= self.max_retries:
-                    raise HttpError(f"GET {shown} {kind} on all {attempt + 1} attempts: {exc}",
-                                    url=shown) from exc
-                self._wait(self._backoff(attempt), f"GET {shown} {kind}; retry {attempt + 1}/{self.max_retries}")
-                attempt += 1
-                self.stats.retries += 1
+                retries.again(None, f"GET {shown} {kind}",
+                              lambda n: HttpError(f"GET {shown} {kind} on all {n} attempts: {exc}", url=shown),
+                              cause=exc)
                 continue
 
             self.stats.bytes_received += len(resp.content)
@@ -448,25 +469,18 @@ class HttpClient:
             limited = self._rate_limit(resp)
             if limited is not None:
                 wait, what = limited
-                if attempt >= self.max_retries or wait > self.max_retry_after_s:
-                    raise RateLimitedError(
-                        f"{self.rules.name} {what} for GET {shown}: Retry-After {wait:.0f} s after "
-                        f"{attempt + 1} attempt(s); wait that long before trying again, and lower the "
-                        f"request rate", url=shown, status=status, retry_after_s=wait)
-                self._wait(wait, f"{self.rules.name} {what}; Retry-After {wait:.0f} s")
+                retries.again(wait, f"{self.rules.name} {what}; Retry-After {wait:.0f} s", lambda n: RateLimitedError(
+                    f"{self.rules.name} {what} for GET {shown}: Retry-After {wait:.0f} s after {n} attempt(s); "
+                    f"wait that long before trying again, and lower the request rate", url=shown, status=status,
+                    retry_after_s=wait), longest_s=self.max_retry_after_s)
                 self._last_weight, self._last_weight_at = 0, None
-                attempt += 1
-                self.stats.retries += 1
                 continue
 
             if status >= 500:
-                if attempt >= self.max_retries:
-                    raise HttpError(f"GET {shown} failed with HTTP {status} on all {attempt + 1} attempts; "
-                                    f"last body: {resp.text[:200]!r}", url=shown, status=status,
-                                    body=resp.text[:1000])
-                self._wait(self._backoff(attempt), f"HTTP {status}; retry {attempt + 1}/{self.max_retries}")
-                attempt += 1
-                self.stats.retries += 1
+                body = resp.text[:1000]
+                retries.again(None, f"HTTP {status}", lambda n: HttpError(
+                    f"GET {shown} failed with HTTP {status} on all {n} attempts; last body: {body[:200]!r}",
+                    url=shown, status=status, body=body))
                 continue
 
             if status == 451:

@@ -9,7 +9,7 @@ stamp meaning changed on 2024-03-04; see the data README), i.e. from hour_end.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -18,6 +18,7 @@ from qml_pipeline.sources.files import numbers_or_raise, raise_for_rows, read_ta
 from qml_pipeline.sources.freqtrade import FreqtradeDataDir
 from qml_pipeline.sources.grid import Coverage, Gap, Grid, KnownGap, gaps_for, read_known_gaps
 from qml_pipeline.store import schemas
+from qml_pipeline.timeutil import EPOCH, UTC
 
 OI_SOURCE = "sample_archive_1h"
 ARCHIVE_PERIOD = timedelta(minutes=5)
@@ -80,7 +81,7 @@ class SampleSource:
         if table == "open_interest":
             oi = self._oi(symbol)
             if oi is None or oi.is_empty():
-                return Coverage(None, datetime(1970, 1, 1, tzinfo=timezone.utc))  # no OI for this symbol at all
+                return Coverage(None, EPOCH)  # no OI for this symbol at all
             return Coverage(oi["event_time"].min(), oi["event_time"].max() + OI_GRID.step)
         return self.freqtrade.coverage(table, symbol, variant)
 
@@ -94,7 +95,7 @@ class SampleSource:
     def check_inputs(self, symbols: Sequence[str], kline_intervals: Sequence[str]) -> None:
         """Read every file the pipeline will read for `symbols` and check it against the raw tables'
         contracts; raise one ValueError listing every problem (before anything is written anywhere)."""
-        everything = (datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc))
+        everything = (EPOCH, datetime(2100, 1, 1, tzinfo=UTC))
         problems = []
         for symbol in symbols:
             reads = [(schemas.KLINES, f"klines {i}", lambda i=i: self.klines(symbol, i, *everything))

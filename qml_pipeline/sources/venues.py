@@ -25,10 +25,13 @@ from qml_pipeline.timeutil import interval_ms
 
 QUOTES = ("USDT", "USDC")
 
+# Binance's open-interest periods (REST /futures/data/openInterestHist and the archive's buckets): the
+# project's notation for every venue.
+BINANCE_OI_PERIODS = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
 # The project's open-interest periods (Binance notation) as each venue spells them. OKX's 6H, 12H
 # and 1D bars open at 00:00 UTC+8; their `utc` variants open at 00:00 UTC like everyone else's.
 OI_PERIODS: dict[str, dict[str, str]] = {
-    "binance": {p: p for p in ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")},
+    "binance": {p: p for p in BINANCE_OI_PERIODS},
     "bybit": {"5m": "5min", "15m": "15min", "30m": "30min", "1h": "1h", "4h": "4h", "1d": "1d"},
     "okx": {"5m": "5m", "15m": "15m", "30m": "30m", "1h": "1H", "2h": "2H", "4h": "4H",
             "6h": "6Hutc", "12h": "12Hutc", "1d": "1Dutc"},

@@ -31,9 +31,10 @@ import duckdb
 import polars as pl
 
 from qml_pipeline.store import schemas
+from qml_pipeline.formats import fmt_age
 from qml_pipeline.markdown import cell, markdown_table
 from qml_pipeline.store.schemas import DATA_QUALITY, VENUE_DIVERGENCE, VENUES
-from qml_pipeline.timeutil import utc_now
+from qml_pipeline.timeutil import HOUR_MS, utc_now
 from qml_pipeline.store.warehouse import frame
 
 REPORT_SQL = """
@@ -124,16 +125,6 @@ def data_quality_report(con: duckdb.DuckDBPyConnection, now: datetime | None = N
     return schemas.conform(DATA_QUALITY, df)
 
 
-def _duration(minutes: float | None) -> str:
-    if minutes is None:
-        return ""
-    if minutes >= 2 * 24 * 60:
-        return f"{minutes / 1440:.1f} d"
-    if minutes >= 120:
-        return f"{minutes / 60:.1f} h"
-    return f"{minutes:.0f} min"
-
-
 def data_quality_markdown(df: pl.DataFrame) -> str:
     """A markdown table of a data_quality_report frame, for Dagster metadata and reports."""
     if df.height == 0:
@@ -143,12 +134,12 @@ def data_quality_markdown(df: pl.DataFrame) -> str:
               "longest gap starts", "fresh (age)"]
     shown = df.select(
         "table_name", "venue", "symbol", "series", "sources", "rows", "first_event_time", "last_event_time",
-        pl.col("expected_step_minutes").map_elements(_duration, return_dtype=pl.Utf8),
+        pl.col("expected_step_minutes").map_elements(fmt_age, return_dtype=pl.Utf8),
         "missing_rows", (pl.col("completeness") * 100).round(2).cast(pl.Utf8) + "%",
         "duplicate_rows", "revised_rows", "zero_rows", "zero_value_rows", "gaps",
-        pl.col("longest_gap_minutes").map_elements(_duration, return_dtype=pl.Utf8),
-        "longest_gap_start", pl.col("freshness_minutes").map_elements(_duration, return_dtype=pl.Utf8))
-    threshold = _duration(df["gap_threshold_minutes"][0])
+        pl.col("longest_gap_minutes").map_elements(fmt_age, return_dtype=pl.Utf8),
+        "longest_gap_start", pl.col("freshness_minutes").map_elements(fmt_age, return_dtype=pl.Utf8))
+    threshold = fmt_age(df["gap_threshold_minutes"][0])
     return (markdown_table(shown, max_rows=1000, header=header)
             + f"\n\ngaps: times without rows of at least {threshold}; missing: absent stamps on each "
               f"series' expected grid; freshness measured at {cell(df['as_of'][0])} UTC.")
@@ -156,7 +147,6 @@ def data_quality_markdown(df: pl.DataFrame) -> str:
 
 # ---------------------------------------------------------------- across venues
 
-HOUR_MS = 3_600_000
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,11 @@ import numpy as np
 import polars as pl
 
 from qml_pipeline.trades.contract import FILLED_OUTCOMES
+from qml_pipeline.timeutil import DAY_MS
 
 YEAR = "year"  # in `by`: the calendar year (UTC) of decision_time
 DAYS_PER_YEAR = 365
-_YEAR_MS = 365.25 * 24 * 3600 * 1000
-_DAY_MS = 24 * 3600 * 1000
+_YEAR_MS = 365.25 * DAY_MS
 # How a TIMEOUT is labelled: the seed's "not won" (loss), left out (exclude), or by the sign of its
 # net R (r_sign: a timeout that made money is a win).
 TIMEOUT_POLICIES = ("loss", "exclude", "r_sign")

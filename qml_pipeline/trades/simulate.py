@@ -17,9 +17,10 @@ import numpy as np
 import polars as pl
 
 from qml_pipeline.trades.detector import DetectorConfig, detect_patterns
+from qml_pipeline.store.schemas import TS
+from qml_pipeline.timeutil import epoch_ms
 from qml_pipeline.trades.contract import REFERENCE_SOURCE, TRADES, validate_trades
 
-_MS = pl.Datetime("ms", "UTC")
 # below this many bars the reference detector runs in this process (measured: docs/scale.md)
 PARALLEL_MIN_BARS = 400_000
 
@@ -42,10 +43,6 @@ def trade_id(symbol: str, timeframe: str, direction: str, decision_time: datetim
     return f"{symbol}-{timeframe}-{direction[:4]}-{decision_time:%Y%m%dT%H%M}"
 
 
-def _ms(series: pl.Series) -> np.ndarray:
-    return series.cast(_MS).dt.epoch("ms").to_numpy()
-
-
 def _funding_arrays(funding: pl.DataFrame | None, symbol: str | None, bar_open_ms: np.ndarray,
                     bar_open: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Settlement times (ms) and cumulative rate * price per unit of base asset."""
@@ -55,7 +52,7 @@ def _funding_arrays(funding: pl.DataFrame | None, symbol: str | None, bar_open_m
     if symbol is not None and "symbol" in f.columns:
         f = f.filter(pl.col("symbol") == symbol)
     f = f.sort("event_time")
-    t = _ms(f["event_time"])
+    t = epoch_ms(f["event_time"]).astype(np.int64)
     rate = f["funding_rate"].cast(pl.Float64).to_numpy()
     mark = (f["mark_price"].cast(pl.Float64).to_numpy() if "mark_price" in f.columns
             else np.full(len(t), np.nan))
@@ -78,18 +75,18 @@ def simulate_trades(patterns: pl.DataFrame, klines: pl.DataFrame, funding: pl.Da
         if patterns[col].n_unique() > 1:
             raise ValueError(f"simulate_trades takes one {col} at a time; use reference_trades for many")
     k = klines.sort("event_time")
-    o_ms = _ms(k["event_time"])
+    o_ms = epoch_ms(k["event_time"]).astype(np.int64)
     op, hi, lo, cl = (k[c].cast(pl.Float64).to_numpy() for c in ("open", "high", "low", "close"))
     n = len(o_ms)
-    open_times = k["event_time"].cast(_MS).to_list()
-    close_times = k["close_time"].cast(_MS).to_list()
+    open_times = k["event_time"].cast(TS).to_list()
+    close_times = k["close_time"].cast(TS).to_list()
     symbol = patterns["symbol"][0]
     f_ms, f_cum = _funding_arrays(funding, symbol, o_ms, op)
 
     out: dict[str, list] = {c: [] for c in ("trade_id", "entry_time", "exit_time", "exit_price",
                                             "gross_r_multiple", "fees_r", "funding_r", "outcome")}
     keep: list[int] = []
-    dec_ms = _ms(patterns["decision_time"])
+    dec_ms = epoch_ms(patterns["decision_time"]).astype(np.int64)
     # One pass per pattern over at most fill_timeout_bars + max_hold_bars bars.
     for p, row in enumerate(patterns.iter_rows(named=True)):
         short = row["direction"] == "BEARISH"
@@ -151,7 +148,7 @@ def simulate_trades(patterns: pl.DataFrame, klines: pl.DataFrame, funding: pl.Da
         out["funding_r"].append(float(funding_paid / risk))
 
     base = patterns[keep]
-    res = pl.DataFrame(out, schema={"trade_id": pl.Utf8, "entry_time": _MS, "exit_time": _MS,
+    res = pl.DataFrame(out, schema={"trade_id": pl.Utf8, "entry_time": TS, "exit_time": TS,
                                     "exit_price": pl.Float64, "gross_r_multiple": pl.Float64,
                                     "fees_r": pl.Float64, "funding_r": pl.Float64, "outcome": pl.Utf8})
     trades = pl.concat([base, res], how="horizontal").with_columns(

@@ -15,8 +15,8 @@ from qml_pipeline.features.aggregate import aggregate_features
 from qml_pipeline.store import schemas
 from qml_pipeline.view.card_store import (read_latest_context_cards, read_pattern_cards, write_context_cards,
                                           write_pattern_cards)
-from qml_pipeline.view.cards import (MISSING, CardConfig, context_card_rows, context_cards, pattern_card_rows,
-                                     pattern_cards, pattern_cards_for_render, with_oi_aggregate)
+from qml_pipeline.view.cards import MISSING, CardConfig, context_card_rows, context_cards, with_oi_aggregate
+from qml_pipeline.view.pattern_cards import pattern_card_rows, pattern_cards, pattern_cards_for_render
 from qml_pipeline.trades.metrics import equity_curve
 from qml_pipeline.research.evidence import evidence
 from qml_pipeline.research.overlay import OverlayConfig

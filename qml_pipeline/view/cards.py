@@ -35,28 +35,27 @@ available_at <= as_of; a liquidation snapshot counts as available at its snapsho
 A stale value keeps its number and age but its status word is 'stale'; a value that does not exist
 has status 'missing' (liquidations: 'none' when the map has no cluster on either side).
 
-Pattern cards: one per trade, from the overlay's itemised rule columns (qml_pipeline/research/overlay.py):
-each rule that changed the multiplier with its reason and size, the rules that did not (and why:
-neutral, or no data), the adjusted confidence and, when given, a model's probability.
+Pattern cards (one per trade, from the overlay's rule columns): pattern_cards.py.
 
 The cards are stored as warehouse tables (context_cards, pattern_cards, pattern_card_adjustments:
-`context_card_rows`, `pattern_card_rows`), and every view renders those rows: the markdown below (Dagster
-metadata), the HTML report (report.py) and the JSON export (export.py). docs/cards.md.
+`context_card_rows`, `pattern_card_rows`), and every view renders those rows: the markdown of card_text.py
+(Dagster metadata), the HTML report (report.py) and the JSON export (export.py). docs/cards.md.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import polars as pl
 
-from qml_pipeline.features.point_in_time import FeatureConfig
 from qml_pipeline.features.liquidation_map import LiqMapConfig
+from qml_pipeline.features.point_in_time import FeatureConfig
+from qml_pipeline.formats import fmt_pct, fmt_usd
 from qml_pipeline.research.overlay import REFERENCE_INTERVAL_HOURS, funding_8h_expr
 from qml_pipeline.store.schemas import TS
+
 
 FUNDING_WORDS = ("High", "Neutral", "Low", "Negative")
 OI_WORDS = ("Rising", "Flat", "Falling")
@@ -115,40 +114,6 @@ CONTEXT_CARD_SCHEMA = pl.Schema({
 
 # ---------------------------------------------------------------- formatting
 
-def fmt_usd(price: float | None) -> str | None:
-    """'$95.2K', '$1.23M', '$3,412', '$0.4521'."""
-    if price is None:
-        return None
-    a = abs(price)
-    if a >= 1e9:
-        return f"${price / 1e9:.2f}B"
-    if a >= 1e6:
-        return f"${price / 1e6:.2f}M"
-    if a >= 1e4:
-        return f"${price / 1e3:.1f}K"
-    if a >= 100:
-        return f"${price:,.0f}"
-    if a >= 1:
-        return f"${price:.2f}"
-    return f"${price:.4f}"
-
-
-def fmt_age(minutes: float | None) -> str | None:
-    """'12 min', '3.5 h', '2.1 d'."""
-    if minutes is None:
-        return None
-    if minutes >= 2 * 1440:
-        return f"{minutes / 1440:.1f} d"
-    if minutes >= 120:
-        return f"{minutes / 60:.1f} h"
-    return f"{minutes:.0f} min"
-
-
-def fmt_pct(value: float | None, decimals: int = 1) -> str | None:
-    """A percent value with its sign: '+3.2%', '-0.5%'."""
-    return None if value is None else f"{value:+.{decimals}f}%"
-
-
 def _funding_text(rate: float, hours: int, rate_8h: float) -> str:
     text = f"{rate * 100:+.3f}% / {hours}h"
     if hours != REFERENCE_INTERVAL_HOURS:
@@ -168,7 +133,7 @@ def _latest(df: pl.DataFrame, time_col: str) -> pl.DataFrame:
     return df.sort("symbol", time_col).group_by("symbol", maintain_order=True).last()
 
 
-def _minutes(later: pl.Expr, earlier: pl.Expr) -> pl.Expr:
+def minutes_between(later: pl.Expr, earlier: pl.Expr) -> pl.Expr:
     return (later - earlier).dt.total_milliseconds().cast(pl.Float64) / 60_000
 
 
@@ -189,7 +154,7 @@ def _funding_part(funding: pl.DataFrame, as_of: pl.Expr, c: CardConfig) -> pl.Da
         # the interval the 8h-equivalent was scaled from (NULL / non-positive -> 8h, as funding_8h_expr)
         pl.when(pl.col("funding_interval_hours") > 0).then(pl.col("funding_interval_hours"))
         .otherwise(REFERENCE_INTERVAL_HOURS).cast(pl.Int16).alias("funding_interval_hours"),
-        _minutes(as_of, pl.col("available_at")).alias("funding_age_minutes"),
+        minutes_between(as_of, pl.col("available_at")).alias("funding_age_minutes"),
     ).with_columns(
         (pl.col("funding_interval_hours").cast(pl.Float64) * 60 + c.funding_grace_minutes).alias("_limit"),
     ).with_columns(
@@ -228,7 +193,7 @@ def _oi_part(open_interest: pl.DataFrame, as_of: pl.Expr, c: CardConfig) -> pl.D
     rows = _oi_rows(open_interest)
     back = as_of - pl.duration(hours=c.features.oi_change_short_hours)
     now = _oi_known_at(rows, as_of)
-    past_age = _minutes(back, pl.col("event_time"))
+    past_age = minutes_between(back, pl.col("event_time"))
     past_limit = pl.max_horizontal(c.features.oi_stale_periods * pl.col("period_minutes"),
                                    pl.lit(c.features.oi_stale_min_minutes))
     past = _oi_known_at(rows, back).select(
@@ -239,7 +204,7 @@ def _oi_part(open_interest: pl.DataFrame, as_of: pl.Expr, c: CardConfig) -> pl.D
     change = ((pl.col("open_interest") / pl.col("_oi_24h") - 1) * 100).round(9)
     df = joined.with_columns(
         change.alias("oi_change_24h"),
-        _minutes(as_of, pl.col("available_at")).alias("oi_age_minutes"),
+        minutes_between(as_of, pl.col("available_at")).alias("oi_age_minutes"),
     ).with_columns(
         pl.when(pl.col("oi_age_minutes") > c.oi_max_age_minutes).then(pl.lit(STALE))
         .when(pl.col("oi_change_24h").is_null()).then(pl.lit(MISSING))
@@ -258,7 +223,7 @@ def _price_part(klines: pl.DataFrame, as_of: pl.Expr, c: CardConfig) -> pl.DataF
     df = klines.filter(pl.col(when) <= as_of)
     order = [when, "close_time"] if when != "close_time" and "close_time" in df.columns else [when]
     df = df.sort("symbol", *order).group_by("symbol", maintain_order=True).last()
-    return (df.filter(_minutes(as_of, pl.col(when)) <= c.price_max_age_minutes)
+    return (df.filter(minutes_between(as_of, pl.col(when)) <= c.price_max_age_minutes)
             .select("symbol", pl.col("close").cast(pl.Float64).alias("price"),
                     pl.col(when).alias("price_time")))
 
@@ -280,7 +245,7 @@ def _liq_part(liq_map: pl.DataFrame, prices: pl.DataFrame, as_of: pl.Expr, c: Ca
     heads = (snap.group_by("symbol").agg(pl.col("snapshot_time").first(), pl.col("reference_price").first())
              .join(prices, on="symbol", how="left")
              .with_columns(pl.coalesce("price", "reference_price").alias("_price"),
-                           _minutes(as_of, pl.col("snapshot_time")).alias("liq_age_minutes")))
+                           minutes_between(as_of, pl.col("snapshot_time")).alias("liq_age_minutes")))
     sides = []
     for side, base, usd in (("long", "long_liq_notional", "long_liq_notional_usd"),
                             ("short", "short_liq_notional", "short_liq_notional_usd")):
@@ -351,159 +316,6 @@ def with_oi_aggregate(cards: pl.DataFrame, across: pl.DataFrame) -> pl.DataFrame
     return out.select([pl.col(n).cast(t) for n, t in CONTEXT_CARD_SCHEMA.items()])
 
 
-def oi_card_value(r: dict) -> str | None:
-    """The OI card's value: Binance's 24h change, and the change across venues where it exists."""
-    parts = [r.get("oi_value"), f"all venues {r['oi_agg_value']}" if r.get("oi_agg_value") else None]
-    return " · ".join(p for p in parts if p) or None
-
-
-# ---------------------------------------------------------------- pattern cards
-
-ADJUSTMENT = pl.Struct({"rule": pl.Utf8, "reason": pl.Utf8, "effect": pl.Utf8, "mult": pl.Float64})
-# every rule of a card, applied or not (the rows of the pattern_card_adjustments table)
-CARD_ITEM = pl.Struct({"rule": pl.Utf8, "reason": pl.Utf8, "effect": pl.Utf8, "mult": pl.Float64,
-                       "applied": pl.Boolean})
-
-PATTERN_CARD_SCHEMA = pl.Schema({
-    "trade_id": pl.Utf8, "title": pl.Utf8, "symbol": pl.Utf8, "timeframe": pl.Utf8, "direction": pl.Utf8,
-    "decision_time": TS, "outcome": pl.Utf8,
-    "base_confidence": pl.Float64, "adjustments": pl.List(ADJUSTMENT), "no_effect": pl.List(pl.Utf8),
-    "items": pl.List(CARD_ITEM),
-    "raw_multiplier": pl.Float64, "multiplier": pl.Float64, "clamped": pl.Boolean,
-    "adjusted_confidence": pl.Float64, "model_probability": pl.Float64, "model_version": pl.Utf8,
-    "base_confidence_text": pl.Utf8, "adjusted_confidence_text": pl.Utf8, "model_text": pl.Utf8,
-    "adjustments_text": pl.Utf8,
-})
-
-
-def _effect(mult: float) -> str:
-    text = f"{(mult - 1) * 100:+.1f}".removesuffix(".0")
-    return f"{text}%"
-
-
-def _conf(v: float | None) -> str:
-    return "n/a" if v is None else f"{v * 100:.0f}%"
-
-
-def _funding_reason(r: dict) -> str:
-    rate, f8 = r.get("funding_rate"), r.get("funding_rate_8h")
-    hours = r.get("funding_interval_hours")
-    hours = int(hours) if hours else REFERENCE_INTERVAL_HOURS
-    if rate is None:
-        return f"Funding {f8 * 100:+.3f}%/8h"
-    if hours == REFERENCE_INTERVAL_HOURS or f8 is None:
-        return f"Funding {rate * 100:+.3f}%/{hours}h"
-    return f"Funding {rate * 100:+.3f}%/{hours}h = {f8 * 100:+.3f}%/8h"
-
-
-def _card_items(r: dict) -> list[dict]:
-    """Every context rule of one overlay row, in card order: {rule, reason, effect, mult, applied}; `applied`
-    when the rule changed the multiplier (effect is its size as text, else None)."""
-    items: list[dict] = []
-
-    def add(rule: str, reason: str, mult: float | None = None, applied: bool = False) -> None:
-        items.append({"rule": rule, "reason": reason, "effect": _effect(mult) if applied else None,
-                      "mult": mult, "applied": applied})
-
-    fr, fm = r.get("funding_rule"), r.get("funding_mult")
-    if fr is None:
-        add("overlay", "no overlay row for this trade")
-        return items
-    if fr == "missing":
-        add("funding", "Funding: no data at decision time", fm)
-    elif fm is not None and fm != 1.0:
-        label = "crowded longs" if fr == "crowded_longs" else "crowded shorts"
-        add("funding", f"{_funding_reason(r)} ({label})", fm, applied=True)
-    else:
-        word = fr.replace("_", " ")
-        add("funding", f"{_funding_reason(r)} ({word})", fm)
-    oir, oim, oi = r.get("oi_rule"), r.get("oi_mult"), r.get("oi_change_24h")
-    if oir == "missing":
-        add("oi", "OI: no data at decision time", oim)
-    elif oim is not None and oim != 1.0:
-        meaning = "conviction" if oir == "rising" else "weak"
-        add("oi", f"OI {oir} {oi:+.1f}% 24h ({meaning})", oim, applied=True)
-    else:
-        add("oi", f"OI {oir} {oi:+.1f}% 24h" if oi is not None else f"OI {oir}", oim)
-    lr, lm, dist = r.get("liq_rule"), r.get("liq_mult"), r.get("distance_to_liq_cluster")
-    if dist is not None and math.isnan(dist):
-        dist = None
-    price = fmt_usd(r.get("liq_cluster_price"))
-    where = f" {price}" if price else ""
-    if lr == "missing":
-        add("liq", "Liq cluster: no estimate at decision time", lm)
-    elif lr == "disabled":
-        add("liq", "Liq rule disabled", lm)
-    elif lm is not None and lm != 1.0:
-        add("liq", f"Near liq cluster{where} ({dist:.2f} ATR)", lm, applied=True)
-    else:
-        add("liq", f"Liq cluster{where} {dist:.2f} ATR away (far)" if dist is not None
-            else "Liq cluster: no estimate at decision time", lm)
-    return items
-
-
-def pattern_cards(trades: pl.DataFrame, overlay: pl.DataFrame, model_predictions: pl.DataFrame | None = None,
-                  limit: int = 20, trade_ids: Sequence[str] | None = None) -> pl.DataFrame:
-    """One card per trade (columns PATTERN_CARD_SCHEMA): the `limit` most recent by decision_time
-    (newest first), or the given `trade_ids` in their order.
-
-    `overlay`: `overlay.apply_overlay` output (its *_rule / *_mult columns itemise each adjustment;
-    a `liq_cluster_price` column, if either frame has one, names the cluster's price).
-    `model_predictions`: trade_id, probability (0..1), model_version.
-    """
-    if trade_ids is not None:
-        order = pl.DataFrame({"trade_id": list(trade_ids)}, schema={"trade_id": pl.Utf8}).with_row_index("_order")
-        chosen = trades.join(order, on="trade_id", how="inner").sort("_order").drop("_order")
-        if unknown := sorted(set(trade_ids) - set(chosen["trade_id"].to_list())):
-            raise ValueError(f"trade_ids not among the trades: {unknown[:5]}")
-    else:
-        chosen = trades.sort("decision_time", "trade_id", descending=True).head(limit)
-    base_cols = [c for c in ("trade_id", "symbol", "timeframe", "direction", "decision_time", "outcome",
-                             "base_confidence", "liq_cluster_price") if c in chosen.columns]
-    df = chosen.select(base_cols)
-    ov = overlay.unique("trade_id", keep="first")
-    extra = [c for c in ov.columns if c not in df.columns or c == "base_confidence"]
-    if "base_confidence" in df.columns and "base_confidence" in ov.columns:
-        df = df.drop("base_confidence")
-    df = df.join(ov.select("trade_id", *[c for c in extra if c != "trade_id"]), on="trade_id", how="left")
-    if model_predictions is not None and model_predictions.height:
-        preds = model_predictions.select("trade_id", pl.col("probability").cast(pl.Float64).alias("model_probability"),
-                                         pl.col("model_version").cast(pl.Utf8)).unique("trade_id", keep="last")
-        df = df.join(preds, on="trade_id", how="left")
-    for name, dtype in PATTERN_CARD_SCHEMA.items():
-        if (name not in df.columns and name not in ("title", "adjustments", "no_effect", "items")
-                and not name.endswith("_text")):
-            df = df.with_columns(pl.lit(None, dtype=dtype).alias(name))
-    for name, dtype in (("funding_rule", pl.Utf8), ("funding_mult", pl.Float64), ("oi_rule", pl.Utf8),
-                        ("oi_mult", pl.Float64), ("liq_rule", pl.Utf8), ("liq_mult", pl.Float64),
-                        ("funding_rate", pl.Float64), ("funding_rate_8h", pl.Float64),
-                        ("funding_interval_hours", pl.Float64), ("oi_change_24h", pl.Float64),
-                        ("distance_to_liq_cluster", pl.Float64), ("liq_cluster_price", pl.Float64)):
-        if name not in df.columns:
-            df = df.with_columns(pl.lit(None, dtype=dtype).alias(name))
-
-    items = [_card_items(r) for r in df.iter_rows(named=True)]
-    applied = [[{k: i[k] for k in ADJUSTMENT.to_schema()} for i in row if i["applied"]] for row in items]
-    adjustments = pl.Series("adjustments", applied, dtype=pl.List(ADJUSTMENT))
-    no_effect = pl.Series("no_effect", [[i["reason"] for i in row if not i["applied"]] for row in items],
-                          dtype=pl.List(pl.Utf8))
-    text = ["; ".join(f"{a['reason']} {a['effect']}" for a in adj) for adj in applied]
-    df = df.with_columns(adjustments, no_effect, pl.Series("items", items, dtype=pl.List(CARD_ITEM)),
-                         pl.Series("adjustments_text", text, dtype=pl.Utf8))
-    tf = pl.col("timeframe").fill_null("").str.to_uppercase()
-    df = df.with_columns(
-        pl.concat_str(pl.col("direction").fill_null("?").str.to_uppercase(), pl.lit(" QML - "),
-                      pl.col("symbol").fill_null("?"), pl.lit(" "), tf).str.strip_chars().alias("title"),
-        pl.Series("base_confidence_text", [_conf(v) for v in df["base_confidence"].to_list()], dtype=pl.Utf8),
-        pl.Series("adjusted_confidence_text", [_conf(v) for v in df["adjusted_confidence"].to_list()],
-                  dtype=pl.Utf8),
-        pl.Series("model_text", [None if p is None else f"{p * 100:.0f}% (model {v or 'unversioned'})"
-                                 for p, v in zip(df["model_probability"].to_list(), df["model_version"].to_list())],
-                  dtype=pl.Utf8),
-    )
-    return df.select([pl.col(n).cast(t) for n, t in PATTERN_CARD_SCHEMA.items()])
-
-
 # ---------------------------------------------------------------- the card tables (what every view renders)
 
 def _sign_word(value: pl.Expr) -> pl.Expr:
@@ -570,117 +382,5 @@ def context_card_rows(cards: pl.DataFrame, config: CardConfig = CardConfig()) ->
         pl.col("liq_cluster_side").cast(pl.Utf8).replace_strict({"long": "down", "short": "up"}, default=None,
                                                                 return_dtype=pl.Utf8).alias("liq_direction"),
         words["liq"].alias("liq_rule"),
-        _minutes(pl.col("as_of"), pl.col("price_time")).alias("price_age_minutes"),
+        minutes_between(pl.col("as_of"), pl.col("price_time")).alias("price_age_minutes"),
     )
-
-
-def pattern_card_rows(cards: pl.DataFrame, as_of: datetime, model_gate: str | None = None
-                      ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """`pattern_cards` output split into the pattern_cards rows (with as_of, the pattern's age and the model
-    gate's verdict) and the pattern_card_adjustments rows (every rule of every card, in card order)."""
-    at = pl.lit(as_of).cast(TS)
-    rows = cards.with_columns(at.alias("as_of"), _minutes(at, pl.col("decision_time")).alias("age_minutes"),
-                              pl.lit(model_gate, dtype=pl.Utf8).alias("model_gate"))
-    items = (cards.select("trade_id", "items").explode("items").drop_nulls("items").unnest("items")
-             .with_columns((pl.int_range(pl.len()).over("trade_id") + 1).cast(pl.Int32).alias("position"),
-                           pl.col("mult").alias("multiplier"))
-             .with_columns(pl.when(pl.col("applied")).then((pl.col("multiplier") - 1) * 100).alias("effect_pct"),
-                           pl.col("effect").alias("effect_text")))
-    return rows, items
-
-
-def pattern_cards_for_render(cards: pl.DataFrame, adjustments: pl.DataFrame) -> pl.DataFrame:
-    """pattern_cards rows with each card's `adjustments` (applied rules: rule, reason, effect, mult) and
-    `no_effect` (the other rules' reasons) gathered from pattern_card_adjustments rows: the markdown card and
-    the HTML report render this."""
-    adj = adjustments.sort("trade_id", "position").group_by("trade_id", maintain_order=True).agg(
-        pl.struct(pl.col("rule"), pl.col("reason"), pl.col("effect_text").alias("effect"),
-                  pl.col("multiplier").alias("mult")).filter(pl.col("applied")).alias("adjustments"),
-        pl.col("reason").filter(~pl.col("applied")).alias("no_effect"))
-    out = cards.join(adj, on="trade_id", how="left", maintain_order="left")
-    return out.with_columns(pl.col("adjustments").fill_null(pl.lit([], dtype=pl.List(ADJUSTMENT)))
-                            .cast(pl.List(ADJUSTMENT)),
-                            pl.col("no_effect").fill_null(pl.lit([], dtype=pl.List(pl.Utf8))))
-
-
-# ---------------------------------------------------------------- markdown
-
-FUNDING_MARK = {"High": "🔴", "Negative": "🟢", "Low": "🟡", "Neutral": "⚪", STALE: "⏳", MISSING: "·"}
-OI_MARK = {"Rising": "▲", "Falling": "▼", "Flat": "▬", STALE: "⏳", MISSING: "·"}
-
-
-def liq_arrow(side: str | None) -> str:
-    return {"long": "↓", "short": "↑"}.get(side or "", "")
-
-
-def _age_line(minutes: float | None) -> str:
-    age = fmt_age(minutes)
-    return f"{age} old" if age else "—"
-
-
-def _md(text: object) -> str:
-    return str(text).replace("|", "\\|")
-
-
-def context_cards_markdown(df: pl.DataFrame) -> str:
-    """The command-bar cards per symbol as markdown tables (value, status, age)."""
-    if df.height == 0:
-        return "_no context data yet_"
-    parts = []
-    for r in df.iter_rows(named=True):
-        price = fmt_usd(r["price"])
-        head = f"**{r['symbol']}**" + (f" · price {price}" if price else "") + \
-               f" · as of {r['as_of']:%Y-%m-%d %H:%M} UTC"
-        fs, os_, ls = r["funding_status"], r["oi_status"], r["liq_status"]
-        liq_status = ls
-        if ls in LIQ_WORDS:
-            liq_status = f"{liq_arrow(r['liq_cluster_side'])} {ls} ({r['liq_cluster_side']}s, " \
-                         f"{r['liq_distance_pct']:.1f}% away)"
-        elif ls == NO_CLUSTER:
-            liq_status = "no cluster"
-        elif ls == MISSING:
-            liq_status = "· missing"
-        elif ls == STALE:
-            liq_status = f"⏳ stale ({liq_arrow(r['liq_cluster_side'])} {r['liq_cluster_side'] or 'no'} cluster)"
-        rows = [
-            ["FUNDING", "OI 24h", "LIQ"],
-            [r["funding_value"] or "no data", oi_card_value(r) or "no data", r["liq_value"] or "no data"],
-            [f"{FUNDING_MARK.get(fs, '')} {fs}".strip(), f"{OI_MARK.get(os_, '')} {os_}".strip(), liq_status],
-            [_age_line(r["funding_age_minutes"]), _age_line(r["oi_age_minutes"]), _age_line(r["liq_age_minutes"])],
-        ]
-        table = ["| " + " | ".join(rows[0]) + " |", "|:---:|:---:|:---:|"]
-        table += ["| " + " | ".join(_md(x) for x in row) + " |" for row in rows[1:]]
-        parts.append(head + "\n\n" + "\n".join(table))
-    return "\n\n".join(parts)
-
-
-def pattern_cards_markdown(df: pl.DataFrame) -> str:
-    """Each pattern card as a markdown block like the seed's."""
-    if df.height == 0:
-        return "_no trades yet_"
-    parts = []
-    for r in df.iter_rows(named=True):
-        when = f"{r['decision_time']:%Y-%m-%d %H:%M} UTC" if r["decision_time"] else "?"
-        lines = [f"#### {r['title']}",
-                 f"decided {when} · outcome {r['outcome'] or '?'} · `{r['trade_id']}`", "",
-                 f"- Base confidence: **{r['base_confidence_text']}**"]
-        if r["adjustments"]:
-            lines.append("- Context adjustments (multiplicative):")
-            lines += [f"  - {_md(a['reason'])} **{a['effect']}**" for a in r["adjustments"]]
-        else:
-            lines.append("- Context adjustments: none fired")
-        if r["no_effect"]:
-            lines.append("- No effect: " + "; ".join(_md(x) for x in r["no_effect"]))
-        mult = ""
-        if r["multiplier"] is not None:
-            mult = f" (multiplier x{r['multiplier']:.2f}"
-            if r["clamped"]:
-                mult += f", clamped from x{r['raw_multiplier']:.2f}"
-            mult += ")"
-        lines.append(f"- **ADJUSTED CONFIDENCE: {r['adjusted_confidence_text']}** rule overlay{mult}")
-        if r["model_text"]:
-            lines.append(f"- Model probability: **{r['model_text']}**")
-        elif r.get("model_gate"):
-            lines.append(f"- Model probability: not shown ({_md(r['model_gate'])})")
-        parts.append("\n".join(lines))
-    return "\n\n".join(parts)

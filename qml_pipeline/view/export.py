@@ -29,7 +29,7 @@ from qml_pipeline.store import schemas
 from qml_pipeline.store.warehouse import Warehouse
 from qml_pipeline.timeutil import UTC, utc_now
 from qml_pipeline.view.card_store import RECENT_PATTERN_DAYS, read_latest_context_cards, read_pattern_cards
-from qml_pipeline.view.cards import fmt_usd
+from qml_pipeline.formats import fmt_usd
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_PATH = Path(__file__).with_name("cards.schema.json")
