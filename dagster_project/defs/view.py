@@ -6,7 +6,7 @@ import polars as pl
 
 from dagster_project.defs.raw_market_data import WRITER_POOL
 from dagster_project.metadata import table_metadata
-from dagster_project.resources import SETTINGS, MarketDataResource, ResearchResource, WarehouseResource
+from dagster_project.resources import MarketDataResource, ResearchResource, WarehouseResource
 from qml_pipeline.store import schemas
 from qml_pipeline.store.warehouse import Warehouse
 from qml_pipeline.view.build import (ReportInputs, latest_context_cards, recent_pattern_cards, refresh_context_cards,
@@ -35,8 +35,8 @@ def context_cards(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     (a live source) or the data's end (the sample); rows of earlier as_of times are kept. Rewrites the JSON
     export."""
     wh = warehouse.for_run(context)
-    built = refresh_context_cards(wh, live=market.source != "sample", symbols=SETTINGS.symbols,
-                                  venues=SETTINGS.venues)
+    built = refresh_context_cards(wh, live=market.live, symbols=tuple(market.symbols),
+                                  venues=tuple(market.venues))
     shown = latest_context_cards(wh)
     as_of = built["as_of"][0] if built.height else None
     return dg.MaterializeResult(metadata={
@@ -53,7 +53,7 @@ def pattern_cards(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     pattern_card_adjustments), the adjusted confidence (rule overlay) and the model's probability where the model
     passed its gate. Replaced per run; shows the newest ones. Rewrites the JSON export."""
     wh = warehouse.for_run(context)
-    cards, adjustments, gate = refresh_pattern_cards(wh, live=market.source != "sample")
+    cards, adjustments, gate = refresh_pattern_cards(wh, live=market.live)
     shown = recent_pattern_cards(wh, limit=SHOWN_PATTERN_CARDS)
     return dg.MaterializeResult(metadata={
         "patterns": cards.height, "as_of": str(cards["as_of"][0]) if cards.height else "no trades",
@@ -75,7 +75,7 @@ def research_report(warehouse: WarehouseResource, market: MarketDataResource,
     sections show what the warehouse holds from their last successful run (gate times are shown), the
     pattern cards included (their build time is shown)."""
     wh = warehouse.get()
-    notes = report_notes(market.source, market.sample_dir, list(SETTINGS.symbols), research.override_gates)
+    notes = report_notes(market.source, market.sample_dir, list(market.symbols), research.override_gates)
     path = write_research_report(wh, wh.root / "reports", ReportInputs(notes, research.override_gates))
     return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(path)),
                                           "open": dg.MetadataValue.url(f"file://{path}")})
