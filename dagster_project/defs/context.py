@@ -9,7 +9,7 @@ import polars as pl
 
 from dagster_project.defs.raw_market_data import raw_asset_keys
 from dagster_project.failures import input_errors_as_failures
-from dagster_project.metadata import markdown_table, table_metadata
+from dagster_project.metadata import markdown_table, row_count, table_metadata
 from dagster_project.resources import CoinglassResource, MarketDataResource, WarehouseResource
 from qml_pipeline.store import schemas
 from qml_pipeline.features.aggregate import build_open_interest_aggregate
@@ -58,7 +58,7 @@ def liquidation_map(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     rows = rebuild_liquidation_maps(wh, market.symbols, day_start(market.start_date))
     for symbol in (s for s, n in rows.items() if n == 0):
         context.log.warning(f"{symbol}: no open interest, so no estimated liquidation map")
-    return dg.MaterializeResult(metadata={"rows": sum(rows.values()),
+    return dg.MaterializeResult(metadata={**row_count(wh, schemas.LIQUIDATION_MAP), "rows": sum(rows.values()),
                                           "rows_per_symbol": markdown_table(pl.DataFrame(
                                               {"symbol": list(rows), "rows": list(rows.values())}))})
 
@@ -83,7 +83,7 @@ def liquidations(context: dg.AssetExecutionContext, warehouse: WarehouseResource
             frame = client.pair_history("Binance", symbol, client.plan_min_interval, start, end)
             batch.merge(schemas.LIQUIDATIONS, frame)
             total += frame.height
-    yield dg.MaterializeResult(metadata={"rows": total, **client.metadata()})
+    yield dg.MaterializeResult(metadata={**row_count(wh, schemas.LIQUIDATIONS), "rows": total, **client.metadata()})
 
 
 # Not a hard dependency on `liquidations`: that asset is skipped without a Coinglass key, and a skipped
@@ -106,7 +106,8 @@ def trade_context_features(context: dg.AssetExecutionContext, warehouse: Warehou
                         ).with_columns((pl.col("nulls") / n).alias("null_share"))
     too_sparse = core.filter(pl.col("null_share") > MAX_NULL_SHARE)["feature"].to_list()
     return dg.MaterializeResult(
-        metadata={"trades": features.height, "null_counts": markdown_table(core)},
+        metadata={"dagster/row_count": features.height, "trades": features.height,
+                  "null_counts": markdown_table(core)},
         check_results=[dg.AssetCheckResult(
             check_name="feature_nulls", passed=not too_sparse, severity=dg.AssetCheckSeverity.WARN,
             description=f"mostly NULL: {too_sparse}" if too_sparse else "every core feature mostly present",

@@ -32,7 +32,7 @@ def data_quality(context: dg.AssetExecutionContext, warehouse: WarehouseResource
         report = data_quality_report(con)
     wh.replace_table(schemas.DATA_QUALITY, report)
     return dg.MaterializeResult(metadata={
-        "series": report.height, "missing_rows": int(report["missing_rows"].sum() or 0),
+        "dagster/row_count": report.height, "series": report.height, "missing_rows": int(report["missing_rows"].sum() or 0),
         "duplicate_rows": int(report["duplicate_rows"].sum() or 0),
         "report": dg.MetadataValue.md(data_quality_markdown(report))})
 
