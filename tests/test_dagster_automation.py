@@ -71,8 +71,9 @@ def _walk(tmp_path: Path, stack: contextlib.ExitStack) -> None:
     assert _requested(ticked) == {"liquidations"}
 
     # the schedule's tick: one run per chunk of symbols over the year partition of yesterday and today
-    requests = daily_refresh(dg.build_schedule_context(instance=instance, scheduled_execution_time=SAMPLE_DAY,
-                                                       resources={"refresh": RefreshResource()}))
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=SAMPLE_DAY,
+                                   resources={"refresh": RefreshResource()}) as tick:
+        requests = daily_refresh(tick)
     assert [r.tags["dagster/asset_partition_range_start"] for r in requests] == ["BTCUSDT|2024"]
     raw_assets = [dg.AssetKey(name) for name in sorted(RAW)]
     for request in requests:
