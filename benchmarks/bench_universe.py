@@ -253,7 +253,7 @@ def measure_size(n: int, args: argparse.Namespace, market: Market, work: Path) -
 
         clock_lag_seconds: float = 0.0
 
-        def open(self, log=None, cache_dir=None, venue="binance"):
+        def open(self, log, cache_dir, venue="binance"):
             source = super().open(log, cache_dir, venue)
             lag = timedelta(seconds=self.clock_lag_seconds)
             source.now = source.rest.now = source.archive.now = lambda: utc_now() - lag
@@ -370,9 +370,9 @@ def main() -> None:
                        "QML_WAREHOUSE_DIR": str(work / "warehouse"), "DAGSTER_HOME": str(work / "dagster_home")})
     if args.refresh_symbols_per_run:
         os.environ["QML_REFRESH_SYMBOLS_PER_RUN"] = str(args.refresh_symbols_per_run)
-    from dagster_project.resources import SETTINGS
+    from dagster_project.resources import default_resources
 
-    args.refresh_symbols_per_run = SETTINGS.refresh_symbols_per_run
+    args.refresh_symbols_per_run = default_resources()["refresh"].refresh_symbols_per_run
     instrument_project()
     import logging
 

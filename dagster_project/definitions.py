@@ -10,7 +10,7 @@ from dagster_project.automation import AFTER_DAILY_REFRESH
 from dagster_project.defs.raw_market_data import RAW_CHECKS, RAW_GROUP
 from dagster_project.defs.maintenance import GROUP as MAINTENANCE_GROUP
 from dagster_project.executors import configured_executor
-from dagster_project.resources import SETTINGS, default_resources
+from dagster_project.resources import DEFINITIONS_SETTINGS, default_resources
 
 # groups not rebuilt after the daily refresh: the raw tables (the schedule runs them) and the maintenance (weekly)
 OWN_TRIGGER_GROUPS = (RAW_GROUP, MAINTENANCE_GROUP)
@@ -29,7 +29,7 @@ def build_defs() -> dg.Definitions:
     return dg.Definitions(
         assets=dg.map_asset_specs(_daily, assets), asset_checks=found.asset_checks, jobs=found.jobs,
         schedules=found.schedules, sensors=found.sensors, resources=default_resources(),
-        executor=configured_executor(SETTINGS.executor))
+        executor=configured_executor(DEFINITIONS_SETTINGS.executor))
 
 
 defs = build_defs()

@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     from dagster_project.defs.view import research_report
     from dagster_project.defs.raw_market_data import RAW_ASSETS, RAW_CHECKS
     from dagster_project.partitions import range_tags, sync_symbols
-    from dagster_project.resources import SETTINGS, ResearchResource, default_resources
+    from dagster_project.resources import DEFINITIONS_SETTINGS as SETTINGS, ResearchResource, default_resources
     from qml_pipeline.sources.sample import SampleSource
-    from qml_pipeline.store.warehouse import Warehouse, restore_aside, set_aside
+    from qml_pipeline.store.warehouse import restore_aside, set_aside
 
     if SETTINGS.source != "sample":
         print(f"QML_SOURCE={SETTINGS.source}: the demo runs on the bundled sample only; unset QML_SOURCE.")
@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"the bundled sample cannot be read, so the warehouse was left as it is:\n{exc}", file=sys.stderr)
         return 2
-    wh = Warehouse(SETTINGS.warehouse_dir, catalog=SETTINGS.warehouse_catalog,
-                   data_path=SETTINGS.warehouse_data_path)
+    resources = default_resources(SETTINGS)
+    wh = resources["warehouse"].get()
     previous = None
     if not args.keep:
         if not wh.location.is_sqlite or SETTINGS.warehouse_data_path:
@@ -68,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fresh warehouse at {wh.root}" + (f" (the previous one is kept in {previous} until this run "
                                                  "succeeds)" if previous else ""))
 
-    resources = default_resources()
     instance = dg.DagsterInstance.get()
     sync_symbols(instance, SETTINGS.symbols)
     checks: list[tuple[str, str, bool, str]] = []
@@ -126,7 +125,7 @@ def _fail(result, root: Path, previous: Path | None) -> int:
 def _print_summary(wh, checks, symbols) -> None:
     import polars as pl
 
-    from dagster_project.resources import SETTINGS
+    from dagster_project.resources import DEFINITIONS_SETTINGS as SETTINGS
     from qml_pipeline.store import schemas
     from qml_pipeline.sources.sample import SampleSource
 

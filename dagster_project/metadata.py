@@ -6,6 +6,7 @@ import polars as pl
 
 from qml_pipeline.markdown import markdown_table as render_markdown_table
 from qml_pipeline.store.schemas import Table
+from qml_pipeline.store.warehouse import Warehouse
 
 
 def column_schema(table: Table) -> dg.TableSchema:
@@ -16,6 +17,12 @@ def column_schema(table: Table) -> dg.TableSchema:
 
 def table_metadata(table: Table) -> dict[str, object]:
     return {"dagster/column_schema": column_schema(table), "warehouse_table": table.name}
+
+
+def row_count(wh: Warehouse, table: Table) -> dict[str, int]:
+    """Dagster's `dagster/row_count` of a table asset: the rows `table` holds after the materialisation (an
+    appending table's history included)."""
+    return {"dagster/row_count": int(wh.query(f"SELECT count(*) AS n FROM {table.name}")["n"][0])}
 
 
 def markdown_table(df: pl.DataFrame, max_rows: int = 50, float_digits: int = 4) -> dg.MetadataValue:

@@ -25,7 +25,7 @@ from datetime import date, datetime, timedelta
 
 import dagster as dg
 
-from dagster_project.resources import SETTINGS
+from dagster_project.resources import DEFINITIONS_SETTINGS
 from qml_pipeline.timeutil import UTC, month_starts
 
 SYMBOLS = dg.DynamicPartitionsDefinition(name="symbols")
@@ -34,19 +34,19 @@ YEAR_FORMAT = "%Y"
 
 def _source_end() -> datetime | None:
     """The end of the configured source's data (the sample's last row), None for a live source."""
-    if SETTINGS.source != "sample":
+    if DEFINITIONS_SETTINGS.source != "sample":
         return None
     from qml_pipeline.sources.sample import SampleSource
 
     try:
-        return SampleSource(SETTINGS.sample_dir).data_end()
+        return SampleSource(DEFINITIONS_SETTINGS.sample_dir).data_end()
     except (FileNotFoundError, ValueError):  # a bad QML_SAMPLE_DIR is reported when a run reads it
         return None
 
 
 def years_definition() -> dg.TimeWindowPartitionsDefinition:
     """UTC years from QML_START_DATE's year to the source's last year (the current year when live)."""
-    start = str(date.fromisoformat(SETTINGS.start_date).year)
+    start = str(date.fromisoformat(DEFINITIONS_SETTINGS.start_date).year)
     end = _source_end()
     if end is None:
         return dg.TimeWindowPartitionsDefinition(cron_schedule="0 0 1 1 *", fmt=YEAR_FORMAT, start=start,
@@ -68,7 +68,7 @@ def year_key(day: str | date) -> str:
 
 def partition_months(year: str) -> list[datetime]:
     """The months of a year partition the pipeline fills: from QML_START_DATE on."""
-    first = date.fromisoformat(SETTINGS.start_date)
+    first = date.fromisoformat(DEFINITIONS_SETTINGS.start_date)
     lo = max(datetime(int(year), 1, 1, tzinfo=UTC), datetime(first.year, first.month, 1, tzinfo=UTC))
     return month_starts(lo, datetime(int(year) + 1, 1, 1, tzinfo=UTC))
 

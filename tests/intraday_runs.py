@@ -4,8 +4,6 @@ benchmarks/bench_intraday.py): what the `intraday_refresh` schedule asks for, ex
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import sys
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,7 +17,7 @@ from dagster_project.defs.raw_market_data import RAW_ASSETS
 from dagster_project.defs.schedules import intraday_requests
 from dagster_project.defs.view import context_cards, pattern_cards
 from dagster_project.partitions import SYMBOLS, sync_symbols
-from dagster_project.resources import SETTINGS, MarketDataResource, WarehouseResource
+from dagster_project.resources import MarketDataResource, WarehouseResource
 from tests.fake_binance import FakeBinance
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
@@ -38,10 +36,8 @@ class Clock:
 
 
 @contextlib.contextmanager
-def live_edge(clock: Clock, symbols: Sequence[str]) -> Iterator[None]:
-    """The live source path on `clock`, with `symbols` as the configured universe (every module that read
-    SETTINGS at import sees it)."""
-    settings = dataclasses.replace(SETTINGS, symbols=tuple(symbols), kline_intervals=INTERVALS, source="binance")
+def live_edge(clock: Clock) -> Iterator[None]:
+    """The live source path on `clock` (run_intraday's market resource names the symbols and the source)."""
 
     class ClockedBinanceSource(binance_source.BinanceSource):
         def __init__(self, *args, **kwargs):
@@ -49,12 +45,8 @@ def live_edge(clock: Clock, symbols: Sequence[str]) -> Iterator[None]:
             super().__init__(*args, **kwargs)
 
     saved = [(binance_source, "BinanceSource", binance_source.BinanceSource), (view_build, "utc_now", view_build.utc_now)]
-    saved += [(m, "SETTINGS", m.SETTINGS) for name, m in list(sys.modules.items())
-              if name.startswith("dagster_project") and getattr(m, "SETTINGS", None) is SETTINGS]
     binance_source.BinanceSource = ClockedBinanceSource
     view_build.utc_now = clock
-    for module, _, _ in saved[2:]:
-        module.SETTINGS = settings
     try:
         yield
     finally:
@@ -90,7 +82,8 @@ def run_intraday(root: Path, url: str, instance: dg.DagsterInstance, scheduled: 
     sync_symbols(instance, symbols)
     requests = intraday_requests(scheduled, symbols, instance.get_dynamic_partitions(SYMBOLS.name),
                                  refresh_minutes, overlap_minutes)
-    market = MarketDataResource(source="binance", binance_fapi_url=url, binance_archive_url=url, oi_period="5m")
+    market = MarketDataResource(source="binance", binance_fapi_url=url, binance_archive_url=url, oi_period="5m",
+                                symbols=list(symbols), kline_intervals=list(INTERVALS))
     results = []
     for request in requests:
         results.append(dg.materialize(

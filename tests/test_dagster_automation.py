@@ -12,8 +12,8 @@ from dagster._core.test_utils import freeze_time  # Dagster's own test clock (ev
 
 from dagster_project.definitions import defs
 from dagster_project.defs.schedules import daily_refresh
-from dagster_project.resources import (CoinglassResource, MarketDataResource, ResearchResource, TradeSourceResource,
-                                       WarehouseResource)
+from dagster_project.resources import (CoinglassResource, MarketDataResource, RefreshResource, ResearchResource,
+                                       TradeSourceResource, WarehouseResource)
 from dagster_project.partitions import sync_symbols
 from tests.dagster_runs import QUIET
 
@@ -71,7 +71,9 @@ def _walk(tmp_path: Path, stack: contextlib.ExitStack) -> None:
     assert _requested(ticked) == {"liquidations"}
 
     # the schedule's tick: one run per chunk of symbols over the year partition of yesterday and today
-    requests = daily_refresh(dg.build_schedule_context(instance=instance, scheduled_execution_time=SAMPLE_DAY))
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=SAMPLE_DAY,
+                                   resources={"refresh": RefreshResource()}) as tick:
+        requests = daily_refresh(tick)
     assert [r.tags["dagster/asset_partition_range_start"] for r in requests] == ["BTCUSDT|2024"]
     raw_assets = [dg.AssetKey(name) for name in sorted(RAW)]
     for request in requests:

@@ -117,6 +117,7 @@ def test_a_coinglass_key_with_a_newline_fails_readably_and_is_never_recorded(tmp
     instance = dg.DagsterInstance.ephemeral()
     result = dg.materialize([liquidations], instance=instance, raise_on_error=False, run_config=QUIET,
                             resources={"warehouse": WarehouseResource(root=str(tmp_path)),
+                                       "market": MarketDataResource(),
                                        "coinglass": CoinglassResource(api_key=dg.EnvVar("QML_TEST_BAD_COINGLASS_KEY"))})
     description, error = failure_of(result)
     assert description.startswith("Coinglass: COINGLASS_API_KEY holds a control character (U+000A) at position 17 "

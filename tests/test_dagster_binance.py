@@ -3,7 +3,6 @@ what a UI backfill of one symbol does, with the clock fixed so the 30-day REST w
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -11,9 +10,8 @@ import dagster as dg
 import polars as pl
 import pytest
 
-import dagster_project.resources as resources
 import qml_pipeline.sources.binance as binance_source
-from dagster_project.resources import SETTINGS, MarketDataResource
+from dagster_project.resources import MarketDataResource
 from qml_pipeline.store import schemas
 from qml_pipeline.store.warehouse import Warehouse
 from qml_pipeline.timeutil import interval_ms
@@ -42,9 +40,8 @@ class FixedClockBinanceSource(binance_source.BinanceSource):
 
 @pytest.fixture
 def live(monkeypatch, tmp_path, fake_binance, fake_archive):
-    """Both fakes hold the same rows; the resource's cache (<warehouse_dir>/cache) goes to tmp."""
+    """Both fakes hold the same rows; the archive cache is the warehouse's (<root>/cache), in tmp."""
     root = tmp_path / "wh"
-    monkeypatch.setattr(resources, "SETTINGS", dataclasses.replace(SETTINGS, warehouse_dir=str(root)))
     monkeypatch.setattr(binance_source, "BinanceSource", FixedClockBinanceSource)
     assert fake_binance.url == fake_archive.url  # one local server, told apart by path
 
@@ -52,7 +49,7 @@ def live(monkeypatch, tmp_path, fake_binance, fake_archive):
     fake_binance.add_symbol(SYMBOL, START)  # listed at START: nothing is expected before it
     fake_binance.add_funding(SYMBOL, START, (NOW - START) // timedelta(hours=8) + 1, mark_price="50000.0")
     fake_binance.add_oi(SYMBOL, "5m", START, (NOW - START) // FIVE_MIN)
-    for interval in SETTINGS.kline_intervals:
+    for interval in MarketDataResource().kline_intervals:
         step = timedelta(milliseconds=interval_ms(interval))
         # one day beyond NOW: the fake serves still-forming bars, the client must drop them
         fake_binance.add_klines(SYMBOL, interval, START, (NOW + timedelta(days=1) - START) // step)
@@ -122,7 +119,7 @@ def test_backfill_straddling_the_rest_window_reads_archive_then_rest(live, fake_
 
     # Klines: every day of every configured interval, the bar still forming at NOW dropped.
     klines = stored["klines"]
-    for interval in SETTINGS.kline_intervals:
+    for interval in MarketDataResource().kline_intervals:
         k = klines.filter(pl.col("interval") == interval)
         step = timedelta(milliseconds=interval_ms(interval))
         assert set(k["event_time"].dt.date().to_list()) == days, interval

@@ -36,7 +36,7 @@ DEPS = {
     "sensitivity_thresholds": ["context_error_analysis"],
     "sensitivity_timeouts": ["context_error_analysis"],
     "context_cards": ["funding_rates", "klines", "liquidation_map", "open_interest", "open_interest_aggregate"],
-    "pattern_cards": ["context_overlay"],
+    "pattern_cards": ["context_overlay", "model_predictions"],
     "research_report": ["baseline_metrics", "context_cards", "context_error_analysis", "data_quality",
                         "sensitivity_oi_lag", "sensitivity_regimes", "sensitivity_thresholds", "sensitivity_timeouts"],
 }

@@ -5,7 +5,6 @@ without deleting anything, and a second run fetching nothing."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 
 import dagster_project.defs.context as context_defs
 import dagster_project.defs.quality as quality_defs
-from dagster_project.resources import SETTINGS, MarketDataResource, WarehouseResource
+from dagster_project.resources import MarketDataResource, WarehouseResource
 from qml_pipeline.config import Settings
 from qml_pipeline.sources import bybit, okx
 from qml_pipeline.store import schemas
@@ -131,15 +130,14 @@ def test_venue_assets_write_their_venue_with_the_binance_checks(tmp_path, venues
         assert all(p["rows_fetched"] == 0 for p in partition_metadata(again, asset).values()), asset
 
 
-def test_aggregate_and_divergence_assets_over_the_venues_rows(tmp_path, venues, monkeypatch):
+def test_aggregate_and_divergence_assets_over_the_venues_rows(tmp_path, venues):
     fake_bybit, fake_okx = venues
     _okx_funding(fake_okx)
     assert _materialize(tmp_path, fake_bybit.url).success
-    every_venue = dataclasses.replace(SETTINGS, venues=("binance", "bybit", "okx"))
-    monkeypatch.setattr(context_defs, "SETTINGS", every_venue)
-    monkeypatch.setattr(quality_defs, "SETTINGS", every_venue)
+    # the venues (and thresholds) the resource is given reach the assets: the definitions loaded with Binance only
+    every_venue = MarketDataResource(venues=["binance", "bybit", "okx"], venue_divergence_24h_points=12.5)
     result = dg.materialize([context_defs.open_interest_aggregate, quality_defs.venue_divergence],
-                            resources={"warehouse": WarehouseResource(root=str(tmp_path))},
+                            resources={"warehouse": WarehouseResource(root=str(tmp_path)), "market": every_venue},
                             run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}})
     assert result.success
     agg = Warehouse(tmp_path).read(schemas.OPEN_INTEREST_AGGREGATE)
@@ -152,6 +150,10 @@ def test_aggregate_and_divergence_assets_over_the_venues_rows(tmp_path, venues, 
     assert (after["bybit_share"] + after["okx_share"] - 1).abs().max() < 1e-12
     divergence = next(e for e in result.get_asset_check_evaluations() if e.check_name == "venues_agree")
     assert divergence.passed and divergence.metadata["comparisons"].value > 0  # the fakes' OI grows alike
+    assert divergence.metadata["threshold_points"].value == "1h: 3, 24h: 12.5"
+    [aggregate] = [m for m in result.get_asset_materialization_events()
+                   if m.asset_key == dg.AssetKey("open_interest_aggregate")]
+    assert aggregate.materialization.metadata["venues_configured"].value == "binance, bybit, okx"
 
 
 def test_missing_settlement_fails_the_complete_check_and_deletes_nothing(tmp_path, venues):

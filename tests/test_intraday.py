@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
 
@@ -11,11 +10,11 @@ import dagster as dg
 import polars as pl
 import pytest
 
-import dagster_project.defs.schedules as schedules
 from dagster_project.defs.raw_market_data import OVERLAP_TAG, run_overlap
 from dagster_project.defs.schedules import (INTRADAY_TAG, intraday_cron, intraday_job, intraday_refresh,
                                             intraday_requests, liq_map_due)
 from dagster_project.partitions import symbol_blocks, sync_symbols
+from dagster_project.resources import MarketDataResource, RefreshResource
 from qml_pipeline.config import Settings, SettingsError
 from qml_pipeline.sources.ingest import DEFAULT_OVERLAP
 from qml_pipeline.store import schemas
@@ -79,25 +78,42 @@ def test_refresh_interval_and_overlap_settings():
         run_overlap({OVERLAP_TAG: "an hour"})
 
 
-def test_the_schedule_refreshes_every_symbol_partition_and_skips_while_a_run_is_in_flight(monkeypatch):
+def _tick(instance: dg.DagsterInstance, scheduled: datetime, source: str = "binance",
+          **refresh: int) -> list[dg.RunRequest] | dg.SkipReason:
+    """One evaluation of the intraday schedule; the context is closed after it (it opens the instance from its ref,
+    which must not outlive the test's instance)."""
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=scheduled,
+                                   resources={"market": MarketDataResource(source=source),
+                                              "refresh": RefreshResource(**refresh)}) as context:
+        return intraday_refresh(context)
+
+
+def test_the_schedule_refreshes_every_symbol_partition_and_skips_while_a_run_is_in_flight():
     with dg.instance_for_test() as instance:
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=NOW + timedelta(minutes=15))
-        skipped = intraday_refresh(context)
+        skipped = _tick(instance, NOW + timedelta(minutes=15), source="sample")
         assert isinstance(skipped, dg.SkipReason) and "QML_SOURCE=sample" in skipped.skip_message
-        monkeypatch.setattr(schedules, "SETTINGS", dataclasses.replace(schedules.SETTINGS, source="binance"))
         _schedule_ticks(instance)
 
 
+def test_the_schedule_takes_its_interval_and_overlap_from_the_refresh_resource():
+    with dg.instance_for_test() as instance:
+        sync_symbols(instance, ["BTCUSDT"])
+        at = NOW.replace(hour=4, minute=5)  # 5 minutes after a liquidation-map snapshot boundary
+        [every_5] = _tick(instance, at, cards_refresh_minutes=5, intraday_overlap_minutes=7)
+        [every_15] = _tick(instance, at)
+    assert every_5.tags[OVERLAP_TAG] == "7" and every_15.tags[OVERLAP_TAG] == "60"
+    assert dg.AssetKey("liquidation_map") in every_5.asset_selection  # due one 5-minute tick after the boundary
+    assert dg.AssetKey("liquidation_map") not in every_15.asset_selection
+
+
 def _schedule_ticks(instance: dg.DagsterInstance) -> None:
-    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=NOW + timedelta(minutes=15))
-    skipped = intraday_refresh(context)  # the symbol_universe sensor has not added any symbol yet
+    skipped = _tick(instance, NOW + timedelta(minutes=15))  # the symbol_universe sensor has not added any symbol yet
     assert isinstance(skipped, dg.SkipReason) and "symbol_universe sensor" in skipped.skip_message
     sync_symbols(instance, ["BTCUSDT", "ETHUSDT", "DELISTEDUSDT"])
-    [request] = intraday_refresh(context)  # every partition, a delisted symbol's too (its edge is then empty)
+    [request] = _tick(instance, NOW + timedelta(minutes=15))  # every partition, a delisted symbol's too (its edge is then empty)
     assert request.tags[RANGE_START] == "BTCUSDT|2024" and request.tags[RANGE_END] == "DELISTEDUSDT|2024"
     instance.add_run(dg.DagsterRun(job_name=intraday_job.name, run_id="r1", status=dg.DagsterRunStatus.STARTED))
-    skipped = intraday_refresh(dg.build_schedule_context(instance=instance,
-                                                         scheduled_execution_time=NOW + timedelta(minutes=30)))
+    skipped = _tick(instance, NOW + timedelta(minutes=30))
     assert isinstance(skipped, dg.SkipReason) and "intraday run r1 is still started" in skipped.skip_message
 
 
@@ -113,7 +129,7 @@ def test_ticks_fetch_only_the_new_edge_and_cards_say_how_fresh_each_value_is(tmp
     feed(fake_binance, SYMBOLS, MONTH, NOW)
     clock, instance = Clock(NOW), dg.DagsterInstance.ephemeral()
     sync_symbols(instance, SYMBOLS)
-    with live_edge(clock, SYMBOLS):
+    with live_edge(clock):
         fill = run_intraday(root, url, instance, NOW, SYMBOLS)
         assert [r.success for r in fill] == [True]
         oi_rows = _stored(root, schemas.OPEN_INTEREST).height

@@ -9,8 +9,8 @@ import polars as pl
 
 from dagster_project.defs.raw_market_data import raw_asset_keys
 from dagster_project.failures import input_errors_as_failures
-from dagster_project.metadata import markdown_table, table_metadata
-from dagster_project.resources import SETTINGS, CoinglassResource, WarehouseResource
+from dagster_project.metadata import markdown_table, row_count, table_metadata
+from dagster_project.resources import CoinglassResource, MarketDataResource, WarehouseResource
 from qml_pipeline.store import schemas
 from qml_pipeline.features.aggregate import build_open_interest_aggregate
 from qml_pipeline.features.context import build_context, rebuild_liquidation_maps
@@ -31,39 +31,42 @@ def windows_path(warehouse: WarehouseResource) -> Path:
 
 @dg.asset(deps=raw_asset_keys(schemas.OPEN_INTEREST), group_name=GROUP, kinds={"ducklake", "duckdb"},
           metadata=table_metadata(schemas.OPEN_INTEREST_AGGREGATE))
-def open_interest_aggregate(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+def open_interest_aggregate(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                            market: MarketDataResource) -> dg.MaterializeResult:
     """USD open interest summed over the configured venues (QML_VENUES) known at each 5-minute instant, point
     in time, with per-venue shares and which venues were present (docs/venues.md)."""
     wh = warehouse.for_run(context)
     with contextlib.closing(wh.connect()) as con:
-        aggregate = build_open_interest_aggregate(con, SETTINGS.venues, until=utc_now())
+        aggregate = build_open_interest_aggregate(con, tuple(market.venues), until=utc_now())
     wh.replace_table(schemas.OPEN_INTEREST_AGGREGATE, aggregate)
     coverage = (aggregate.group_by("symbol", "venues_present").agg(pl.len().alias("instants"),
                                                                     pl.col("event_time").min().alias("first"),
                                                                     pl.col("event_time").max().alias("last"))
                 .sort("symbol", "first"))
     return dg.MaterializeResult(metadata={"dagster/row_count": aggregate.height,
-                                          "venues_configured": ", ".join(SETTINGS.venues),
+                                          "venues_configured": ", ".join(market.venues),
                                           "instants_per_venue_set": markdown_table(coverage)})
 
 
 @dg.asset(deps=["open_interest", "klines"], group_name=GROUP, kinds={"ducklake", "duckdb"},
           metadata=table_metadata(schemas.LIQUIDATION_MAP))
-def liquidation_map(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+def liquidation_map(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                    market: MarketDataResource) -> dg.MaterializeResult:
     """Estimated liquidation notional per price bin every 4 hours, from OI increases and klines
     (an open model, not exchange data: docs/liquidation_map.md)."""
     wh = warehouse.for_run(context)
-    rows = rebuild_liquidation_maps(wh, SETTINGS.symbols, day_start(SETTINGS.start_date))
+    rows = rebuild_liquidation_maps(wh, market.symbols, day_start(market.start_date))
     for symbol in (s for s, n in rows.items() if n == 0):
         context.log.warning(f"{symbol}: no open interest, so no estimated liquidation map")
-    return dg.MaterializeResult(metadata={"rows": sum(rows.values()),
+    return dg.MaterializeResult(metadata={**row_count(wh, schemas.LIQUIDATION_MAP), "rows": sum(rows.values()),
                                           "rows_per_symbol": markdown_table(pl.DataFrame(
                                               {"symbol": list(rows), "rows": list(rows.values())}))})
 
 
 @dg.asset(group_name=GROUP, kinds={"ducklake", "duckdb"}, metadata=table_metadata(schemas.LIQUIDATIONS),
           output_required=False)
-def liquidations(context: dg.AssetExecutionContext, warehouse: WarehouseResource, coinglass: CoinglassResource):
+def liquidations(context: dg.AssetExecutionContext, warehouse: WarehouseResource, market: MarketDataResource,
+                 coinglass: CoinglassResource):
     """Realised liquidations per symbol from Coinglass (optional, paid: COINGLASS_API_KEY). Without a key
     the asset is skipped with the reason logged and recorded; the rest of the pipeline runs."""
     with input_errors_as_failures("Coinglass: "):  # a malformed key is refused, never quoted
@@ -73,14 +76,14 @@ def liquidations(context: dg.AssetExecutionContext, warehouse: WarehouseResource
         context.log_event(dg.AssetObservation(asset_key="liquidations", metadata={"skipped": SKIP_REASON}))
         return
     wh = warehouse.for_run(context)
-    start, end = day_start(SETTINGS.start_date), utc_now()
+    start, end = day_start(market.start_date), utc_now()
     total = 0
-    with wh.write(f"merge liquidations (Coinglass) for {len(SETTINGS.symbols)} symbol(s)") as batch:
-        for symbol in SETTINGS.symbols:
+    with wh.write(f"merge liquidations (Coinglass) for {len(market.symbols)} symbol(s)") as batch:
+        for symbol in market.symbols:
             frame = client.pair_history("Binance", symbol, client.plan_min_interval, start, end)
             batch.merge(schemas.LIQUIDATIONS, frame)
             total += frame.height
-    yield dg.MaterializeResult(metadata={"rows": total, **client.metadata()})
+    yield dg.MaterializeResult(metadata={**row_count(wh, schemas.LIQUIDATIONS), "rows": total, **client.metadata()})
 
 
 # Not a hard dependency on `liquidations`: that asset is skipped without a Coinglass key, and a skipped
@@ -91,10 +94,11 @@ def liquidations(context: dg.AssetExecutionContext, warehouse: WarehouseResource
           check_specs=[dg.AssetCheckSpec("feature_nulls", asset="trade_context_features",
                                          description=f"no core feature NULL for more than {MAX_NULL_SHARE:.0%} "
                                                      "of trades (NULL = missing or stale input)")])
-def trade_context_features(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+def trade_context_features(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                           market: MarketDataResource) -> dg.MaterializeResult:
     """Per trade, the market context as known at decision_time (available_at <= decision_time only)."""
     wh = warehouse.for_run(context)
-    features = build_context(wh, venues=SETTINGS.venues)
+    features = build_context(wh, venues=tuple(market.venues))
     wh.replace_table(schemas.TRADE_CONTEXT_FEATURES, features)
     nulls = feature_null_counts(features)
     n = max(features.height, 1)
@@ -102,7 +106,8 @@ def trade_context_features(context: dg.AssetExecutionContext, warehouse: Warehou
                         ).with_columns((pl.col("nulls") / n).alias("null_share"))
     too_sparse = core.filter(pl.col("null_share") > MAX_NULL_SHARE)["feature"].to_list()
     return dg.MaterializeResult(
-        metadata={"trades": features.height, "null_counts": markdown_table(core)},
+        metadata={"dagster/row_count": features.height, "trades": features.height,
+                  "null_counts": markdown_table(core)},
         check_results=[dg.AssetCheckResult(
             check_name="feature_nulls", passed=not too_sparse, severity=dg.AssetCheckSeverity.WARN,
             description=f"mostly NULL: {too_sparse}" if too_sparse else "every core feature mostly present",

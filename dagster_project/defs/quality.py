@@ -11,14 +11,14 @@ import polars as pl
 from dagster_project.automation import after_rebuild_of
 from dagster_project.defs.raw_market_data import raw_asset_keys, raw_asset_name, venue_tables
 from dagster_project.metadata import markdown_table, table_metadata
-from dagster_project.resources import SETTINGS, MarketDataResource, WarehouseResource
+from dagster_project.resources import DEFINITIONS_SETTINGS, MarketDataResource, WarehouseResource
 from qml_pipeline.store import schemas
-from qml_pipeline.store.quality import (DivergenceConfig, compare_venues, data_quality_markdown, data_quality_report,
+from qml_pipeline.store.quality import (compare_venues, data_quality_markdown, data_quality_report,
                                         divergent)
 
 GROUP = "data_quality"
 # (asset, table, venue) of every configured venue's raw assets
-RAW_SERIES = [(raw_asset_name(t, v), t.name, v) for v in SETTINGS.venues for t in venue_tables(v)]
+RAW_SERIES = [(raw_asset_name(t, v), t.name, v) for v in DEFINITIONS_SETTINGS.venues for t in venue_tables(v)]
 MIN_COMPLETENESS = 0.99
 MAX_DATA_AGE = timedelta(hours=26)  # the daily refresh runs once a day; a day and a margin
 
@@ -32,22 +32,22 @@ def data_quality(context: dg.AssetExecutionContext, warehouse: WarehouseResource
         report = data_quality_report(con)
     wh.replace_table(schemas.DATA_QUALITY, report)
     return dg.MaterializeResult(metadata={
-        "series": report.height, "missing_rows": int(report["missing_rows"].sum() or 0),
+        "dagster/row_count": report.height, "series": report.height, "missing_rows": int(report["missing_rows"].sum() or 0),
         "duplicate_rows": int(report["duplicate_rows"].sum() or 0),
         "report": dg.MetadataValue.md(data_quality_markdown(report))})
 
 
-def _quality_specs() -> list[dg.AssetCheckSpec]:
+def _quality_specs(symbols: tuple[str, ...]) -> list[dg.AssetCheckSpec]:
     return [dg.AssetCheckSpec(f"quality_{symbol}", asset=asset, additional_deps=[data_quality],
                               automation_condition=after_rebuild_of("data_quality"),
                               description=f"{venue} {table} {symbol}: >= {MIN_COMPLETENESS:.0%} complete, no "
                                           f"duplicates, fresh within {MAX_DATA_AGE} (live sources), judged on "
                                           "data_quality as rebuilt in the same run (the research job and the "
                                           "automation sensor run it there; raw refresh runs leave it out)")
-            for asset, table, venue in RAW_SERIES for symbol in SETTINGS.symbols]
+            for asset, table, venue in RAW_SERIES for symbol in symbols]
 
 
-@dg.multi_asset_check(specs=_quality_specs(), can_subset=True)
+@dg.multi_asset_check(specs=_quality_specs(DEFINITIONS_SETTINGS.symbols), can_subset=True)
 def raw_data_quality(context: dg.AssetCheckExecutionContext, warehouse: WarehouseResource,
                      market: MarketDataResource):
     report = warehouse.get().read(schemas.DATA_QUALITY)
@@ -67,7 +67,7 @@ def raw_data_quality(context: dg.AssetCheckExecutionContext, warehouse: Warehous
             problems.append(f"{worst['series'] or table} only {worst['completeness']:.2%} complete")
         if rows["duplicate_rows"].sum():
             problems.append(f"{rows['duplicate_rows'].sum()} duplicate rows")
-        live = market.source != "sample" or venue != "binance"
+        live = market.live or venue != "binance"
         age = timedelta(minutes=float(rows["freshness_minutes"].max()))
         if live and age > MAX_DATA_AGE:
             problems.append(f"stale: newest row is {age} old")
@@ -90,17 +90,18 @@ DIVERGENCE_CHECK = "venues_agree"
           metadata=table_metadata(schemas.VENUE_DIVERGENCE),
           check_specs=[dg.AssetCheckSpec(
               DIVERGENCE_CHECK, asset="venue_divergence",
-              description=f"no venue's OI change differs from the median of the venues' changes by more than "
-                          f"{SETTINGS.venue_divergence_1h_points:g} points over 1h or "
-                          f"{SETTINGS.venue_divergence_24h_points:g} points over 24h (a warning: a venue's "
-                          "data error or a venue-specific move; the hours are listed)")])
-def venue_divergence(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+              description="no venue's OI change differs from the median of the venues' changes by more than the "
+                          "thresholds (QML_VENUE_DIVERGENCE_1H_POINTS / _24H_POINTS percentage points over 1h / "
+                          "24h; the result's metadata names the ones applied; a warning: a venue's data error or "
+                          "a venue-specific move; the hours are listed)")])
+def venue_divergence(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                     market: MarketDataResource) -> dg.MaterializeResult:
     """Hours where one venue's open-interest change (1h, 24h) is out of line with the other venues'
     (QML_VENUE_DIVERGENCE_1H_POINTS, QML_VENUE_DIVERGENCE_24H_POINTS), by symbol, time and venue."""
     wh = warehouse.for_run(context)
-    config = DivergenceConfig(((1, SETTINGS.venue_divergence_1h_points), (24, SETTINGS.venue_divergence_24h_points)))
+    config = market.divergence()
     with contextlib.closing(wh.connect()) as con:
-        compared = compare_venues(con, SETTINGS.venues, config)
+        compared = compare_venues(con, tuple(market.venues), config)
     flagged = divergent(compared)
     wh.replace_table(schemas.VENUE_DIVERGENCE, flagged)
     per_venue = (compared.group_by("symbol", "venue", "window_hours")
@@ -109,7 +110,7 @@ def venue_divergence(context: dg.AssetExecutionContext, warehouse: WarehouseReso
                  .sort("symbol", "venue", "window_hours"))
     if compared.is_empty():
         verdict = (f"nothing to compare: no hour had the open interest of two of the configured venues "
-                   f"({', '.join(SETTINGS.venues)})")
+                   f"({', '.join(market.venues)})")
     elif flagged.is_empty():
         verdict = f"{compared.height} venue-hour comparisons, none beyond its threshold"
     else:
@@ -122,4 +123,5 @@ def venue_divergence(context: dg.AssetExecutionContext, warehouse: WarehouseReso
             check_name=DIVERGENCE_CHECK, passed=flagged.is_empty(), severity=dg.AssetCheckSeverity.WARN,
             description=verdict,
             metadata={"comparisons": compared.height, "flagged": flagged.height,
+                      "threshold_points": ", ".join(f"{h}h: {p:g}" for h, p in config.window_thresholds),
                       "first_flagged": markdown_table(flagged.head(20))})])

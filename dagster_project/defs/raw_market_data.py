@@ -17,7 +17,7 @@ import polars as pl
 from dagster_project.failures import input_errors_as_failures
 from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.partitions import RAW_PARTITIONS, months_by_symbol, partition_key
-from dagster_project.resources import SETTINGS, MarketDataResource, WarehouseResource
+from dagster_project.resources import DEFINITIONS_SETTINGS, MarketDataResource, WarehouseResource
 from qml_pipeline.sources.grid import Coverage, describe_stamps
 from qml_pipeline.sources.ingest import DEFAULT_OVERLAP, WindowResult, ingest_windows, month_windows, variants
 from qml_pipeline.store import schemas
@@ -163,7 +163,7 @@ def _raw_asset(table: Table, description: str, venue: str = "binance") -> dg.Ass
         incomplete: list[str] = []
         overlap = run_overlap(context.run.tags)
         edge = live_edge(source)
-        series = variants(table, SETTINGS.kline_intervals, market.oi_period)
+        series = variants(table, tuple(market.kline_intervals), market.oi_period)
         by_symbol = months_by_symbol(context.partition_keys)
         windows = [w for symbol, months in by_symbol.items()
                    for w in month_windows(table, symbol, months, series, until=edge)]
@@ -305,10 +305,10 @@ def raw_checks(venues: tuple[str, ...]) -> list[dg.AssetChecksDefinition]:
     return [_stored_contract_check(table, v) for v in venues for table in venue_tables(v)]
 
 
-def raw_asset_keys(table: Table, venues: tuple[str, ...] = SETTINGS.venues) -> list[str]:
+def raw_asset_keys(table: Table, venues: tuple[str, ...] = DEFINITIONS_SETTINGS.venues) -> list[str]:
     """The assets that write `table`, one per configured venue reading it."""
     return [raw_asset_name(table, v) for v in venues if table in venue_tables(v)]
 
 
-RAW_ASSETS = raw_assets(SETTINGS.venues)
-RAW_CHECKS = raw_checks(SETTINGS.venues)
+RAW_ASSETS = raw_assets(DEFINITIONS_SETTINGS.venues)
+RAW_CHECKS = raw_checks(DEFINITIONS_SETTINGS.venues)

@@ -13,7 +13,7 @@ from dagster_project.defs.context import (
     trade_context_features,
     windows_path,
 )
-from dagster_project.metadata import markdown_table, table_metadata
+from dagster_project.metadata import markdown_table, row_count, table_metadata
 from dagster_project.resources import ResearchResource, WarehouseResource
 from qml_pipeline.features.windows import load_windows
 from qml_pipeline.research.overlay import apply_overlay
@@ -67,7 +67,7 @@ def context_error_analysis(context: dg.AssetExecutionContext, warehouse: Warehou
     shown = result.stats.select("feature", "n_win", "n_loss", "median_win", "median_loss", "cliffs_delta",
                                 "mw_p", "ks_p", "p_adj", "significant", "mde_cliffs_delta")
     return dg.MaterializeResult(
-        metadata={"filled_trades": result.n_trades, "losers_with_context_issue": result.issue["share"],
+        metadata={"dagster/row_count": result.stats.height, "filled_trades": result.n_trades, "losers_with_context_issue": result.issue["share"],
                   "winners_with_context_issue": result.issue["winner_share"],
                   "issue_fisher_p": result.issue["fisher_p"], "timeout_as": research.timeout_as,
                   "winners_vs_losers": markdown_table(shown),
@@ -133,7 +133,8 @@ def context_overlay(context: dg.AssetExecutionContext, warehouse: WarehouseResou
     ).select("variant", "control", "metric", "control_value", "variant_value", "diff", "ci_low", "ci_high",
              "ci_low_independent", "ci_high_independent", "null_p95", "null_percentile", "mde")
     return dg.MaterializeResult(
-        metadata={"phase9_gate": phase9_status, "metrics": markdown_table(overall),
+        metadata={**row_count(wh, schemas.CONTEXT_OVERLAY), "phase9_gate": phase9_status,
+                  "metrics": markdown_table(overall),
                   "judged_differences": markdown_table(judged),
                   "rules_fired": markdown_table(result.backtest.rule_counts),
                   "tuned_thresholds": str(result.tuned.config), "tuning_objective": result.tuned.objective,
@@ -182,7 +183,7 @@ def context_model(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     for note in result.notes:
         context.log.info(note)
     yield dg.MaterializeResult(asset_key="context_model", metadata={
-        "version": result.version, "phase10_gate": phase10_status, "verdict": result.report.verdict,
+        **row_count(wh, schemas.MODEL_EVALUATION), "version": result.version, "phase10_gate": phase10_status, "verdict": result.report.verdict,
         "overlay_thresholds": str(tuned),
         "out_of_sample": markdown_table(result.report.overall),
         "per_year": markdown_table(result.report.per_year),
@@ -195,7 +196,7 @@ def context_model(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
         "path": dg.MetadataValue.path(str(result.path))})
     predicted = result.predictions.filter(pl.col("probability").is_not_null()).height
     yield dg.MaterializeResult(asset_key="model_predictions", metadata={
-        "version": result.version, "trades": result.predictions.height, "out_of_sample_predictions": predicted,
+        "dagster/row_count": result.predictions.height, "version": result.version, "trades": result.predictions.height, "out_of_sample_predictions": predicted,
         "phase10_gate": phase10_status})
 
 

@@ -17,7 +17,8 @@ from dagster_project.defs.raw_market_data import OVERLAP_TAG, RAW_CHECKS, RAW_GR
 from dagster_project.defs.quality import raw_data_quality
 from dagster_project.defs.universe import symbol_universe
 from dagster_project.partitions import SYMBOLS, range_tags, symbol_blocks, symbol_chunks
-from dagster_project.resources import SETTINGS
+from dagster_project.resources import DEFINITIONS_SETTINGS, MarketDataResource, RefreshResource
+from qml_pipeline.config import Settings
 from qml_pipeline.features.liquidation_map import LiqMapConfig
 
 REFRESH_TAG = "qml/refresh_date"
@@ -53,17 +54,19 @@ def refresh_requests(scheduled_date: str, symbols: Sequence[str], per_run: int) 
              description="Daily at 00:10 UTC: refresh yesterday and today for every symbol partition, "
                          "QML_REFRESH_SYMBOLS_PER_RUN symbols per run. THE switch: the research_automation sensor "
                          "(on by default) then rebuilds everything downstream once every chunk succeeded.")
-def daily_refresh(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
-    return refresh_of_instance(context.instance, context.scheduled_execution_time.date().isoformat())
+def daily_refresh(context: dg.ScheduleEvaluationContext, refresh: RefreshResource) -> list[dg.RunRequest] | dg.SkipReason:
+    return refresh_of_instance(context.instance, context.scheduled_execution_time.date().isoformat(),
+                               refresh.refresh_symbols_per_run)
 
 
-def refresh_of_instance(instance: dg.DagsterInstance, scheduled_date: str) -> list[dg.RunRequest] | dg.SkipReason:
+def refresh_of_instance(instance: dg.DagsterInstance, scheduled_date: str,
+                        per_run: int = Settings.refresh_symbols_per_run) -> list[dg.RunRequest] | dg.SkipReason:
     """The refresh runs for every symbol partition the instance holds now (read at each evaluation: a symbol
     added by the universe sensor is refreshed the next day, with no code change or reload)."""
     symbols = instance.get_dynamic_partitions(SYMBOLS.name)
     if not symbols:
         return dg.SkipReason("no symbol partitions yet: the symbol_universe sensor adds them")
-    return refresh_requests(scheduled_date, symbols, SETTINGS.refresh_symbols_per_run)
+    return refresh_requests(scheduled_date, symbols, per_run)
 
 
 research_automation = dg.AutomationConditionSensorDefinition(
@@ -120,12 +123,18 @@ IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.Dag
              dg.DagsterRunStatus.STARTED]
 
 
-@dg.schedule(cron_schedule=intraday_cron(SETTINGS.cards_refresh_minutes), job=intraday_job, execution_timezone="UTC",
+# the cron is a definition (fixed at load); the run requests use the refresh resource's interval, built from the
+# same QML_CARDS_REFRESH_MINUTES
+INTRADAY_MINUTES = DEFINITIONS_SETTINGS.cards_refresh_minutes
+
+
+@dg.schedule(cron_schedule=intraday_cron(INTRADAY_MINUTES), job=intraday_job, execution_timezone="UTC",
              default_status=dg.DefaultScheduleStatus.STOPPED,
-             description=f"Every {SETTINGS.cards_refresh_minutes} min (QML_CARDS_REFRESH_MINUTES): the live edge of "
+             description=f"Every {INTRADAY_MINUTES} min (QML_CARDS_REFRESH_MINUTES): the live edge of "
                          "every symbol and fresh cards; skipped while the previous one still runs.")
-def intraday_refresh(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
-    if SETTINGS.source == "sample":
+def intraday_refresh(context: dg.ScheduleEvaluationContext, market: MarketDataResource,
+                     refresh: RefreshResource) -> list[dg.RunRequest] | dg.SkipReason:
+    if not market.live:
         return dg.SkipReason("QML_SOURCE=sample: the bundled sample is a past dataset with no live edge; the "
                              "intraday refresh needs a live source (QML_SOURCE=binance)")
     running = context.instance.get_runs(filters=dg.RunsFilter(job_name=intraday_job.name, statuses=IN_FLIGHT),
@@ -135,8 +144,8 @@ def intraday_refresh(context: dg.ScheduleEvaluationContext) -> list[dg.RunReques
     known = context.instance.get_dynamic_partitions(SYMBOLS.name)
     if not known:
         return dg.SkipReason("no symbol partitions yet: the symbol_universe sensor adds them")
-    return intraday_requests(context.scheduled_execution_time, known, known, SETTINGS.cards_refresh_minutes,
-                             SETTINGS.intraday_overlap_minutes)
+    return intraday_requests(context.scheduled_execution_time, known, known, refresh.cards_refresh_minutes,
+                             refresh.intraday_overlap_minutes)
 
 
 JOBS = [raw_refresh_job, research_job, intraday_job]

@@ -41,7 +41,7 @@ def _publish(wh: Warehouse, table: Table, rows: pl.DataFrame, title: str,
     verdicts = rows.group_by("setting", "gate", maintain_order=True).agg(pl.col("gate_passed").first()).filter(
         pl.col("gate") != "phase9_features")
     return dg.MaterializeResult(metadata={
-        "rows": rows.height, "verdicts": markdown_table(verdicts), "gate_parts": markdown_table(gates, max_rows=120),
+        "dagster/row_count": rows.height, "verdicts": markdown_table(verdicts), "gate_parts": markdown_table(gates, max_rows=120),
         "plot": dg.MetadataValue.md(f"![{title}](file://{plot})"), "plot_path": dg.MetadataValue.path(str(plot))})
 
 

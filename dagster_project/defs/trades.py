@@ -35,7 +35,7 @@ def trades(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
     outcomes = build.trades.group_by("symbol", "timeframe", "outcome").len().sort("symbol", "timeframe", "outcome")
     filled = build.trades.filter(pl.col("outcome").is_in(FILLED_OUTCOMES)).height
     return dg.MaterializeResult(
-        metadata={"source": build.source, "rows": build.trades.height, "filled_trades": filled,
+        metadata={"source": build.source, "dagster/row_count": build.trades.height, "filled_trades": filled,
                   "warnings": "\n".join(build.warnings) or "none", "outcomes": markdown_table(outcomes)},
         check_results=[dg.AssetCheckResult(
             check_name="enough_trades_for_phase9", passed=filled >= MIN_TRADES_FOR_PHASE9,
@@ -55,6 +55,6 @@ def baseline_metrics(context: dg.AssetExecutionContext, warehouse: WarehouseReso
                            "sharpe_per_trade", "sharpe_daily", "max_drawdown_r")
     overall = metrics.filter(pl.col("dimension") == "overall").row(0, named=True)
     return dg.MaterializeResult(metadata={
-        "trades": overall["trades"], "win_rate": overall["win_rate"], "expectancy_r": overall["expectancy_r"],
+        "dagster/row_count": metrics.height, "trades": overall["trades"], "win_rate": overall["win_rate"], "expectancy_r": overall["expectancy_r"],
         "sharpe_per_trade": overall["sharpe_per_trade"], "sharpe_daily": overall["sharpe_daily"],
         "metrics": markdown_table(shown)})

@@ -5,8 +5,8 @@ import dagster as dg
 import polars as pl
 
 from dagster_project.defs.raw_market_data import WRITER_POOL
-from dagster_project.metadata import table_metadata
-from dagster_project.resources import SETTINGS, MarketDataResource, ResearchResource, WarehouseResource
+from dagster_project.metadata import row_count, table_metadata
+from dagster_project.resources import MarketDataResource, ResearchResource, WarehouseResource
 from qml_pipeline.store import schemas
 from qml_pipeline.store.warehouse import Warehouse
 from qml_pipeline.view.build import (ReportInputs, latest_context_cards, recent_pattern_cards, refresh_context_cards,
@@ -35,17 +35,19 @@ def context_cards(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     (a live source) or the data's end (the sample); rows of earlier as_of times are kept. Rewrites the JSON
     export."""
     wh = warehouse.for_run(context)
-    built = refresh_context_cards(wh, live=market.source != "sample", symbols=SETTINGS.symbols,
-                                  venues=SETTINGS.venues)
+    built = refresh_context_cards(wh, live=market.live, symbols=tuple(market.symbols),
+                                  venues=tuple(market.venues))
     shown = latest_context_cards(wh)
     as_of = built["as_of"][0] if built.height else None
     return dg.MaterializeResult(metadata={
-        "symbols": built.height, "as_of": str(as_of) if as_of else "no data",
+        **row_count(wh, schemas.CONTEXT_CARDS), "symbols": built.height, "as_of": str(as_of) if as_of else "no data",
         "cards": dg.MetadataValue.md(context_cards_markdown(shown)), **_export(wh)})
 
 
-# Reads model_predictions when present; not a hard dependency, so the cards exist before phase 11 runs.
-@dg.asset(deps=["context_overlay"], group_name=GROUP, kinds={"ducklake", "markdown", "json"}, pool=WRITER_POOL,
+# model_predictions is a dependency so a run that rebuilds the model builds the cards after it (they show its
+# probability where it passed its gate). A run the phase 10 gate stops skips the cards too; the stored cards stay,
+# and the intraday job (which selects the cards without the model) rebuilds them from the stored model rows.
+@dg.asset(deps=["context_overlay", "model_predictions"], group_name=GROUP, kinds={"ducklake", "markdown", "json"}, pool=WRITER_POOL,
           metadata=table_metadata(schemas.PATTERN_CARDS))
 def pattern_cards(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                   market: MarketDataResource) -> dg.MaterializeResult:
@@ -53,10 +55,10 @@ def pattern_cards(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     pattern_card_adjustments), the adjusted confidence (rule overlay) and the model's probability where the model
     passed its gate. Replaced per run; shows the newest ones. Rewrites the JSON export."""
     wh = warehouse.for_run(context)
-    cards, adjustments, gate = refresh_pattern_cards(wh, live=market.source != "sample")
+    cards, adjustments, gate = refresh_pattern_cards(wh, live=market.live)
     shown = recent_pattern_cards(wh, limit=SHOWN_PATTERN_CARDS)
     return dg.MaterializeResult(metadata={
-        "patterns": cards.height, "as_of": str(cards["as_of"][0]) if cards.height else "no trades",
+        "dagster/row_count": cards.height, "patterns": cards.height, "as_of": str(cards["as_of"][0]) if cards.height else "no trades",
         "adjustment_rows": adjustments.height, "applied_adjustments": adjustments.filter(pl.col("applied")).height,
         "model_probability": ("shown: " if gate.shown else "not shown: ") + gate.reason,
         "cards": dg.MetadataValue.md(pattern_cards_markdown(shown)), **_export(wh)})
@@ -75,7 +77,7 @@ def research_report(warehouse: WarehouseResource, market: MarketDataResource,
     sections show what the warehouse holds from their last successful run (gate times are shown), the
     pattern cards included (their build time is shown)."""
     wh = warehouse.get()
-    notes = report_notes(market.source, market.sample_dir, list(SETTINGS.symbols), research.override_gates)
+    notes = report_notes(market.source, market.sample_dir, list(market.symbols), research.override_gates)
     path = write_research_report(wh, wh.root / "reports", ReportInputs(notes, research.override_gates))
     return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(path)),
                                           "open": dg.MetadataValue.url(f"file://{path}")})
