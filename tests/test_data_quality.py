@@ -142,3 +142,16 @@ def test_real_sample_open_interest_hole_and_zero_rows():
     assert r["freshness_minutes"] == 60
     md = data_quality_markdown(report)
     assert "| open_interest | binance | BTCUSDT |" in md and "2024-02-16 14:55" in md and "10.0 h" in md
+
+
+def test_series_rules_name_each_problem_and_judge_freshness_only_for_live_sources():
+    from datetime import timedelta
+
+    from qml_pipeline.store.quality import SeriesRules, series_problems
+
+    rows = pl.DataFrame({"table_name": ["klines", "klines"], "series": ["1h", "4h"], "completeness": [0.999, 0.95],
+                         "duplicate_rows": [0, 2], "freshness_minutes": [30.0, 27 * 60.0]})
+    assert series_problems(rows, live=False) == ["4h only 95.00% complete", "2 duplicate rows"]
+    assert series_problems(rows, live=True)[-1] == "stale: newest row is 1 day, 3:00:00 old"
+    lenient = SeriesRules(min_completeness=0.9, max_age=timedelta(days=2))
+    assert series_problems(rows, live=True, rules=lenient) == ["2 duplicate rows"]

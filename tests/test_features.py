@@ -430,3 +430,14 @@ def test_constant_lag_fast_path_matches_reference(seed: int, keep_duplicates: bo
     data["open_interest"] = oi
     assert connect(data).sql(OI_LAG_CONSTANT_SQL).fetchall()[0][0] is True
     assert_same(features(data), reference(data, CFG))
+
+
+def test_core_feature_nulls_count_an_absent_feature_as_null_for_every_trade():
+    from qml_pipeline.features.point_in_time import CORE_FEATURES, core_feature_nulls
+
+    features = pl.DataFrame({"trade_id": ["a", "b", "c", "d"], "funding_rate": [0.1, None, 0.2, 0.3],
+                             **{f: [1.0, 2.0, None, None] for f in CORE_FEATURES[1:-1]}})
+    core, sparse = core_feature_nulls(features)
+    shares = dict(zip(core["feature"], core["null_share"]))
+    assert shares["funding_rate"] == 0.25 and shares["oi_change_24h"] == 0.5 and shares["atr"] == 1.0
+    assert sparse == ["atr"]  # over half NULL; exactly half is not

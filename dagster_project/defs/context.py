@@ -14,15 +14,12 @@ from dagster_project.resources import CoinglassResource, MarketDataResource, War
 from qml_pipeline.store import schemas
 from qml_pipeline.features.aggregate import build_open_interest_aggregate
 from qml_pipeline.features.context import build_context, rebuild_liquidation_maps
-from qml_pipeline.features.point_in_time import feature_null_counts
+from qml_pipeline.features.point_in_time import MAX_NULL_SHARE, core_feature_nulls
 from qml_pipeline.sources.coinglass import SKIP_REASON
 from qml_pipeline.timeutil import day_start, utc_now
 from qml_pipeline.features.windows import build_ohlcv_windows, save_windows
 
 GROUP = "context"
-CORE_FEATURES = ("funding_rate", "funding_rate_z30d", "funding_rate_change_8h", "oi_change_24h", "oi_change_7d",
-                 "oi_percentile_30d", "distance_to_liq_cluster", "atr")
-MAX_NULL_SHARE = 0.5
 
 
 def windows_path(warehouse: WarehouseResource) -> Path:
@@ -100,11 +97,7 @@ def trade_context_features(context: dg.AssetExecutionContext, warehouse: Warehou
     wh = warehouse.for_run(context)
     features = build_context(wh, venues=tuple(market.venues))
     wh.replace_table(schemas.TRADE_CONTEXT_FEATURES, features)
-    nulls = feature_null_counts(features)
-    n = max(features.height, 1)
-    core = pl.DataFrame({"feature": list(CORE_FEATURES), "nulls": [nulls.get(f, n) for f in CORE_FEATURES]}
-                        ).with_columns((pl.col("nulls") / n).alias("null_share"))
-    too_sparse = core.filter(pl.col("null_share") > MAX_NULL_SHARE)["feature"].to_list()
+    core, too_sparse = core_feature_nulls(features)
     return dg.MaterializeResult(
         metadata={"dagster/row_count": features.height, "trades": features.height,
                   "null_counts": markdown_table(core)},

@@ -13,14 +13,13 @@ from dagster_project.defs.raw_market_data import raw_asset_keys, raw_asset_name,
 from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.resources import DEFINITIONS_SETTINGS, MarketDataResource, WarehouseResource
 from qml_pipeline.store import schemas
-from qml_pipeline.store.quality import (compare_venues, data_quality_markdown, data_quality_report,
-                                        divergent)
+from qml_pipeline.store.quality import (SeriesRules, compare_venues, data_quality_markdown, data_quality_report,
+                                        divergent, series_problems)
 
 GROUP = "data_quality"
+RULES = SeriesRules()
 # (asset, table, venue) of every configured venue's raw assets
 RAW_SERIES = [(raw_asset_name(t, v), t.name, v) for v in DEFINITIONS_SETTINGS.venues for t in venue_tables(v)]
-MIN_COMPLETENESS = 0.99
-MAX_DATA_AGE = timedelta(hours=26)  # the daily refresh runs once a day; a day and a margin
 
 
 @dg.asset(deps=[asset for asset, _, _ in RAW_SERIES], group_name=GROUP, kinds={"ducklake", "duckdb"},
@@ -40,8 +39,8 @@ def data_quality(context: dg.AssetExecutionContext, warehouse: WarehouseResource
 def _quality_specs(symbols: tuple[str, ...]) -> list[dg.AssetCheckSpec]:
     return [dg.AssetCheckSpec(f"quality_{symbol}", asset=asset, additional_deps=[data_quality],
                               automation_condition=after_rebuild_of("data_quality"),
-                              description=f"{venue} {table} {symbol}: >= {MIN_COMPLETENESS:.0%} complete, no "
-                                          f"duplicates, fresh within {MAX_DATA_AGE} (live sources), judged on "
+                              description=f"{venue} {table} {symbol}: >= {RULES.min_completeness:.0%} complete, no "
+                                          f"duplicates, fresh within {RULES.max_age} (live sources), judged on "
                                           "data_quality as rebuilt in the same run (the research job and the "
                                           "automation sensor run it there; raw refresh runs leave it out)")
             for asset, table, venue in RAW_SERIES for symbol in symbols]
@@ -62,15 +61,9 @@ def raw_data_quality(context: dg.AssetCheckExecutionContext, warehouse: Warehous
                                       metadata={"reason": f"no {venue} {table} rows for {symbol}"})
             continue
         worst = rows.sort("completeness").row(0, named=True)
-        problems = []
-        if worst["completeness"] < MIN_COMPLETENESS:
-            problems.append(f"{worst['series'] or table} only {worst['completeness']:.2%} complete")
-        if rows["duplicate_rows"].sum():
-            problems.append(f"{rows['duplicate_rows'].sum()} duplicate rows")
         live = market.live or venue != "binance"
         age = timedelta(minutes=float(rows["freshness_minutes"].max()))
-        if live and age > MAX_DATA_AGE:
-            problems.append(f"stale: newest row is {age} old")
+        problems = series_problems(rows, live, RULES)
         yield dg.AssetCheckResult(
             asset_key=key.asset_key, check_name=key.name, passed=not problems,
             severity=dg.AssetCheckSeverity.WARN,

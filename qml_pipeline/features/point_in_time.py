@@ -435,3 +435,19 @@ def feature_null_counts(df: pl.DataFrame) -> dict[str, int]:
     ident = {"trade_id", "symbol", "timeframe", "direction", "decision_time"}
     counts = df.null_count().row(0, named=True)
     return {name: int(n) for name, n in counts.items() if name not in ident}
+
+
+# The features a trade's context rests on; the feature asset warns when one is NULL for most trades.
+CORE_FEATURES = ("funding_rate", "funding_rate_z30d", "funding_rate_change_8h", "oi_change_24h", "oi_change_7d",
+                 "oi_percentile_30d", "distance_to_liq_cluster", "atr")
+MAX_NULL_SHARE = 0.5  # share of trades
+
+
+def core_feature_nulls(features: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
+    """(per core feature: NULL count and share of trades, the core features NULL for more than MAX_NULL_SHARE);
+    a feature column absent from `features` counts as NULL for every trade."""
+    nulls = feature_null_counts(features)
+    n = max(features.height, 1)
+    core = pl.DataFrame({"feature": list(CORE_FEATURES), "nulls": [nulls.get(f, n) for f in CORE_FEATURES]}
+                        ).with_columns((pl.col("nulls") / n).alias("null_share"))
+    return core, core.filter(pl.col("null_share") > MAX_NULL_SHARE)["feature"].to_list()

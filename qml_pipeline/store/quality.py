@@ -219,3 +219,26 @@ def compare_venues(con: duckdb.DuckDBPyConnection, venues: Sequence[str] = VENUE
 def divergent(compared: pl.DataFrame) -> pl.DataFrame:
     """The comparisons beyond their window's threshold: the venue_divergence table."""
     return compared.filter(pl.col("deviation_points").abs() > pl.col("threshold_points"))
+
+
+@dataclass(frozen=True)
+class SeriesRules:
+    """When one symbol's raw series (its data_quality rows) is acceptable."""
+
+    min_completeness: float = 0.99               # share of the expected grid stamps stored
+    max_age: timedelta = timedelta(hours=26)     # live sources: the daily refresh runs once a day, plus a margin
+
+
+def series_problems(rows: pl.DataFrame, live: bool, rules: SeriesRules = SeriesRules()) -> list[str]:
+    """What is wrong with one series' data_quality `rows` (empty when nothing): completeness below the rule,
+    duplicates, and for a live source a newest row older than `rules.max_age`."""
+    worst = rows.sort("completeness").row(0, named=True)
+    problems = []
+    if worst["completeness"] < rules.min_completeness:
+        problems.append(f"{worst['series'] or worst['table_name']} only {worst['completeness']:.2%} complete")
+    if duplicates := int(rows["duplicate_rows"].sum()):
+        problems.append(f"{duplicates} duplicate rows")
+    age = timedelta(minutes=float(rows["freshness_minutes"].max()))
+    if live and age > rules.max_age:
+        problems.append(f"stale: newest row is {age} old")
+    return problems
