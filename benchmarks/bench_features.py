@@ -23,7 +23,7 @@ The synthetic data is written once, by DuckDB SQL, into a DuckDB file in a tempo
 Parquet) is one more entry in `STORAGES` that copies the file there and opens it.
 
 The pandas merge_asof comparison of earlier versions is gone: it timed build_trade_context_features
-(not the asset) at 159 s per run; tests/test_features.py checks the SQL against a reference.
+(not the asset) at 159 s per run; tests/features/test_features.py checks the SQL against a reference.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@
   is still being refreshed (a queued or running chunk), and every blocking check of its inputs passed (the research
   gates). The raw tables' blocking checks act inside their runs (a failed `contract` writes nothing, a failed
   `complete` fails the run); as automation inputs they are left out, because Dagster 1.13 evaluated them as not
-  passed on the symbol x year partitions even after passing runs (tests/test_dagster_automation.py). It does not follow every upstream update (`eager`): the
+  passed on the symbol x year partitions even after passing runs (tests/dagster/test_dagster_automation.py). It does not follow every upstream update (`eager`): the
   intraday refresh updates the raw tables every few minutes, and the research must not be rebuilt each time.
 - `warehouse_maintenance` keeps its weekly `on_cron`.
 

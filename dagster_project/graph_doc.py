@@ -1,5 +1,5 @@
 """The asset graph as a mermaid picture, written from the Definitions into docs/architecture.md (between the
-markers below); tests/test_architecture_doc.py checks that the committed picture matches the definitions.
+markers below); tests/dagster/test_architecture_doc.py checks that the committed picture matches the definitions.
 
     python -m dagster_project.graph_doc     # rewrite the picture
 """

@@ -13,7 +13,7 @@ from qml_pipeline.store import schemas
 from qml_pipeline.store.warehouse import Warehouse
 from qml_pipeline.view.build import build_context_cards, build_pattern_cards
 from qml_pipeline.view.card_store import write_context_cards, write_pattern_cards
-from tests.test_cards import AS_OF, H, _features, _trades, funding_frame, klines_frame, liq_frame, oi_frame
+from tests.view.test_cards import AS_OF, H, _features, _trades, funding_frame, klines_frame, liq_frame, oi_frame
 
 SOURCE = "synthetic_test"
 
@@ -40,7 +40,7 @@ def fill_market(wh: Warehouse) -> None:
 
 
 def fill_research(wh: Warehouse, *, gate_passed: bool = True, auc: float = 0.61) -> None:
-    """Three trades (tests.test_cards._trades) with the overlay, a model prediction for one, and the gates."""
+    """Three trades (tests.view.test_cards._trades) with the overlay, a model prediction for one, and the gates."""
     trades = _trades().with_columns(
         pl.lit(96_000.0).alias("entry_price"), pl.lit(97_000.0).alias("stop_price"),
         pl.lit(SOURCE).alias("source"))

@@ -1,5 +1,5 @@
 """Minimum detectable effects (MDE) at a given power: how large an effect a FAIL rules out
-(docs/evidence.md). Normal approximations, each checked by simulation in tests/test_power.py.
+(docs/evidence.md). Normal approximations, each checked by simulation in tests/research/test_resampling.py.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def mde_two_shares(n1: int, n2: int, pooled: float, alpha: float = 0.05, power: 
     The normal approximation with a continuity correction (Fleiss): d = z_{1-alpha} sqrt(p q (1/n1 +
     1/n2)) + z_power sqrt(p1 q1 / n1 + p2 q2 / n2) + (1/n1 + 1/n2) / 2, with p1 = p + d n2 / N and
     p2 = p - d n1 / N, solved by iteration. Simulated power of Fisher's test at this d: 0.78..0.88
-    over the sizes and shares tested (tests/test_power.py)."""
+    over the sizes and shares tested (tests/research/test_resampling.py)."""
     if n1 < 1 or n2 < 1 or not 0 <= pooled <= 1:
         return None
     n = n1 + n2

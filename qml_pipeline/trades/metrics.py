@@ -27,7 +27,7 @@ Definitions (R = net `r_multiple`, multiplied by the size column when one is giv
 
 `TradeArrays` + `batch_metrics` compute win rate, expectancy and the three Sharpes for many weight
 vectors at once (bootstrap resamples, random filters) with numpy; with weights of 1 they equal
-`summarize` (tests/test_metrics.py).
+`summarize` (tests/trades/test_metrics.py).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from qml_pipeline.sources.freqtrade import FreqtradeDataDir
 from qml_pipeline.sources.sample import SampleSource
 
 UTC = timezone.utc
-SAMPLE = Path(__file__).parent.parent / "sample_data"
+SAMPLE = Path(__file__).parents[2] / "sample_data"
 ALL = (datetime(2020, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC))
 
 

@@ -318,7 +318,7 @@ def test_every_rule_is_documented_with_its_message():
 
     source = Path(contract.__file__).read_text()
     names = set(re.findall(r'(?:RowRule|Problem)\(\s*"([a-z_]+)"', source)) | {"unreadable_time", "unreadable_number"}
-    doc = (Path(__file__).parent.parent / "docs" / "input_errors.md").read_text()
+    doc = (Path(__file__).parents[2] / "docs" / "input_errors.md").read_text()
     assert len(names) >= 25
     for name in names:
         assert f"| `{name}`" in doc or f"`{name}` /" in doc or f"/ `{name}`" in doc, name

@@ -14,7 +14,7 @@ from qml_pipeline.sources.binance import BinanceSource
 from qml_pipeline.sources.binance_archive import (METRICS_COLUMNS, ArchiveFileError, BinanceArchive, ChecksumError,
                                                   LocalMirror, archive_client, read_archive_csv, read_archive_csvs)
 from tests.fake_archive import METRICS_HEADER, day_range
-from tests.test_binance_archive import make_archive
+from tests.sources.test_binance_archive import make_archive
 
 UTC = timezone.utc
 D0 = date(2024, 1, 10)

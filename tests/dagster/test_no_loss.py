@@ -16,10 +16,10 @@ from dagster_project.resources import MarketDataResource
 from qml_pipeline.store import schemas
 from qml_pipeline.store.warehouse import Warehouse
 from tests.dagster_runs import materialize_raw, partition_metadata
-from tests.test_dagster_binance import NOW, SYMBOL, live  # noqa: F401  (the fixture)
+from tests.dagster.test_dagster_binance import NOW, SYMBOL, live  # noqa: F401  (the fixture)
 
 UTC = timezone.utc
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "sample_data"
 YEAR = "2024"  # the partition holding March 2024
 

@@ -19,7 +19,7 @@ from qml_pipeline.research.phase9 import (
     winners_vs_losers,
 )
 from qml_pipeline.research.overlay import OverlayConfig, join_context
-from tests.test_overlay import make_features, make_trades
+from tests.research.test_overlay import make_features, make_trades
 
 
 def win_loss(n_win: int, n_loss: int, extra: list[dict] | None = None) -> pl.DataFrame:

@@ -21,7 +21,7 @@ from dagster._daemon.monitoring.run_monitoring import execute_run_monitoring_ite
 
 from dagster_project.launcher import LocalRunLauncher, process_alive, run_worker_pid
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 WORKER = """
 import sys, time

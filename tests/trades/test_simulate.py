@@ -9,7 +9,7 @@ from qml_pipeline.store.schemas import TS
 from qml_pipeline.trades.simulate import SimulationConfig, reference_trades, simulate_trades
 from qml_pipeline.trades.contract import TRADES
 from tests.synthetic import T0, bars_from_closes, ohlc_bars
-from tests.test_detector import BEARISH
+from tests.trades.test_detector import BEARISH
 
 DECISION = T0 + timedelta(hours=5)
 NO_FEES = SimulationConfig(entry_fee_bps=0, exit_fee_bps=0)

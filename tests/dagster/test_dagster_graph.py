@@ -11,7 +11,7 @@ import dagster as dg
 from dagster_project.automation import AFTER_DAILY_REFRESH
 from dagster_project.definitions import defs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GRAPH = defs.get_repository_def().asset_graph
 
 DEPS = {

@@ -27,7 +27,7 @@ from qml_pipeline.sources.coinglass import (
     coinglass_from_env,
 )
 
-from .fake_coinglass import AGG_PATH, FAKE_KEY, PAIR_PATH, FakeCoinglass
+from tests.fake_coinglass import AGG_PATH, FAKE_KEY, PAIR_PATH, FakeCoinglass
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 H4 = timedelta(hours=4)

@@ -27,7 +27,7 @@ from qml_pipeline.view.export import (EXPORT_FILE, SCHEMA_VERSION, cards_documen
 from qml_pipeline.view.report import write_report
 from qml_pipeline.view.serve import CardsApp, make_server
 from tests.card_lake import card_lake
-from tests.test_cards import AS_OF, H
+from tests.view.test_cards import AS_OF, H
 
 TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 

@@ -1,5 +1,5 @@
 """Resources own configuration: no asset, check, schedule or sensor body reads the settings; what the resources
-are given reaches the assets and schedules (tests/test_dagster_venues.py and test_intraday.py drive them)."""
+are given reaches the assets and schedules (tests/dagster/test_dagster_venues.py and test_intraday.py drive them)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from dagster_project.resources import default_resources
 from qml_pipeline.config import Settings
 
-PROJECT = Path(__file__).resolve().parent.parent / "dagster_project"
+PROJECT = Path(__file__).resolve().parents[2] / "dagster_project"
 SETTINGS_NAMES = {"SETTINGS", "DEFINITIONS_SETTINGS", "Settings"}
 
 

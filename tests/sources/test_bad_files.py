@@ -15,7 +15,7 @@ from qml_pipeline.sources.sample import read_hourly_oi_csv
 from qml_pipeline.store import schemas
 
 UTC = timezone.utc
-SAMPLE = Path(__file__).parent.parent / "sample_data"
+SAMPLE = Path(__file__).parents[2] / "sample_data"
 SRC = SAMPLE / "freqtrade" / "binance" / "futures"
 ALL = (datetime(2020, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC))
 DAY = (datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC))

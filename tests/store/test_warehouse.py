@@ -21,7 +21,7 @@ from qml_pipeline.store.warehouse import (EmptyReplacementError, Warehouse, Ware
 
 UTC = timezone.utc
 DAY = datetime(2024, 1, 31, tzinfo=UTC)
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 
 
 def funding_frame(start: datetime, n: int, rate: float = 0.0001, symbol: str = "BTCUSDT",
@@ -204,7 +204,7 @@ def test_killed_writer_leaves_the_last_snapshot_and_maintenance_removes_its_orph
     before = wh.current_snapshot()
     proc = _python(f"""
         import os, signal, duckdb
-        from tests.test_warehouse import funding_frame, DAY
+        from tests.store.test_warehouse import funding_frame, DAY
         from qml_pipeline.store import schemas
         from qml_pipeline.store.warehouse import Warehouse
         big = funding_frame(DAY + __import__('datetime').timedelta(days=30), 20000, rate=0.0009)

@@ -22,14 +22,14 @@ from qml_pipeline.features.point_in_time import (
     build_trade_context_features,
 )
 from qml_pipeline.timeutil import DAY_MS, HOUR_MS
-from tests.test_features import CFG as FEATURES_CFG
-from tests.test_features import connect as features_connection
-from tests.test_features import random_data
+from tests.features.test_features import CFG as FEATURES_CFG
+from tests.features.test_features import connect as features_connection
+from tests.features.test_features import random_data
 from qml_pipeline.sources.sample import SampleSource
 from qml_pipeline.store.warehouse import Warehouse
 
 UTC = timezone.utc
-SAMPLE = Path(__file__).parent.parent / "sample_data"
+SAMPLE = Path(__file__).parents[2] / "sample_data"
 START, END = datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 3, 1, tzinfo=UTC)
 DECISION = datetime(2024, 2, 20, 14, tzinfo=UTC)
 

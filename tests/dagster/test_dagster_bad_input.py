@@ -23,7 +23,7 @@ from qml_pipeline.store.warehouse import Warehouse
 from tests.dagster_runs import instance_with
 
 UTC = timezone.utc
-SAMPLE = Path(__file__).parent.parent / "sample_data"
+SAMPLE = Path(__file__).parents[2] / "sample_data"
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 DAY = "2024-02-15"
 

@@ -12,7 +12,7 @@ from qml_pipeline.store import schemas
 from qml_pipeline.store.warehouse import Warehouse
 from tests.lake_stress import run
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SECONDS = 20.0
 
 

@@ -19,10 +19,10 @@ from qml_pipeline.research.gates import GatePart, make_gate
 from qml_pipeline.research.overlay import apply_overlay
 from qml_pipeline.view.report import REPORT_FILE, write_report
 from qml_pipeline.store.schemas import TS
-from tests.test_cards import AS_OF, H, funding_frame, klines_frame, liq_frame, oi_frame
+from tests.view.test_cards import AS_OF, H, funding_frame, klines_frame, liq_frame, oi_frame
 
 CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 def _trades(n: int = 60) -> pl.DataFrame:

@@ -22,7 +22,7 @@ from qml_pipeline.view.card_text import pattern_cards_markdown
 from qml_pipeline.view.cards import CONTEXT_CARD_SCHEMA, CardConfig, context_card_rows
 from qml_pipeline.view.pattern_cards import pattern_card_rows, pattern_cards, pattern_cards_for_render
 from tests.card_lake import card_lake, fill_market
-from tests.test_cards import AS_OF, H, _features, _trades, funding_frame, klines_frame, liq_frame, one_card, oi_frame
+from tests.view.test_cards import AS_OF, H, _features, _trades, funding_frame, klines_frame, liq_frame, one_card, oi_frame
 
 
 def card_row(**kw) -> dict:

@@ -18,7 +18,7 @@ from qml_pipeline.store import schemas
 from qml_pipeline.store.warehouse import Warehouse
 from tests.dagster_runs import QUIET, instance_with, materialize_raw, partition_metadata
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 UTC = timezone.utc
 
 

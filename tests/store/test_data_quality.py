@@ -18,7 +18,7 @@ T0 = datetime(2024, 1, 1, tzinfo=UTC)
 H = timedelta(hours=1)
 M5 = timedelta(minutes=5)
 NOW = datetime(2024, 1, 10, tzinfo=UTC)
-SAMPLE_OI = Path(__file__).resolve().parent.parent / "sample_data" / "open_interest" / \
+SAMPLE_OI = Path(__file__).resolve().parents[2] / "sample_data" / "open_interest" / \
     "BTCUSDT-binance-oi-1h-2021-12_2024-12.csv"
 
 

@@ -28,7 +28,7 @@ from tests.fake_bybit import FUNDING_PATH as BYBIT_FUNDING, OI_PATH as BYBIT_OI
 from tests.fake_okx import OI_PATH as OKX_OI
 
 UTC = timezone.utc
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 SYMBOL = "BTCUSDT"
 NOW = datetime(2024, 3, 15, 12, 0, tzinfo=UTC)
 LAUNCH = datetime(2024, 2, 26, tzinfo=UTC)  # Bybit's listing: nothing is expected before it
@@ -43,7 +43,7 @@ class FixedClockBybit(bybit.BybitSource):
 
 
 class FixedClockOkx(okx.OkxSource):
-    path_limits = ()  # OKX's 10 requests / 2 s throttle: tests/test_okx.py
+    path_limits = ()  # OKX's 10 requests / 2 s throttle: tests/sources/test_okx.py
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, now=lambda: NOW, **kwargs)
