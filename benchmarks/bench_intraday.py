@@ -116,7 +116,7 @@ def bench(server: HTTPServer, n: int, ticks: int, refresh_minutes: int, overlap_
     instance = dg.DagsterInstance.ephemeral()
     out: dict = {"n": n, "ticks": [], "control": []}
     try:
-        with live_edge(clock, symbols):
+        with live_edge(clock):
             out["fill"] = measure(lake, fake, instance, clock, symbols, overlap_minutes)
             shutil.copytree(lake, control)
             for _ in range(ticks):
