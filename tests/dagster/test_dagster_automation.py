@@ -3,10 +3,12 @@ evaluation rebuilds everything downstream in one run, with the checks evaluated 
 they judge, and a failed blocking gate stopping the next phase (and not retried until the next day's tick)."""
 
 import contextlib
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 import pytest
 from dagster._core.test_utils import freeze_time  # Dagster's own test clock (events stamped at the walk's times)
 
@@ -18,6 +20,7 @@ from dagster_project.partitions import sync_symbols
 from tests.dagster_runs import QUIET
 
 RAW = {"funding_rates", "open_interest", "klines"}
+SAMPLE = Path(__file__).resolve().parents[2] / "sample_data"
 
 
 # The bundled sample is a past dataset ending 2024-12-05: the refresh tick asks for that day (its year partition), and
@@ -120,3 +123,44 @@ def _walk(tmp_path: Path, stack: contextlib.ExitStack) -> None:
     # handled for today: the next evaluation asks for nothing (a failed gate is not retried until the next tick)
     after = _evaluate(project, instance, _at(1, 0), due)
     assert after.total_requested == 0, _requested(after)
+
+
+@pytest.mark.slow
+def test_after_a_failed_raw_run_the_research_rebuilds_on_what_is_stored_with_its_quality_checks(
+        tmp_path: Path) -> None:
+    """What docs/architecture.md says: the raw blocking checks fail their own run but are not automation inputs
+    (dagster_project/automation.py says why), so the day's research still rebuilds, with the quality checks."""
+    damaged = tmp_path / "sample"
+    shutil.copytree(SAMPLE, damaged)
+    hourly = damaged / "freqtrade" / "binance" / "futures" / "BTC_USDT_USDT-1h-futures.feather"
+    bars = pl.read_ipc(hourly)
+    bars.filter(pl.col("date") != datetime(2024, 2, 10, 5, tzinfo=timezone.utc)).write_ipc(hourly)
+
+    def resources(sample: Path) -> dict:
+        return {"warehouse": WarehouseResource(root=str(tmp_path / "wh")),
+                "market": MarketDataResource(source="sample", sample_dir=str(sample)),
+                "trade_source": TradeSourceResource(export_path=""),
+                "research": ResearchResource(override_gates=False, model_epochs=2), "coinglass": CoinglassResource()}
+
+    with dg.instance_for_test() as instance:
+        sync_symbols(instance, ["BTCUSDT"])
+        project = dg.Definitions(assets=defs.assets, asset_checks=defs.asset_checks, resources=resources(damaged))
+        ticked = _evaluate(project, instance, _at(0, 11), _evaluate(project, instance, _at(0, 5)))
+        downstream = {k.to_user_string() for a in project.assets for k in a.keys} - RAW - {"warehouse_maintenance",
+                                                                                               "liquidations"}
+
+        def raw_run(sample: Path, at: datetime) -> dg.ExecuteInProcessResult:
+            """The raw_refresh job's run of BTCUSDT|2024 (the quality_<SYMBOL> checks wait for data_quality)."""
+            with freeze_time(at):
+                return dg.materialize([*project.assets, *project.asset_checks],
+                                      selection=dg.AssetSelection.assets(*[dg.AssetKey(n) for n in sorted(RAW)])
+                                      - dg.AssetSelection.checks(*[c for c in project.asset_checks if any(
+                                          k.name.startswith("quality_") for k in c.check_keys)]),
+                                      instance=instance, resources=resources(sample), raise_on_error=False,
+                                      tags={"dagster/asset_partition_range_start": "BTCUSDT|2024",
+                                            "dagster/asset_partition_range_end": "BTCUSDT|2024"}, run_config=QUIET)
+
+        failed = raw_run(damaged, _at(0, 20))
+        assert not failed.success  # klines' blocking `complete` check: the 05:00 bar and its 4h bar are missing
+        due = _evaluate(project, instance, _at(0, 30), ticked)
+        assert downstream <= _requested(due) and "klines:quality_BTCUSDT" in _requested(due)
