@@ -56,9 +56,10 @@ def raw_data_quality(context: dg.AssetCheckExecutionContext, warehouse: Warehous
         rows = report.filter((pl.col("table_name") == table) & (pl.col("venue") == venue)
                              & (pl.col("symbol") == symbol))
         if rows.is_empty():
+            reason = f"no {venue} {table} rows for {symbol} in data_quality (nothing stored)"
             yield dg.AssetCheckResult(asset_key=key.asset_key, check_name=key.name, passed=False,
-                                      severity=dg.AssetCheckSeverity.WARN,
-                                      metadata={"reason": f"no {venue} {table} rows for {symbol}"})
+                                      severity=dg.AssetCheckSeverity.WARN, description=reason,
+                                      metadata={"reason": reason})
             continue
         worst = rows.sort("completeness").row(0, named=True)
         live = market.live or venue != "binance"

@@ -142,3 +142,19 @@ def test_a_refresh_run_over_a_symbol_range_materialises_each_symbol_year(tmp_pat
     assert checks["klines"].metadata["covered"].value == "nothing: this run wrote no row"
 
 
+
+
+def test_a_quality_check_without_stored_rows_says_so_in_its_description(tmp_path: Path) -> None:
+    from dagster_project.defs.quality import data_quality, raw_data_quality
+
+    root = tmp_path / "wh"
+    assert materialize_raw(root, "BTCUSDT", "2024-02-10", "2024-02-10").success  # BTCUSDT only: ETHUSDT has nothing
+    result = dg.materialize([*RAW_ASSETS, data_quality, raw_data_quality],
+                            selection=dg.AssetSelection.assets(data_quality) | dg.AssetSelection.checks(raw_data_quality),
+                            resources={"warehouse": WarehouseResource(root=str(root)),
+                                       "market": MarketDataResource(source="sample")}, run_config=QUIET)
+    evaluations = {(e.asset_key.to_user_string(), e.check_name): e for e in result.get_asset_check_evaluations()}
+    eth = evaluations[("open_interest", "quality_ETHUSDT")]
+    assert not eth.passed and eth.severity == dg.AssetCheckSeverity.WARN
+    assert eth.description == "no binance open_interest rows for ETHUSDT in data_quality (nothing stored)"
+    assert evaluations[("klines", "quality_BTCUSDT")].passed
