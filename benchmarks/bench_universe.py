@@ -214,12 +214,13 @@ def check_partition_metadata(instance, wh, symbols: list[str], years: list[str])
     import dagster as dg
 
     from dagster_project.partitions import partition_months
+    from qml_pipeline.config import Settings
 
     problems = []
     for symbol in symbols:
         for year in years:
             key = f"{symbol}|{year}"
-            months = partition_months(year)
+            months = partition_months(year, Settings().start_date)
             for table in ("open_interest", "klines", "funding_rates"):
                 records = instance.fetch_materializations(
                     dg.AssetRecordsFilter(asset_key=dg.AssetKey(table), asset_partitions=[key]), limit=1).records

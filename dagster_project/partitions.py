@@ -66,19 +66,19 @@ def year_key(day: str | date) -> str:
     return f"{d.year}"
 
 
-def partition_months(year: str) -> list[datetime]:
-    """The months of a year partition the pipeline fills: from QML_START_DATE on."""
-    first = date.fromisoformat(DEFINITIONS_SETTINGS.start_date)
+def partition_months(year: str, start_date: str) -> list[datetime]:
+    """The months of a year partition the pipeline fills: from `start_date` (ISO date; QML_START_DATE) on."""
+    first = date.fromisoformat(start_date)
     lo = max(datetime(int(year), 1, 1, tzinfo=UTC), datetime(first.year, first.month, 1, tzinfo=UTC))
     return month_starts(lo, datetime(int(year) + 1, 1, 1, tzinfo=UTC))
 
 
-def months_by_symbol(partition_keys: Iterable[str]) -> dict[str, list[datetime]]:
-    """`SYMBOL|YYYY` keys -> per symbol, the months of its years (sorted)."""
+def months_by_symbol(partition_keys: Iterable[str], start_date: str) -> dict[str, list[datetime]]:
+    """`SYMBOL|YYYY` keys -> per symbol, the months of its years from `start_date` on (sorted)."""
     months: dict[str, set[datetime]] = {}
     for key in partition_keys:
         symbol, year = str(key).split("|")
-        months.setdefault(symbol, set()).update(partition_months(year))
+        months.setdefault(symbol, set()).update(partition_months(year, start_date))
     return {s: sorted(m) for s, m in sorted(months.items())}
 
 

@@ -66,6 +66,11 @@ def day_start(d: date | str) -> datetime:
     return datetime(d.year, d.month, d.day, tzinfo=UTC)
 
 
+def month_floor(dt: datetime) -> datetime:
+    """The first instant (UTC) of the calendar month holding `dt`."""
+    return datetime(dt.year, dt.month, 1, tzinfo=UTC)
+
+
 def next_month(dt: datetime) -> datetime:
     return datetime(dt.year + (dt.month == 12), dt.month % 12 + 1, 1, tzinfo=UTC)
 

@@ -19,7 +19,8 @@ from dagster_project.metadata import markdown_table, table_metadata
 from dagster_project.partitions import RAW_PARTITIONS, months_by_symbol, partition_key
 from dagster_project.resources import DEFINITIONS_SETTINGS, MarketDataResource, WarehouseResource
 from qml_pipeline.sources.grid import Coverage, describe_stamps
-from qml_pipeline.sources.ingest import DEFAULT_OVERLAP, WindowResult, ingest_windows, month_windows, variants
+from qml_pipeline.sources.ingest import (DEFAULT_OVERLAP, FLUSH_ROWS, WindowResult, ingest_windows, month_windows,
+                                         variants)
 from qml_pipeline.store import schemas
 from qml_pipeline.store.schemas import Table
 from qml_pipeline.store.warehouse import Warehouse
@@ -146,8 +147,8 @@ def _raw_asset(table: Table, description: str, venue: str = "binance") -> dg.Ass
                                           "ranges, finite numbers, one row per key"
                                           + (", plausible bars (QML_BAR_OUTLIER_*)" if table is schemas.KLINES else "")
                                           + "); failures are named by symbol and time, and nothing of their batch is "
-                                            "written (a run writes its symbols in batches of up to 2M rows; earlier "
-                                            "batches stay)"),
+                                            f"written (a run writes its symbols in batches of up to {FLUSH_ROWS:,} "
+                                            "rows; earlier batches stay)"),
             dg.AssetCheckSpec(COMPLETE_CHECK, asset=name, blocking=True, partitions_def=RAW_PARTITIONS,
                               description=f"after the merge, the partition holds every {venue} stamp its source "
                                           "should fill (candle grid, OI period grid, funding settlements with their "
@@ -164,7 +165,7 @@ def _raw_asset(table: Table, description: str, venue: str = "binance") -> dg.Ass
         overlap = run_overlap(context.run.tags)
         edge = live_edge(source)
         series = variants(table, tuple(market.kline_intervals), market.oi_period)
-        by_symbol = months_by_symbol(context.partition_keys)
+        by_symbol = months_by_symbol(context.partition_keys, market.start_date)
         windows = [w for symbol, months in by_symbol.items()
                    for w in month_windows(table, symbol, months, series, until=edge)]
         try:
@@ -285,7 +286,7 @@ def _stored_contract_check(table: Table, venue: str) -> dg.AssetChecksDefinition
         wh = warehouse.get()
         scope = None
         if context.has_partition_key_range:
-            covered = months_by_symbol(context.op_execution_context.partition_keys)
+            covered = months_by_symbol(context.op_execution_context.partition_keys, market.start_date)
             written = wh.months_written(table, wh.snapshots_of_run(context.run.run_id))
             scope = {s: [m for m in months if m in set(covered[s])]
                      for s, months in written.items() if s in covered}

@@ -15,7 +15,6 @@ import dagster as dg
 from dagster_project.automation import DAILY_REFRESH_CRON
 from dagster_project.defs.raw_market_data import OVERLAP_TAG, RAW_CHECKS, RAW_GROUP
 from dagster_project.defs.quality import raw_data_quality
-from dagster_project.defs.universe import symbol_universe
 from dagster_project.partitions import SYMBOLS, range_tags, symbol_blocks, symbol_chunks
 from dagster_project.resources import DEFINITIONS_SETTINGS, MarketDataResource, RefreshResource
 from qml_pipeline.config import Settings
@@ -53,7 +52,8 @@ def refresh_requests(scheduled_date: str, symbols: Sequence[str], per_run: int) 
              default_status=dg.DefaultScheduleStatus.STOPPED,
              description="Daily at 00:10 UTC: refresh yesterday and today for every symbol partition, "
                          "QML_REFRESH_SYMBOLS_PER_RUN symbols per run. THE switch: the research_automation sensor "
-                         "(on by default) then rebuilds everything downstream once every chunk succeeded.")
+                         "(on by default) then rebuilds everything downstream once every input is updated and no chunk "
+                         "is still running (the research gates block; the raw checks fail their own runs).")
 def daily_refresh(context: dg.ScheduleEvaluationContext, refresh: RefreshResource) -> list[dg.RunRequest] | dg.SkipReason:
     return refresh_of_instance(context.instance, context.scheduled_execution_time.date().isoformat(),
                                refresh.refresh_symbols_per_run)
@@ -72,8 +72,9 @@ def refresh_of_instance(instance: dg.DagsterInstance, scheduled_date: str,
 research_automation = dg.AutomationConditionSensorDefinition(
     "research_automation", target=dg.AssetSelection.all(), default_status=dg.DefaultSensorStatus.RUNNING,
     description="Evaluates the assets' automation conditions (dagster_project/automation.py): after the daily "
-                "refresh, everything downstream of the raw tables once every chunk is in, stopped by failed "
-                "blocking checks (raw completeness, the research gates); the weekly warehouse maintenance.")
+                "refresh, everything downstream of the raw tables once every input is updated and no chunk is still "
+                "running, stopped by the research gates' blocking checks (a failed raw check fails its own run, "
+                "and the research then rebuilds on what is stored); the weekly warehouse maintenance.")
 
 
 # ---------------------------------------------------------------- intraday: fresh cards (docs/cards.md)
@@ -148,6 +149,3 @@ def intraday_refresh(context: dg.ScheduleEvaluationContext, market: MarketDataRe
                              refresh.intraday_overlap_minutes)
 
 
-JOBS = [raw_refresh_job, research_job, intraday_job]
-SCHEDULES = [daily_refresh, intraday_refresh]
-SENSORS = [research_automation, symbol_universe]

@@ -85,5 +85,3 @@ def sensitivity_regimes(context: dg.AssetExecutionContext, warehouse: WarehouseR
     return _publish(wh, schemas.SENSITIVITY_REGIMES, regime_sensitivity(_inputs(wh, research), wh.read(schemas.KLINES)),
                     "Per calendar year and market regime")
 
-
-SENSITIVITY_ASSETS = [sensitivity_oi_lag, sensitivity_timeouts, sensitivity_thresholds, sensitivity_regimes]

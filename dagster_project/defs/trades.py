@@ -5,9 +5,9 @@ import polars as pl
 
 from dagster_project.failures import input_errors_as_failures
 from dagster_project.metadata import markdown_table, table_metadata
-from dagster_project.resources import TradeSourceResource, WarehouseResource
+from dagster_project.resources import ResearchResource, TradeSourceResource, WarehouseResource
 from qml_pipeline.store import schemas
-from qml_pipeline.research.phase9 import AnalysisConfig
+from qml_pipeline.research.phase9 import AnalysisConfig, label_trades
 from qml_pipeline.trades.build import baseline_metrics as compute_baseline_metrics
 from qml_pipeline.trades.build import build_trades
 from qml_pipeline.trades.contract import FILLED_OUTCOMES
@@ -21,10 +21,11 @@ MIN_TRADES_FOR_PHASE9 = AnalysisConfig().min_trades
     deps=["klines", "funding_rates"], group_name=GROUP, kinds={"ducklake", "duckdb"},
     metadata=table_metadata(schemas.TRADES),
     check_specs=[dg.AssetCheckSpec("enough_trades_for_phase9", asset="trades",
-                                   description=f"at least {MIN_TRADES_FOR_PHASE9} filled trades (seed checklist)")],
+                                   description=f"at least {MIN_TRADES_FOR_PHASE9} filled trades as phase 9 counts "
+                                               "them (after the timeout policy; seed checklist)")],
 )
 def trades(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
-           trade_source: TradeSourceResource) -> dg.MaterializeResult:
+           trade_source: TradeSourceResource, research: ResearchResource) -> dg.MaterializeResult:
     """A user's backtest export (validated; bad rows named, nothing written) or the reference detector's trades."""
     wh = warehouse.for_run(context)
     with input_errors_as_failures():  # a refused export raises here, before the stored trades are touched
@@ -34,13 +35,15 @@ def trades(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
     wh.replace_table(schemas.TRADES, build.trades, allow_empty=False)
     outcomes = build.trades.group_by("symbol", "timeframe", "outcome").len().sort("symbol", "timeframe", "outcome")
     filled = build.trades.filter(pl.col("outcome").is_in(FILLED_OUTCOMES)).height
+    judged = label_trades(build.trades, research.timeout_as).height  # what phase 9 counts
     return dg.MaterializeResult(
         metadata={"source": build.source, "dagster/row_count": build.trades.height, "filled_trades": filled,
                   "warnings": "\n".join(build.warnings) or "none", "outcomes": markdown_table(outcomes)},
         check_results=[dg.AssetCheckResult(
-            check_name="enough_trades_for_phase9", passed=filled >= MIN_TRADES_FOR_PHASE9,
+            check_name="enough_trades_for_phase9", passed=judged >= MIN_TRADES_FOR_PHASE9,
             severity=dg.AssetCheckSeverity.WARN,
-            metadata={"filled_trades": filled, "required": MIN_TRADES_FOR_PHASE9})],
+            metadata={"trades_phase9_counts": judged, "timeout_as": research.timeout_as,
+                      "required": MIN_TRADES_FOR_PHASE9})],
     )
 
 

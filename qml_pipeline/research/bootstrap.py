@@ -27,6 +27,8 @@ import numpy as np
 import polars as pl
 from scipy import stats as sps
 
+from qml_pipeline.timeutil import DAY_MS, epoch_ms
+
 CLUSTER_BY = ("trade", "overlap", "day")
 
 
@@ -42,8 +44,8 @@ def cluster_labels(trades: pl.DataFrame, by: str = "overlap") -> np.ndarray:
         return np.arange(n, dtype=np.int64)
     decision = trades["decision_time"].dt.epoch("ms").to_numpy().astype(np.int64)
     if by == "day":
-        return np.unique(decision // 86_400_000, return_inverse=True)[1].astype(np.int64)
-    exits = trades["exit_time"].dt.epoch("ms").cast(pl.Float64).fill_null(float("nan")).to_numpy()
+        return np.unique(decision // DAY_MS, return_inverse=True)[1].astype(np.int64)
+    exits = epoch_ms(trades["exit_time"])
     exits = np.where(np.isfinite(exits), exits, decision).astype(np.float64)
     order = np.argsort(decision, kind="stable")
     reach = np.maximum.accumulate(exits[order])

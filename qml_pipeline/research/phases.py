@@ -19,7 +19,7 @@ from qml_pipeline.research.overlay import OverlayConfig, apply_overlay, join_con
 from qml_pipeline.research.overlay_backtest import BacktestResult, equity_curve_plot, overlay_backtest
 from qml_pipeline.research.overlay_gate import OverlayGateConfig, phase10_gate
 from qml_pipeline.research.overlay_tuning import TuneResult, tune_and_judge, tuning_rows
-from qml_pipeline.research.phase9 import (AnalysisConfig, context_issue_share, issue_sensitivity, label_trades,
+from qml_pipeline.research.phase9 import (AnalysisConfig, issue_sensitivity, label_trades,
                                           phase9_gate, review_export, winners_vs_losers, with_derived_features)
 from qml_pipeline.store import schemas
 from qml_pipeline.timeutil import utc_now
@@ -86,7 +86,7 @@ def run_phase9(trades: pl.DataFrame, features: pl.DataFrame, review_dir: Path | 
     stats = winners_vs_losers(trades, features, config=config)
     judged = with_derived_features(join_context(trades, features))
     sensitivity = issue_sensitivity(judged, overlay_config, config.timeout_as, config.alpha, config.issue_definition)
-    issue = context_issue_share(judged, overlay_config, config.timeout_as, config.issue_definition, config.alpha)
+    issue = sensitivity.filter(pl.col("gate")).drop("gate", "timeout_as").row(0, named=True)
     n_trades = label_trades(trades, config.timeout_as).height
     gate = phase9_gate(stats, issue, n_trades, config, sensitivity)
     files = {} if review_dir is None else review_export(

@@ -22,7 +22,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from qml_pipeline.features.point_in_time import FeatureConfig, build_trade_context_features
+from qml_pipeline.features.point_in_time import OI_COLUMNS, FeatureConfig, build_trade_context_features
 from qml_pipeline.research.gates import GateResult
 from qml_pipeline.research.overlay import OverlayConfig, apply_overlay
 from qml_pipeline.research.overlay_backtest import overlay_backtest
@@ -100,9 +100,7 @@ def _fixed_gate(trades: pl.DataFrame, features: pl.DataFrame, settings: Phase10S
 
 # ---------------------------------------------------------------- OI publication lag
 
-OI_FEATURES = ("oi", "oi_event_time", "oi_age_minutes", "oi_period_minutes", "oi_change_24h", "oi_24h_event_time",
-               "oi_24h_age_minutes", "oi_change_7d", "oi_7d_event_time", "oi_7d_age_minutes", "oi_percentile_30d",
-               "oi_percentile_points")
+OI_FEATURES = OI_COLUMNS
 
 
 def features_with_oi_lag(trades: pl.DataFrame, features: pl.DataFrame, klines: pl.DataFrame, funding: pl.DataFrame,

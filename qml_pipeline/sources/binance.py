@@ -34,7 +34,7 @@ from qml_pipeline.sources.http_client import HttpClient
 from qml_pipeline.sources.binance_archive import ArchiveReport, BinanceArchive, archive_client
 from qml_pipeline.sources.binance_rest import FUNDING_LIMIT, KLINES_LIMIT, BinanceRest
 from qml_pipeline.sources.grid import Coverage, Gap, Grid, KnownGap, gaps_for, missing_on_grid, read_known_gaps
-from qml_pipeline.timeutil import UTC, interval_ms, utc_now
+from qml_pipeline.timeutil import UTC, interval_ms, month_floor, utc_now
 
 DEFAULT_CACHE_DIR = PROJECT_ROOT / "warehouse" / "cache"
 OI_WINDOW_MARGIN = timedelta(minutes=10)
@@ -52,10 +52,6 @@ def _day_ceil(dt: datetime) -> datetime:
 
 def _day_floor(dt: datetime) -> datetime:
     return datetime(dt.year, dt.month, dt.day, tzinfo=UTC)
-
-
-def _month_floor(dt: datetime) -> datetime:
-    return datetime(dt.year, dt.month, 1, tzinfo=UTC)
 
 
 class BinanceSource:
@@ -170,7 +166,7 @@ class BinanceSource:
         return max(1, math.ceil((hours / FUNDING_ESTIMATE_HOURS + 1) / FUNDING_LIMIT))
 
     def funding_rates(self, symbol: str, start: datetime, end: datetime) -> pl.DataFrame:
-        split = min(max(_month_floor(self.now()), start), end)  # closed months end here
+        split = min(max(month_floor(self.now()), start), end)  # closed months end here
         frames = []
         rest_from = start
         if split > start:

@@ -25,10 +25,9 @@ from qml_pipeline.sources.funding import FUNDING_LOOKBACK_MS, snap_funding_times
 from qml_pipeline.sources.http_client import BadResponseError, HttpClient
 from qml_pipeline.sources.venues import BINANCE_OI_PERIODS
 from qml_pipeline.store.schemas import TS
-from qml_pipeline.timeutil import UTC, interval_ms, to_ms, utc_now
+from qml_pipeline.timeutil import HOUR_MS, UTC, interval_ms, to_ms, utc_now
 
 SOURCE = "binance_rest"
-HOUR_MS = 3_600_000
 DEFAULT_FUNDING_INTERVAL_HOURS = 8
 
 FUNDING_PATH = "/fapi/v1/fundingRate"

@@ -8,13 +8,14 @@ import polars as pl
 
 from qml_pipeline.errors import InputError
 from qml_pipeline.store.schemas import FUNDING_INTERVALS_HOURS, collapse_duplicates
+from qml_pipeline.timeutil import HOUR_MS
 
 # Binance serves fundingTime with millisecond jitter (08:00:00.005, 07:59:59.998); anything
 # further from the hourly grid than this is not jitter and is refused.
 FUNDING_SNAP_TOLERANCE = timedelta(minutes=5)
 # How far before a range a reader fetches so that the range's first settlement has a predecessor
 # (its interval is the gap to it): the longest interval plus the snap tolerance.
-FUNDING_LOOKBACK_MS = max(FUNDING_INTERVALS_HOURS) * 3_600_000 + int(FUNDING_SNAP_TOLERANCE.total_seconds() * 1000)
+FUNDING_LOOKBACK_MS = max(FUNDING_INTERVALS_HOURS) * HOUR_MS + int(FUNDING_SNAP_TOLERANCE.total_seconds() * 1000)
 # The served settlement stamp in each source's spelling: two rows for one settlement may differ in it
 # (jitter) and still be the same settlement.
 SERVED_TIME_COLUMNS = ("exchange_time", "exchange_ms", "calc_time")

@@ -21,9 +21,8 @@ from pathlib import Path
 import polars as pl
 
 from qml_pipeline.store.schemas import TS
-from qml_pipeline.timeutil import from_ms, to_ms
+from qml_pipeline.timeutil import HOUR_MS, from_ms, to_ms
 
-HOUR_MS = 3_600_000
 
 
 @dataclass(frozen=True)

@@ -31,8 +31,8 @@ from qml_pipeline.sources.grid import (Coverage, Gap, Grid, describe_stamps, mis
                                        missing_settlements, without_known_gaps)
 from qml_pipeline.store import schemas
 from qml_pipeline.store.schemas import TS, Table
-from qml_pipeline.store.warehouse import MergeStats, Warehouse, sql_literal
-from qml_pipeline.timeutil import interval_ms, next_month, to_ms
+from qml_pipeline.store.warehouse import MergeStats, Warehouse, sql_ident, sql_literal
+from qml_pipeline.timeutil import interval_ms, month_floor, next_month, to_ms
 
 RAW_TABLES = (schemas.FUNDING_RATES, schemas.OPEN_INTEREST, schemas.KLINES)
 DEFAULT_OVERLAP = timedelta(days=1)
@@ -206,18 +206,17 @@ def stored_rows_of(wh: Warehouse, source: MarketSource, windows: list[Window]) -
     if any(w.table is not table for w in windows):
         raise ValueError("stored_rows_of takes windows of one table")
     ranges: dict[tuple[datetime, datetime], list[int]] = {}
-    for i, w in enumerate(windows):
-        if table is schemas.FUNDING_RATES:  # few rows: one query over the span
-            lo, hi = min(map(_stored_lower_bound, windows)), max(w.end for w in windows)
-        else:
-            lo, hi = _stored_lower_bound(w), w.end
-        ranges.setdefault((lo, hi), []).append(i)
+    if table is schemas.FUNDING_RATES:  # few rows: one query over the span
+        ranges[(min(map(_stored_lower_bound, windows)), max(w.end for w in windows))] = list(range(len(windows)))
+    else:
+        for i, w in enumerate(windows):
+            ranges.setdefault((_stored_lower_bound(w), w.end), []).append(i)
     out: list[pl.DataFrame] = [pl.DataFrame()] * len(windows)
     extra = ", funding_interval_hours" if table is schemas.FUNDING_RATES else ""
     keys = ["symbol", *_series_column(table)]
     for (lo, hi), members in ranges.items():
         where = _stored_filter(source, table, [windows[i] for i in members], lo, hi)
-        rows = wh.query(f"SELECT event_time{extra}, {', '.join(_ident(k) for k in keys)} FROM {table.name} "
+        rows = wh.query(f"SELECT event_time{extra}, {', '.join(sql_ident(k) for k in keys)} FROM {table.name} "
                         f"WHERE {where} ORDER BY event_time")
         parts = rows.partition_by(keys, as_dict=True, maintain_order=True) if rows.height else {}
         for i in members:
@@ -228,10 +227,6 @@ def stored_rows_of(wh: Warehouse, source: MarketSource, windows: list[Window]) -
                 part = part.filter((pl.col("event_time") >= _stored_lower_bound(w)) & (pl.col("event_time") < w.end))
             out[i] = part
     return out
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 @dataclass
@@ -252,7 +247,7 @@ def countable_stamps(source: MarketSource, window: Window) -> int | None:
     is complete: a calendar month of a gridded table that the source's coverage does not cut (for candles,
     also ending on the grid). None otherwise: its stamps must be read."""
     expected = grid_range(source, window)
-    if expected is None or window.start != _month_floor(window.start) or window.end != next_month(window.start):
+    if expected is None or window.start != month_floor(window.start) or window.end != next_month(window.start):
         return None
     covered = source.coverage(window.table.name, window.symbol, window.variant).clip(window.start, window.end)
     if covered != (window.start, window.end):
@@ -262,10 +257,6 @@ def countable_stamps(source: MarketSource, window: Window) -> int | None:
     if window.table is schemas.KLINES and (to_ms(window.end) - offset) % step:
         return None
     return grid.stamps(lo, hi).len()
-
-
-def _month_floor(t: datetime) -> datetime:
-    return t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
 def _month_summaries(wh: Warehouse, source: MarketSource, windows: list[Window]) -> dict[tuple, tuple] | None:
@@ -287,7 +278,7 @@ def _month_summaries(wh: Warehouse, source: MarketSource, windows: list[Window])
     # the month from the epoch (naive arithmetic: the time-zone aware date_trunc is several times slower)
     month = "epoch_ms(date_trunc('month', make_timestamp(epoch_us(event_time))))"
     rows = wh.query(
-        f"SELECT {', '.join(_ident(k) for k in keys)}, {month} AS month_ms, count(*) AS n, min(event_time) AS first, "
+        f"SELECT {', '.join(sql_ident(k) for k in keys)}, {month} AS month_ms, count(*) AS n, min(event_time) AS first, "
         f"max(event_time) AS last, count(*) FILTER (WHERE (epoch_ms(event_time) - ({offset})) % ({step}) = 0) AS on_grid "
         f"FROM {table.name} WHERE {where} GROUP BY ALL")
     out = {}
@@ -341,16 +332,15 @@ def _no_rows(window: Window) -> pl.DataFrame:
     return pl.DataFrame(schema=schema)
 
 
-def plan_fetch(wh: Warehouse, source: MarketSource, window: Window, *, refetch: bool = False,
-               overlap: timedelta = DEFAULT_OVERLAP, stored: StoredWindow | None = None) -> datetime | None:
-    """Where the fetch of `window` should start (None: the window is complete in the warehouse). `stored`:
-    what `read_stored` found for the window, when the caller read it already."""
+def plan_fetch(source: MarketSource, window: Window, *, refetch: bool = False,
+               overlap: timedelta = DEFAULT_OVERLAP, stored: StoredWindow) -> datetime | None:
+    """Where the fetch of `window` should start (None: the window is complete in the warehouse or the source
+    serves nothing for it). `stored`: what `read_stored` found for the window."""
     first, end = source.coverage(window.table.name, window.symbol, window.variant).clip(window.start, window.end)
     if first >= end:
         return None  # the source has no data for this window (before the listing, after the sample's end)
     if refetch:
         return first
-    stored = stored or read_stored(wh, source, [window])[0]
     if stored.complete:
         return None
     missing = missing_stamps(source, window, stored.rows)
@@ -361,13 +351,9 @@ def plan_fetch(wh: Warehouse, source: MarketSource, window: Window, *, refetch: 
     return max(first, missing.min() - overlap)
 
 
-def fetch_and_validate(source: MarketSource, window: Window, fetch_from: datetime,
-                       funding_rate_cap: float = schemas.DEFAULT_FUNDING_RATE_CAP,
-                       plausibility: schemas.BarPlausibility | None = None,
-                       validate: bool = True) -> tuple[pl.DataFrame, pl.Series]:
-    """The source's answer for [fetch_from, window end), validated (schemas.ValidationError names the rows;
-    nothing is written then) unless the caller validates it with others (`validate_batch`), and the grid
-    stamps it lacks."""
+def fetch_answer(source: MarketSource, window: Window, fetch_from: datetime) -> tuple[pl.DataFrame, pl.Series]:
+    """The source's answer for [fetch_from, window end), asked once more for a span it lacked, and the grid
+    stamps it still lacks (the caller validates answers together: `validate_batch`)."""
     part = Window(window.table, window.symbol, fetch_from, window.end, window.variant)
     frame = _answer(source, part)
     known = source.known_gaps(window.table.name, window.symbol, window.variant)
@@ -381,8 +367,6 @@ def fetch_and_validate(source: MarketSource, window: Window, fetch_from: datetim
             key = list(window.table.key)
             frame = pl.concat([frame, again]).unique(key, keep="first", maintain_order=True).sort(key)
             answer_missing = without_known_gaps(missing_stamps(source, window, frame, start=fetch_from), known)[0]
-    if validate:
-        schemas.validate(window.table, frame, funding_rate_cap, plausibility)
     return frame, answer_missing
 
 
@@ -458,7 +442,7 @@ def ingest_windows(wh: Warehouse, source: MarketSource, windows: Iterable[Window
     pending: list[tuple[int, pl.DataFrame]] = []
     for i, (window, result) in enumerate(zip(windows, results)):
         try:
-            result.fetched_from = plan_fetch(wh, source, window, refetch=refetch, overlap=overlap, stored=stored[i])
+            result.fetched_from = plan_fetch(source, window, refetch=refetch, overlap=overlap, stored=stored[i])
             if result.fetched_from is None:
                 lo, hi = source.coverage(window.table.name, window.symbol, window.variant).clip(window.start,
                                                                                               window.end)
@@ -467,8 +451,7 @@ def ingest_windows(wh: Warehouse, source: MarketSource, windows: Iterable[Window
             else:
                 if progress:
                     progress(f"fetching {window.label()} from {result.fetched_from:%Y-%m-%d %H:%M}")
-                frame, result.answer_missing = fetch_and_validate(source, window, result.fetched_from,
-                                                                  funding_rate_cap, plausibility, validate=False)
+                frame, result.answer_missing = fetch_answer(source, window, result.fetched_from)
                 result.fetched = frame.height
                 pending.append((i, frame))
         except InputError as exc:
@@ -526,8 +509,6 @@ def _merge_batch(wh: Warehouse, frames: list[tuple[WindowResult, pl.DataFrame]])
 def month_windows(table: Table, symbol: str, months: Iterable[datetime], variants: Iterable[str],
                   until: datetime | None = None) -> list[Window]:
     """One window per calendar month (and variant), the last one cut at `until` when given."""
-    from qml_pipeline.timeutil import next_month
-
     out = []
     for m in months:
         end = next_month(m) if until is None else min(next_month(m), until)

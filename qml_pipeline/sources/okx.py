@@ -49,7 +49,7 @@ from qml_pipeline.sources.venues import (
     venue_period,
     venue_symbol,
 )
-from qml_pipeline.timeutil import UTC, from_ms, interval_ms, to_ms
+from qml_pipeline.timeutil import HOUR_MS, UTC, from_ms, interval_ms, to_ms
 
 VENUE = "okx"
 SOURCE = "okx_rest"
@@ -59,7 +59,6 @@ OI_PATH = "/api/v5/rubik/stat/contracts/open-interest-history"
 FUNDING_PATH = "/api/v5/public/funding-rate-history"
 OI_LIMIT = 100
 FUNDING_LIMIT = 400
-HOUR_MS = 3_600_000
 OI_HISTORY_ENTRIES = 1440
 # "For period=1D, the data time range is up to January 1, 2024; for other periods, ... up to early
 # February 2024": the later end of "early" is taken, so no stamp OKX never had counts as missing.

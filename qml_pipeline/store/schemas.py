@@ -1024,11 +1024,6 @@ def _frame_check(expr: pl.Expr, name: str) -> pa.Check:
     return pa.Check(lambda data: data.lazyframe.select(expr), name=name)
 
 
-def _column_check(expr: pl.Expr, name: str) -> pa.Check:
-    """A check of one column that may look at the whole frame (its failure case is the column's value)."""
-    return pa.Check(lambda data: data.lazyframe.select(expr), name=name)
-
-
 FINITE = pa.Check(lambda data: data.lazyframe.select(pl.col(data.key).is_finite()), name="finite number")
 
 
@@ -1058,8 +1053,8 @@ def _pandera_schema(table: Table, funding_rate_cap: float,
             col_checks[price] += [pa.Check.gt(0)]
         for vol in ("volume", "quote_volume", "taker_buy_volume"):
             col_checks[vol] += [pa.Check.ge(0)]
-        col_checks["close"].append(_column_check(bars.ok(bars.jump()), bars.check_name("|ln(close / previous close)|")))
-        col_checks["high"].append(_column_check(bars.ok(bars.range()), bars.check_name("ln(high / low)")))
+        col_checks["close"].append(_frame_check(bars.ok(bars.jump()), bars.check_name("|ln(close / previous close)|")))
+        col_checks["high"].append(_frame_check(bars.ok(bars.range()), bars.check_name("ln(high / low)")))
         frame_checks += [
             _frame_check(pl.col("high") >= pl.max_horizontal("open", "close"), "high >= max(open, close)"),
             _frame_check(pl.col("low") <= pl.min_horizontal("open", "close"), "low <= min(open, close)"),

@@ -138,7 +138,8 @@ def _sql_string(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _ident(name: str) -> str:
+def sql_ident(name: str) -> str:
+    """`name` as a quoted SQL identifier."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -214,12 +215,12 @@ def _is_retryable(exc: BaseException) -> bool:
 # ---------------------------------------------------------------------------------------------- schema
 
 def _column_sql(column: schemas.Column) -> str:
-    return f"{_ident(column.name)} {column.duckdb_type}"
+    return f"{sql_ident(column.name)} {column.duckdb_type}"
 
 
 def _partition_sql(table: Table) -> str | None:
     if "symbol" in table.names and table.time_column is not None:
-        return f"symbol, year({_ident(table.time_column)})"
+        return f"symbol, year({sql_ident(table.time_column)})"
     return None
 
 
@@ -368,8 +369,8 @@ class Warehouse:
         if venue is not None:
             for table in schemas.TABLES.values():
                 if "venue" in table.names and table.revisioned:
-                    con.execute(f"CREATE OR REPLACE TEMP VIEW {_ident(table.name)} AS SELECT * FROM "
-                                f"{alias}.main.{_ident(table.name)} WHERE venue = {_sql_string(venue)}")
+                    con.execute(f"CREATE OR REPLACE TEMP VIEW {sql_ident(table.name)} AS SELECT * FROM "
+                                f"{alias}.main.{sql_ident(table.name)} WHERE venue = {_sql_string(venue)}")
         return con
 
     @contextlib.contextmanager
@@ -393,17 +394,17 @@ class Warehouse:
             for table in schemas.TABLES.values():
                 cols = existing.get(table.name)
                 if cols is None:
-                    con.execute(f"CREATE TABLE {_ident(table.name)} "
+                    con.execute(f"CREATE TABLE {sql_ident(table.name)} "
                                 f"({', '.join(_column_sql(c) for c in table.columns)})")
                     part = _partition_sql(table)
                     if part:
-                        con.execute(f"ALTER TABLE {_ident(table.name)} SET PARTITIONED BY ({part})")
+                        con.execute(f"ALTER TABLE {sql_ident(table.name)} SET PARTITIONED BY ({part})")
                     changed = True
                     continue
                 for column in table.columns:
                     have = cols.get(column.name)
                     if have is None:
-                        con.execute(f"ALTER TABLE {_ident(table.name)} ADD COLUMN {_column_sql(column)}")
+                        con.execute(f"ALTER TABLE {sql_ident(table.name)} ADD COLUMN {_column_sql(column)}")
                         changed = True
                     elif have.upper() != column.duckdb_type.upper() and not _compatible(have, column.duckdb_type):
                         raise RuntimeError(
@@ -416,7 +417,7 @@ class Warehouse:
                 tag = "sha256:" + hashlib.sha256(sql.encode()).hexdigest()
                 if stored_views.get(name) != tag:
                     con.execute(sql)
-                    con.execute(f"COMMENT ON VIEW {_ident(name)} IS '{tag}'")
+                    con.execute(f"COMMENT ON VIEW {sql_ident(name)} IS '{tag}'")
                     changed = True
             return changed
 
@@ -541,18 +542,18 @@ class Warehouse:
         elif symbol is not None:
             where.append(f"symbol IN ({', '.join(sql_literal(s) for s in symbol) or 'NULL'})")
         for col, value in equals.items():
-            where.append(f"{_ident(col)} = {sql_literal(value)}")
+            where.append(f"{sql_ident(col)} = {sql_literal(value)}")
         if start is not None:
-            where.append(f"{_ident(table.time_column)} >= {sql_literal(start)}")
+            where.append(f"{sql_ident(table.time_column)} >= {sql_literal(start)}")
         if end is not None:
-            where.append(f"{_ident(table.time_column)} < {sql_literal(end)}")
+            where.append(f"{sql_ident(table.time_column)} < {sql_literal(end)}")
         if table.revisioned and not revisions:
             where.append("revision = 0")
-        cols = ", ".join(_ident(c) for c in table.names)
-        sql = f"SELECT {cols} FROM {_ident(table.name)}" + (" WHERE " + " AND ".join(where) if where else "")
+        cols = ", ".join(sql_ident(c) for c in table.names)
+        sql = f"SELECT {cols} FROM {sql_ident(table.name)}" + (" WHERE " + " AND ".join(where) if where else "")
         order = list(table.key) + (["revision"] if table.revisioned else [])
         if order:
-            sql += " ORDER BY " + ", ".join(_ident(k) for k in order)
+            sql += " ORDER BY " + ", ".join(sql_ident(k) for k in order)
         df = self.query(sql)
         return schemas.conform(table, df) if df.height else schemas.empty(table)
 
@@ -575,7 +576,7 @@ class Warehouse:
         `snapshots` (every snapshot in between included)."""
         if not snapshots or "symbol" not in table.names or table.time_column is None:
             return {}
-        month = f"date_trunc('month', make_timestamp(epoch_us({_ident(table.time_column)})))"
+        month = f"date_trunc('month', make_timestamp(epoch_us({sql_ident(table.time_column)})))"
         df = self.query(f"SELECT DISTINCT symbol, epoch_ms({month}) AS month_ms FROM ducklake_table_insertions("
                         f"current_database(), 'main', ?, ?, ?) ORDER BY ALL",
                         [table.name, min(snapshots), max(snapshots)])
@@ -589,9 +590,9 @@ class Warehouse:
         parts = []
         for table in schemas.TABLES.values():
             group = "symbol" if "symbol" in table.names else "NULL"
-            tcol = _ident(table.time_column) if table.time_column else "NULL::TIMESTAMPTZ"
+            tcol = sql_ident(table.time_column) if table.time_column else "NULL::TIMESTAMPTZ"
             parts.append(f"SELECT '{table.name}' AS table_name, CAST({group} AS VARCHAR) AS symbol, count(*) AS rows, "
-                         f"min({tcol}) AS first_time, max({tcol}) AS last_time FROM {_ident(table.name)} GROUP BY ALL")
+                         f"min({tcol}) AS first_time, max({tcol}) AS last_time FROM {sql_ident(table.name)} GROUP BY ALL")
         return self.query(" UNION ALL ".join(parts) + " ORDER BY table_name, symbol")
 
     # ------------------------------------------------------------------------ maintenance
@@ -671,8 +672,8 @@ def _register(con: duckdb.DuckDBPyConnection, df: pl.DataFrame) -> str:
 
 
 def _apply(con: duckdb.DuckDBPyConnection, op: _Op) -> MergeStats | WriteStats | int:
-    table, target = op.table, _ident(op.table.name)
-    cols = ", ".join(_ident(c) for c in table.names)
+    table, target = op.table, sql_ident(op.table.name)
+    cols = ", ".join(sql_ident(c) for c in table.names)
     if op.kind == "merge":
         return _merge(con, table, op.frame)
     if op.kind == "merge_parts":
@@ -689,7 +690,7 @@ def _apply(con: duckdb.DuckDBPyConnection, op: _Op) -> MergeStats | WriteStats |
         con.unregister(src)
         return WriteStats(table.name, op.frame.height, old)
     if op.kind == "replace_group":
-        column, value = _ident(op.args["column"]), op.args["value"]
+        column, value = sql_ident(op.args["column"]), op.args["value"]
         old = con.execute(f"SELECT count(*) FROM {target} WHERE {column} = ?", [value]).fetchone()[0]
         src = _register(con, op.frame)
         con.execute(f"DELETE FROM {target} WHERE {column} = ?", [value])
@@ -699,11 +700,11 @@ def _apply(con: duckdb.DuckDBPyConnection, op: _Op) -> MergeStats | WriteStats |
     if op.kind == "delete":
         where, params = [], []
         for col, value in op.args["where"].items():
-            where.append(f"{_ident(col)} = ?")
+            where.append(f"{sql_ident(col)} = ?")
             params.append(value)
         for bound, cmp in (("start", ">="), ("end", "<")):
             if op.args[bound] is not None:
-                where.append(f"{_ident(table.time_column)} {cmp} ?")
+                where.append(f"{sql_ident(table.time_column)} {cmp} ?")
                 params.append(op.args[bound])
         cond = " AND ".join(where) or "true"
         n = con.execute(f"SELECT count(*) FROM {target} WHERE {cond}", params).fetchone()[0]
@@ -740,23 +741,23 @@ def _merge(con: duckdb.DuckDBPyConnection, table: Table, df: pl.DataFrame,
         raise ValueError(f"{table.name} keeps no revisions: merge is for raw tables; use replace_table")
     if df.height == 0:
         return MergeStats(table.name, 0, 0, 0, 0)
-    target = _ident(table.name)
+    target = sql_ident(table.name)
     src = _register(con, df)
-    key = ", ".join(_ident(k) for k in table.key)
-    on = " AND ".join(f"s.{_ident(k)} = i.{_ident(k)}" for k in table.key)
-    same = " AND ".join(f"s.{_ident(v)} IS NOT DISTINCT FROM i.{_ident(v)}" for v in table.value_columns)
+    key = ", ".join(sql_ident(k) for k in table.key)
+    on = " AND ".join(f"s.{sql_ident(k)} = i.{sql_ident(k)}" for k in table.key)
+    same = " AND ".join(f"s.{sql_ident(v)} IS NOT DISTINCT FROM i.{sql_ident(v)}" for v in table.value_columns)
     # the stored rows the incoming ones can meet, bounded with literals so the lake reads only their files
     prune = []
     if "symbol" in table.names:
         prune.append(f"symbol IN ({', '.join(sql_literal(v) for v in df['symbol'].unique().sort())})")
     if table.time_column:
         t = table.time_column
-        prune.append(f"{_ident(t)} BETWEEN {sql_literal(df[t].min())} AND {sql_literal(df[t].max())}")
+        prune.append(f"{sql_ident(t)} BETWEEN {sql_literal(df[t].min())} AND {sql_literal(df[t].max())}")
     con.execute(f"""
         CREATE TEMP TABLE merge_plan AS
         WITH stored AS (SELECT * FROM {target} WHERE {' AND '.join(prune) or 'true'}),
         latest AS (SELECT {key}, max(revision) AS _latest FROM stored GROUP BY ALL),
-        same AS (SELECT DISTINCT {', '.join(f'i.{_ident(k)}' for k in table.key)}, true AS _same
+        same AS (SELECT DISTINCT {', '.join(f'i.{sql_ident(k)}' for k in table.key)}, true AS _same
                  FROM {src} i JOIN stored s ON {on} AND {same or 'true'})
         SELECT i.*, l._latest, coalesce(m._same, false) AS _same
         FROM {src} i LEFT JOIN latest l USING ({key}) LEFT JOIN same m USING ({key})""")
@@ -772,8 +773,8 @@ def _merge(con: duckdb.DuckDBPyConnection, table: Table, df: pl.DataFrame,
         elif c == "available_at" and "ingested_at" in table.names:
             select.append("CASE WHEN _latest IS NULL THEN available_at ELSE greatest(available_at, ingested_at) END")
         else:
-            select.append(_ident(c))
-    cols = ", ".join(_ident(c) for c in table.names)
+            select.append(sql_ident(c))
+    cols = ", ".join(sql_ident(c) for c in table.names)
     con.execute(f"INSERT INTO {target} ({cols}) SELECT {', '.join(select)} FROM merge_plan WHERE NOT _same")
     con.execute("DROP TABLE merge_plan")
     con.unregister(src)

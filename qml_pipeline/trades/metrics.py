@@ -39,7 +39,7 @@ import numpy as np
 import polars as pl
 
 from qml_pipeline.trades.contract import FILLED_OUTCOMES
-from qml_pipeline.timeutil import DAY_MS
+from qml_pipeline.timeutil import DAY_MS, epoch_ms
 
 YEAR = "year"  # in `by`: the calendar year (UTC) of decision_time
 DAYS_PER_YEAR = 365
@@ -240,8 +240,7 @@ class TradeArrays:
         return cls(r=filled["r_multiple"].cast(pl.Float64).to_numpy(),
                    won=(filled["outcome"] == "WIN").cast(pl.Float64).to_numpy(),
                    day=day.astype(np.int64), n_days=n_days,
-                   decision_ms=filled["decision_time"].dt.epoch("ms").cast(pl.Float64).to_numpy(),
-                   exit_ms=filled["exit_time"].dt.epoch("ms").cast(pl.Float64).to_numpy(),
+                   decision_ms=epoch_ms(filled["decision_time"]), exit_ms=epoch_ms(filled["exit_time"]),
                    trade_id=filled["trade_id"].to_list())
 
     @property

@@ -18,7 +18,6 @@ from qml_pipeline.store import schemas
 from qml_pipeline.store.warehouse import Warehouse, WriteStats, frame
 
 LATEST_CONTEXT_VIEW = "v_context_cards_latest"
-RECENT_PATTERNS_VIEW = "v_pattern_cards_recent"
 # The window of v_pattern_cards_recent, in days before each card's as_of (a view takes no parameter).
 RECENT_PATTERN_DAYS = 7.0
 MAX_PATTERN_DAYS = 3650.0

@@ -16,7 +16,7 @@ from dagster_project.defs.context import liquidations
 from dagster_project.defs.raw_market_data import RAW_ASSETS, RAW_CHECKS
 from dagster_project.defs.trades import trades
 from dagster_project.partitions import range_tags
-from dagster_project.resources import (CoinglassResource, MarketDataResource, TradeSourceResource,
+from dagster_project.resources import (CoinglassResource, MarketDataResource, ResearchResource, TradeSourceResource,
                                        WarehouseResource)
 from qml_pipeline.store import schemas
 from qml_pipeline.store.warehouse import Warehouse
@@ -160,7 +160,8 @@ def trade_warehouse(tmp_path) -> Path:
 def materialize_trades(root: Path, export: Path) -> dg.ExecuteInProcessResult:
     return dg.materialize([trades], raise_on_error=False, run_config=QUIET, instance=dg.DagsterInstance.ephemeral(),
                           resources={"warehouse": WarehouseResource(root=str(root)),
-                                     "trade_source": TradeSourceResource(export_path=str(export))})
+                                     "trade_source": TradeSourceResource(export_path=str(export)),
+                                     "research": ResearchResource()})
 
 
 @pytest.mark.parametrize("lines, expected", [
